@@ -1,0 +1,411 @@
+//! `BpfObject`: one eBPF ELF object, which of its maps and programs to pin, on which nodes, and
+//! where to attach each program.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::validation::{
+    ValidationError, validate_elf_name, validate_object_name, validate_pin_path,
+};
+
+/// The most entries in `status.failures`; the count of failed nodes is in `status.nodes.failed`.
+pub const MAX_STATUS_FAILURES: usize = 10;
+
+/// Desired state of a pinned eBPF object: which ELF object to load, which maps and programs to pin
+/// under `/sys/fs/bpf/bpfpin/<name>/`, on which nodes, and where to attach each program.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "bpfpin.io",
+    version = "v1alpha1",
+    kind = "BpfObject",
+    plural = "bpfobjects",
+    shortname = "bpfo",
+    status = "BpfObjectStatus",
+    derive = "PartialEq",
+    doc = "A BpfObject loads one eBPF ELF object on the selected nodes, pins its maps and programs under /sys/fs/bpf/bpfpin/<name>/ and attaches its programs through pinned links. Cluster-scoped: loading eBPF is node-root power.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Nodes", type_ = "string", description = "ready/selected nodes", json_path = ".status.nodesReady"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("!self.metadata.name.contains('.')").message("BpfObject names become bpffs directory names and bpffs refuses names containing '.'; use '-' instead"),
+    validation = Rule::new("self.metadata.name != 'shared'").message("the name 'shared' is reserved: /sys/fs/bpf/bpfpin/shared holds maps shared between objects"),
+    validation = Rule::new("size(self.metadata.name) <= 63").message("BpfObject names are at most 63 characters")
+)]
+#[x_kube(validation = Rule::new("!has(self.bytecode.url) || has(self.sha256)").message("spec.sha256 is required when the bytecode comes from a url"))]
+#[serde(rename_all = "camelCase")]
+pub struct BpfObjectSpec {
+    /// Which nodes load this object. Absent selects every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+
+    /// Where the ELF object comes from. Exactly one source must be set.
+    pub bytecode: Bytecode,
+
+    /// Optional lowercase hex SHA-256 of the ELF object; the agent refuses bytecode that does not
+    /// match. Required for `bytecode.url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("must be 64 lowercase hex digits"))]
+    #[schemars(length(max = 64))]
+    pub sha256: Option<String>,
+
+    /// Overrides for global variables in `.rodata` / `.data` (C `volatile const`), by symbol
+    /// name; each value is base64 of the raw bytes, which must have the variable's size.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub global_data: BTreeMap<String, String>,
+
+    /// Maps to pin. Absent or empty pins every map of the ELF object (ELF-internal maps such as
+    /// `.rodata` are never pinned) under `<object>/maps/<map>`. Listing maps restricts pinning to
+    /// them and lets a map be shared through `pinPath`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 64))]
+    pub maps: Vec<MapSpec>,
+
+    /// Programs to load and pin under `<object>/progs/<program>`, optionally attached. Every
+    /// program named here must exist in the ELF object; programs of the ELF not named here are
+    /// not loaded.
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(min = 1, max = 256))]
+    pub programs: Vec<ProgramSpec>,
+}
+
+/// Where the ELF object comes from: exactly one of `path`, `configMap`, `url`, `image`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("[has(self.path), has(self.configMap), has(self.url), has(self.image)].filter(x, x).size() == 1").message("exactly one of path, configMap, url, image must be set"))]
+#[serde(rename_all = "camelCase")]
+pub struct Bytecode {
+    /// A file on the node, inside a directory the agent allows (`--bytecode-dir`, by default
+    /// `/var/lib/bpfpin/bytecode`). In local mode it may be relative to the manifest's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub path: Option<String>,
+
+    /// A key of a ConfigMap's `binaryData` (cluster mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapBytecode>,
+
+    /// An HTTP(S) URL; `spec.sha256` is then required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("must be an http:// or https:// URL"))]
+    #[schemars(length(max = 2048))]
+    pub url: Option<String>,
+
+    /// An OCI bytecode image reference (bpfman's bytecode-image format). Not yet implemented by
+    /// the agent: objects using it fail with reason `UnsupportedSource`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub image: Option<String>,
+}
+
+/// A key of a ConfigMap whose `binaryData` holds the ELF object.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapBytecode {
+    /// Namespace of the ConfigMap.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Name of the ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in `binaryData` (or `data`) that holds the object.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// One map of the ELF object to pin.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MapSpec {
+    /// The map's name in the ELF object.
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z_][A-Za-z0-9_]*$')").message("must be a C identifier; ELF-internal maps such as .rodata are never pinned (use globalData)"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+
+    /// Share the map at `/sys/fs/bpf/bpfpin/shared/<pinPath>`: every object naming the same
+    /// pinPath uses one map (its definition must match). Relative; segments of letters, digits,
+    /// `_` and `-`. Absent: the map is private, at `<object>/maps/<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!self.startsWith('/')").message("must be relative: it is placed under /sys/fs/bpf/bpfpin/shared/"))]
+    #[x_kube(validation = Rule::new("!self.split('/').exists(s, s == '..')").message("must not contain '..': a pin path may not leave /sys/fs/bpf/bpfpin/shared/"))]
+    #[x_kube(validation = Rule::new("!self.split('/').exists(s, s == '')").message("must not have empty segments ('//' or a trailing '/')"))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_/-]*$')").message("segments may only hold letters, digits, '_' and '-' (bpffs refuses '.')"))]
+    #[schemars(length(min = 1, max = 200))]
+    pub pin_path: Option<String>,
+}
+
+/// One program of the ELF object to load and pin.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgramSpec {
+    /// The program's function name in the ELF object.
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z_][A-Za-z0-9_]*$')").message("must be a C identifier (the program's function name)"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+
+    /// Where to attach the program. Each attachment is a bpf_link pinned under
+    /// `<object>/links/<program>/<attachment>`, so it survives agent restarts. Absent: the program
+    /// is loaded and pinned only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach: Option<Attach>,
+}
+
+/// An attach point: exactly one kind must be set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("[has(self.tracepoint), has(self.xdp)].filter(x, x).size() == 1").message("exactly one attach kind (tracepoint, xdp) must be set"))]
+#[serde(rename_all = "camelCase")]
+pub struct Attach {
+    /// A kernel tracepoint (`/sys/kernel/tracing/events/<category>/<name>`); the program must be a
+    /// tracepoint program (`SEC("tracepoint/...")`). Link name: `tracepoint-<category>-<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracepoint: Option<TracepointAttach>,
+
+    /// XDP on network interfaces of the node, one link per interface, named `xdp-<interface>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp: Option<XdpAttach>,
+}
+
+/// A tracepoint attach point.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TracepointAttach {
+    /// Tracepoint category (a directory of tracefs `events/`), e.g. `syscalls`.
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_]+$')").message("must be letters, digits and '_'"))]
+    #[schemars(length(min = 1, max = 64))]
+    pub category: String,
+    /// Tracepoint name within the category, e.g. `sys_enter_getpid`.
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_]+$')").message("must be letters, digits and '_'"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+}
+
+/// An XDP attach point.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct XdpAttach {
+    /// Network interface names on the node. An interface that does not exist fails the object on
+    /// that node with reason `AttachFailed`.
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[schemars(length(min = 1, max = 64))]
+    pub interfaces: Vec<InterfaceName>,
+    /// Attach mode: `Skb` (generic, works everywhere), `Drv` (native driver), `Hw` (offload).
+    /// Absent lets the kernel choose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<XdpMode>,
+}
+
+/// A network interface name.
+pub type InterfaceName = String;
+
+/// XDP attach mode.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Generic XDP in the kernel's network stack (`XDP_FLAGS_SKB_MODE`).
+    Skb,
+    /// Native XDP in the driver (`XDP_FLAGS_DRV_MODE`).
+    Drv,
+    /// Offloaded to the NIC (`XDP_FLAGS_HW_MODE`).
+    Hw,
+}
+
+/// Observed state, aggregated by the operator from every selected node's `BpfNodeState`.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BpfObjectStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` (pinned at this generation on every selected node), `Progressing` (some nodes have
+    /// not reported this generation yet), `Degraded` (some nodes failed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Node counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodeCounts>,
+    /// `ready/selected`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_ready: Option<String>,
+    /// The first failures (at most 10), by node name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<NodeFailure>,
+}
+
+/// How many nodes are selected, ready and failed.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCounts {
+    /// Nodes the node selector selects.
+    pub selected: i32,
+    /// Selected nodes that report this generation pinned.
+    pub ready: i32,
+    /// Selected nodes that report a failure for this generation.
+    pub failed: i32,
+}
+
+/// A failure on one node.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFailure {
+    /// The node.
+    pub node: String,
+    /// A CamelCase reason, e.g. `VerifierRejected`, `DigestMismatch`, `ProgramNotFound`.
+    pub reason: String,
+    /// What went wrong, in a sentence (with the tail of the verifier log where there is one).
+    pub message: String,
+}
+
+impl BpfObjectSpec {
+    /// The checks the CRD schema makes with CEL, again in Rust, for local mode and as the
+    /// agent's last line of defence. `name` is the object's `metadata.name`.
+    pub fn validate(&self, name: &str) -> Result<(), ValidationError> {
+        validate_object_name(name)?;
+        let sources = [
+            self.bytecode.path.is_some(),
+            self.bytecode.config_map.is_some(),
+            self.bytecode.url.is_some(),
+            self.bytecode.image.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(ValidationError {
+                field: "spec.bytecode".into(),
+                value: String::new(),
+                reason: "exactly one of path, configMap, url, image must be set".into(),
+            });
+        }
+        if self.bytecode.url.is_some() && self.sha256.is_none() {
+            return Err(ValidationError {
+                field: "spec.sha256".into(),
+                value: String::new(),
+                reason: "is required when the bytecode comes from a url".into(),
+            });
+        }
+        if let Some(sha) = &self.sha256
+            && (sha.len() != 64
+                || !sha
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        {
+            return Err(ValidationError {
+                field: "spec.sha256".into(),
+                value: sha.clone(),
+                reason: "must be 64 lowercase hex digits".into(),
+            });
+        }
+        if self.programs.is_empty() {
+            return Err(ValidationError {
+                field: "spec.programs".into(),
+                value: String::new(),
+                reason: "must name at least one program".into(),
+            });
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, map) in self.maps.iter().enumerate() {
+            validate_elf_name(&format!("spec.maps[{i}].name"), &map.name)?;
+            if !seen.insert(&map.name) {
+                return Err(ValidationError {
+                    field: format!("spec.maps[{i}].name"),
+                    value: map.name.clone(),
+                    reason: "is listed twice".into(),
+                });
+            }
+            if let Some(pin_path) = &map.pin_path {
+                validate_pin_path(&format!("spec.maps[{i}].pinPath"), pin_path)?;
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, prog) in self.programs.iter().enumerate() {
+            validate_elf_name(&format!("spec.programs[{i}].name"), &prog.name)?;
+            if !seen.insert(&prog.name) {
+                return Err(ValidationError {
+                    field: format!("spec.programs[{i}].name"),
+                    value: prog.name.clone(),
+                    reason: "is listed twice".into(),
+                });
+            }
+            if let Some(attach) = &prog.attach {
+                let kinds = [attach.tracepoint.is_some(), attach.xdp.is_some()];
+                if kinds.iter().filter(|k| **k).count() != 1 {
+                    return Err(ValidationError {
+                        field: format!("spec.programs[{i}].attach"),
+                        value: String::new(),
+                        reason: "exactly one attach kind (tracepoint, xdp) must be set".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> BpfObjectSpec {
+        serde_yaml::from_str(
+            r#"
+bytecode: {path: counter.bpf.o}
+maps: [{name: counts, pinPath: team/counts}]
+programs:
+- name: count_getpid
+  attach: {tracepoint: {category: syscalls, name: sys_enter_getpid}}
+- name: tail_target
+"#,
+        )
+        .expect("spec parses")
+    }
+
+    #[test]
+    fn a_good_spec_validates() {
+        assert_eq!(spec().validate("counter"), Ok(()));
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        let mut s = spec();
+        s.maps[0].pin_path = Some("../../etc".into());
+        assert!(
+            s.validate("counter")
+                .unwrap_err()
+                .to_string()
+                .contains("spec.maps[0].pinPath")
+        );
+
+        let mut s = spec();
+        s.bytecode.url = Some("https://x/y.o".into());
+        assert!(
+            s.validate("counter")
+                .unwrap_err()
+                .reason
+                .contains("exactly one")
+        );
+
+        let mut s = spec();
+        s.programs.push(s.programs[0].clone());
+        assert!(s.validate("counter").unwrap_err().reason.contains("twice"));
+
+        let mut s = spec();
+        s.bytecode = Bytecode {
+            url: Some("https://x/y.o".into()),
+            ..Default::default()
+        };
+        assert!(s.validate("counter").unwrap_err().field.contains("sha256"));
+
+        assert!(
+            spec()
+                .validate("my.counter")
+                .unwrap_err()
+                .reason
+                .contains("'.'")
+        );
+        assert!(
+            spec()
+                .validate("shared")
+                .unwrap_err()
+                .reason
+                .contains("reserved")
+        );
+    }
+}

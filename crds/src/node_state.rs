@@ -1,0 +1,114 @@
+//! `BpfNodeState`: one object per node, written by that node's agent, that says what is pinned
+//! there. One per node (not one per object per node) keeps the object count O(nodes).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Identity of the node an agent serves. The agent creates this object named after its node, with
+/// an owner reference on the `Node`, so it goes away with the node.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "bpfpin.io",
+    version = "v1alpha1",
+    kind = "BpfNodeState",
+    plural = "bpfnodestates",
+    shortname = "bpfns",
+    status = "BpfNodeStateStatus",
+    derive = "PartialEq",
+    doc = "What the bpfpin agent of one node has pinned there. Named after the node, written only by that node's agent.",
+    printcolumn(name = "Pinned", type_ = "integer", json_path = ".status.pinned"),
+    printcolumn(name = "Failed", type_ = "integer", json_path = ".status.failed"),
+    printcolumn(name = "Heartbeat", type_ = "date", json_path = ".status.heartbeat"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BpfNodeStateSpec {
+    /// The node this state belongs to (equal to `metadata.name`).
+    pub node_name: String,
+}
+
+/// What is pinned on the node, as last reconciled by its agent.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BpfNodeStateStatus {
+    /// When the agent last reported. The operator treats a node whose heartbeat is older than its
+    /// `--stale-after` bound as dead: it no longer blocks deletions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<Time>,
+    /// The agent's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// The managed root on the node, e.g. `/sys/fs/bpf/bpfpin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    /// Objects in phase `Pinned`.
+    #[serde(default)]
+    pub pinned: i32,
+    /// Objects in phase `Failed`.
+    #[serde(default)]
+    pub failed: i32,
+    /// One entry per `BpfObject` selected for this node, and per object still pinned here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<NodeObjectState>,
+}
+
+/// The state of one `BpfObject` on one node.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeObjectState {
+    /// The `BpfObject`'s name.
+    pub name: String,
+    /// The `BpfObject`'s uid, so a deleted and re-created object is not confused with the old one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// The `metadata.generation` this entry describes.
+    pub generation: i64,
+    /// `Pinned`, `Failed`, or `Pending` (not reconciled yet, e.g. waiting for its bytecode).
+    pub phase: ObjectPhase,
+    /// A CamelCase reason when `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What went wrong when `Failed`; when an update failed, the previous version stays pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The object's directory, e.g. `/sys/fs/bpf/bpfpin/counter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Pinned programs with their kernel program ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<PinnedProgram>,
+    /// Pinned map paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maps: Vec<String>,
+    /// Pinned link paths (one per attachment).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
+}
+
+/// A pinned program.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PinnedProgram {
+    /// Program name.
+    pub name: String,
+    /// Kernel program id (`bpftool prog show id <id>`).
+    pub id: u32,
+}
+
+/// Phase of one object on one node.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ObjectPhase {
+    /// Not reconciled yet.
+    #[default]
+    Pending,
+    /// Pinned (and attached) at `generation`.
+    Pinned,
+    /// Could not be pinned at `generation`; see `reason` and `message`.
+    Failed,
+}
