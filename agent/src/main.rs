@@ -1,1 +1,108 @@
-fn main() {}
+//! `bpfpin-agent`: the per-node agent. `local` reconciles manifests from a folder; `cluster`
+//! watches the API server for the node it runs on.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use bpfpin_agent::local::{self, LocalConfig};
+use bpfpin_agent::{Reconciler, mounts};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bpfpin-agent",
+    version,
+    about = "Pins eBPF objects under <bpffs>/bpfpin and keeps them as the BpfObjects say"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Reconcile every BpfObject in the YAML files of a folder (no cluster).
+    Local {
+        /// Folder of BpfObject manifests (multi-document YAML allowed).
+        #[arg(long)]
+        manifests: PathBuf,
+        /// The bpffs mount point; the managed root is <bpffs>/bpfpin. Mounted if needed.
+        #[arg(long, default_value = "/sys/fs/bpf")]
+        bpffs: PathBuf,
+        /// A folder bytecode may be read from besides the manifests folder (repeatable).
+        #[arg(long = "bytecode-dir")]
+        bytecode_dirs: Vec<PathBuf>,
+        /// One pass, then exit: 0 when every object is pinned, 1 otherwise.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(&cli.log_format);
+    match cli.mode {
+        Mode::Local {
+            manifests,
+            bpffs,
+            bytecode_dirs,
+            once,
+        } => {
+            let config = LocalConfig {
+                manifests,
+                bytecode_dirs,
+            };
+            let reconciler = match start(&bpffs) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("bpfpin-agent: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if once {
+                let mut reconciler = reconciler;
+                return if local::run_once(&mut reconciler, &config) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                };
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(local::watch(reconciler, config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bpfpin-agent: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn start(bpffs: &std::path::Path) -> Result<Reconciler, bpfpin_agent::error::AgentError> {
+    if let Err(e) = mounts::ensure_tracefs() {
+        tracing::warn!(error = %e, "tracepoint attachments will fail");
+    }
+    Reconciler::new(bpffs)
+}

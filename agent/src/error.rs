@@ -1,0 +1,140 @@
+//! Why an object could not be pinned. Each failure carries the object it concerns and a CamelCase
+//! reason that ends up in `BpfNodeState` and in the `BpfObject`'s conditions.
+
+use std::fmt;
+
+/// The reason an object failed, as written in conditions and status (`reason` fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The spec breaks a rule the CRD schema also enforces (names, pin paths, sources).
+    InvalidSpec,
+    /// The bytecode could not be read or fetched.
+    BytecodeUnavailable,
+    /// `bytecode.path` resolves outside the directories the agent may read.
+    BytecodePathNotAllowed,
+    /// The bytecode's SHA-256 differs from `spec.sha256`.
+    DigestMismatch,
+    /// The bytecode is not a valid eBPF ELF object.
+    InvalidElf,
+    /// A program named in the spec is not in the ELF object.
+    ProgramNotFound,
+    /// A map named in the spec is not in the ELF object.
+    MapNotFound,
+    /// The kernel verifier refused a program.
+    VerifierRejected,
+    /// A program could not be loaded for another reason.
+    LoadFailed,
+    /// A shared map already pinned has another definition than this object's map.
+    MapConflict,
+    /// `spec.globalData` names an unknown variable or has the wrong size or encoding.
+    InvalidGlobalData,
+    /// A program could not be attached (unknown interface or tracepoint, wrong program type).
+    AttachFailed,
+    /// Pinning to bpffs failed.
+    PinFailed,
+    /// The program type or attach kind is not supported yet.
+    Unsupported,
+    /// The bytecode source kind is not supported in this mode.
+    UnsupportedSource,
+}
+
+impl Reason {
+    /// The reason as written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::BytecodeUnavailable => "BytecodeUnavailable",
+            Reason::BytecodePathNotAllowed => "BytecodePathNotAllowed",
+            Reason::DigestMismatch => "DigestMismatch",
+            Reason::InvalidElf => "InvalidElf",
+            Reason::ProgramNotFound => "ProgramNotFound",
+            Reason::MapNotFound => "MapNotFound",
+            Reason::VerifierRejected => "VerifierRejected",
+            Reason::LoadFailed => "LoadFailed",
+            Reason::MapConflict => "MapConflict",
+            Reason::InvalidGlobalData => "InvalidGlobalData",
+            Reason::AttachFailed => "AttachFailed",
+            Reason::PinFailed => "PinFailed",
+            Reason::Unsupported => "Unsupported",
+            Reason::UnsupportedSource => "UnsupportedSource",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One object's failure: `object counter: VerifierRejected: program unchecked: ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectError {
+    /// The reason, for status and metrics.
+    pub reason: Reason,
+    /// What went wrong, in a sentence that names the program, map or path concerned.
+    pub message: String,
+}
+
+impl ObjectError {
+    /// A failure with a reason and a message.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
+impl std::error::Error for ObjectError {}
+
+/// The last lines of a verifier log: the part that says why (the whole log can be megabytes).
+pub fn verifier_log_tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = all.len().saturating_sub(lines);
+    all[start..].join("\n")
+}
+
+/// An error of the agent as a whole (not of one object): the managed root, bpffs, the API.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The bpffs mount point is missing, not a bpffs, or could not be mounted.
+    #[error("bpffs at {path}: {message}")]
+    Bpffs {
+        /// The mount point.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A filesystem operation on the managed root failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What the agent was doing.
+        action: &'static str,
+        /// Where.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl AgentError {
+    /// An I/O error with the action and path it concerns.
+    pub fn io(
+        action: &'static str,
+        path: impl Into<std::path::PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        AgentError::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}

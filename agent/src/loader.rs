@@ -1,0 +1,443 @@
+//! Builds one version of one object: parse the ELF, check it against the spec, load it with aya,
+//! pin maps and programs into a fresh version directory and attach. Either the whole version is
+//! built, or nothing of it is left behind (the version directory and the shared maps this attempt
+//! created are removed).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use aya::maps::MapInfo;
+use aya::programs::{Program, ProgramError};
+use aya::{Btf, EbpfError, EbpfLoader};
+use aya_obj::maps::PinningType;
+use base64::Engine as _;
+use bpfpin_crds::BpfObjectSpec;
+
+use crate::attach::{self, AttachPoint};
+use crate::error::{ObjectError, Reason, verifier_log_tail};
+use crate::fsops;
+use crate::layout::Layout;
+
+/// A version that is fully pinned (and attached) in its version directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedVersion {
+    /// The version directory's name.
+    pub version: String,
+    /// `(program, kernel program id)`, in spec order.
+    pub programs: Vec<(String, u32)>,
+    /// Map pins: private ones in the version directory, shared ones under `<root>/shared`.
+    pub maps: Vec<PathBuf>,
+    /// Link pins (in the version directory).
+    pub links: Vec<PathBuf>,
+    /// Shared map pins this object uses (explicit `pinPath`s and pin-by-name maps).
+    pub shared: Vec<PathBuf>,
+}
+
+/// What the ELF says about the maps that end up shared, and which maps the object pins privately.
+#[derive(Debug, Clone, Default)]
+pub struct MapPlan {
+    /// Map name → private pin (relative to the version directory: `maps/<name>`).
+    pub private: Vec<String>,
+    /// Map name → shared pin path.
+    pub shared: BTreeMap<String, PathBuf>,
+}
+
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// Whether `name` is an ELF-internal map (`.rodata`, `.bss`, `.data`, ...): never pinned.
+fn is_internal_map(name: &str) -> bool {
+    name.starts_with('.')
+}
+
+/// Parses the ELF and decides where each map is pinned. Fails on a malformed ELF and on programs
+/// or maps the spec names that the ELF does not have.
+pub fn plan_maps(
+    layout: &Layout,
+    spec: &BpfObjectSpec,
+    elf: &aya_obj::Object,
+) -> Result<MapPlan, ObjectError> {
+    for prog in &spec.programs {
+        if !elf.programs.contains_key(&prog.name) {
+            let mut have: Vec<&str> = elf.programs.keys().map(String::as_str).collect();
+            have.sort_unstable();
+            return Err(ObjectError::new(
+                Reason::ProgramNotFound,
+                format!(
+                    "program {} is not in the ELF object (it has: {})",
+                    prog.name,
+                    have.join(", ")
+                ),
+            ));
+        }
+    }
+    let mut plan = MapPlan::default();
+    let listed: BTreeMap<&str, Option<&String>> = spec
+        .maps
+        .iter()
+        .map(|m| (m.name.as_str(), m.pin_path.as_ref()))
+        .collect();
+    for name in listed.keys() {
+        if !elf.maps.contains_key(*name) {
+            let mut have: Vec<&str> = elf
+                .maps
+                .keys()
+                .map(String::as_str)
+                .filter(|n| !is_internal_map(n))
+                .collect();
+            have.sort_unstable();
+            return Err(ObjectError::new(
+                Reason::MapNotFound,
+                format!(
+                    "map {name} is not in the ELF object (it has: {})",
+                    have.join(", ")
+                ),
+            ));
+        }
+    }
+    let mut names: Vec<&String> = elf.maps.keys().collect();
+    names.sort_unstable();
+    for name in names {
+        if is_internal_map(name) {
+            continue;
+        }
+        let map = &elf.maps[name];
+        match listed.get(name.as_str()) {
+            Some(Some(pin_path)) => {
+                plan.shared
+                    .insert(name.clone(), layout.shared_map(pin_path));
+            }
+            _ if matches!(map.pinning(), PinningType::ByName) => {
+                plan.shared.insert(name.clone(), layout.shared_map(name));
+            }
+            Some(None) => plan.private.push(name.clone()),
+            None if spec.maps.is_empty() => plan.private.push(name.clone()),
+            None => {}
+        }
+    }
+    Ok(plan)
+}
+
+/// Whether a pinned map has the definition the ELF asks for.
+fn definition_matches(pinned: &MapInfo, elf: &aya_obj::Map) -> Result<(), String> {
+    let pinned_type = pinned.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+    let mismatches: Vec<String> = [
+        ("type", pinned_type, elf.map_type()),
+        ("key size", pinned.key_size(), elf.key_size()),
+        ("value size", pinned.value_size(), elf.value_size()),
+        ("max entries", pinned.max_entries(), elf.max_entries()),
+        ("flags", pinned.map_flags(), elf.map_flags()),
+    ]
+    .into_iter()
+    .filter(|(_, have, want)| have != want)
+    .map(|(what, have, want)| format!("{what} {have} (pinned) != {want} (this object)"))
+    .collect();
+    if mismatches.is_empty() {
+        Ok(())
+    } else {
+        Err(mismatches.join(", "))
+    }
+}
+
+/// Undo of a failed build: what this attempt created outside its version directory.
+#[derive(Debug, Default)]
+struct Rollback {
+    version_dir: Option<PathBuf>,
+    created_shared: Vec<PathBuf>,
+    /// `(link pin, program pin)`: links whose program this attempt replaced, and the program to
+    /// put back.
+    replaced_links: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Rollback {
+    fn undo(self, root: &Path) {
+        for (link, prog) in &self.replaced_links {
+            if let Err(e) = attach::restore_xdp_link(link, prog) {
+                tracing::warn!(link = %link.display(), error = %e, "could not restore the previous program on a link");
+            }
+        }
+        if let Some(dir) = &self.version_dir {
+            fsops::remove_tree(root, dir);
+        }
+        for pin in &self.created_shared {
+            fsops::remove_tree(root, pin);
+        }
+    }
+}
+
+/// Everything needed to build one version.
+#[derive(Debug)]
+pub struct BuildRequest<'a> {
+    /// The object's name.
+    pub object: &'a str,
+    /// The spec.
+    pub spec: &'a BpfObjectSpec,
+    /// The ELF bytes (digest already checked).
+    pub bytecode: &'a [u8],
+    /// The new version's name.
+    pub version: &'a str,
+    /// The version directory currently swapped in, if any: maps with an unchanged definition
+    /// are taken over from it (they keep their contents) and its XDP links are updated in place.
+    pub previous: Option<&'a Path>,
+}
+
+/// Builds a version. On error nothing of the attempt remains.
+pub fn build(
+    layout: &Layout,
+    btf: Option<&Btf>,
+    req: &BuildRequest<'_>,
+) -> Result<PinnedVersion, ObjectError> {
+    let mut rollback = Rollback::default();
+    match build_inner(layout, btf, req, &mut rollback) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            rollback.undo(layout.root());
+            Err(e)
+        }
+    }
+}
+
+fn build_inner(
+    layout: &Layout,
+    btf: Option<&Btf>,
+    req: &BuildRequest<'_>,
+    rollback: &mut Rollback,
+) -> Result<PinnedVersion, ObjectError> {
+    let spec = req.spec;
+    let elf = aya_obj::Object::parse(req.bytecode).map_err(|e| {
+        ObjectError::new(
+            Reason::InvalidElf,
+            format!("the bytecode is not a valid eBPF ELF object: {}", chain(&e)),
+        )
+    })?;
+    let plan = plan_maps(layout, spec, &elf)?;
+
+    // Shared pins that exist must have this object's definition; the others this attempt creates
+    // (and removes again if it fails).
+    for (name, path) in &plan.shared {
+        fsops::confine(layout.root(), path)?;
+        match MapInfo::from_pin(path) {
+            Ok(info) => definition_matches(&info, &elf.maps[name]).map_err(|why| {
+                ObjectError::new(
+                    Reason::MapConflict,
+                    format!(
+                        "map {name} conflicts with the map already shared at {}: {why}",
+                        path.display()
+                    ),
+                )
+            })?,
+            Err(_) => {
+                if let Some(parent) = path.parent() {
+                    fsops::create_dirs(layout.root(), parent)?;
+                }
+                rollback.created_shared.push(path.clone());
+            }
+        }
+    }
+
+    let globals: Vec<(&str, Vec<u8>)> = spec
+        .global_data
+        .iter()
+        .map(|(name, b64)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map(|bytes| (name.as_str(), bytes))
+                .map_err(|e| {
+                    ObjectError::new(
+                        Reason::InvalidGlobalData,
+                        format!("globalData {name} is not valid base64: {e}"),
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
+
+    let mut loader = EbpfLoader::new();
+    loader.btf(btf);
+    loader.default_map_pin_directory(layout.shared());
+    for (name, bytes) in &globals {
+        loader.override_global(name, bytes.as_slice(), true);
+    }
+    for (name, path) in &plan.shared {
+        loader.map_pin_path(name, path.as_path());
+    }
+    // Keep the contents of maps whose definition did not change.
+    let mut reused = BTreeSet::new();
+    if let Some(prev) = req.previous {
+        for name in &plan.private {
+            let old = Layout::map_in(prev, name);
+            if let Ok(info) = MapInfo::from_pin(&old)
+                && definition_matches(&info, &elf.maps[name]).is_ok()
+            {
+                loader.map_pin_path(name, old);
+                reused.insert(name.clone());
+            }
+        }
+    }
+    let mut ebpf = loader.load(req.bytecode).map_err(|e| load_error(&e))?;
+
+    let dir = layout.version(req.object, req.version);
+    fsops::create_dirs(layout.root(), &dir)?;
+    rollback.version_dir = Some(dir.clone());
+
+    let mut programs = Vec::with_capacity(spec.programs.len());
+    for prog_spec in &spec.programs {
+        let name = prog_spec.name.as_str();
+        let program = ebpf.program_mut(name).ok_or_else(|| {
+            ObjectError::new(
+                Reason::ProgramNotFound,
+                format!("program {name} is not in the ELF object"),
+            )
+        })?;
+        load_program(name, program, btf)?;
+        let path = Layout::prog_in(&dir, name);
+        fsops::create_dirs(layout.root(), path.parent().expect("progs/"))?;
+        program
+            .pin(&path)
+            .map_err(|e| pin_error("program", name, &path, &e))?;
+        let id = program
+            .info()
+            .map_err(|e| {
+                ObjectError::new(Reason::LoadFailed, format!("program {name}: {}", chain(&e)))
+            })?
+            .id();
+        programs.push((name.to_owned(), id));
+    }
+
+    let mut maps = Vec::new();
+    for name in &plan.private {
+        let path = Layout::map_in(&dir, name);
+        let map = ebpf.map(name).ok_or_else(|| {
+            ObjectError::new(Reason::MapNotFound, format!("map {name} was not created"))
+        })?;
+        fsops::create_dirs(layout.root(), path.parent().expect("maps/"))?;
+        map.pin(&path)
+            .map_err(|e| pin_error("map", name, &path, &e))?;
+        maps.push(layout.public_path(req.object, &dir, &path));
+    }
+    let shared: Vec<PathBuf> = plan.shared.values().cloned().collect();
+    maps.extend(shared.iter().cloned());
+
+    // Attach last: everything that can fail without side effects on running traffic has passed.
+    let mut links = Vec::new();
+    for prog_spec in &spec.programs {
+        let Some(attach) = &prog_spec.attach else {
+            continue;
+        };
+        let name = prog_spec.name.as_str();
+        for point in AttachPoint::all(attach) {
+            let path = Layout::link_in(&dir, name, &point.link_name());
+            fsops::create_dirs(layout.root(), path.parent().expect("links/<program>/"))?;
+            let program = ebpf.program_mut(name).expect("loaded above");
+            let previous_link = req
+                .previous
+                .map(|p| Layout::link_in(p, name, &point.link_name()));
+            if let Some(replaced) =
+                attach::attach_and_pin(program, name, &point, &path, previous_link.as_deref())?
+            {
+                let prev_prog =
+                    Layout::prog_in(req.previous.expect("replaced a previous link"), name);
+                rollback.replaced_links.push((replaced, prev_prog));
+            }
+            links.push(layout.public_path(req.object, &dir, &path));
+        }
+    }
+    if !reused.is_empty() {
+        tracing::debug!(object = req.object, maps = ?reused, "kept the contents of unchanged maps");
+    }
+    Ok(PinnedVersion {
+        version: req.version.to_owned(),
+        programs,
+        maps,
+        links,
+        shared,
+    })
+}
+
+fn pin_error(kind: &str, name: &str, path: &Path, err: &dyn std::error::Error) -> ObjectError {
+    ObjectError::new(
+        Reason::PinFailed,
+        format!(
+            "pinning {kind} {name} at {}: {}",
+            path.display(),
+            chain(err)
+        ),
+    )
+}
+
+fn load_error(err: &EbpfError) -> ObjectError {
+    match err {
+        EbpfError::ParseError(aya_obj::ParseError::InvalidGlobalData { .. })
+        | EbpfError::ParseError(aya_obj::ParseError::SymbolNotFound { .. }) => ObjectError::new(
+            Reason::InvalidGlobalData,
+            format!("globalData does not fit the ELF object: {}", chain(err)),
+        ),
+        EbpfError::ParseError(_) => ObjectError::new(
+            Reason::InvalidElf,
+            format!(
+                "the bytecode is not a valid eBPF ELF object: {}",
+                chain(err)
+            ),
+        ),
+        _ => ObjectError::new(
+            Reason::LoadFailed,
+            format!("loading the ELF object: {}", chain(err)),
+        ),
+    }
+}
+
+fn program_error(name: &str, err: ProgramError) -> ObjectError {
+    match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => ObjectError::new(
+            Reason::VerifierRejected,
+            format!(
+                "the verifier rejected program {name} ({io_error}); log tail:\n{}",
+                verifier_log_tail(&verifier_log.to_string(), 8)
+            ),
+        ),
+        other => ObjectError::new(
+            Reason::LoadFailed,
+            format!("loading program {name}: {}", chain(&other)),
+        ),
+    }
+}
+
+fn load_program(name: &str, program: &mut Program, btf: Option<&Btf>) -> Result<(), ObjectError> {
+    let _ = btf;
+    let result = match program {
+        Program::TracePoint(p) => p.load(),
+        Program::Xdp(p) => p.load(),
+        Program::KProbe(p) => p.load(),
+        Program::UProbe(p) => p.load(),
+        Program::SchedClassifier(p) => p.load(),
+        Program::CgroupSkb(p) => p.load(),
+        Program::SocketFilter(p) => p.load(),
+        Program::RawTracePoint(p) => p.load(),
+        Program::PerfEvent(p) => p.load(),
+        Program::SkMsg(p) => p.load(),
+        Program::SockOps(p) => p.load(),
+        other => {
+            return Err(ObjectError::new(
+                Reason::Unsupported,
+                format!(
+                    "program {name} has type {:?}, which bpfpin cannot load yet",
+                    other.prog_type()
+                ),
+            ));
+        }
+    };
+    result.map_err(|e| program_error(name, e))
+}

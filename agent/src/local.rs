@@ -1,0 +1,294 @@
+//! Local mode: reconcile every `BpfObject` found in the YAML files of a folder, no cluster needed.
+//! `bytecode.path` may be relative to the manifest's folder and must resolve (symlinks included)
+//! inside the manifests folder or a `--bytecode-dir`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bpfpin_crds::BpfObject;
+use serde::Deserialize;
+
+use crate::desired::DesiredObject;
+use crate::error::{ObjectError, Reason};
+use crate::reconcile::{Action, PassReport, Reconciler};
+
+/// Where local mode reads from.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// The manifests folder.
+    pub manifests: PathBuf,
+    /// Extra folders bytecode may be read from.
+    pub bytecode_dirs: Vec<PathBuf>,
+}
+
+/// A manifest document that could not be turned into an object.
+#[derive(Debug, Clone)]
+pub struct ManifestError {
+    /// The object's name, when the document has one.
+    pub object: Option<String>,
+    /// The file.
+    pub file: PathBuf,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Reads every `BpfObject` of the folder, with its bytecode. Documents of other kinds are skipped.
+pub fn read_manifests(config: &LocalConfig) -> (Vec<DesiredObject>, Vec<ManifestError>) {
+    let mut objects: BTreeMap<String, DesiredObject> = BTreeMap::new();
+    let mut errors = Vec::new();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&config.manifests) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+            })
+            .collect(),
+        Err(e) => {
+            errors.push(ManifestError {
+                object: None,
+                file: config.manifests.clone(),
+                message: format!("cannot read the manifests folder: {e}"),
+            });
+            return (Vec::new(), errors);
+        }
+    };
+    files.sort();
+    let allowed = allowed_dirs(config);
+    for file in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(ManifestError {
+                    object: None,
+                    file: file.clone(),
+                    message: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value = match serde_yaml::Value::deserialize(doc) {
+                Ok(serde_yaml::Value::Null) => continue,
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(ManifestError {
+                        object: None,
+                        file: file.clone(),
+                        message: format!("document {}: not YAML: {e}", i + 1),
+                    });
+                    continue;
+                }
+            };
+            if value.get("kind").and_then(|k| k.as_str()) != Some("BpfObject") {
+                tracing::debug!(file = %file.display(), document = i + 1, "skipping a document that is not a BpfObject");
+                continue;
+            }
+            let name = value
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(|n| n.as_str())
+                .map(str::to_owned);
+            let obj: BpfObject = match serde_yaml::from_value(value) {
+                Ok(o) => o,
+                Err(e) => {
+                    errors.push(ManifestError {
+                        object: name,
+                        file: file.clone(),
+                        message: format!("document {}: not a valid BpfObject: {e}", i + 1),
+                    });
+                    continue;
+                }
+            };
+            let Some(name) = obj.metadata.name.clone() else {
+                errors.push(ManifestError {
+                    object: None,
+                    file: file.clone(),
+                    message: format!("document {}: metadata.name is missing", i + 1),
+                });
+                continue;
+            };
+            if objects.contains_key(&name) {
+                errors.push(ManifestError {
+                    object: Some(name.clone()),
+                    file: file.clone(),
+                    message: "is defined twice; the first definition is used".into(),
+                });
+                continue;
+            }
+            let folder = file.parent().unwrap_or(Path::new("."));
+            let bytecode = read_bytecode(&obj, folder, &allowed);
+            objects.insert(
+                name.clone(),
+                DesiredObject {
+                    name,
+                    uid: obj.metadata.uid.clone(),
+                    generation: obj.metadata.generation.unwrap_or(0),
+                    spec: obj.spec,
+                    bytecode,
+                },
+            );
+        }
+    }
+    (objects.into_values().collect(), errors)
+}
+
+fn allowed_dirs(config: &LocalConfig) -> Vec<PathBuf> {
+    std::iter::once(&config.manifests)
+        .chain(&config.bytecode_dirs)
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .collect()
+}
+
+/// Reads `bytecode.path`, refusing paths that resolve outside the allowed folders.
+pub fn read_bytecode(
+    obj: &BpfObject,
+    folder: &Path,
+    allowed: &[PathBuf],
+) -> Result<Vec<u8>, ObjectError> {
+    let source = &obj.spec.bytecode;
+    let Some(path) = &source.path else {
+        let kind = if source.config_map.is_some() {
+            "configMap"
+        } else if source.url.is_some() {
+            "url"
+        } else {
+            "image"
+        };
+        return Err(ObjectError::new(
+            Reason::UnsupportedSource,
+            format!("bytecode.{kind} is not available in local mode; use bytecode.path"),
+        ));
+    };
+    resolve_path(Path::new(path), folder, allowed).and_then(|p| {
+        std::fs::read(&p).map_err(|e| {
+            ObjectError::new(
+                Reason::BytecodeUnavailable,
+                format!("reading bytecode {}: {e}", p.display()),
+            )
+        })
+    })
+}
+
+/// Resolves a bytecode path (relative to `folder`) and checks it lies in an allowed folder.
+pub fn resolve_path(
+    path: &Path,
+    folder: &Path,
+    allowed: &[PathBuf],
+) -> Result<PathBuf, ObjectError> {
+    let joined = folder.join(path);
+    let real = std::fs::canonicalize(&joined).map_err(|e| {
+        ObjectError::new(
+            Reason::BytecodeUnavailable,
+            format!("bytecode {}: {e}", joined.display()),
+        )
+    })?;
+    if allowed.iter().any(|dir| real.starts_with(dir)) {
+        Ok(real)
+    } else {
+        Err(ObjectError::new(
+            Reason::BytecodePathNotAllowed,
+            format!(
+                "bytecode {} resolves to {}, outside the allowed folders ({}); add one with --bytecode-dir",
+                path.display(),
+                real.display(),
+                allowed
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))
+    }
+}
+
+/// Prints a pass for a person: one line per object. Returns whether everything is pinned.
+pub fn print_pass(report: &PassReport, errors: &[ManifestError]) -> bool {
+    let mut ok = errors.is_empty();
+    for e in errors {
+        eprintln!(
+            "{}: FAILED InvalidManifest: {}: {}",
+            e.object.as_deref().unwrap_or("<unnamed>"),
+            e.file.display(),
+            e.message
+        );
+    }
+    for r in &report.objects {
+        match (&r.error, &r.pinned) {
+            (None, Some(p)) => println!(
+                "{}: {} at {} ({} programs, {} maps, {} links)",
+                r.name,
+                match r.action {
+                    Action::Unchanged | Action::Adopted => "pinned (unchanged)",
+                    Action::Updated => "updated",
+                    _ => "pinned",
+                },
+                r.path.display(),
+                p.programs.len(),
+                p.maps.len(),
+                p.links.len()
+            ),
+            (Some(e), _) => {
+                ok = false;
+                let kept = if r.action == Action::KeptPrevious {
+                    " (the previous version stays pinned)"
+                } else {
+                    ""
+                };
+                eprintln!("{}: FAILED {}{kept}", r.name, e);
+            }
+            (None, None) => {}
+        }
+    }
+    for name in &report.removed {
+        println!("{name}: unpinned (no longer in the manifests)");
+    }
+    ok
+}
+
+/// One pass: read the manifests, reconcile, print. Returns whether everything is pinned.
+pub fn run_once(reconciler: &mut Reconciler, config: &LocalConfig) -> bool {
+    let (desired, errors) = read_manifests(config);
+    // Objects whose manifest is broken are kept as they are: a typo must not unpin them.
+    let hold = errors.iter().filter_map(|e| e.object.clone()).collect();
+    let report = reconciler.reconcile(&desired, &hold);
+    print_pass(&report, &errors)
+}
+
+/// Watches the folder and reconciles on every change until SIGTERM/SIGINT; pins persist.
+pub async fn watch(mut reconciler: Reconciler, config: LocalConfig) -> anyhow::Result<()> {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&config.manifests, RecursiveMode::NonRecursive)?;
+    for dir in &config.bytecode_dirs {
+        watcher.watch(dir, RecursiveMode::Recursive)?;
+    }
+    let mut shutdown = std::pin::pin!(crate::shutdown::signal());
+    loop {
+        let cfg = config.clone();
+        let (r, _ok) = tokio::task::spawn_blocking(move || {
+            let ok = run_once(&mut reconciler, &cfg);
+            (reconciler, ok)
+        })
+        .await?;
+        reconciler = r;
+        tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("shutting down; pins stay in place");
+                return Ok(());
+            }
+            Some(()) = rx.recv() => {
+                // Editors write files in several steps: let them settle, then take every event.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                while rx.try_recv().is_ok() {}
+            }
+        }
+    }
+}

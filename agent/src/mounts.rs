@@ -1,0 +1,97 @@
+//! The filesystems the agent needs: bpffs (pins) and tracefs (tracepoint ids). Where they are not
+//! mounted the agent mounts them, or says exactly what is missing.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::error::AgentError;
+
+/// `BPF_FS_MAGIC` from `linux/magic.h`.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// `TRACEFS_MAGIC` from `linux/magic.h`.
+const TRACEFS_MAGIC: i64 = 0x7472_6163;
+
+fn fs_magic(path: &Path) -> std::io::Result<i64> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: c_path is a valid NUL-terminated string and buf is large enough for a statfs.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), buf.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statfs returned 0, so it filled buf.
+    Ok(unsafe { buf.assume_init() }.f_type as i64)
+}
+
+fn mount(fstype: &str, target: &Path) -> std::io::Result<()> {
+    let source = CString::new(fstype).expect("no NUL");
+    let target = CString::new(target.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: every pointer is a valid NUL-terminated string; data may be NULL.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            source.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// True when `path` is the root of (or inside) a bpffs.
+pub fn is_bpffs(path: &Path) -> bool {
+    fs_magic(path).is_ok_and(|m| m == BPF_FS_MAGIC)
+}
+
+/// Makes sure `mountpoint` is a bpffs: mounts one when it is a directory that holds another
+/// filesystem's (empty) mount point, creates the directory when it is missing.
+pub fn ensure_bpffs(mountpoint: &Path) -> Result<(), AgentError> {
+    let err = |message: String| AgentError::Bpffs {
+        path: mountpoint.to_path_buf(),
+        message,
+    };
+    if is_bpffs(mountpoint) {
+        return Ok(());
+    }
+    if !mountpoint.exists() {
+        std::fs::create_dir_all(mountpoint)
+            .map_err(|e| err(format!("does not exist and could not be created: {e}")))?;
+    }
+    mount("bpf", mountpoint).map_err(|e| {
+        err(format!(
+            "is not a bpffs and mounting one failed ({e}); mount it with `mount -t bpf bpf {}` or give the agent CAP_SYS_ADMIN",
+            mountpoint.display()
+        ))
+    })?;
+    tracing::info!(path = %mountpoint.display(), "mounted bpffs");
+    Ok(())
+}
+
+/// Makes sure tracefs is mounted where aya looks for it (`/sys/kernel/tracing`, or
+/// `/sys/kernel/debug/tracing`). Tracepoint attachments need it; aya looks only once per process,
+/// so this runs at start-up.
+pub fn ensure_tracefs() -> Result<(), AgentError> {
+    let primary = Path::new("/sys/kernel/tracing");
+    for candidate in [primary, Path::new("/sys/kernel/debug/tracing")] {
+        if fs_magic(candidate).is_ok_and(|m| m == TRACEFS_MAGIC)
+            || candidate.join("events").is_dir()
+        {
+            return Ok(());
+        }
+    }
+    mount("tracefs", primary).map_err(|e| AgentError::Bpffs {
+        path: primary.to_path_buf(),
+        message: format!(
+            "tracefs is not mounted and mounting it failed ({e}); tracepoint attachments need `mount -t tracefs tracefs /sys/kernel/tracing`"
+        ),
+    })?;
+    tracing::info!(path = %primary.display(), "mounted tracefs");
+    Ok(())
+}
