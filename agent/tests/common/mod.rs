@@ -1,0 +1,215 @@
+//! Shared fixtures of the agent's integration tests: a private bpffs per test, BPF objects
+//! compiled from the C sources in the repo, dummy network interfaces.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use aya::maps::{Array, Map, MapData};
+use bpfpin_agent::DesiredObject;
+use bpfpin_crds::BpfObjectSpec;
+
+/// Panics with a reason when the test cannot run here: these tests need root and a kernel with
+/// bpffs; they never pass without having run.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "the agent's integration tests load BPF programs and mount bpffs: run them as root");
+}
+
+/// A fresh private bpffs mounted in a temporary directory, unmounted on drop.
+pub struct Bpffs {
+    dir: tempfile::TempDir,
+}
+
+impl Bpffs {
+    pub fn new() -> Self {
+        require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount -t bpf bpf {} failed", dir.path().display());
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("bpfpin")
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Compiles a BPF C source of the repo (`counter` is the example; others live in
+/// agent/tests/bpf/) once per test binary, and returns the object's path.
+pub fn bpf_object(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<std::collections::HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Default::default).lock().expect("lock");
+    if let Some(p) = built.get(name) {
+        return p.clone();
+    }
+    let src = if name == "counter" {
+        repo().join("examples/counter/counter.bpf.c")
+    } else {
+        repo().join(format!("agent/tests/bpf/{name}.bpf.c"))
+    };
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bpf");
+    std::fs::create_dir_all(&out_dir).expect("mkdir");
+    let out = out_dir.join(format!("{name}.bpf.o"));
+    let arch = std::process::Command::new("gcc").arg("-dumpmachine").output().ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "x86_64-linux-gnu".into());
+    let output = std::process::Command::new("clang")
+        .args(["-O2", "-g", "-target", "bpf"])
+        .arg(format!("-I/usr/include/{arch}"))
+        .arg("-c")
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("clang is needed to build the test BPF programs (apt-get install clang libbpf-dev)");
+    assert!(output.status.success(), "clang {}: {}", src.display(), String::from_utf8_lossy(&output.stderr));
+    built.insert(name.to_owned(), out.clone());
+    out
+}
+
+pub fn bytes(name: &str) -> Vec<u8> {
+    std::fs::read(bpf_object(name)).expect("read object")
+}
+
+pub fn spec(yaml: &str) -> BpfObjectSpec {
+    serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("test spec: {e}\n{yaml}"))
+}
+
+pub fn desired(name: &str, spec_yaml: &str, object: &str) -> DesiredObject {
+    DesiredObject {
+        name: name.to_owned(),
+        uid: None,
+        generation: 1,
+        spec: spec(spec_yaml),
+        bytecode: Ok(bytes(object)),
+    }
+}
+
+/// The counter example with its tracepoint attached, `counts` private, `packets` shared.
+pub const COUNTER: &str = r#"
+bytecode: {path: counter.bpf.o}
+maps:
+- name: counts
+- name: packets
+  pinPath: team/packets
+programs:
+- name: count_getpid
+  attach: {tracepoint: {category: syscalls, name: sys_enter_getpid}}
+- name: tail_target
+"#;
+
+/// Value 0 of an array map of u64 pinned at `path`.
+pub fn read_u64(path: &Path) -> u64 {
+    let data = MapData::from_pin(path).unwrap_or_else(|e| panic!("open map {}: {e}", path.display()));
+    let map = Map::from_map_data(data).expect("map");
+    let array: Array<_, u64> = Array::try_from(map).expect("array of u64");
+    array.get(&0, 0).expect("read index 0")
+}
+
+/// Calls getpid(2) `n` times (the raw syscall: no libc caching).
+pub fn getpid_n(n: usize) {
+    for _ in 0..n {
+        // SAFETY: getpid has no preconditions.
+        unsafe { libc::syscall(libc::SYS_getpid) };
+    }
+}
+
+pub fn prog_id(path: &Path) -> u32 {
+    aya::programs::ProgramInfo::from_pin(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .id()
+}
+
+/// Every file under `dir`, relative, sorted (symlinks listed, not followed).
+pub fn tree(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(base).expect("prefix").display().to_string();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(base, &p, out);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn ip(args: &[&str]) -> bool {
+    std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("iproute2 (ip) is needed for the XDP tests")
+        .success()
+}
+
+/// A veth pair: `host` in this network namespace with 10.201.<n>.1/30, its peer in a network
+/// namespace of its own with 10.201.<n>.2/30 (the test's own host). Removed on drop.
+pub struct Veth {
+    pub host: String,
+    pub netns: String,
+    pub n: u8,
+}
+
+impl Veth {
+    pub fn new(n: u8) -> Self {
+        let host = format!("bpfpin{n}");
+        let peer = format!("bpfpin{n}p");
+        let netns = format!("bpfpin-test-{n}");
+        let _ = std::process::Command::new("ip").args(["link", "del", &host]).output();
+        let _ = std::process::Command::new("ip").args(["netns", "del", &netns]).output();
+        let addr = format!("10.201.{n}.1/30");
+        let peer_addr = format!("10.201.{n}.2/30");
+        let ok = ip(&["netns", "add", &netns])
+            && ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer])
+            && ip(&["link", "set", &peer, "netns", &netns])
+            && ip(&["addr", "add", &addr, "dev", &host])
+            && ip(&["link", "set", &host, "up"])
+            && ip(&["-n", &netns, "addr", "add", &peer_addr, "dev", &peer])
+            && ip(&["-n", &netns, "link", "set", &peer, "up"]);
+        assert!(ok, "setting up veth {host} <-> {netns}/{peer}");
+        Self { host, netns, n }
+    }
+
+    /// Pings the host side from the peer namespace `count` times (packets the host side receives).
+    pub fn ping_host(&self, count: u32) {
+        let target = format!("10.201.{}.1", self.n);
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.netns, "ping", "-q", "-c", &count.to_string(), "-i", "0.05", "-W", "1", &target])
+            .output()
+            .expect("ping (iputils-ping) is needed for the XDP tests");
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.host]).output();
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.netns]).output();
+    }
+}
