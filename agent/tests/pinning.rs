@@ -35,15 +35,27 @@ fn pins_the_layout_and_the_tracepoint_counts_after_the_agent_is_gone() {
             "progs/tail_target",
         ]
     );
-    assert!(root.join("shared/team/packets").exists(), "pinPath map is shared");
-    assert!(root.join("shared/last_pid").exists(), "LIBBPF_PIN_BY_NAME map is shared by name");
-    assert!(!root.join("counter/maps/packets").exists(), "a shared map is not pinned privately");
+    assert!(
+        root.join("shared/team/packets").exists(),
+        "pinPath map is shared"
+    );
+    assert!(
+        root.join("shared/last_pid").exists(),
+        "LIBBPF_PIN_BY_NAME map is shared by name"
+    );
+    assert!(
+        !root.join("counter/maps/packets").exists(),
+        "a shared map is not pinned privately"
+    );
     assert!(!root.join("counter/maps/.rodata").exists());
 
     let before = read_u64(&root.join("counter/maps/counts"));
     getpid_n(50);
     let after = read_u64(&root.join("counter/maps/counts"));
-    assert!(after >= before + 50, "the pinned tracepoint link keeps counting: {before} -> {after}");
+    assert!(
+        after >= before + 50,
+        "the pinned tracepoint link keeps counting: {before} -> {after}"
+    );
 }
 
 #[test]
@@ -52,17 +64,31 @@ fn a_restart_adopts_without_reloading() {
     let want = [desired("counter", COUNTER, "counter")];
     let ids = {
         let mut r = Reconciler::new(fs.path()).expect("reconciler");
-        r.reconcile(&want, &none()).objects[0].pinned.clone().expect("pinned").programs
+        r.reconcile(&want, &none()).objects[0]
+            .pinned
+            .clone()
+            .expect("pinned")
+            .programs
     };
     let target = std::fs::read_link(fs.root().join("counter")).expect("symlink");
 
     let mut r = Reconciler::new(fs.path()).expect("second reconciler (a restart)");
     let report = r.reconcile(&want, &none());
     assert_eq!(report.objects[0].action, Action::Adopted);
-    assert_eq!(report.objects[0].pinned.as_ref().expect("pinned").programs, ids, "same program ids");
+    assert_eq!(
+        report.objects[0].pinned.as_ref().expect("pinned").programs,
+        ids,
+        "same program ids"
+    );
     assert_eq!(report.unpinned, 0);
-    assert_eq!(std::fs::read_link(fs.root().join("counter")).expect("symlink"), target);
-    assert_eq!(prog_id(&fs.root().join("counter/progs/count_getpid")), ids[0].1);
+    assert_eq!(
+        std::fs::read_link(fs.root().join("counter")).expect("symlink"),
+        target
+    );
+    assert_eq!(
+        prog_id(&fs.root().join("counter/progs/count_getpid")),
+        ids[0].1
+    );
 
     // A steady-state pass of the same process does nothing at all.
     let again = r.reconcile(&want, &none());
@@ -87,17 +113,35 @@ fn an_update_swaps_atomically_and_keeps_map_contents() {
         "bytecode: {path: counter.bpf.o}\nglobalData: {INCREMENT: 6AMAAAAAAAA=}",
     );
     let report = r.reconcile(&[desired("counter", &updated, "counter")], &none());
-    assert_eq!(report.objects[0].action, Action::Updated, "{:?}", report.objects[0].error);
+    assert_eq!(
+        report.objects[0].action,
+        Action::Updated,
+        "{:?}",
+        report.objects[0].error
+    );
     let new_target = std::fs::read_link(root.join("counter")).expect("symlink");
     assert_ne!(old_target, new_target);
-    assert!(!root.join(&old_target).exists(), "the old version is removed after the swap");
-    assert_ne!(prog_id(&root.join("counter/progs/count_getpid")), old_id, "the program was reloaded");
+    assert!(
+        !root.join(&old_target).exists(),
+        "the old version is removed after the swap"
+    );
+    assert_ne!(
+        prog_id(&root.join("counter/progs/count_getpid")),
+        old_id,
+        "the program was reloaded"
+    );
 
     let kept = read_u64(&root.join("counter/maps/counts"));
-    assert!(kept >= counted, "the map kept its contents across the update: {counted} -> {kept}");
+    assert!(
+        kept >= counted,
+        "the map kept its contents across the update: {counted} -> {kept}"
+    );
     getpid_n(1);
     let now = read_u64(&root.join("counter/maps/counts"));
-    assert!(now >= kept + 1000, "the new version counts with INCREMENT=1000: {kept} -> {now}");
+    assert!(
+        now >= kept + 1000,
+        "the new version counts with INCREMENT=1000: {kept} -> {now}"
+    );
     assert_eq!(
         tree(&root.join("counter/links")),
         vec!["count_getpid/tracepoint-syscalls-sys_enter_getpid"],
@@ -121,13 +165,26 @@ fn a_failed_update_keeps_the_previous_version_running() {
     let err = obj.error.as_ref().expect("error");
     assert_eq!(err.reason.as_str(), "ProgramNotFound");
     assert!(err.message.contains("no_such_program"), "{err}");
-    assert!(obj.pinned.is_some(), "the report still shows what is pinned");
-    assert_eq!(std::fs::read_link(root.join("counter")).expect("symlink"), target);
+    assert!(
+        obj.pinned.is_some(),
+        "the report still shows what is pinned"
+    );
+    assert_eq!(
+        std::fs::read_link(root.join("counter")).expect("symlink"),
+        target
+    );
     assert_eq!(prog_id(&root.join("counter/progs/count_getpid")), id);
-    assert_eq!(tree(&root.join("_versions/counter")).len(), tree(&root.join("counter/")).len(), "no half version left aside");
+    assert_eq!(
+        tree(&root.join("_versions/counter")).len(),
+        tree(&root.join("counter/")).len(),
+        "no half version left aside"
+    );
     let before = read_u64(&root.join("counter/maps/counts"));
     getpid_n(5);
-    assert!(read_u64(&root.join("counter/maps/counts")) >= before + 5, "still attached");
+    assert!(
+        read_u64(&root.join("counter/maps/counts")) >= before + 5,
+        "still attached"
+    );
 }
 
 #[test]
@@ -148,18 +205,29 @@ fn programs_removed_from_a_spec_and_deleted_objects_are_unpinned() {
     assert_eq!(report.removed, vec!["counter".to_string()]);
     assert!(report.unpinned >= 4, "unpinned {}", report.unpinned);
     assert!(!root.join("counter").exists());
-    assert_eq!(tree(&root), Vec::<String>::new(), "nothing left but empty internal directories");
+    assert_eq!(
+        tree(&root),
+        Vec::<String>::new(),
+        "nothing left but empty internal directories"
+    );
 
     // With its link and program pins gone the program is unloaded (the kernel frees it
     // asynchronously, so give it a moment).
-    let loaded = || aya::programs::loaded_programs().flatten().any(|p| p.id() == id);
+    let loaded = || {
+        aya::programs::loaded_programs()
+            .flatten()
+            .any(|p| p.id() == id)
+    };
     for _ in 0..100 {
         if !loaded() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    assert!(!loaded(), "program {id} is still loaded after its object was unpinned");
+    assert!(
+        !loaded(),
+        "program {id} is still loaded after its object was unpinned"
+    );
 }
 
 #[test]
@@ -172,9 +240,12 @@ fn leftovers_and_unknown_entries_are_swept_but_nothing_outside_the_root() {
     // Leftovers of an interrupted run: a half-built version, a staged symlink, stray entries.
     let half = root.join("_versions/counter/0123456789abcdef-1/progs");
     std::fs::create_dir_all(&half).expect("mkdir");
-    aya::programs::ProgramInfo::from_pin(root.join("counter/progs/tail_target"))
-        .expect("info");
-    std::os::unix::fs::symlink("../_versions/counter/0123456789abcdef-1", root.join("_staging/counter")).expect("symlink");
+    aya::programs::ProgramInfo::from_pin(root.join("counter/progs/tail_target")).expect("info");
+    std::os::unix::fs::symlink(
+        "../_versions/counter/0123456789abcdef-1",
+        root.join("_staging/counter"),
+    )
+    .expect("symlink");
     std::fs::create_dir_all(root.join("stray/dir")).expect("mkdir");
     std::fs::create_dir_all(root.join("_versions/ghost/abc-1")).expect("mkdir");
     // Outside the root: must survive, even when a symlink inside the root points at it.
@@ -188,7 +259,10 @@ fn leftovers_and_unknown_entries_are_swept_but_nothing_outside_the_root() {
     assert!(!root.join("stray").exists());
     assert!(!root.join("evil").exists());
     assert!(!root.join("_versions/ghost").exists());
-    assert!(fs.path().join("other/keep").is_dir(), "nothing outside the managed root is touched");
+    assert!(
+        fs.path().join("other/keep").is_dir(),
+        "nothing outside the managed root is touched"
+    );
     assert!(root.join("counter/progs/count_getpid").exists());
 }
 
@@ -200,7 +274,10 @@ fn a_shared_map_is_one_map_and_lives_until_its_last_user_goes() {
     let a = desired("a", COUNTER, "counter");
     let b = desired("b", COUNTER, "counter");
     let report = r.reconcile(&[a.clone(), b.clone()], &none());
-    assert!(report.objects.iter().all(|o| o.error.is_none()), "{report:?}");
+    assert!(
+        report.objects.iter().all(|o| o.error.is_none()),
+        "{report:?}"
+    );
     let map_id = |p: &std::path::Path| aya::maps::MapInfo::from_pin(p).expect("map").id();
     let shared_id = map_id(&root.join("shared/team/packets"));
     let prog_maps = |obj: &str| {
@@ -214,14 +291,31 @@ fn a_shared_map_is_one_map_and_lives_until_its_last_user_goes() {
     let last_pid = map_id(&root.join("shared/last_pid"));
     assert!(prog_maps("a").contains(&last_pid), "a uses shared/last_pid");
     assert!(prog_maps("b").contains(&last_pid), "b uses the same map");
-    assert_ne!(map_id(&root.join("a/maps/counts")), map_id(&root.join("b/maps/counts")), "private maps are private");
+    assert_ne!(
+        map_id(&root.join("a/maps/counts")),
+        map_id(&root.join("b/maps/counts")),
+        "private maps are private"
+    );
 
     r.reconcile(&[b], &none());
-    assert!(root.join("shared/team/packets").exists(), "b still names it");
-    assert_eq!(map_id(&root.join("shared/team/packets")), shared_id, "the same map");
+    assert!(
+        root.join("shared/team/packets").exists(),
+        "b still names it"
+    );
+    assert_eq!(
+        map_id(&root.join("shared/team/packets")),
+        shared_id,
+        "the same map"
+    );
     r.reconcile(&[], &none());
-    assert!(!root.join("shared/team/packets").exists(), "the last user is gone");
-    assert!(!root.join("shared/team").exists(), "empty directories go too");
+    assert!(
+        !root.join("shared/team/packets").exists(),
+        "the last user is gone"
+    );
+    assert!(
+        !root.join("shared/team").exists(),
+        "empty directories go too"
+    );
 }
 
 #[test]
@@ -240,7 +334,11 @@ programs:
     );
     let mut r = Reconciler::new(fs.path()).expect("reconciler");
     let report = r.reconcile(&[desired("xdp", &spec, "counter")], &none());
-    assert!(report.objects[0].error.is_none(), "{:?}", report.objects[0].error);
+    assert!(
+        report.objects[0].error.is_none(),
+        "{:?}",
+        report.objects[0].error
+    );
     let link = root.join(format!("xdp/links/count_packets/xdp-{}", veth.host));
     assert!(link.exists());
     drop(r);
@@ -250,20 +348,37 @@ programs:
 
     // An update replaces the program on the same link (an interface has one XDP link).
     let mut r = Reconciler::new(fs.path()).expect("reconciler");
-    let updated = spec.replace("programs:", "globalData: {INCREMENT: AgAAAAAAAAA=}\nprograms:");
+    let updated = spec.replace(
+        "programs:",
+        "globalData: {INCREMENT: AgAAAAAAAAA=}\nprograms:",
+    );
     let report = r.reconcile(&[desired("xdp", &updated, "counter")], &none());
-    assert_eq!(report.objects[0].action, Action::Updated, "{:?}", report.objects[0].error);
+    assert_eq!(
+        report.objects[0].action,
+        Action::Updated,
+        "{:?}",
+        report.objects[0].error
+    );
     assert!(link.exists());
     veth.ping_host(2);
-    assert!(read_u64(&root.join("xdp/maps/packets")) >= packets + 2, "the map was kept and the new program counts");
+    assert!(
+        read_u64(&root.join("xdp/maps/packets")) >= packets + 2,
+        "the map was kept and the new program counts"
+    );
 
     // An interface that does not exist fails the object with a clear reason.
     let missing = spec.replace(&veth.host, "nosuchif0");
     let report = r.reconcile(
-        &[desired("xdp", &updated, "counter"), desired("xdp2", &missing, "counter")],
+        &[
+            desired("xdp", &updated, "counter"),
+            desired("xdp2", &missing, "counter"),
+        ],
         &none(),
     );
-    assert!(report.objects[0].error.is_none(), "the other object is unaffected");
+    assert!(
+        report.objects[0].error.is_none(),
+        "the other object is unaffected"
+    );
     let err = report.objects[1].error.as_ref().expect("error");
     assert_eq!(err.reason.as_str(), "AttachFailed");
     assert!(err.message.contains("nosuchif0"), "{err}");

@@ -14,7 +14,10 @@ use bpfpin_crds::BpfObjectSpec;
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "the agent's integration tests load BPF programs and mount bpffs: run them as root");
+    assert_eq!(
+        euid, 0,
+        "the agent's integration tests load BPF programs and mount bpffs: run them as root"
+    );
 }
 
 /// A fresh private bpffs mounted in a temporary directory, unmounted on drop.
@@ -31,7 +34,11 @@ impl Bpffs {
             .arg(dir.path())
             .status()
             .expect("run mount");
-        assert!(status.success(), "mount -t bpf bpf {} failed", dir.path().display());
+        assert!(
+            status.success(),
+            "mount -t bpf bpf {} failed",
+            dir.path().display()
+        );
         Self { dir }
     }
 
@@ -46,7 +53,10 @@ impl Bpffs {
 
 impl Drop for Bpffs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -70,7 +80,10 @@ pub fn bpf_object(name: &str) -> PathBuf {
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bpf");
     std::fs::create_dir_all(&out_dir).expect("mkdir");
     let out = out_dir.join(format!("{name}.bpf.o"));
-    let arch = std::process::Command::new("gcc").arg("-dumpmachine").output().ok()
+    let arch = std::process::Command::new("gcc")
+        .arg("-dumpmachine")
+        .output()
+        .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|| "x86_64-linux-gnu".into());
@@ -82,8 +95,15 @@ pub fn bpf_object(name: &str) -> PathBuf {
         .arg("-o")
         .arg(&out)
         .output()
-        .expect("clang is needed to build the test BPF programs (apt-get install clang libbpf-dev)");
-    assert!(output.status.success(), "clang {}: {}", src.display(), String::from_utf8_lossy(&output.stderr));
+        .expect(
+            "clang is needed to build the test BPF programs (apt-get install clang libbpf-dev)",
+        );
+    assert!(
+        output.status.success(),
+        "clang {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
     built.insert(name.to_owned(), out.clone());
     out
 }
@@ -121,7 +141,8 @@ programs:
 
 /// Value 0 of an array map of u64 pinned at `path`.
 pub fn read_u64(path: &Path) -> u64 {
-    let data = MapData::from_pin(path).unwrap_or_else(|e| panic!("open map {}: {e}", path.display()));
+    let data =
+        MapData::from_pin(path).unwrap_or_else(|e| panic!("open map {}: {e}", path.display()));
     let map = Map::from_map_data(data).expect("map");
     let array: Array<_, u64> = Array::try_from(map).expect("array of u64");
     array.get(&0, 0).expect("read index 0")
@@ -144,7 +165,9 @@ pub fn prog_id(path: &Path) -> u32 {
 /// Every file under `dir`, relative, sorted (symlinks listed, not followed).
 pub fn tree(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in entries.flatten() {
             let p = e.path();
             let rel = p.strip_prefix(base).expect("prefix").display().to_string();
@@ -182,8 +205,12 @@ impl Veth {
         let host = format!("bpfpin{n}");
         let peer = format!("bpfpin{n}p");
         let netns = format!("bpfpin-test-{n}");
-        let _ = std::process::Command::new("ip").args(["link", "del", &host]).output();
-        let _ = std::process::Command::new("ip").args(["netns", "del", &netns]).output();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &host])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &netns])
+            .output();
         let addr = format!("10.201.{n}.1/30");
         let peer_addr = format!("10.201.{n}.2/30");
         let ok = ip(&["netns", "add", &netns])
@@ -201,7 +228,20 @@ impl Veth {
     pub fn ping_host(&self, count: u32) {
         let target = format!("10.201.{}.1", self.n);
         let _ = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.netns, "ping", "-q", "-c", &count.to_string(), "-i", "0.05", "-W", "1", &target])
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "ping",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                "0.05",
+                "-W",
+                "1",
+                &target,
+            ])
             .output()
             .expect("ping (iputils-ping) is needed for the XDP tests");
     }
@@ -209,7 +249,11 @@ impl Veth {
 
 impl Drop for Veth {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["link", "del", &self.host]).output();
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.netns]).output();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
     }
 }

@@ -1,0 +1,305 @@
+//! `bpfpin-agent local` as a user runs it: the binary, manifests on disk, exit codes, watching,
+//! SIGTERM, and SIGKILL at any moment.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_bpfpin-agent");
+
+fn manifests_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["counter", "many", "rejected"] {
+        std::fs::copy(bpf_object(name), dir.path().join(format!("{name}.bpf.o"))).expect("copy");
+    }
+    dir
+}
+
+fn manifest(name: &str, spec: &str) -> String {
+    let body: String = spec.lines().map(|l| format!("  {l}\n")).collect();
+    format!(
+        "apiVersion: bpfpin.io/v1alpha1\nkind: BpfObject\nmetadata:\n  name: {name}\nspec:\n{body}"
+    )
+}
+
+fn once(manifests: &Path, fs: &Bpffs, extra: &[&str]) -> Output {
+    Command::new(AGENT)
+        .args(["local", "--once", "--manifests"])
+        .arg(manifests)
+        .arg("--bpffs")
+        .arg(fs.path())
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the agent")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn once_pins_every_object_of_a_multi_document_file_and_exits_0() {
+    let fs = Bpffs::new();
+    let dir = manifests_dir();
+    let docs = format!(
+        "{}---\n{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ignored}}\n",
+        manifest("counter", COUNTER),
+        manifest(
+            "many",
+            "bytecode: {path: ./many.bpf.o}\nprograms: [{name: prog_0}, {name: prog_23}]"
+        )
+    );
+    std::fs::write(dir.path().join("objects.yaml"), docs).expect("write");
+    let out = once(dir.path(), &fs, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("counter: pinned at"), "{stdout}");
+    assert!(stdout.contains("many: pinned at"), "{stdout}");
+    assert!(fs.root().join("many/progs/prog_23").exists());
+
+    // Again: nothing changes, same ids.
+    let id = prog_id(&fs.root().join("counter/progs/count_getpid"));
+    let out = once(dir.path(), &fs, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("counter: pinned (unchanged)"));
+    assert_eq!(prog_id(&fs.root().join("counter/progs/count_getpid")), id);
+}
+
+#[test]
+fn once_exits_non_zero_naming_each_failed_object_and_its_reason() {
+    let fs = Bpffs::new();
+    let dir = manifests_dir();
+    std::fs::write(dir.path().join("good.yaml"), manifest("good", COUNTER)).expect("write");
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        manifest(
+            "bad",
+            "bytecode: {path: rejected.bpf.o}\nprograms: [{name: unchecked}]",
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("broken.yaml"),
+        "kind: BpfObject\nmetadata: {name: broken}\nspec: {programs: 3}\n",
+    )
+    .expect("write");
+    let out = once(dir.path(), &fs, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad: FAILED VerifierRejected: the verifier rejected program unchecked"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("broken: FAILED InvalidManifest"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("good: pinned at"));
+    assert!(fs.root().join("good/progs/count_getpid").exists());
+    assert!(!fs.root().join("bad").exists());
+}
+
+#[test]
+fn bytecode_must_resolve_inside_the_allowed_folders() {
+    let fs = Bpffs::new();
+    let dir = manifests_dir();
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let outside: PathBuf = elsewhere.path().join("counter.bpf.o");
+    std::fs::copy(bpf_object("counter"), &outside).expect("copy");
+    // A symlink inside the manifests folder that points outside does not get around the check.
+    std::os::unix::fs::symlink(&outside, dir.path().join("sneaky.bpf.o")).expect("symlink");
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        manifest(
+            "abs",
+            &COUNTER.replace("counter.bpf.o", &outside.display().to_string()),
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        manifest("sneaky", &COUNTER.replace("counter.bpf.o", "sneaky.bpf.o")),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("c.yaml"),
+        manifest(
+            "dotdot",
+            &COUNTER.replace("counter.bpf.o", "../x/counter.bpf.o"),
+        ),
+    )
+    .expect("write");
+
+    let out = once(dir.path(), &fs, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("abs: FAILED BytecodePathNotAllowed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("sneaky: FAILED BytecodePathNotAllowed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("dotdot: FAILED BytecodeUnavailable"),
+        "{stderr}"
+    );
+
+    // Allowing the folder makes both work.
+    let allow = elsewhere.path().display().to_string();
+    std::fs::remove_file(dir.path().join("c.yaml")).expect("rm");
+    let out = once(dir.path(), &fs, &["--bytecode-dir", &allow]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(fs.root().join("abs/progs/count_getpid").exists());
+    assert!(fs.root().join("sneaky/progs/count_getpid").exists());
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+#[test]
+fn watching_follows_edits_and_sigterm_leaves_pins_in_place() {
+    let fs = Bpffs::new();
+    let dir = manifests_dir();
+    let mut child = Command::new(AGENT)
+        .args(["local", "--manifests"])
+        .arg(dir.path())
+        .arg("--bpffs")
+        .arg(fs.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    let root = fs.root();
+    std::fs::write(
+        dir.path().join("counter.yaml"),
+        manifest("counter", COUNTER),
+    )
+    .expect("write");
+    wait_for("counter to be pinned", || {
+        root.join("counter/progs/tail_target").exists()
+    });
+
+    std::fs::write(
+        dir.path().join("counter.yaml"),
+        manifest("counter", &COUNTER.replace("- name: tail_target\n", "")),
+    )
+    .expect("write");
+    wait_for("tail_target to be unpinned", || {
+        !root.join("counter/progs/tail_target").exists()
+    });
+    assert!(root.join("counter/progs/count_getpid").exists());
+
+    // SIGTERM: a clean exit, and the pins stay.
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(root.join("counter/progs/count_getpid").exists());
+    let before = read_u64(&root.join("counter/maps/counts"));
+    getpid_n(5);
+    assert!(
+        read_u64(&root.join("counter/maps/counts")) >= before + 5,
+        "still attached after the agent exited"
+    );
+}
+
+#[test]
+fn sigkill_at_any_moment_leaves_no_half_object_and_the_next_run_converges() {
+    let fs = Bpffs::new();
+    let dir = manifests_dir();
+    let programs: Vec<String> = (0..24).map(|i| format!("{{name: prog_{i}}}")).collect();
+    let many = format!(
+        "bytecode: {{path: many.bpf.o}}\nprograms: [{}]",
+        programs.join(", ")
+    );
+    std::fs::write(dir.path().join("many.yaml"), manifest("many", &many)).expect("write");
+    std::fs::write(
+        dir.path().join("counter.yaml"),
+        manifest("counter", COUNTER),
+    )
+    .expect("write");
+    let root = fs.root();
+
+    // Kill the agent at spread-out moments of a cold apply, then of an update.
+    let mut interrupted = 0;
+    for round in 0..16u64 {
+        if round == 8 {
+            // Second half: updates (a new version is built aside while the old one is live).
+            let updated = many.replace("many.bpf.o}", "many.bpf.o}\nmaps: [{name: hits}]");
+            std::fs::write(dir.path().join("many.yaml"), manifest("many", &updated))
+                .expect("write");
+        }
+        let mut child = Command::new(AGENT)
+            .args(["local", "--once", "--manifests"])
+            .arg(dir.path())
+            .arg("--bpffs")
+            .arg(fs.path())
+            .env("RUST_LOG", "off")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(3 + (round % 8) * 9));
+        child.kill().expect("SIGKILL");
+        let status = child.wait().expect("wait");
+        if status.code().is_none() {
+            interrupted += 1;
+        }
+        // Invariant: an object is either absent or complete.
+        for (object, n) in [("many", 24), ("counter", 2)] {
+            let link = root.join(object);
+            if std::fs::symlink_metadata(&link).is_ok() {
+                let progs = tree(&link.join("progs/"));
+                assert_eq!(
+                    progs.len(),
+                    n,
+                    "round {round}: {object} is visible but has {progs:?}"
+                );
+            }
+        }
+        if round == 7 {
+            // Converge before the update rounds.
+            let out = once(dir.path(), &fs, &[]);
+            assert!(out.status.success(), "{}", text(&out));
+        }
+    }
+    assert!(
+        interrupted >= 4,
+        "only {interrupted} of 16 runs were interrupted; the test is not exercising crashes"
+    );
+
+    let out = once(dir.path(), &fs, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(tree(&root.join("many/progs/")).len(), 24);
+    // Exactly one version per object, nothing staged: leftovers were swept.
+    for object in ["many", "counter"] {
+        let versions = std::fs::read_dir(root.join("_versions").join(object))
+            .expect("versions")
+            .count();
+        assert_eq!(
+            versions, 1,
+            "{object} has {versions} versions after convergence"
+        );
+    }
+    assert!(tree(&root.join("_staging")).is_empty());
+}
