@@ -95,8 +95,13 @@ impl fmt::Display for ObjectError {
 impl std::error::Error for ObjectError {}
 
 /// The last lines of a verifier log: the part that says why (the whole log can be megabytes).
+/// The statistics the verifier prints after its verdict are left out, so the verdict ends it.
 pub fn verifier_log_tail(log: &str, lines: usize) -> String {
-    let all: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    const STATS: [&str; 3] = ["verification time", "stack depth", "processed "];
+    let all: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !STATS.iter().any(|s| l.starts_with(s)))
+        .collect();
     let start = all.len().saturating_sub(lines);
     all[start..].join("\n")
 }
@@ -136,5 +141,19 @@ impl AgentError {
             path: path.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verdict_ends_the_tail() {
+        let log = "0: (b7) r0 = 0\n1: (79) r1 = *(u64 *)(r0 +0)\nR0 invalid mem access 'scalar'\nverification time 9 usec\nstack depth 0\nprocessed 2 insns (limit 1000000)\n";
+        assert_eq!(
+            verifier_log_tail(log, 2),
+            "1: (79) r1 = *(u64 *)(r0 +0)\nR0 invalid mem access 'scalar'"
+        );
     }
 }

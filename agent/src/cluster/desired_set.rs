@@ -1,0 +1,186 @@
+//! The desired set of this node: the `BpfObject`s whose node selector matches the node's labels
+//! and which are not being deleted, each with its bytecode. Pure functions of the watched state,
+//! so the selection rules are tested without an API server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use bpfpin_crds::BpfObjectSpec;
+
+use super::bytecode::{self, Source};
+use super::configmaps::{ConfigMapCache, ConfigMapRef};
+use super::selector;
+use super::watch::ObjectEntry;
+use crate::desired::DesiredObject;
+
+/// One selected object, with where its bytecode comes from.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.uid`.
+    pub uid: Option<String>,
+    /// `metadata.generation`.
+    pub generation: i64,
+    /// The spec.
+    pub spec: BpfObjectSpec,
+    /// Its bytecode, or why there is none yet.
+    pub source: Source,
+}
+
+/// The objects selected for a node with `labels`: selector matches, not being deleted. Objects
+/// whose selector cannot be evaluated select no node (the operator reports why).
+pub fn select<'a>(
+    objects: &'a BTreeMap<String, ObjectEntry>,
+    labels: &BTreeMap<String, String>,
+) -> Vec<(&'a String, &'a ObjectEntry)> {
+    objects
+        .iter()
+        .filter(|(name, obj)| {
+            if obj.deleting {
+                return false;
+            }
+            match selector::matches(obj.spec.node_selector.as_ref(), labels) {
+                Ok(selected) => selected,
+                Err(why) => {
+                    tracing::debug!(object = %name, %why, "invalid node selector: not selected");
+                    false
+                }
+            }
+        })
+        .collect()
+}
+
+/// The ConfigMaps the selected objects take their bytecode from.
+pub fn configmaps_of(selected: &[(&String, &ObjectEntry)]) -> BTreeSet<ConfigMapRef> {
+    selected
+        .iter()
+        .filter_map(|(_, obj)| obj.spec.bytecode.config_map.as_ref())
+        .map(ConfigMapRef::of)
+        .collect()
+}
+
+/// Every selected object with its bytecode source.
+pub fn plan(selected: &[(&String, &ObjectEntry)], configmaps: &ConfigMapCache) -> Vec<Planned> {
+    selected
+        .iter()
+        .map(|(name, obj)| Planned {
+            name: (*name).clone(),
+            uid: obj.uid.clone(),
+            generation: obj.generation,
+            spec: obj.spec.clone(),
+            source: bytecode::source_of(&obj.spec, configmaps),
+        })
+        .collect()
+}
+
+/// Objects left as they are this pass (their ConfigMap is not listed yet), by name, with uid.
+pub type Held = BTreeMap<String, Option<String>>;
+
+/// Reads the bytecode files (blocking I/O: run it on the blocking pool) and splits the plan into
+/// the objects to reconcile and the ones to hold.
+pub fn materialize(planned: Vec<Planned>, bytecode_dirs: &[PathBuf]) -> (Vec<DesiredObject>, Held) {
+    let mut desired = Vec::with_capacity(planned.len());
+    let mut held = Held::new();
+    for p in planned {
+        let bytecode = match p.source {
+            Source::Waiting => {
+                held.insert(p.name, p.uid);
+                continue;
+            }
+            Source::Path(path) => bytecode::read_path(&path, bytecode_dirs),
+            Source::Bytes(bytes) => Ok(bytes),
+            Source::Failed(error) => Err(error),
+        };
+        desired.push(DesiredObject {
+            name: p.name,
+            uid: p.uid,
+            generation: p.generation,
+            spec: p.spec,
+            bytecode,
+        });
+    }
+    (desired, held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Reason;
+
+    fn entry(yaml: &str, deleting: bool) -> ObjectEntry {
+        ObjectEntry {
+            uid: Some("u".into()),
+            generation: 1,
+            deleting,
+            spec: serde_yaml::from_str(yaml).expect("spec"),
+        }
+    }
+
+    fn objects() -> BTreeMap<String, ObjectEntry> {
+        [
+            ("all", entry("bytecode: {path: a.o}\nprograms: [{name: p}]", false)),
+            (
+                "edge",
+                entry(
+                    "nodeSelector: {matchLabels: {role: edge}}\nbytecode: {configMap: {namespace: ns, name: cm, key: k}}\nprograms: [{name: p}]",
+                    false,
+                ),
+            ),
+            (
+                "core",
+                entry(
+                    "nodeSelector: {matchExpressions: [{key: role, operator: NotIn, values: [edge]}]}\nbytecode: {path: c.o}\nprograms: [{name: p}]",
+                    false,
+                ),
+            ),
+            ("gone", entry("bytecode: {path: g.o}\nprograms: [{name: p}]", true)),
+            (
+                "broken",
+                entry(
+                    "nodeSelector: {matchExpressions: [{key: role, operator: Equals}]}\nbytecode: {path: b.o}\nprograms: [{name: p}]",
+                    false,
+                ),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    fn names(selected: &[(&String, &ObjectEntry)]) -> Vec<String> {
+        selected.iter().map(|(n, _)| (*n).clone()).collect()
+    }
+
+    #[test]
+    fn selection_follows_labels_and_skips_deletions() {
+        let objects = objects();
+        let edge = BTreeMap::from([("role".to_owned(), "edge".to_owned())]);
+        assert_eq!(names(&select(&objects, &edge)), ["all", "edge"]);
+        assert_eq!(names(&select(&objects, &BTreeMap::new())), ["all", "core"]);
+        let selected = select(&objects, &edge);
+        assert_eq!(
+            configmaps_of(&selected).into_iter().collect::<Vec<_>>(),
+            [ConfigMapRef {
+                namespace: "ns".into(),
+                name: "cm".into()
+            }]
+        );
+        assert!(configmaps_of(&select(&objects, &BTreeMap::new())).is_empty());
+    }
+
+    #[test]
+    fn objects_waiting_for_their_configmap_are_held() {
+        let objects = objects();
+        let edge = BTreeMap::from([("role".to_owned(), "edge".to_owned())]);
+        let planned = plan(&select(&objects, &edge), &ConfigMapCache::default());
+        let (desired, held) = materialize(planned, &[PathBuf::from("/nonexistent")]);
+        assert_eq!(held, Held::from([("edge".to_owned(), Some("u".to_owned()))]));
+        assert_eq!(desired.len(), 1);
+        assert_eq!(desired[0].name, "all");
+        assert_eq!(
+            desired[0].bytecode.as_ref().unwrap_err().reason,
+            Reason::BytecodeUnavailable
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! The watches on this node's `Node` and on every `BpfObject`, and the in-memory state they feed.
+//! Each watch keeps only what a pass needs (labels; uid, generation, deletion and spec), so writes
+//! that change nothing the agent reads (status, finalizers, node heartbeats) wake nothing.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bpfpin_crds::{BpfObject, BpfObjectSpec};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, PartialObjectMeta};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::configmaps::ConfigMapCache;
+use super::index::{Index, IndexEvent};
+
+/// What the agent knows of its `Node`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeEntry {
+    /// `metadata.uid`, for the owner reference of the `BpfNodeState`.
+    pub uid: Option<String>,
+    /// `metadata.labels`, for node selectors.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What the agent knows of one `BpfObject`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ObjectEntry {
+    /// `metadata.uid`.
+    pub uid: Option<String>,
+    /// `metadata.generation`.
+    pub generation: i64,
+    /// `metadata.deletionTimestamp` is set: unpin it and stop reporting it.
+    pub deleting: bool,
+    /// The spec.
+    pub spec: BpfObjectSpec,
+}
+
+/// The part of a `Node` the agent keeps.
+pub fn node_entry(node: &PartialObjectMeta<Node>) -> (String, NodeEntry) {
+    (
+        node.name_any(),
+        NodeEntry {
+            uid: node.metadata.uid.clone(),
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+        },
+    )
+}
+
+/// The part of a `BpfObject` the agent keeps.
+pub fn object_entry(obj: &BpfObject) -> (String, ObjectEntry) {
+    (
+        obj.name_any(),
+        ObjectEntry {
+            uid: obj.metadata.uid.clone(),
+            generation: obj.metadata.generation.unwrap_or(0),
+            deleting: obj.metadata.deletion_timestamp.is_some(),
+            spec: obj.spec.clone(),
+        },
+    )
+}
+
+/// Everything the watches feed; a pass reads a snapshot of it.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// This node (at most one entry: the watch selects it by name).
+    pub node: Index<NodeEntry>,
+    /// Every `BpfObject`.
+    pub objects: Index<ObjectEntry>,
+    /// The ConfigMaps selected objects take their bytecode from.
+    pub configmaps: ConfigMapCache,
+}
+
+/// [`Inputs`] shared between the watch tasks and the pass loop. Held only briefly, never across
+/// an await.
+#[derive(Debug, Clone, Default)]
+pub struct SharedInputs(Arc<Mutex<Inputs>>);
+
+impl SharedInputs {
+    /// Locks the inputs (a panicked holder leaves consistent data: every update is one call).
+    pub fn lock(&self) -> MutexGuard<'_, Inputs> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Wakes the pass loop. Capacity one: a burst of events while a pass is pending is one wake-up.
+#[derive(Debug, Clone)]
+pub struct Trigger(mpsc::Sender<()>);
+
+impl Trigger {
+    /// A trigger and the receiver the pass loop waits on.
+    pub fn new() -> (Self, mpsc::Receiver<()>) {
+        let (tx, rx) = mpsc::channel(1);
+        (Self(tx), rx)
+    }
+
+    /// Asks for a pass (no-op when one is already asked for).
+    pub fn poke(&self) {
+        let _ = self.0.try_send(());
+    }
+}
+
+/// Watches this node's `Node` (metadata only, selected by name) until aborted.
+pub fn spawn_node_watch(
+    client: Client,
+    node_name: &str,
+    inputs: SharedInputs,
+    trigger: Trigger,
+) -> tokio::task::JoinHandle<()> {
+    let api: Api<PartialObjectMeta<Node>> = Api::all(client);
+    let config = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
+    let stream = watcher(api, config).default_backoff();
+    tokio::spawn(
+        feed(stream, "Node", inputs, trigger, |i| &mut i.node, node_entry)
+            .instrument(tracing::Span::current()),
+    )
+}
+
+/// Watches every `BpfObject` until aborted.
+pub fn spawn_object_watch(
+    client: Client,
+    inputs: SharedInputs,
+    trigger: Trigger,
+) -> tokio::task::JoinHandle<()> {
+    let api: Api<BpfObject> = Api::all(client);
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    tokio::spawn(
+        feed(
+            stream,
+            "BpfObject",
+            inputs,
+            trigger,
+            |i| &mut i.objects,
+            object_entry,
+        )
+        .instrument(tracing::Span::current()),
+    )
+}
+
+async fn feed<K, V, S>(
+    stream: S,
+    kind: &'static str,
+    inputs: SharedInputs,
+    trigger: Trigger,
+    index: fn(&mut Inputs) -> &mut Index<V>,
+    project: fn(&K) -> (String, V),
+) where
+    S: futures::Stream<Item = watcher::Result<watcher::Event<K>>>,
+    V: PartialEq,
+{
+    let mut stream = std::pin::pin!(stream);
+    let mut failing = false;
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(event) => {
+                let done = matches!(event, watcher::Event::InitDone);
+                let changed = index(&mut inputs.lock()).apply(IndexEvent::from_watch(event, project));
+                if done {
+                    if failing {
+                        tracing::info!(kind, "watch recovered");
+                        failing = false;
+                    } else {
+                        tracing::debug!(kind, "listed");
+                    }
+                }
+                if changed {
+                    trigger.poke();
+                }
+            }
+            Err(error) => {
+                // The index keeps the last complete list: pins stay as they are meanwhile.
+                failing = true;
+                tracing::warn!(kind, %error, "watch failed; keeping the last known state and retrying");
+            }
+        }
+    }
+}
