@@ -1,0 +1,478 @@
+//! The end-to-end harness: a real control plane (`e2e/cluster up`, started by `e2e/run`), the
+//! operator as a process, and simulated nodes — a `Node` object, a private bpffs mount and a real
+//! `bpfpin-agent cluster` process each. The checks in `tests/` use it; the kind path
+//! (`e2e/kind/run`) runs the same scenarios against DaemonSet pods.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bpfpin_crds::{BpfNodeState, BpfObject, NodeObjectState};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::wait::await_condition;
+use kube::{Client, ResourceExt};
+
+/// How long any single wait may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: e2e/run builds it (cargo build -p bpfpin-agent -p bpfpin-operator)",
+        path.display()
+    );
+    path
+}
+
+/// Shared by every check of a test binary.
+#[derive(Debug)]
+pub struct Env {
+    /// An admin client.
+    pub client: Client,
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// Compiled BPF objects the agents may read (`--bytecode-dir`).
+    pub bytecode_dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// Connects to the control plane named by `KUBECONFIG` and compiles the test objects.
+    pub async fn new() -> Result<Self> {
+        let kubeconfig = PathBuf::from(std::env::var_os("KUBECONFIG").context(
+            "KUBECONFIG is not set: run the e2e suite through e2e/run (it starts the control plane)",
+        )?);
+        let client = Client::try_default()
+            .await
+            .context("connecting to the API server")?;
+        let bytecode_dir = tempfile::tempdir()?;
+        for (name, src) in [
+            ("counter", repo().join("examples/counter/counter.bpf.c")),
+            ("rejected", repo().join("agent/tests/bpf/rejected.bpf.c")),
+        ] {
+            let out = bytecode_dir.path().join(format!("{name}.bpf.o"));
+            let status = Command::new("clang")
+                .args([
+                    "-O2",
+                    "-g",
+                    "-target",
+                    "bpf",
+                    "-I/usr/include/x86_64-linux-gnu",
+                    "-c",
+                ])
+                .arg(&src)
+                .arg("-o")
+                .arg(&out)
+                .status()?;
+            if !status.success() {
+                bail!("clang failed on {}", src.display());
+            }
+        }
+        Ok(Self {
+            client,
+            kubeconfig,
+            bytecode_dir,
+        })
+    }
+
+    /// The path of a compiled test object, as agents see it.
+    pub fn object_path(&self, name: &str) -> String {
+        self.bytecode_dir
+            .path()
+            .join(format!("{name}.bpf.o"))
+            .display()
+            .to_string()
+    }
+
+    /// Starts the operator (leader election on; `--stale-after` as given).
+    pub fn operator(&self, stale_after: &str) -> Result<Proc> {
+        let log = log_path("operator");
+        let child = Command::new(binary("bpfpin-operator"))
+            .args([
+                "--stale-after",
+                stale_after,
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--debounce",
+                "100ms",
+            ])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting bpfpin-operator")?;
+        Ok(Proc {
+            name: "operator".into(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// Adds a simulated node with these labels (plus `bpfpin-e2e=<group>`) and starts its agent.
+    pub async fn node(&self, name: &str, labels: &[(&str, &str)]) -> Result<SimNode> {
+        let mut all: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        all.push("bpfpin-e2e=true".into());
+        let out = Command::new(repo().join("e2e/cluster"))
+            .args(["node", "add", name, "--labels", &all.join(",")])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("BPFPIN_AGENT")
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "e2e/cluster node add {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let bpffs = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .map(|l| PathBuf::from(l.trim()))
+            .context("node add printed no mount point")?;
+        let mut node = SimNode {
+            name: name.to_owned(),
+            bpffs,
+            agent: None,
+            kubeconfig: self.kubeconfig.clone(),
+            bytecode_dir: self.bytecode_dir.path().to_path_buf(),
+        };
+        node.start_agent()?;
+        Ok(node)
+    }
+
+    /// `kubectl` with the admin kubeconfig; returns (success, stdout+stderr).
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+        let mut cmd = Command::new("kubectl");
+        cmd.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write stdin");
+        }
+        let out = child.wait_with_output().expect("kubectl output");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// `kubectl apply -f -` of a manifest; panics with kubectl's words when refused.
+    pub fn apply(&self, manifest: &str) {
+        let (ok, out) = self.kubectl(&["apply", "-f", "-"], Some(manifest));
+        assert!(ok, "kubectl apply refused:\n{out}\n{manifest}");
+    }
+
+    /// The BpfObject API.
+    pub fn objects(&self) -> Api<BpfObject> {
+        Api::all(self.client.clone())
+    }
+
+    /// The BpfNodeState API.
+    pub fn node_states(&self) -> Api<BpfNodeState> {
+        Api::all(self.client.clone())
+    }
+
+    /// Waits until the object satisfies `cond` (a watch, not a poll).
+    pub async fn wait_object(
+        &self,
+        name: &str,
+        what: &str,
+        cond: impl Fn(&BpfObject) -> bool,
+    ) -> Result<BpfObject> {
+        let fut = await_condition(self.objects(), name, move |o: Option<&BpfObject>| {
+            o.is_some_and(&cond)
+        });
+        match tokio::time::timeout(WAIT, fut).await {
+            Ok(Ok(Some(o))) => Ok(o),
+            Ok(Ok(None)) => bail!("{name} disappeared while waiting for {what}"),
+            Ok(Err(e)) => bail!("watching {name}: {e}"),
+            Err(_) => {
+                let now = self.objects().get_opt(name).await.ok().flatten();
+                bail!(
+                    "timed out after {WAIT:?} waiting for bpfobject/{name} to be {what}; status: {}",
+                    serde_json::to_string_pretty(&now.and_then(|o| o.status)).unwrap_or_default()
+                )
+            }
+        }
+    }
+
+    /// Waits until the object is gone (its finalizer released).
+    pub async fn wait_gone(&self, name: &str) -> Result<()> {
+        let fut = await_condition(self.objects(), name, |o: Option<&BpfObject>| o.is_none());
+        match tokio::time::timeout(WAIT, fut).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => bail!("watching {name}: {e}"),
+            Err(_) => bail!("timed out after {WAIT:?} waiting for bpfobject/{name} to be deleted"),
+        }
+    }
+
+    /// Waits until a node's state satisfies `cond`.
+    pub async fn wait_node_state(
+        &self,
+        node: &str,
+        what: &str,
+        cond: impl Fn(&BpfNodeState) -> bool,
+    ) -> Result<BpfNodeState> {
+        let fut = await_condition(self.node_states(), node, move |o: Option<&BpfNodeState>| {
+            o.is_some_and(&cond)
+        });
+        match tokio::time::timeout(WAIT, fut).await {
+            Ok(Ok(Some(s))) => Ok(s),
+            Ok(Ok(None)) => bail!("bpfnodestate/{node} disappeared while waiting for {what}"),
+            Ok(Err(e)) => bail!("watching bpfnodestate/{node}: {e}"),
+            Err(_) => bail!("timed out after {WAIT:?} waiting for bpfnodestate/{node}: {what}"),
+        }
+    }
+
+    /// Sets (or with `None` removes) a label of a node.
+    pub async fn label_node(&self, node: &str, key: &str, value: Option<&str>) -> Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let patch = serde_json::json!({"metadata": {"labels": {key: value}}});
+        nodes
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes an object (the finalizer then holds it until nodes have unpinned).
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        self.objects()
+            .delete(name, &DeleteParams::default())
+            .await?;
+        Ok(())
+    }
+}
+
+/// A `BpfObject` manifest for the tests: `spec` is YAML nested under `spec:`.
+pub fn manifest(name: &str, spec: &str) -> String {
+    let body: String = spec.lines().map(|l| format!("  {l}\n")).collect();
+    format!(
+        "apiVersion: bpfpin.io/v1alpha1\nkind: BpfObject\nmetadata:\n  name: {name}\nspec:\n{body}"
+    )
+}
+
+/// The status of condition `type_` of an object, with its reason and message.
+pub fn condition(o: &BpfObject, type_: &str) -> Option<(String, String, String)> {
+    o.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// True when `Ready` is `status` at the object's current generation.
+pub fn ready_is(o: &BpfObject, status: &str) -> bool {
+    let current = o
+        .status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        .is_some_and(|g| Some(g) == o.metadata.generation);
+    current && condition(o, "Ready").is_some_and(|(s, _, _)| s == status)
+}
+
+/// The entry of `object` in a node state.
+pub fn entry<'a>(state: &'a BpfNodeState, object: &str) -> Option<&'a NodeObjectState> {
+    state
+        .status
+        .as_ref()?
+        .objects
+        .iter()
+        .find(|o| o.name == object)
+}
+
+/// A child process killed on drop (SIGTERM, then SIGKILL).
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Option<Child>,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The last lines of its log (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            eprintln!("stopping {} (log: {})", self.name, self.log.display());
+        }
+        self.stop();
+    }
+}
+
+fn log_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("BPFPIN_E2E_LOGS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("bpfpin-e2e-logs"));
+    let _ = std::fs::create_dir_all(&dir);
+    dir.join(format!("{name}.log"))
+}
+
+/// A simulated node: its `Node` object, its private bpffs, its agent.
+#[derive(Debug)]
+pub struct SimNode {
+    /// The node's name.
+    pub name: String,
+    /// Its bpffs mount point.
+    pub bpffs: PathBuf,
+    /// Its agent, while running.
+    pub agent: Option<Proc>,
+    kubeconfig: PathBuf,
+    bytecode_dir: PathBuf,
+}
+
+impl SimNode {
+    /// `<bpffs>/bpfpin`.
+    pub fn root(&self) -> PathBuf {
+        self.bpffs.join("bpfpin")
+    }
+
+    /// Whether `<root>/<object>/progs/<program>` is pinned.
+    pub fn has_program(&self, object: &str, program: &str) -> bool {
+        self.root()
+            .join(object)
+            .join("progs")
+            .join(program)
+            .exists()
+    }
+
+    /// Whether anything of the object is under the root.
+    pub fn has_object(&self, object: &str) -> bool {
+        std::fs::symlink_metadata(self.root().join(object)).is_ok()
+            || self.root().join("_versions").join(object).exists()
+    }
+
+    /// Starts (or restarts) the agent.
+    pub fn start_agent(&mut self) -> Result<()> {
+        let log = log_path(&format!("agent-{}", self.name));
+        let child = Command::new(binary("bpfpin-agent"))
+            .args(["cluster", "--node-name", &self.name, "--bpffs"])
+            .arg(&self.bpffs)
+            .arg("--bytecode-dir")
+            .arg(&self.bytecode_dir)
+            .args(["--heartbeat-interval", "2s", "--metrics-addr", "none"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)?,
+            )
+            .spawn()
+            .context("starting bpfpin-agent")?;
+        self.agent = Some(Proc {
+            name: format!("agent of {}", self.name),
+            child: Some(child),
+            log,
+        });
+        Ok(())
+    }
+
+    /// Kernel program id of a pinned program (via bpftool).
+    pub fn program_id(&self, object: &str, program: &str) -> Option<u32> {
+        let path = self.root().join(object).join("progs").join(program);
+        let out = Command::new("bpftool")
+            .args(["-j", "prog", "show", "pinned"])
+            .arg(&path)
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.get("id").and_then(|i| i.as_u64()).map(|i| i as u32)
+    }
+
+    /// Stops the agent, deletes the Node and unmounts the bpffs (`e2e/cluster node remove`).
+    pub fn remove(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            a.stop();
+        }
+        let _ = Command::new(repo().join("e2e/cluster"))
+            .args(["node", "remove", &self.name])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output();
+        self.name.clear();
+    }
+}
+
+impl Drop for SimNode {
+    fn drop(&mut self) {
+        if !self.name.is_empty() {
+            self.remove();
+        }
+    }
+}
+
+/// Program ids a node state reports for an object.
+pub fn reported_ids(state: &BpfNodeState, object: &str) -> Vec<(String, u32)> {
+    entry(state, object)
+        .map(|e| e.programs.iter().map(|p| (p.name.clone(), p.id)).collect())
+        .unwrap_or_default()
+}
+
+/// The object's name (for messages).
+pub fn name_of(o: &BpfObject) -> String {
+    o.name_any()
+}

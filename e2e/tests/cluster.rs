@@ -1,0 +1,365 @@
+//! End to end on a real kube-apiserver + etcd + kube-controller-manager, with the operator and
+//! simulated nodes running real agents on private bpffs mounts. Run through `e2e/run` (it starts
+//! the control plane, installs crds/ and runs these one at a time).
+
+use std::time::Instant;
+
+use bpfpin_crds::ObjectPhase;
+use bpfpin_e2e::*;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+
+fn spec_counter(env: &Env, group: &str) -> String {
+    format!(
+        r#"nodeSelector: {{matchLabels: {{e2e-group: {group}}}}}
+bytecode: {{path: {}}}
+programs:
+- name: count_getpid
+  attach: {{tracepoint: {{category: syscalls, name: sys_enter_getpid}}}}
+- name: tail_target"#,
+        env.object_path("counter")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selection_relabelling_and_deletion() -> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let _op = env.operator("30s")?;
+    let a = env
+        .node("sel-a", &[("e2e-group", "sel"), ("role", "edge")])
+        .await?;
+    let b = env
+        .node("sel-b", &[("e2e-group", "sel"), ("role", "edge")])
+        .await?;
+    let c = env
+        .node("sel-c", &[("e2e-group", "sel"), ("role", "core")])
+        .await?;
+
+    let spec = spec_counter(&env, "sel").replace(
+        "nodeSelector: {matchLabels: {e2e-group: sel}}",
+        "nodeSelector: {matchLabels: {e2e-group: sel, role: edge}}",
+    );
+    let started = Instant::now();
+    env.apply(&manifest("sel", &spec));
+    // What a user types: kubectl wait.
+    let (ok, out) = env.kubectl(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "bpfobject/sel",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    assert!(ok, "kubectl wait: {out}");
+    eprintln!(
+        "apply -> Ready on 2 of 3 nodes: {} ms",
+        started.elapsed().as_millis()
+    );
+
+    let o = env
+        .wait_object("sel", "Ready on 2 nodes", |o| ready_is(o, "True"))
+        .await?;
+    let counts = o
+        .status
+        .as_ref()
+        .and_then(|s| s.nodes.clone())
+        .expect("node counts");
+    assert_eq!((counts.selected, counts.ready, counts.failed), (2, 2, 0));
+    assert!(a.has_program("sel", "count_getpid") && b.has_program("sel", "count_getpid"));
+    assert!(!c.has_object("sel"), "sel-c is not selected");
+    let state = env.node_states().get("sel-a").await?;
+    let e = entry(&state, "sel").expect("sel-a reports sel");
+    assert_eq!(e.phase, ObjectPhase::Pinned);
+    assert_eq!(
+        a.program_id("sel", "count_getpid"),
+        e.programs
+            .iter()
+            .find(|p| p.name == "count_getpid")
+            .map(|p| p.id),
+        "the reported id is the pinned program's"
+    );
+
+    // Relabelling moves the pins.
+    env.label_node("sel-c", "role", Some("edge")).await?;
+    env.wait_object("sel", "selected on 3 nodes", |o| {
+        ready_is(o, "True")
+            && o.status
+                .as_ref()
+                .and_then(|s| s.nodes.as_ref())
+                .is_some_and(|n| n.selected == 3)
+    })
+    .await?;
+    assert!(
+        c.has_program("sel", "count_getpid"),
+        "pinned on sel-c after relabelling"
+    );
+    env.label_node("sel-a", "role", Some("core")).await?;
+    env.wait_node_state("sel-a", "sel unpinned", |s| entry(s, "sel").is_none())
+        .await?;
+    assert!(
+        !a.has_object("sel"),
+        "unpinned from sel-a after relabelling"
+    );
+    env.wait_object("sel", "selected on 2 nodes", |o| {
+        ready_is(o, "True")
+            && o.status
+                .as_ref()
+                .and_then(|s| s.nodes.as_ref())
+                .is_some_and(|n| n.selected == 2)
+    })
+    .await?;
+
+    // Deletion: the finalizer holds until the nodes have unpinned.
+    let o = env.objects().get("sel").await?;
+    assert!(
+        o.metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == "bpfpin.io/unpin")
+    );
+    env.delete("sel").await?;
+    env.wait_gone("sel").await?;
+    for n in [&a, &b, &c] {
+        assert!(
+            !n.has_object("sel"),
+            "{} still has sel after deletion",
+            n.name
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_objects_fail_with_a_reason_and_others_stay_ready() -> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let _op = env.operator("30s")?;
+    let _x = env.node("bad-x", &[("e2e-group", "bad")]).await?;
+    let _y = env.node("bad-y", &[("e2e-group", "bad")]).await?;
+
+    // A ConfigMap source that works, and one whose key is missing.
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), "default");
+    let bytes = std::fs::read(env.object_path("counter"))?;
+    let mut cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "bpfpin-e2e-counter"},
+    }))?;
+    cm.binary_data = Some([("counter.bpf.o".to_string(), k8s_openapi::ByteString(bytes))].into());
+    let _ = cms.delete("bpfpin-e2e-counter", &Default::default()).await;
+    cms.create(&PostParams::default(), &cm).await?;
+
+    let good = spec_counter(&env, "bad");
+    let from_cm = good.replace(
+        &format!("bytecode: {{path: {}}}", env.object_path("counter")),
+        "bytecode: {configMap: {namespace: default, name: bpfpin-e2e-counter, key: counter.bpf.o}}",
+    );
+    let missing_key = from_cm.replace("key: counter.bpf.o", "key: nope.bpf.o");
+    let rejected = format!(
+        "nodeSelector: {{matchLabels: {{e2e-group: bad}}}}\nbytecode: {{path: {}}}\nprograms: [{{name: unchecked}}]",
+        env.object_path("rejected")
+    );
+    env.apply(&manifest("good", &good));
+    env.apply(&manifest("from-cm", &from_cm));
+    env.apply(&manifest("missing-key", &missing_key));
+    env.apply(&manifest("rejected", &rejected));
+
+    env.wait_object("good", "Ready", |o| ready_is(o, "True"))
+        .await?;
+    env.wait_object("from-cm", "Ready", |o| ready_is(o, "True"))
+        .await?;
+    let o = env
+        .wait_object("missing-key", "Ready=False on both nodes", |o| {
+            ready_is(o, "False")
+                && o.status
+                    .as_ref()
+                    .and_then(|s| s.nodes.as_ref())
+                    .is_some_and(|n| n.failed == 2)
+        })
+        .await?;
+    let (_, _, msg) = condition(&o, "Ready").expect("Ready");
+    let failure = &o.status.as_ref().expect("status").failures[0];
+    assert_eq!(failure.reason, "BytecodeUnavailable", "{failure:?}");
+    assert!(failure.message.contains("nope.bpf.o"), "{failure:?}");
+    assert!(
+        msg.contains("bad-x") || msg.contains("bad-y"),
+        "the message names the nodes: {msg}"
+    );
+
+    let o = env
+        .wait_object("rejected", "Ready=False", |o| {
+            ready_is(o, "False")
+                && o.status
+                    .as_ref()
+                    .and_then(|s| s.nodes.as_ref())
+                    .is_some_and(|n| n.failed == 2)
+        })
+        .await?;
+    let (degraded, reason, msg) = condition(&o, "Degraded").expect("Degraded");
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "VerifierRejected"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("unchecked") && msg.contains("invalid mem access"),
+        "{msg}"
+    );
+
+    // The good ones are still Ready after the bad ones failed.
+    assert!(ready_is(&env.objects().get("good").await?, "True"));
+    assert!(ready_is(&env.objects().get("from-cm").await?, "True"));
+
+    // Admission refuses what bpffs would refuse, with a message that says why.
+    let (ok, out) = env.kubectl(&["apply", "-f", "-"], Some(&manifest("my.counter", &good)));
+    assert!(
+        !ok && out.contains("bpffs refuses names containing '.'"),
+        "{out}"
+    );
+    let escape = good.replace(
+        "programs:",
+        "maps: [{name: counts, pinPath: ../../etc}]\nprograms:",
+    );
+    let (ok, out) = env.kubectl(&["apply", "-f", "-"], Some(&manifest("escape", &escape)));
+    assert!(!ok && out.contains("must not contain '..'"), "{out}");
+
+    for name in ["good", "from-cm", "missing-key", "rejected"] {
+        env.delete(name).await?;
+    }
+    for name in ["good", "from-cm", "missing-key", "rejected"] {
+        env.wait_gone(name).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_completes_with_a_dead_agent_and_a_deleted_node() -> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let _op = env.operator("8s")?;
+    let d1 = env.node("del-1", &[("e2e-group", "del")]).await?;
+    let mut d2 = env.node("del-2", &[("e2e-group", "del")]).await?;
+    let mut d3 = env.node("del-3", &[("e2e-group", "del")]).await?;
+    env.apply(&manifest("del", &spec_counter(&env, "del")));
+    env.wait_object("del", "Ready on 3 nodes", |o| ready_is(o, "True"))
+        .await?;
+
+    // del-3: agent killed and node deleted. del-2: agent killed, node kept (stale heartbeat).
+    d3.agent.as_mut().expect("agent").kill();
+    d3.remove();
+    d2.agent.as_mut().expect("agent").kill();
+    let started = Instant::now();
+    env.delete("del").await?;
+    env.wait_gone("del").await?;
+    eprintln!(
+        "deletion with one dead node and one deleted node: {} ms",
+        started.elapsed().as_millis()
+    );
+    assert!(!d1.has_object("del"), "the live node unpinned");
+    assert!(
+        d2.has_object("del"),
+        "the dead agent could not unpin (its pins stay until it returns)"
+    );
+
+    // When del-2's agent comes back, its sweep removes what nobody wants.
+    d2.start_agent()?;
+    env.wait_node_state("del-2", "del swept", |s| {
+        entry(s, "del").is_none() && s.status.is_some()
+    })
+    .await?;
+    let deadline = Instant::now() + WAIT;
+    while d2.has_object("del") {
+        assert!(Instant::now() < deadline, "del-2 never swept del");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_keeps_program_ids() -> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let _op = env.operator("30s")?;
+    let mut r = env.node("restart-1", &[("e2e-group", "restart")]).await?;
+    env.apply(&manifest("restart", &spec_counter(&env, "restart")));
+    env.wait_object("restart", "Ready", |o| ready_is(o, "True"))
+        .await?;
+    let before = r.program_id("restart", "count_getpid").expect("pinned");
+    let reported = reported_ids(&env.node_states().get("restart-1").await?, "restart");
+
+    r.agent.as_mut().expect("agent").kill();
+    let old_beat = env
+        .node_states()
+        .get("restart-1")
+        .await?
+        .status
+        .and_then(|s| s.heartbeat);
+    r.start_agent()?;
+    let state = env
+        .wait_node_state("restart-1", "a new heartbeat", |s| {
+            s.status.as_ref().and_then(|st| st.heartbeat.clone()) != old_beat
+        })
+        .await?;
+    assert_eq!(
+        r.program_id("restart", "count_getpid"),
+        Some(before),
+        "same kernel program"
+    );
+    assert_eq!(reported_ids(&state, "restart"), reported);
+    let log = std::fs::read_to_string(&r.agent.as_ref().expect("agent").log)?;
+    assert!(
+        log.contains("adopted"),
+        "the restarted agent adopted the pins:\n{log}"
+    );
+
+    env.delete("restart").await?;
+    env.wait_gone("restart").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_restart_during_reconciliation_converges() -> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let _op = env.operator("60s")?;
+    let n = env.node("outage-1", &[("e2e-group", "outage")]).await?;
+    env.apply(&manifest("before-outage", &spec_counter(&env, "outage")));
+    env.wait_object("before-outage", "Ready", |o| ready_is(o, "True"))
+        .await?;
+
+    env.apply(&manifest("during-outage", &spec_counter(&env, "outage")));
+    // Kill the API server right away, while the agent and operator reconcile.
+    let state = std::env::var("BPFPIN_E2E_STATE").unwrap_or_else(|_| "/tmp/bpfpin-e2e".into());
+    let pidfile = std::fs::read_to_string(format!("{state}/run/kube-apiserver.pid"))?;
+    let pid = pidfile.split_whitespace().next().expect("pid");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-9", pid])
+            .status()?
+            .success()
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(
+        n.has_program("before-outage", "count_getpid"),
+        "an outage unpins nothing"
+    );
+
+    let out = std::process::Command::new(repo().join("e2e/cluster"))
+        .arg("up")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "e2e/cluster up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.wait_object("during-outage", "Ready after the outage", |o| {
+        ready_is(o, "True")
+    })
+    .await?;
+    env.wait_object("before-outage", "still Ready", |o| ready_is(o, "True"))
+        .await?;
+    assert!(n.has_program("during-outage", "count_getpid"));
+    assert!(n.has_program("before-outage", "count_getpid"));
+
+    for name in ["before-outage", "during-outage"] {
+        env.delete(name).await?;
+        env.wait_gone(name).await?;
+    }
+    Ok(())
+}
