@@ -3,9 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{Program, TracePoint, Xdp, XdpMode, xdp::XdpLink};
-use bpfpin_crds::{Attach, XdpMode as SpecXdpMode};
+use std::num::NonZeroU32;
+
+use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, KProbe, Program,
+    SchedClassifier, TcAttachType, TracePoint, UProbe, Xdp, XdpMode, xdp::XdpLink,
+};
+use bpfpin_crds::{Attach, Direction, LinkOrder as SpecOrder, XdpMode as SpecXdpMode};
 
 use crate::error::{ObjectError, Reason};
 use crate::layout::encode_name;
@@ -27,6 +34,57 @@ pub enum AttachPoint {
         /// Attach mode.
         mode: Option<SpecXdpMode>,
     },
+    /// tcx on one interface.
+    Tc {
+        /// Interface name.
+        interface: String,
+        /// Ingress or egress.
+        direction: Direction,
+        /// First or last among the interface's tcx programs.
+        first: bool,
+    },
+    /// kprobe / kretprobe.
+    Kprobe {
+        /// Kernel function.
+        function: String,
+        /// Offset into it.
+        offset: u64,
+    },
+    /// uprobe / uretprobe.
+    Uprobe {
+        /// Binary or library.
+        target: String,
+        /// Symbol.
+        symbol: Option<String>,
+        /// Offset (from the symbol, or absolute).
+        offset: Option<u64>,
+        /// Only this process.
+        pid: Option<u32>,
+    },
+    /// fentry.
+    Fentry {
+        /// Kernel function.
+        function: String,
+    },
+    /// fexit.
+    Fexit {
+        /// Kernel function.
+        function: String,
+    },
+    /// cgroup_skb.
+    CgroupSkb {
+        /// cgroup v2 directory.
+        cgroup: String,
+        /// Ingress or egress.
+        direction: Direction,
+    },
+}
+
+fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
 }
 
 impl AttachPoint {
@@ -47,7 +105,55 @@ impl AttachPoint {
                 });
             }
         }
+        if let Some(tc) = &attach.tc {
+            for interface in &tc.interfaces {
+                points.push(AttachPoint::Tc {
+                    interface: interface.clone(),
+                    direction: tc.direction,
+                    first: tc.order == Some(SpecOrder::First),
+                });
+            }
+        }
+        if let Some(k) = &attach.kprobe {
+            points.push(AttachPoint::Kprobe {
+                function: k.function.clone(),
+                offset: k.offset.unwrap_or(0),
+            });
+        }
+        if let Some(u) = &attach.uprobe {
+            points.push(AttachPoint::Uprobe {
+                target: u.target.clone(),
+                symbol: u.symbol.clone(),
+                offset: u.offset,
+                pid: u.pid,
+            });
+        }
+        if let Some(f) = &attach.fentry {
+            points.push(AttachPoint::Fentry {
+                function: f.function.clone(),
+            });
+        }
+        if let Some(f) = &attach.fexit {
+            points.push(AttachPoint::Fexit {
+                function: f.function.clone(),
+            });
+        }
+        if let Some(c) = &attach.cgroup_skb {
+            points.push(AttachPoint::CgroupSkb {
+                cgroup: c.cgroup.clone(),
+                direction: c.direction,
+            });
+        }
         points
+    }
+
+    /// The kernel function an fentry/fexit program is loaded against (it is part of the load).
+    pub fn btf_function(attach: &Attach) -> Option<&str> {
+        attach
+            .fentry
+            .as_ref()
+            .or(attach.fexit.as_ref())
+            .map(|f| f.function.as_str())
     }
 
     /// The link's file name under `links/<program>/`.
@@ -57,15 +163,96 @@ impl AttachPoint {
                 format!("tracepoint-{}-{}", encode_name(category), encode_name(name))
             }
             AttachPoint::Xdp { interface, .. } => format!("xdp-{}", encode_name(interface)),
+            AttachPoint::Tc {
+                interface,
+                direction,
+                ..
+            } => format!(
+                "tc-{}-{}",
+                direction_name(*direction),
+                encode_name(interface)
+            ),
+            AttachPoint::Kprobe { function, offset } if *offset == 0 => {
+                format!("kprobe-{}", encode_name(function))
+            }
+            AttachPoint::Kprobe { function, offset } => {
+                format!("kprobe-{}-{offset}", encode_name(function))
+            }
+            AttachPoint::Uprobe {
+                target,
+                symbol,
+                offset,
+                pid,
+            } => {
+                let file = std::path::Path::new(target)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| target.clone());
+                let mut name = format!("uprobe-{}", encode_name(&file));
+                if let Some(sym) = symbol {
+                    name.push('-');
+                    name.push_str(&encode_name(sym));
+                }
+                if let Some(off) = offset {
+                    name.push_str(&format!("-{off}"));
+                }
+                if let Some(pid) = pid {
+                    name.push_str(&format!("-pid{pid}"));
+                }
+                name
+            }
+            AttachPoint::Fentry { function } => format!("fentry-{}", encode_name(function)),
+            AttachPoint::Fexit { function } => format!("fexit-{}", encode_name(function)),
+            AttachPoint::CgroupSkb { cgroup, direction } => format!(
+                "cgroupskb-{}-{}",
+                direction_name(*direction),
+                encode_name(cgroup.trim_start_matches('/'))
+            ),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            AttachPoint::Tracepoint { category, name } => format!("tracepoint {category}/{name}"),
+            AttachPoint::Xdp { interface, .. } => format!("XDP on interface {interface}"),
+            AttachPoint::Tc {
+                interface,
+                direction,
+                ..
+            } => format!("tc {} on interface {interface}", direction_name(*direction)),
+            AttachPoint::Kprobe { function, .. } => format!("kprobe on {function}"),
+            AttachPoint::Uprobe { target, symbol, .. } => format!(
+                "uprobe on {target}{}",
+                symbol.as_ref().map(|s| format!(":{s}")).unwrap_or_default()
+            ),
+            AttachPoint::Fentry { function } => format!("fentry on {function}"),
+            AttachPoint::Fexit { function } => format!("fexit on {function}"),
+            AttachPoint::CgroupSkb { cgroup, direction } => {
+                format!("cgroup_skb {} on {cgroup}", direction_name(*direction))
+            }
+        }
+    }
+
+    fn wants(&self) -> &'static str {
+        match self {
+            AttachPoint::Tracepoint { .. } => "a tracepoint program (SEC(\"tracepoint/...\"))",
+            AttachPoint::Xdp { .. } => "an XDP program (SEC(\"xdp\"))",
+            AttachPoint::Tc { .. } => "a tc program (SEC(\"classifier\"))",
+            AttachPoint::Kprobe { .. } => {
+                "a kprobe program (SEC(\"kprobe/...\") or SEC(\"kretprobe/...\"))"
+            }
+            AttachPoint::Uprobe { .. } => {
+                "a uprobe program (SEC(\"uprobe\") or SEC(\"uretprobe\"))"
+            }
+            AttachPoint::Fentry { .. } => "an fentry program (SEC(\"fentry/...\"))",
+            AttachPoint::Fexit { .. } => "an fexit program (SEC(\"fexit/...\"))",
+            AttachPoint::CgroupSkb { .. } => "a cgroup_skb program (SEC(\"cgroup_skb/...\"))",
         }
     }
 }
 
 fn attach_error(program: &str, point: &AttachPoint, err: &dyn std::error::Error) -> ObjectError {
-    let what = match point {
-        AttachPoint::Tracepoint { category, name } => format!("tracepoint {category}/{name}"),
-        AttachPoint::Xdp { interface, .. } => format!("XDP on interface {interface}"),
-    };
+    let what = point.describe();
     let mut msg = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
@@ -146,14 +333,124 @@ pub fn attach_and_pin(
             tracing::info!(program = name, link = %path.display(), interface, "attached");
             Ok(None)
         }
+        other => {
+            let fd_link = attach_generic(program, name, other)?;
+            fd_link.pin(path).map_err(|e| pin_err(&e))?;
+            tracing::info!(program = name, link = %path.display(), at = %other.describe(), "attached");
+            Ok(None)
+        }
+    }
+}
+
+/// The attach kinds whose link is simply created and pinned.
+fn attach_generic(
+    program: &mut Program,
+    name: &str,
+    point: &AttachPoint,
+) -> Result<FdLink, ObjectError> {
+    let actual = format!("{:?}", program.prog_type());
+    let wrong = || wrong_type_named(name, point, &actual);
+    let err = |e: &dyn std::error::Error| attach_error(name, point, e);
+    macro_rules! link {
+        ($prog:expr, $id:expr) => {{
+            let id = $id.map_err(|e| err(&e))?;
+            let link = $prog.take_link(id).map_err(|e| err(&e))?;
+            FdLink::try_from(link).map_err(|e| err(&e))
+        }};
+    }
+    match point {
+        AttachPoint::Tc {
+            interface,
+            direction,
+            first,
+        } => {
+            let prog: &mut SchedClassifier = program.try_into().map_err(|_| wrong())?;
+            let order = if *first {
+                LinkOrder::first()
+            } else {
+                LinkOrder::last()
+            };
+            let kind = match direction {
+                Direction::Ingress => TcAttachType::Ingress,
+                Direction::Egress => TcAttachType::Egress,
+            };
+            link!(
+                prog,
+                prog.attach_with_options(interface, kind, TcAttachOptions::TcxOrder(order))
+            )
+        }
+        AttachPoint::Kprobe { function, offset } => {
+            let prog: &mut KProbe = program.try_into().map_err(|_| wrong())?;
+            if !std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
+                && !std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
+            {
+                return Err(ObjectError::new(
+                    Reason::AttachFailed,
+                    format!(
+                        "attaching program {name} to {}: this kernel has no kprobe support (built without CONFIG_KPROBES)",
+                        point.describe()
+                    ),
+                ));
+            }
+            link!(prog, prog.attach(function, *offset))
+        }
+        AttachPoint::Uprobe {
+            target,
+            symbol,
+            offset,
+            pid,
+        } => {
+            let prog: &mut UProbe = program.try_into().map_err(|_| wrong())?;
+            let location = match (symbol, offset) {
+                (Some(sym), Some(off)) => UProbeAttachLocation::SymbolOffset(sym, *off),
+                (Some(sym), None) => UProbeAttachLocation::Symbol(sym),
+                (None, Some(off)) => UProbeAttachLocation::AbsoluteOffset(*off),
+                (None, None) => {
+                    return Err(ObjectError::new(
+                        Reason::InvalidSpec,
+                        format!("uprobe of program {name}: set symbol, offset or both"),
+                    ));
+                }
+            };
+            let scope = match pid.and_then(NonZeroU32::new) {
+                Some(pid) => UProbeScope::OneProcess(pid),
+                None => UProbeScope::AllProcesses,
+            };
+            link!(prog, prog.attach(location, target, scope))
+        }
+        AttachPoint::Fentry { .. } => {
+            let prog: &mut FEntry = program.try_into().map_err(|_| wrong())?;
+            link!(prog, prog.attach())
+        }
+        AttachPoint::Fexit { .. } => {
+            let prog: &mut FExit = program.try_into().map_err(|_| wrong())?;
+            link!(prog, prog.attach())
+        }
+        AttachPoint::CgroupSkb { cgroup, direction } => {
+            let prog: &mut CgroupSkb = program.try_into().map_err(|_| wrong())?;
+            let file = std::fs::File::open(cgroup).map_err(|e| {
+                ObjectError::new(
+                    Reason::AttachFailed,
+                    format!(
+                        "attaching program {name} to {}: opening the cgroup: {e}",
+                        point.describe()
+                    ),
+                )
+            })?;
+            let kind = match direction {
+                Direction::Ingress => CgroupSkbAttachType::Ingress,
+                Direction::Egress => CgroupSkbAttachType::Egress,
+            };
+            link!(prog, prog.attach(&file, kind, CgroupAttachMode::Single))
+        }
+        AttachPoint::Tracepoint { .. } | AttachPoint::Xdp { .. } => {
+            unreachable!("handled by attach_and_pin")
+        }
     }
 }
 
 fn wrong_type_named(program: &str, point: &AttachPoint, actual: &str) -> ObjectError {
-    let want = match point {
-        AttachPoint::Tracepoint { .. } => "a tracepoint program (SEC(\"tracepoint/...\"))",
-        AttachPoint::Xdp { .. } => "an XDP program (SEC(\"xdp\"))",
-    };
+    let want = point.wants();
     ObjectError::new(
         Reason::AttachFailed,
         format!(

@@ -299,7 +299,11 @@ fn build_inner(
                 format!("program {name} is not in the ELF object"),
             )
         })?;
-        load_program(name, program, btf)?;
+        let btf_function = prog_spec
+            .attach
+            .as_ref()
+            .and_then(AttachPoint::btf_function);
+        load_program(name, program, btf, btf_function)?;
         let path = Layout::prog_in(&dir, name);
         fsops::create_dirs(layout.root(), path.parent().expect("progs/"))?;
         program
@@ -415,9 +419,37 @@ fn program_error(name: &str, err: ProgramError) -> ObjectError {
     }
 }
 
-fn load_program(name: &str, program: &mut Program, btf: Option<&Btf>) -> Result<(), ObjectError> {
-    let _ = btf;
+fn load_program(
+    name: &str,
+    program: &mut Program,
+    btf: Option<&Btf>,
+    btf_function: Option<&str>,
+) -> Result<(), ObjectError> {
+    let needs_function = || {
+        ObjectError::new(
+            Reason::InvalidSpec,
+            format!(
+                "program {name} is an fentry/fexit program: attach.fentry or attach.fexit must name its kernel function"
+            ),
+        )
+    };
+    let no_btf = || {
+        ObjectError::new(
+            Reason::Unsupported,
+            format!(
+                "program {name} needs the kernel's BTF (/sys/kernel/btf/vmlinux), which this node lacks"
+            ),
+        )
+    };
     let result = match program {
+        Program::FEntry(p) => p.load(
+            btf_function.ok_or_else(needs_function)?,
+            btf.ok_or_else(no_btf)?,
+        ),
+        Program::FExit(p) => p.load(
+            btf_function.ok_or_else(needs_function)?,
+            btf.ok_or_else(no_btf)?,
+        ),
         Program::TracePoint(p) => p.load(),
         Program::Xdp(p) => p.load(),
         Program::KProbe(p) => p.load(),
@@ -439,5 +471,14 @@ fn load_program(name: &str, program: &mut Program, btf: Option<&Btf>) -> Result<
             ));
         }
     };
-    result.map_err(|e| program_error(name, e))
+    let tracing = matches!(program, Program::FEntry(_) | Program::FExit(_));
+    result.map_err(|e| {
+        let mut err = program_error(name, e);
+        if tracing && err.message.contains("os error 1)") {
+            // EPERM with an empty log: the kernel refuses BPF trampolines (ftrace restricted).
+            err.reason = Reason::LoadFailed;
+            err.message.push_str(" (the kernel refused the fentry/fexit program: BPF trampolines are disabled or restricted on this node)");
+        }
+        err
+    })
 }

@@ -152,19 +152,142 @@ pub struct ProgramSpec {
     pub attach: Option<Attach>,
 }
 
-/// An attach point: exactly one kind must be set.
+/// An attach point: exactly one kind must be set. The program's type (its ELF section) must fit
+/// the kind: `SEC("tracepoint/...")` for `tracepoint`, `SEC("xdp")` for `xdp`, `SEC("classifier")`
+/// for `tc`, `SEC("kprobe/...")` or `SEC("kretprobe/...")` for `kprobe`,
+/// `SEC("uprobe")` or `SEC("uretprobe")` for `uprobe`, `SEC("fentry/...")` / `SEC("fexit/...")`,
+/// `SEC("cgroup_skb/ingress|egress")` for `cgroupSkb`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(validation = Rule::new("[has(self.tracepoint), has(self.xdp)].filter(x, x).size() == 1").message("exactly one attach kind (tracepoint, xdp) must be set"))]
+#[x_kube(validation = Rule::new("[has(self.tracepoint), has(self.xdp), has(self.tc), has(self.kprobe), has(self.uprobe), has(self.fentry), has(self.fexit), has(self.cgroupSkb)].filter(x, x).size() == 1").message("exactly one attach kind (tracepoint, xdp, tc, kprobe, uprobe, fentry, fexit, cgroupSkb) must be set"))]
 #[serde(rename_all = "camelCase")]
 pub struct Attach {
-    /// A kernel tracepoint (`/sys/kernel/tracing/events/<category>/<name>`); the program must be a
-    /// tracepoint program (`SEC("tracepoint/...")`). Link name: `tracepoint-<category>-<name>`.
+    /// A kernel tracepoint (`/sys/kernel/tracing/events/<category>/<name>`). Link name:
+    /// `tracepoint-<category>-<name>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracepoint: Option<TracepointAttach>,
 
     /// XDP on network interfaces of the node, one link per interface, named `xdp-<interface>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xdp: Option<XdpAttach>,
+
+    /// TC through tcx (kernel 6.6+) on network interfaces, one link per interface, named
+    /// `tc-<direction>-<interface>` (lowercase direction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tc: Option<TcAttach>,
+
+    /// A kprobe or kretprobe (decided by the program's section) on a kernel function. Link name:
+    /// `kprobe-<function>` or `kprobe-<function>-<offset>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kprobe: Option<KprobeAttach>,
+
+    /// A uprobe or uretprobe (decided by the program's section) in a binary or library on the
+    /// node. Link name: `uprobe-<binary file name>-<symbol or offset>[-<pid>]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uprobe: Option<UprobeAttach>,
+
+    /// fentry on a kernel function (BTF). Link name: `fentry-<function>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fentry: Option<FunctionAttach>,
+
+    /// fexit on a kernel function (BTF). Link name: `fexit-<function>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fexit: Option<FunctionAttach>,
+
+    /// A cgroup v2 socket-buffer hook. Link name: `cgroupskb-<direction>-<cgroup path>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_skb: Option<CgroupSkbAttach>,
+}
+
+/// A tc (tcx) attach point.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TcAttach {
+    /// Network interface names on the node.
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[schemars(length(min = 1, max = 64))]
+    pub interfaces: Vec<InterfaceName>,
+    /// `Ingress` or `Egress`.
+    pub direction: Direction,
+    /// Where the link goes among the interface's other tcx programs: `Last` (default) or `First`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<LinkOrder>,
+}
+
+/// Traffic direction.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum Direction {
+    /// Incoming traffic.
+    #[default]
+    Ingress,
+    /// Outgoing traffic.
+    Egress,
+}
+
+/// Position of a link among an attach point's programs.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkOrder {
+    /// Before every other program.
+    First,
+    /// After every other program.
+    Last,
+}
+
+/// A kprobe attach point.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KprobeAttach {
+    /// Kernel function (as in /proc/kallsyms), e.g. `do_unlinkat`.
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_]+$')").message("must be a kernel symbol: letters, digits and '_'"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub function: String,
+    /// Offset into the function, in bytes (kprobe only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// A uprobe attach point.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[x_kube(validation = Rule::new("has(self.symbol) || has(self.offset)").message("set symbol, offset or both"))]
+#[serde(rename_all = "camelCase")]
+pub struct UprobeAttach {
+    /// Absolute path of the binary or library on the node (or a library name found by the
+    /// dynamic loader's cache, e.g. `libc`).
+    #[schemars(length(min = 1, max = 4096))]
+    pub target: String,
+    /// Function symbol in the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub symbol: Option<String>,
+    /// Offset in bytes: from the symbol when `symbol` is set, else from the start of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Only fire in this process. Absent: every process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+/// A kernel function for fentry/fexit.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionAttach {
+    /// Kernel function with BTF, e.g. `do_unlinkat`.
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_]+$')").message("must be a kernel symbol: letters, digits and '_'"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub function: String,
+}
+
+/// A cgroup socket-buffer attach point.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CgroupSkbAttach {
+    /// Absolute path of a cgroup v2 directory on the node, e.g. `/sys/fs/cgroup/system.slice`.
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("must be an absolute path to a cgroup v2 directory"))]
+    #[schemars(length(min = 1, max = 4096))]
+    pub cgroup: String,
+    /// `Ingress` or `Egress`.
+    pub direction: Direction,
 }
 
 /// A tracepoint attach point.
@@ -325,12 +448,40 @@ impl BpfObjectSpec {
                 });
             }
             if let Some(attach) = &prog.attach {
-                let kinds = [attach.tracepoint.is_some(), attach.xdp.is_some()];
+                let kinds = [
+                    attach.tracepoint.is_some(),
+                    attach.xdp.is_some(),
+                    attach.tc.is_some(),
+                    attach.kprobe.is_some(),
+                    attach.uprobe.is_some(),
+                    attach.fentry.is_some(),
+                    attach.fexit.is_some(),
+                    attach.cgroup_skb.is_some(),
+                ];
                 if kinds.iter().filter(|k| **k).count() != 1 {
                     return Err(ValidationError {
                         field: format!("spec.programs[{i}].attach"),
                         value: String::new(),
-                        reason: "exactly one attach kind (tracepoint, xdp) must be set".into(),
+                        reason: "exactly one attach kind (tracepoint, xdp, tc, kprobe, uprobe, fentry, fexit, cgroupSkb) must be set".into(),
+                    });
+                }
+                if let Some(u) = &attach.uprobe
+                    && u.symbol.is_none()
+                    && u.offset.is_none()
+                {
+                    return Err(ValidationError {
+                        field: format!("spec.programs[{i}].attach.uprobe"),
+                        value: u.target.clone(),
+                        reason: "set symbol, offset or both".into(),
+                    });
+                }
+                if let Some(c) = &attach.cgroup_skb
+                    && (!c.cgroup.starts_with('/') || c.cgroup.split('/').any(|s| s == ".."))
+                {
+                    return Err(ValidationError {
+                        field: format!("spec.programs[{i}].attach.cgroupSkb.cgroup"),
+                        value: c.cgroup.clone(),
+                        reason: "must be an absolute path without '..'".into(),
                     });
                 }
             }

@@ -12,8 +12,9 @@ pub mod node_state;
 pub mod validation;
 
 pub use bpf_object::{
-    Attach, BpfObject, BpfObjectSpec, BpfObjectStatus, Bytecode, ConfigMapBytecode, MapSpec,
-    NodeCounts, NodeFailure, ProgramSpec, TracepointAttach, XdpAttach, XdpMode,
+    Attach, BpfObject, BpfObjectSpec, BpfObjectStatus, Bytecode, CgroupSkbAttach,
+    ConfigMapBytecode, Direction, FunctionAttach, KprobeAttach, LinkOrder, MapSpec, NodeCounts,
+    NodeFailure, ProgramSpec, TcAttach, TracepointAttach, UprobeAttach, XdpAttach, XdpMode,
 };
 pub use node_state::{
     BpfNodeState, BpfNodeStateSpec, BpfNodeStateStatus, NodeObjectState, ObjectPhase, PinnedProgram,
