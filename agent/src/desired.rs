@@ -40,6 +40,7 @@ pub fn version_key(spec: &BpfObjectSpec, digest: &str) -> String {
         "globalData": spec.global_data,
         "maps": spec.maps,
         "programs": spec.programs,
+        "tailCalls": spec.tail_calls,
     });
     hasher.update(material.to_string().as_bytes());
     hex::encode(&hasher.finalize()[..8])

@@ -129,14 +129,22 @@ pub fn plan_maps(
     Ok(plan)
 }
 
-/// Whether a pinned map has the definition the ELF asks for.
-fn definition_matches(pinned: &MapInfo, elf: &aya_obj::Map) -> Result<(), String> {
+/// Whether a pinned map has the definition the ELF (with the spec's `maxEntries`) asks for.
+fn definition_matches(
+    pinned: &MapInfo,
+    elf: &aya_obj::Map,
+    max_entries: Option<u32>,
+) -> Result<(), String> {
     let pinned_type = pinned.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
     let mismatches: Vec<String> = [
         ("type", pinned_type, elf.map_type()),
         ("key size", pinned.key_size(), elf.key_size()),
         ("value size", pinned.value_size(), elf.value_size()),
-        ("max entries", pinned.max_entries(), elf.max_entries()),
+        (
+            "max entries",
+            pinned.max_entries(),
+            max_entries.unwrap_or(elf.max_entries()),
+        ),
         ("flags", pinned.map_flags(), elf.map_flags()),
     ]
     .into_iter()
@@ -228,15 +236,16 @@ fn build_inner(
     for (name, path) in &plan.shared {
         fsops::confine(layout.root(), path)?;
         match MapInfo::from_pin(path) {
-            Ok(info) => definition_matches(&info, &elf.maps[name]).map_err(|why| {
-                ObjectError::new(
-                    Reason::MapConflict,
-                    format!(
-                        "map {name} conflicts with the map already shared at {}: {why}",
-                        path.display()
-                    ),
-                )
-            })?,
+            Ok(info) => definition_matches(&info, &elf.maps[name], max_entries_of(spec, name))
+                .map_err(|why| {
+                    ObjectError::new(
+                        Reason::MapConflict,
+                        format!(
+                            "map {name} conflicts with the map already shared at {}: {why}",
+                            path.display()
+                        ),
+                    )
+                })?,
             Err(_) => {
                 if let Some(parent) = path.parent() {
                     fsops::create_dirs(layout.root(), parent)?;
@@ -271,13 +280,18 @@ fn build_inner(
     for (name, path) in &plan.shared {
         loader.map_pin_path(name, path.as_path());
     }
+    for m in &spec.maps {
+        if let Some(max) = m.max_entries {
+            loader.map_max_entries(&m.name, max);
+        }
+    }
     // Keep the contents of maps whose definition did not change.
     let mut reused = BTreeSet::new();
     if let Some(prev) = req.previous {
         for name in &plan.private {
             let old = Layout::map_in(prev, name);
             if let Ok(info) = MapInfo::from_pin(&old)
-                && definition_matches(&info, &elf.maps[name]).is_ok()
+                && definition_matches(&info, &elf.maps[name], max_entries_of(spec, name)).is_ok()
             {
                 loader.map_pin_path(name, old);
                 reused.insert(name.clone());
@@ -317,6 +331,8 @@ fn build_inner(
             .id();
         programs.push((name.to_owned(), id));
     }
+
+    fill_tail_calls(spec, &plan, &mut ebpf)?;
 
     let mut maps = Vec::new();
     for name in &plan.private {
@@ -366,6 +382,94 @@ fn build_inner(
         links,
         shared,
     })
+}
+
+fn max_entries_of(spec: &BpfObjectSpec, map: &str) -> Option<u32> {
+    spec.maps
+        .iter()
+        .find(|m| m.name == map)
+        .and_then(|m| m.max_entries)
+}
+
+/// Sets every `spec.tailCalls` entry and clears the other indices of those program arrays and of
+/// the object's private program arrays (a map kept from the previous version would otherwise
+/// still jump into the old programs).
+fn fill_tail_calls(
+    spec: &BpfObjectSpec,
+    plan: &MapPlan,
+    ebpf: &mut aya::Ebpf,
+) -> Result<(), ObjectError> {
+    use aya::maps::ProgramArray;
+    let mut by_map: BTreeMap<&str, Vec<(u32, &str)>> = BTreeMap::new();
+    for name in &plan.private {
+        if matches!(ebpf.map(name), Some(aya::maps::Map::ProgramArray(_))) {
+            by_map.entry(name).or_default();
+        }
+    }
+    for tc in &spec.tail_calls {
+        by_map
+            .entry(&tc.map)
+            .or_default()
+            .push((tc.index, &tc.program));
+    }
+    for (map, entries) in by_map {
+        let mut fds = Vec::new();
+        for (index, program) in &entries {
+            let prog = ebpf.program(program).ok_or_else(|| {
+                ObjectError::new(
+                    Reason::ProgramNotFound,
+                    format!("tail call {map}[{index}]: program {program} is not loaded"),
+                )
+            })?;
+            let fd = prog
+                .fd()
+                .map_err(|e| {
+                    ObjectError::new(
+                        Reason::LoadFailed,
+                        format!("tail call {map}[{index}] -> {program}: {}", chain(&e)),
+                    )
+                })?
+                .try_clone()
+                .map_err(|e| {
+                    ObjectError::new(
+                        Reason::LoadFailed,
+                        format!("tail call {map}[{index}] -> {program}: {e}"),
+                    )
+                })?;
+            fds.push((*index, fd));
+        }
+        let m = ebpf.map_mut(map).ok_or_else(|| {
+            ObjectError::new(
+                Reason::MapNotFound,
+                format!("tail call map {map} is not in the ELF object"),
+            )
+        })?;
+        let mut array: ProgramArray<&mut aya::maps::MapData> =
+            ProgramArray::try_from(m).map_err(|e| {
+                ObjectError::new(
+                    Reason::InvalidSpec,
+                    format!("tail call map {map}: {}", chain(&e)),
+                )
+            })?;
+        let wanted: BTreeSet<u32> = fds.iter().map(|(i, _)| *i).collect();
+        let stale: Vec<u32> = array
+            .indices()
+            .flatten()
+            .filter(|i| !wanted.contains(i))
+            .collect();
+        for index in stale {
+            let _ = array.clear_index(&index);
+        }
+        for (index, fd) in &fds {
+            array.set(*index, fd, 0).map_err(|e| {
+                ObjectError::new(
+                    Reason::LoadFailed,
+                    format!("setting tail call {map}[{index}]: {}", chain(&e)),
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 fn pin_error(kind: &str, name: &str, path: &Path, err: &dyn std::error::Error) -> ObjectError {

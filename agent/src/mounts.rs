@@ -22,7 +22,12 @@ fn fs_magic(path: &Path) -> std::io::Result<i64> {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: statfs returned 0, so it filled buf.
-    Ok(unsafe { buf.assume_init() }.f_type as i64)
+    let f_type = unsafe { buf.assume_init() }.f_type;
+    #[expect(
+        clippy::useless_conversion,
+        reason = "f_type is i64 on x86_64 but 32-bit on other architectures"
+    )]
+    Ok(i64::from(f_type))
 }
 
 fn mount(fstype: &str, target: &Path) -> std::io::Result<()> {

@@ -385,3 +385,80 @@ programs:
     assert!(!root.join("xdp2").exists());
     assert!(!root.join("_versions/xdp2").exists() || tree(&root.join("_versions/xdp2")).is_empty());
 }
+
+fn hits_at(root: &std::path::Path, object: &str, i: u32) -> u64 {
+    use aya::maps::{Array, Map, MapData};
+    let data = MapData::from_pin(root.join(object).join("maps/hits")).expect("hits");
+    let array: Array<_, u64> =
+        Array::try_from(Map::from_map_data(data).expect("map")).expect("array");
+    array.get(&i, 0).expect("read")
+}
+
+fn getppid_n(n: usize) {
+    for _ in 0..n {
+        // SAFETY: getppid has no preconditions.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+}
+
+#[test]
+fn tail_calls_fill_the_program_array_and_follow_updates() {
+    let fs = Bpffs::new();
+    let root = fs.root();
+    let with = r#"
+bytecode: {path: tailcall.bpf.o}
+programs:
+- name: entry
+  attach: {tracepoint: {category: syscalls, name: sys_enter_getppid}}
+- name: target
+tailCalls: [{map: jumps, index: 0, program: target}]
+"#;
+    let mut r = Reconciler::new(fs.path()).expect("reconciler");
+    let report = r.reconcile(&[desired("tail", with, "tailcall")], &none());
+    assert!(
+        report.objects[0].error.is_none(),
+        "{:?}",
+        report.objects[0].error
+    );
+    drop(r);
+    let (fell, jumped) = (hits_at(&root, "tail", 0), hits_at(&root, "tail", 1));
+    getppid_n(5);
+    assert!(
+        hits_at(&root, "tail", 1) >= jumped + 5,
+        "the tail call is taken"
+    );
+    assert_eq!(hits_at(&root, "tail", 0), fell, "entry never falls through");
+
+    // Without tailCalls the slot is cleared (the map is kept, so this proves the clearing).
+    let without = with.replace("tailCalls: [{map: jumps, index: 0, program: target}]\n", "");
+    let mut r = Reconciler::new(fs.path()).expect("reconciler");
+    let report = r.reconcile(&[desired("tail", &without, "tailcall")], &none());
+    assert_eq!(
+        report.objects[0].action,
+        Action::Updated,
+        "{:?}",
+        report.objects[0].error
+    );
+    let (fell, jumped) = (hits_at(&root, "tail", 0), hits_at(&root, "tail", 1));
+    getppid_n(5);
+    assert!(
+        hits_at(&root, "tail", 0) >= fell + 5,
+        "falls through once the slot is empty"
+    );
+    assert_eq!(hits_at(&root, "tail", 1), jumped);
+}
+
+#[test]
+fn max_entries_overrides_the_elf() {
+    let fs = Bpffs::new();
+    let spec = COUNTER.replace("- name: counts\n", "- name: counts\n  maxEntries: 7\n");
+    let mut r = Reconciler::new(fs.path()).expect("reconciler");
+    let report = r.reconcile(&[desired("sized", &spec, "counter")], &none());
+    assert!(
+        report.objects[0].error.is_none(),
+        "{:?}",
+        report.objects[0].error
+    );
+    let info = aya::maps::MapInfo::from_pin(fs.root().join("sized/maps/counts")).expect("map");
+    assert_eq!(info.max_entries(), 7);
+}

@@ -70,6 +70,29 @@ pub struct BpfObjectSpec {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     #[schemars(length(min = 1, max = 256))]
     pub programs: Vec<ProgramSpec>,
+
+    /// Tail calls: entries of `BPF_MAP_TYPE_PROG_ARRAY` maps of this object, each set to a program
+    /// of this object by name. Indices of those maps that are not listed are cleared, so the map
+    /// stays in step with the spec across updates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub tail_calls: Vec<TailCall>,
+}
+
+/// One entry of a program array.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TailCall {
+    /// The `BPF_MAP_TYPE_PROG_ARRAY` map.
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z_][A-Za-z0-9_]*$')").message("must be a C identifier"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub map: String,
+    /// The index to set.
+    pub index: u32,
+    /// The program (listed in `programs`) the index jumps to.
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z_][A-Za-z0-9_]*$')").message("must be a C identifier"))]
+    #[schemars(length(min = 1, max = 128))]
+    pub program: String,
 }
 
 /// Where the ELF object comes from: exactly one of `path`, `configMap`, `url`, `image`.
@@ -134,6 +157,11 @@ pub struct MapSpec {
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_/-]*$')").message("segments may only hold letters, digits, '_' and '-' (bpffs refuses '.')"))]
     #[schemars(length(min = 1, max = 200))]
     pub pin_path: Option<String>,
+
+    /// Overrides the map's `max_entries` from the ELF (e.g. to size a hash map per node class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_entries: Option<u32>,
 }
 
 /// One program of the ELF object to load and pin.
@@ -435,6 +463,17 @@ impl BpfObjectSpec {
             }
             if let Some(pin_path) = &map.pin_path {
                 validate_pin_path(&format!("spec.maps[{i}].pinPath"), pin_path)?;
+            }
+        }
+        for (i, tc) in self.tail_calls.iter().enumerate() {
+            validate_elf_name(&format!("spec.tailCalls[{i}].map"), &tc.map)?;
+            validate_elf_name(&format!("spec.tailCalls[{i}].program"), &tc.program)?;
+            if !self.programs.iter().any(|p| p.name == tc.program) {
+                return Err(ValidationError {
+                    field: format!("spec.tailCalls[{i}].program"),
+                    value: tc.program.clone(),
+                    reason: "must be one of spec.programs".into(),
+                });
             }
         }
         let mut seen = std::collections::BTreeSet::new();

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 /// Identity of the node an agent serves. The agent creates this object named after its node, with
 /// an owner reference on the `Node`, so it goes away with the node.
+#[expect(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) names its own type_"
+)]
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "bpfpin.io",

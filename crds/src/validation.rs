@@ -233,8 +233,8 @@ mod tests {
             assert!(err.reason.contains(why), "{bad}: {err}");
             assert!(err.to_string().starts_with("spec.maps[0].pinPath"));
         }
-        assert!(validate_pin_path("f", &"a/".repeat(8).trim_end_matches('/').to_string()).is_ok());
-        assert!(validate_pin_path("f", &"a/".repeat(9).trim_end_matches('/').to_string()).is_err());
+        assert!(validate_pin_path("f", "a/".repeat(8).trim_end_matches('/')).is_ok());
+        assert!(validate_pin_path("f", "a/".repeat(9).trim_end_matches('/')).is_err());
         assert!(validate_pin_path("f", &"a".repeat(201)).is_err());
     }
 }
