@@ -1,11 +1,12 @@
 //! The bpfpin agent: loads eBPF ELF objects with aya, pins maps, programs and links under a
 //! managed bpffs root, adopts what an earlier run pinned, and removes what nobody wants.
 //!
-//! [`reconcile::Reconciler`] is the core, free of Kubernetes; [`local`] and `cluster` mode feed it
+//! [`reconcile::Reconciler`] is the core, free of Kubernetes; [`local`] and [`cluster`] mode feed it
 //! desired objects.
 #![deny(missing_docs)]
 
 pub mod attach;
+pub mod cluster;
 pub mod desired;
 pub mod error;
 pub mod fsops;

@@ -262,7 +262,9 @@ pub async fn watch(mut reconciler: Reconciler, config: LocalConfig) -> anyhow::R
     use notify::{RecursiveMode, Watcher};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Reading the manifests makes access events: only changes count, or every pass would
+        // trigger the next one.
+        if event.is_ok_and(|e| e.kind.is_create() || e.kind.is_modify() || e.kind.is_remove()) {
             let _ = tx.send(());
         }
     })?;

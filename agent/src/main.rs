@@ -3,9 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use bpfpin_agent::cluster::flags::{self, MetricsAddr};
+use bpfpin_agent::cluster::{self, ClusterConfig};
 use bpfpin_agent::local::{self, LocalConfig};
 use bpfpin_agent::{Reconciler, mounts};
 
@@ -39,6 +42,25 @@ enum Mode {
         /// One pass, then exit: 0 when every object is pinned, 1 otherwise.
         #[arg(long)]
         once: bool,
+    },
+    /// Watch the API server and pin the BpfObjects selected for this node; report in its
+    /// BpfNodeState (KUBECONFIG, ~/.kube/config or the in-cluster service account).
+    Cluster {
+        /// The Node this agent serves.
+        #[arg(long, env = "NODE_NAME")]
+        node_name: String,
+        /// The bpffs mount point; the managed root is <bpffs>/bpfpin. Mounted if needed.
+        #[arg(long, default_value = "/sys/fs/bpf")]
+        bpffs: PathBuf,
+        /// A folder bytecode.path may resolve into (repeatable; default /var/lib/bpfpin/bytecode).
+        #[arg(long = "bytecode-dir")]
+        bytecode_dirs: Vec<PathBuf>,
+        /// How often the status is rewritten when nothing changed (500ms, 30s, 5m).
+        #[arg(long, default_value = "30s", value_parser = flags::parse_duration)]
+        heartbeat_interval: Duration,
+        /// Where /healthz, /readyz and /metrics listen (port 0: any free port; `none`: off).
+        #[arg(long, default_value = "0.0.0.0:8081", value_parser = flags::parse_metrics_addr)]
+        metrics_addr: MetricsAddr,
     },
 }
 
@@ -96,6 +118,47 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Mode::Cluster {
+            node_name,
+            bpffs,
+            bytecode_dirs,
+            heartbeat_interval,
+            metrics_addr,
+        } => run_cluster(
+            &bpffs,
+            ClusterConfig {
+                node_name,
+                bytecode_dirs,
+                heartbeat_interval,
+                metrics_addr: metrics_addr.0,
+            },
+        ),
+    }
+}
+
+fn run_cluster(bpffs: &std::path::Path, config: ClusterConfig) -> ExitCode {
+    if config.node_name.is_empty() {
+        eprintln!("bpfpin-agent: --node-name (or NODE_NAME) must name this node's Node object");
+        return ExitCode::from(2);
+    }
+    let reconciler = match start(bpffs) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("bpfpin-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(cluster::run(reconciler, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bpfpin-agent: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -59,7 +59,9 @@ pub fn source_of(spec: &BpfObjectSpec, configmaps: &ConfigMapCache) -> Source {
     };
     Source::Failed(ObjectError::new(
         Reason::UnsupportedSource,
-        format!("bytecode.{kind} is not supported by the agent yet; use bytecode.path or bytecode.configMap"),
+        format!(
+            "bytecode.{kind} is not supported by the agent yet; use bytecode.path or bytecode.configMap"
+        ),
     ))
 }
 
@@ -127,7 +129,10 @@ mod tests {
             cm(),
             ConfigMapState::Present([("c.o".to_owned(), b"elf".to_vec())].into()),
         );
-        assert_eq!(source_of(&cm_spec(), &cache), Source::Bytes(b"elf".to_vec()));
+        assert_eq!(
+            source_of(&cm_spec(), &cache),
+            Source::Bytes(b"elf".to_vec())
+        );
         cache.insert(
             cm(),
             ConfigMapState::Present([("other".to_owned(), b"elf".to_vec())].into()),
@@ -177,25 +182,25 @@ mod tests {
         let escape = outside.path().join("b.o");
         assert_eq!(
             read_path(escape.to_str().expect("utf8"), &dirs)
-                .unwrap_err()
+                .expect_err("fails")
                 .reason,
             Reason::BytecodePathNotAllowed
         );
         assert_eq!(
-            read_path("link.o", &dirs).unwrap_err().reason,
+            read_path("link.o", &dirs).expect_err("fails").reason,
             Reason::BytecodePathNotAllowed
         );
         assert_eq!(
-            read_path("../b.o", &dirs).unwrap_err().reason,
+            read_path("../b.o", &dirs).expect_err("fails").reason,
             Reason::BytecodeUnavailable
         );
         assert_eq!(
-            read_path("missing.o", &dirs).unwrap_err().reason,
+            read_path("missing.o", &dirs).expect_err("fails").reason,
             Reason::BytecodeUnavailable
         );
         assert!(
             read_path("a.o", &[PathBuf::from("/nonexistent/bpfpin")])
-                .unwrap_err()
+                .expect_err("fails")
                 .message
                 .contains("no bytecode folder")
         );

@@ -175,11 +175,14 @@ mod tests {
         let edge = BTreeMap::from([("role".to_owned(), "edge".to_owned())]);
         let planned = plan(&select(&objects, &edge), &ConfigMapCache::default());
         let (desired, held) = materialize(planned, &[PathBuf::from("/nonexistent")]);
-        assert_eq!(held, Held::from([("edge".to_owned(), Some("u".to_owned()))]));
+        assert_eq!(
+            held,
+            Held::from([("edge".to_owned(), Some("u".to_owned()))])
+        );
         assert_eq!(desired.len(), 1);
         assert_eq!(desired[0].name, "all");
         assert_eq!(
-            desired[0].bytecode.as_ref().unwrap_err().reason,
+            desired[0].bytecode.as_ref().expect_err("fails").reason,
             Reason::BytecodeUnavailable
         );
     }

@@ -39,9 +39,10 @@ pub struct MetricsAddr(pub Option<SocketAddr>);
 pub fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
     match text.trim() {
         "" | "none" | "off" | "0" => Ok(MetricsAddr(None)),
-        addr => addr.parse().map(|a| MetricsAddr(Some(a))).map_err(|e| {
-            format!("{addr:?} is not an address such as 0.0.0.0:8081 (or none): {e}")
-        }),
+        addr => addr
+            .parse()
+            .map(|a| MetricsAddr(Some(a)))
+            .map_err(|e| format!("{addr:?} is not an address such as 0.0.0.0:8081 (or none): {e}")),
     }
 }
 

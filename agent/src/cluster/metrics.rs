@@ -91,76 +91,138 @@ impl Metrics {
     pub fn render(&self) -> String {
         let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str| {
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (suffix_labels, value) in samples {
+                let _ = writeln!(out, "{name}{suffix_labels} {value}");
+            }
         };
         family(
             "bpfpin_agent_reconcile_passes_total",
             "counter",
             "Reconcile passes run.",
+            &[(String::new(), s.passes.to_string())],
         );
+        let errors: Vec<_> = s
+            .errors
+            .iter()
+            .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), n.to_string()))
+            .collect();
         family(
             "bpfpin_agent_reconcile_errors_total",
             "counter",
             "Objects that failed in a pass, by reason.",
+            &errors,
         );
         family(
             "bpfpin_agent_pinned_objects",
             "gauge",
             "Objects with a version pinned after the last pass.",
+            &[(String::new(), s.pinned_objects.to_string())],
         );
+        let pins: Vec<_> = ["program", "map", "link"]
+            .iter()
+            .zip(s.pins)
+            .map(|(kind, n)| (format!("{{kind=\"{kind}\"}}"), n.to_string()))
+            .collect();
         family(
             "bpfpin_agent_pins",
             "gauge",
             "Pins of the pinned objects after the last pass, by kind.",
+            &pins,
         );
+        let mut duration: Vec<_> = BUCKETS
+            .iter()
+            .zip(s.buckets)
+            .map(|(le, n)| (format!("_bucket{{le=\"{le}\"}}"), n.to_string()))
+            .collect();
+        duration.push(("_bucket{le=\"+Inf\"}".into(), s.passes.to_string()));
+        duration.push(("_sum".into(), s.duration_sum.to_string()));
+        duration.push(("_count".into(), s.passes.to_string()));
         family(
             "bpfpin_agent_reconcile_duration_seconds",
             "histogram",
             "Duration of reconcile passes.",
+            &duration,
         );
+        let writes: Vec<_> = ["object", "status"]
+            .iter()
+            .zip(s.writes)
+            .map(|(kind, n)| (format!("{{kind=\"{kind}\"}}"), n.to_string()))
+            .collect();
         family(
             "bpfpin_agent_api_writes_total",
             "counter",
-            "Writes to the API server, by kind.",
+            "Writes to the API server (the BpfNodeState object and its status), by kind.",
+            &writes,
         );
-        // Families are announced first so the samples below read as one block per family.
-        let mut text = out;
-        let _ = writeln!(text, "bpfpin_agent_reconcile_passes_total {}", s.passes);
-        for (reason, n) in &s.errors {
-            let _ = writeln!(
-                text,
-                "bpfpin_agent_reconcile_errors_total{{reason=\"{reason}\"}} {n}"
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{ObjectError, Reason};
+    use crate::loader::PinnedVersion;
+    use crate::reconcile::{Action, ObjectReport};
+
+    fn report() -> PassReport {
+        let base = ObjectReport {
+            name: "a".into(),
+            uid: None,
+            generation: 1,
+            action: Action::Created,
+            error: None,
+            pinned: Some(PinnedVersion {
+                version: "v".into(),
+                programs: vec![("p".into(), 7)],
+                maps: vec!["/m1".into(), "/m2".into()],
+                links: vec!["/l".into()],
+                shared: vec![],
+            }),
+            path: "/sys/fs/bpf/bpfpin/a".into(),
+        };
+        let failed = ObjectReport {
+            name: "b".into(),
+            action: Action::Failed,
+            error: Some(ObjectError::new(Reason::VerifierRejected, "no")),
+            pinned: None,
+            ..base.clone()
+        };
+        PassReport {
+            objects: vec![base, failed],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn renders_every_family() {
+        let m = Metrics::default();
+        m.observe_pass(&report(), Duration::from_millis(20));
+        m.count_write(Write::Status);
+        let text = m.render();
+        for line in [
+            "bpfpin_agent_reconcile_passes_total 1",
+            "bpfpin_agent_reconcile_errors_total{reason=\"VerifierRejected\"} 1",
+            "bpfpin_agent_pinned_objects 1",
+            "bpfpin_agent_pins{kind=\"program\"} 1",
+            "bpfpin_agent_pins{kind=\"map\"} 2",
+            "bpfpin_agent_pins{kind=\"link\"} 1",
+            "bpfpin_agent_reconcile_duration_seconds_bucket{le=\"0.01\"} 0",
+            "bpfpin_agent_reconcile_duration_seconds_bucket{le=\"0.025\"} 1",
+            "bpfpin_agent_reconcile_duration_seconds_bucket{le=\"+Inf\"} 1",
+            "bpfpin_agent_reconcile_duration_seconds_count 1",
+            "bpfpin_agent_api_writes_total{kind=\"status\"} 1",
+            "# TYPE bpfpin_agent_reconcile_duration_seconds histogram",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
             );
         }
-        let _ = writeln!(text, "bpfpin_agent_pinned_objects {}", s.pinned_objects);
-        for (kind, n) in ["program", "map", "link"].iter().zip(s.pins) {
-            let _ = writeln!(text, "bpfpin_agent_pins{{kind=\"{kind}\"}} {n}");
-        }
-        for (le, n) in BUCKETS.iter().zip(s.buckets) {
-            let _ = writeln!(
-                text,
-                "bpfpin_agent_reconcile_duration_seconds_bucket{{le=\"{le}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            text,
-            "bpfpin_agent_reconcile_duration_seconds_bucket{{le=\"+Inf\"}} {}",
-            s.passes
-        );
-        let _ = writeln!(
-            text,
-            "bpfpin_agent_reconcile_duration_seconds_sum {}",
-            s.duration_sum
-        );
-        let _ = writeln!(
-            text,
-            "bpfpin_agent_reconcile_duration_seconds_count {}",
-            s.passes
-        );
-        for (kind, n) in ["object", "status"].iter().zip(s.writes) {
-            let _ = writeln!(text, "bpfpin_agent_api_writes_total{{kind=\"{kind}\"}} {n}");
-        }
-        text
+        assert!(!m.is_ready());
+        m.set_ready();
+        assert!(m.is_ready());
     }
 }

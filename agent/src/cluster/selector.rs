@@ -125,13 +125,13 @@ matchExpressions:
         let s = selector("matchExpressions: [{key: role, operator: Equals, values: [x]}]");
         assert!(
             matches(Some(&s), &labels(&[]))
-                .unwrap_err()
+                .expect_err("fails")
                 .contains("unknown operator")
         );
         let s = selector("matchExpressions: [{key: role, operator: In}]");
         assert!(
             matches(Some(&s), &labels(&[]))
-                .unwrap_err()
+                .expect_err("fails")
                 .contains("at least one value")
         );
         let s = selector("matchExpressions: [{key: role, operator: Exists, values: [x]}]");

@@ -157,7 +157,8 @@ async fn feed<K, V, S>(
         match event {
             Ok(event) => {
                 let done = matches!(event, watcher::Event::InitDone);
-                let changed = index(&mut inputs.lock()).apply(IndexEvent::from_watch(event, project));
+                let changed =
+                    index(&mut inputs.lock()).apply(IndexEvent::from_watch(event, project));
                 if done {
                     if failing {
                         tracing::info!(kind, "watch recovered");

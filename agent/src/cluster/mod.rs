@@ -1,0 +1,353 @@
+//! Cluster mode: watch this node's `Node`, every `BpfObject` and the ConfigMaps their bytecode
+//! comes from; reconcile on every change; report in this node's `BpfNodeState`.
+//!
+//! - Event-driven: a change wakes one pass after a short debounce (bursts coalesce); the only
+//!   timers are the retry backoff of objects whose bytecode is unavailable, and the heartbeat.
+//! - Passes run on the blocking pool, one at a time, only once the Node and the `BpfObject`s have
+//!   been listed completely. A failing watch keeps the last complete list, so an API server
+//!   outage changes no pin.
+//! - Shutdown (SIGTERM/SIGINT) stops the watches and leaves every pin in place.
+
+pub mod backoff;
+pub mod bytecode;
+pub mod configmaps;
+pub mod desired_set;
+pub mod flags;
+pub mod http;
+pub mod index;
+pub mod metrics;
+pub mod node_state;
+pub mod selector;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bpfpin_crds::{BpfNodeState, BpfNodeStateStatus, BpfObject};
+use kube::Client;
+use kube::api::{Api, ListParams};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use self::backoff::{Retries, is_retryable};
+use self::configmaps::ConfigMapWatches;
+use self::metrics::Metrics;
+use self::node_state::StatusWriter;
+use self::watch::{SharedInputs, Trigger};
+use crate::reconcile::{Action, PassReport, Reconciler};
+
+/// Where bytecode files may be read from when no `--bytecode-dir` is given.
+pub const DEFAULT_BYTECODE_DIR: &str = "/var/lib/bpfpin/bytecode";
+
+/// How long a change waits for more changes before the pass starts.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// First retry of an object whose bytecode is unavailable; doubles up to [`RETRY_MAX`].
+const RETRY_BASE: Duration = Duration::from_secs(5);
+/// The longest wait between retries.
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// What cluster mode needs besides the reconciler.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The `Node` this agent serves.
+    pub node_name: String,
+    /// Folders `bytecode.path` may resolve into (empty: [`DEFAULT_BYTECODE_DIR`]).
+    pub bytecode_dirs: Vec<PathBuf>,
+    /// How often the status is rewritten when nothing changed, so the operator knows the agent
+    /// lives.
+    pub heartbeat_interval: Duration,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served; `None` serves nothing.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Runs cluster mode until SIGTERM/SIGINT. Pins stay in place when it returns.
+pub async fn run(reconciler: Reconciler, config: ClusterConfig) -> anyhow::Result<()> {
+    let span = tracing::info_span!("agent", node = %config.node_name);
+    async move {
+        let client = Client::try_default()
+            .await
+            .context("connecting to the API server (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+        Agent::new(client, reconciler, config).run().await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Fails with a sentence when the CRDs are missing; other errors (the API server is down) are
+/// only logged: the watches retry, and pins stay as they are meanwhile.
+async fn check_crds(client: &Client) -> anyhow::Result<()> {
+    let probe = ListParams::default().limit(1);
+    let objects = Api::<BpfObject>::all(client.clone())
+        .list_metadata(&probe)
+        .await;
+    let states = Api::<BpfNodeState>::all(client.clone())
+        .list_metadata(&probe)
+        .await;
+    for (result, crd) in [
+        (objects.map(|_| ()), "bpfobjects.bpfpin.io"),
+        (states.map(|_| ()), "bpfnodestates.bpfpin.io"),
+    ] {
+        match result {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.is_not_found() => anyhow::bail!(
+                "the CRD {crd} is not installed in this cluster; install it with `kubectl apply -f crds/` (or the Helm chart)"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, crd, "cannot check the CRD yet; the watches will retry")
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Agent {
+    client: Client,
+    config: ClusterConfig,
+    /// `None` only while a pass runs on the blocking pool.
+    reconciler: Option<Reconciler>,
+    root: PathBuf,
+    inputs: SharedInputs,
+    trigger: Trigger,
+    wake: tokio::sync::mpsc::Receiver<()>,
+    configmaps: ConfigMapWatches,
+    retries: Retries,
+    writer: StatusWriter,
+    metrics: Arc<Metrics>,
+    /// The status after the last pass, and the Node uid it belongs to.
+    status: Option<(BpfNodeStateStatus, String)>,
+    /// The status an earlier run wrote, so objects held in the first pass (their ConfigMap is
+    /// not listed yet) keep their entry instead of vanishing from it for a moment.
+    earlier: Option<BpfNodeStateStatus>,
+    /// Why the last pass could not run, so it is logged once, not on every event.
+    waiting: Option<String>,
+}
+
+impl Agent {
+    fn new(client: Client, reconciler: Reconciler, mut config: ClusterConfig) -> Self {
+        if config.bytecode_dirs.is_empty() {
+            config
+                .bytecode_dirs
+                .push(PathBuf::from(DEFAULT_BYTECODE_DIR));
+        }
+        let metrics = Arc::new(Metrics::default());
+        if let Some(addr) = config.metrics_addr {
+            // Pinning matters more than metrics: a taken port is reported, not fatal (several
+            // agents on one host, as in e2e, must each pass their own --metrics-addr).
+            match http::serve(addr, metrics.clone()) {
+                Ok(bound) => {
+                    tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics")
+                }
+                Err(error) => tracing::error!(
+                    %addr, %error,
+                    "cannot serve /healthz, /readyz and /metrics; continuing without them (use --metrics-addr HOST:0 or none)"
+                ),
+            }
+        }
+        let (trigger, wake) = Trigger::new();
+        let writer = StatusWriter::new(
+            client.clone(),
+            &config.node_name,
+            config.heartbeat_interval,
+            metrics.clone(),
+        );
+        Self {
+            root: reconciler.layout().root().to_path_buf(),
+            reconciler: Some(reconciler),
+            client,
+            config,
+            inputs: SharedInputs::default(),
+            trigger,
+            wake,
+            configmaps: ConfigMapWatches::default(),
+            retries: Retries::new(RETRY_BASE, RETRY_MAX),
+            writer,
+            metrics,
+            status: None,
+            earlier: None,
+            waiting: None,
+        }
+    }
+
+    async fn run(mut self) -> anyhow::Result<()> {
+        check_crds(&self.client).await?;
+        self.earlier = match Api::<BpfNodeState>::all(self.client.clone())
+            .get_opt(&self.config.node_name)
+            .await
+        {
+            Ok(found) => found.and_then(|s| s.status),
+            Err(error) => {
+                tracing::debug!(%error, "cannot read the earlier BpfNodeState");
+                None
+            }
+        };
+        tracing::info!(
+            root = %self.root.display(),
+            bytecode_dirs = ?self.config.bytecode_dirs,
+            heartbeat = ?self.config.heartbeat_interval,
+            version = env!("CARGO_PKG_VERSION"),
+            "cluster mode started"
+        );
+        let watches = [
+            watch::spawn_node_watch(
+                self.client.clone(),
+                &self.config.node_name,
+                self.inputs.clone(),
+                self.trigger.clone(),
+            ),
+            watch::spawn_object_watch(
+                self.client.clone(),
+                self.inputs.clone(),
+                self.trigger.clone(),
+            ),
+        ];
+        let result = self.serve().await;
+        for task in &watches {
+            task.abort();
+        }
+        self.configmaps.stop_all();
+        tracing::info!("shutting down; pins stay in place");
+        result
+    }
+
+    async fn serve(&mut self) -> anyhow::Result<()> {
+        let mut shutdown = std::pin::pin!(crate::shutdown::signal());
+        loop {
+            let retry = self.retries.next_due().map(Instant::from_std);
+            let write = self.writer.next_due().map(Instant::from_std);
+            let run_pass = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                Some(()) = self.wake.recv() => {
+                    // Let a burst (a kubectl apply of many objects, a relist) settle into one pass.
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while self.wake.try_recv().is_ok() {}
+                    true
+                }
+                _ = sleep_until(retry) => true,
+                _ = sleep_until(write) => false,
+            };
+            if run_pass {
+                self.pass().await?;
+            }
+            if let Some((status, node_uid)) = &self.status {
+                self.writer.sync(status, node_uid).await;
+            }
+        }
+    }
+
+    /// One pass, if the initial lists are complete and the Node exists.
+    async fn pass(&mut self) -> anyhow::Result<()> {
+        let (node_uid, selected, configmaps) = {
+            let inputs = self.inputs.lock();
+            let node = inputs.node.get(&self.config.node_name);
+            let why = if !inputs.node.is_synced() || !inputs.objects.is_synced() {
+                Some("waiting for the initial list of the Node and the BpfObjects".to_owned())
+            } else if node.is_none_or(|n| n.uid.is_none()) {
+                Some(format!(
+                    "Node {} does not exist; pins stay as they are until it does",
+                    self.config.node_name
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                if self.waiting.as_ref() != Some(&why) {
+                    tracing::info!("{why}");
+                    self.waiting = Some(why);
+                }
+                // No retries while waiting: the event that ends the wait triggers a pass.
+                self.retries.record(std::time::Instant::now(), []);
+                return Ok(());
+            }
+            self.waiting = None;
+            let node = node.cloned().unwrap_or_default();
+            let selected = desired_set::select(inputs.objects.items(), &node.labels);
+            let configmaps = desired_set::configmaps_of(&selected);
+            let owned: Vec<(String, watch::ObjectEntry)> = selected
+                .into_iter()
+                .map(|(n, o)| (n.clone(), o.clone()))
+                .collect();
+            (node.uid.unwrap_or_default(), owned, configmaps)
+        };
+        self.configmaps
+            .sync(&configmaps, &self.client, &self.inputs, &self.trigger);
+        let planned = {
+            let inputs = self.inputs.lock();
+            let selected: Vec<_> = selected.iter().map(|(n, o)| (n, o)).collect();
+            desired_set::plan(&selected, &inputs.configmaps)
+        };
+
+        let Some(mut reconciler) = self.reconciler.take() else {
+            anyhow::bail!("internal error: a pass started while another was running");
+        };
+        let dirs = self.config.bytecode_dirs.clone();
+        let span = tracing::Span::current();
+        let (reconciler, report, held, elapsed) = tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
+            let (desired, held) = desired_set::materialize(planned, &dirs);
+            let hold = held.keys().cloned().collect();
+            let started = std::time::Instant::now();
+            let report = reconciler.reconcile(&desired, &hold);
+            (reconciler, report, held, started.elapsed())
+        })
+        .await
+        .context("the reconcile pass panicked; restarting the agent adopts what is pinned")?;
+        self.reconciler = Some(reconciler);
+
+        self.metrics.observe_pass(&report, elapsed);
+        self.metrics.set_ready();
+        self.retries.record(
+            std::time::Instant::now(),
+            report
+                .objects
+                .iter()
+                .filter(|r| r.error.as_ref().is_some_and(|e| is_retryable(e.reason)))
+                .map(|r| (r.name.as_str(), r.generation)),
+        );
+        log_pass(&report, held.len(), elapsed);
+        let earlier = self.earlier.take();
+        let previous = self.status.as_ref().map(|(s, _)| s).or(earlier.as_ref());
+        let status = node_state::build_status(&report, &held, previous, &self.root);
+        self.status = Some((status, node_uid));
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn log_pass(report: &PassReport, held: usize, elapsed: Duration) {
+    let pinned = report.objects.iter().filter(|r| r.is_ready()).count();
+    let failed = report.objects.len() - pinned;
+    let acted = report.objects.iter().any(|r| r.action != Action::Unchanged)
+        || !report.removed.is_empty()
+        || report.unpinned > 0;
+    let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    if acted {
+        tracing::info!(
+            objects = report.objects.len(),
+            pinned,
+            failed,
+            held,
+            removed = report.removed.len(),
+            unpinned = report.unpinned,
+            ms,
+            "reconciled"
+        );
+    } else {
+        tracing::debug!(
+            objects = report.objects.len(),
+            pinned,
+            failed,
+            held,
+            ms,
+            "reconciled: no change"
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! Command-line flags.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// bpfpin operator: selects nodes for each BpfObject, aggregates what their agents report into
+/// the object's status and conditions, and holds the `bpfpin.io/unpin` finalizer until every live
+/// node has unpinned a deleted object.
+///
+/// Connects with KUBECONFIG, ~/.kube/config, or the in-cluster service account.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "bpfpin-operator", version)]
+pub struct Args {
+    /// A node whose agent's heartbeat is older than this is not live: it counts as pending and no
+    /// longer blocks deletions (its agent sweeps unwanted pins when it comes back). Keep it well
+    /// above the agents' heartbeat interval (30s by default). E.g. 90s, 2m, 1m30s.
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    pub stale_after: Duration,
+
+    /// Namespace of the `bpfpin-operator` leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    pub lease_namespace: String,
+
+    /// Address of the HTTP server for /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Run the controller at once, without taking the Lease. Only for a single replica.
+    #[arg(long)]
+    pub no_leader_election: bool,
+
+    /// Log format; the level comes from RUST_LOG (default `info`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Wait this long for a quiet moment before reconciling an object, so a burst of node reports
+    /// becomes one status write. 0s reconciles at once.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub debounce: Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Parses `90s`, `2m`, `1m30s`, `1h`, `500ms`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!(
+                "{s:?}: expected a number, e.g. 90s, 2m, 1m30s, 500ms"
+            ));
+        }
+        let n: u64 = rest[..digits].parse().map_err(|e| format!("{s:?}: {e}"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let part = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            unit => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+        };
+        total = total.saturating_add(part);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(
+            parse_duration("5d")
+                .expect_err("days")
+                .contains("unknown unit")
+        );
+    }
+
+    #[test]
+    fn flags() {
+        let a = Args::try_parse_from(["bpfpin-operator"]).expect("defaults");
+        assert_eq!(a.stale_after, Duration::from_secs(90));
+        assert_eq!(a.metrics_addr.port(), 8080);
+        assert!(!a.no_leader_election);
+        assert_eq!(a.log_format, LogFormat::Text);
+        let a = Args::try_parse_from([
+            "bpfpin-operator",
+            "--stale-after",
+            "2m",
+            "--lease-namespace",
+            "bpfpin-system",
+            "--metrics-addr",
+            "127.0.0.1:9090",
+            "--no-leader-election",
+            "--log-format",
+            "json",
+        ])
+        .expect("flags");
+        assert_eq!(a.stale_after, Duration::from_secs(120));
+        assert_eq!(a.lease_namespace, "bpfpin-system");
+        assert_eq!(a.metrics_addr.port(), 9090);
+        assert!(a.no_leader_election);
+        assert_eq!(a.log_format, LogFormat::Json);
+    }
+}

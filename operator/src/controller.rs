@@ -1,0 +1,352 @@
+//! The `BpfObject` controller: `reconcile` wraps `kube::runtime::finalizer`; `apply` aggregates
+//! node reports into the status, `cleanup` holds the `bpfpin.io/unpin` finalizer until every live
+//! node has unpinned the object.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bpfpin_crds::{BpfNodeState, BpfObject, BpfObjectStatus};
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use crate::aggregate::{self, Input, NodeInfo};
+use crate::cleanup;
+use crate::error::Error;
+use crate::events::{self, Notice};
+use crate::health::Health;
+use crate::messages;
+use crate::metrics::Metrics;
+use crate::node_report::now_seconds;
+use crate::watches::{self, CacheSync, NodeMeta, Resolver};
+
+/// The finalizer on every `BpfObject`.
+pub const FINALIZER: &str = "bpfpin.io/unpin";
+/// Server-side apply field manager of `status`, and the Events' reporting controller.
+pub const FIELD_MANAGER: &str = "bpfpin-operator";
+/// Reconcile again after this long without any event, in case one was missed.
+const RESYNC: Duration = Duration::from_secs(300);
+/// Retry a failed reconcile after this long.
+const RETRY: Duration = Duration::from_secs(10);
+
+/// Settings the reconciler reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A node whose agent's heartbeat is older than this is not live.
+    pub stale_after: Duration,
+    /// Quiet time before a reconcile.
+    pub debounce: Duration,
+}
+
+/// The caches the reconciler reads.
+#[derive(Clone)]
+pub struct Stores {
+    /// `BpfObject`s (the controller's own store).
+    pub objects: Store<BpfObject>,
+    /// `BpfNodeState`s.
+    pub node_states: Store<BpfNodeState>,
+    /// Nodes (metadata only).
+    pub nodes: Store<NodeMeta>,
+    /// Whether all three hold a complete list.
+    pub sync: CacheSync,
+}
+
+/// Everything a reconcile needs, shared by all of them.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Who publishes Events on `BpfObject`s.
+    pub reporter: Reporter,
+    /// Settings.
+    pub config: Config,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Caches.
+    pub stores: Stores,
+    /// For each object being deleted (by uid), the nodes its last "waiting" event named, so the
+    /// event is published only when that set changes.
+    waiting: Mutex<HashMap<String, Vec<String>>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    async fn publish(&self, obj: &BpfObject, notice: Notice) {
+        let event = Event {
+            type_: notice.type_,
+            reason: notice.reason.clone(),
+            note: Some(notice.note),
+            action: notice.action.into(),
+            secondary: None,
+        };
+        // A Recorder folds events with the same reason into a series that keeps the first note
+        // ("waiting for n1, n2" would stay when only n2 is left); events are only published on
+        // transitions here, so each one gets a fresh Recorder and is its own Event.
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        match recorder.publish(&event, &obj.object_ref(&())).await {
+            Ok(()) => self.metrics.event(),
+            Err(error) => tracing::warn!(
+                object = %obj.name_any(),
+                reason = %notice.reason,
+                %error,
+                "publishing an event"
+            ),
+        }
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<String>>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Reconciles one `BpfObject`.
+pub async fn reconcile(obj: Arc<BpfObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile();
+    // Before the caches are complete, "no node state" would read as "pending" and be written.
+    ctx.stores.sync.wait().await;
+    let api: Api<BpfObject> = Api::all(ctx.client.clone());
+    finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Finalizer::Apply(obj) => apply(&obj, &ctx).await,
+            Finalizer::Cleanup(obj) => cleanup(&obj, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// What to do after a failed reconcile.
+pub fn error_policy(obj: Arc<BpfObject>, error: &Error, ctx: Arc<Context>) -> Action {
+    if let Some(retry) = error.still_pinned_retry() {
+        return Action::requeue(retry);
+    }
+    ctx.metrics.reconcile_error(error.metric_label());
+    tracing::warn!(object = %obj.name_any(), %error, "reconcile failed");
+    Action::requeue(RETRY)
+}
+
+/// Writes the aggregated status when it differs from the current one.
+async fn apply(obj: &BpfObject, ctx: &Context) -> Result<Action, Error> {
+    let name = obj.name_any();
+    let generation = obj.metadata.generation.unwrap_or_default();
+    let now = now_seconds();
+    let nodes = ctx.stores.nodes.state();
+    let no_labels = BTreeMap::new();
+    let input = Input {
+        name: &name,
+        uid: obj.metadata.uid.as_deref(),
+        generation,
+        selector: obj.spec.node_selector.as_ref(),
+        now,
+        stale_after: ctx.config.stale_after,
+    };
+    let aggregate = aggregate::aggregate(
+        &input,
+        nodes.iter().filter_map(|n| {
+            Some(NodeInfo {
+                name: n.metadata.name.as_deref()?,
+                labels: n.metadata.labels.as_ref().unwrap_or(&no_labels),
+            })
+        }),
+        |node| ctx.stores.node_states.get(&ObjectRef::new(node)),
+    );
+    let old = obj.status.as_ref();
+    let status = aggregate.status(old, now);
+    if old == Some(&status) {
+        tracing::debug!(object = %name, generation, "status unchanged");
+        return Ok(Action::requeue(RESYNC));
+    }
+
+    let patch = serde_json::json!({
+        "apiVersion": BpfObject::api_version(&()),
+        "kind": BpfObject::kind(&()),
+        "status": status,
+    });
+    Api::<BpfObject>::all(ctx.client.clone())
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::PatchStatus {
+            object: name.clone(),
+            source,
+        })?;
+    ctx.metrics.status_patch();
+    log_changes(&name, generation, old, &status);
+    for notice in events::status_events(old, &status) {
+        ctx.publish(obj, notice).await;
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// One log event for the status write, and one per node whose failure is new.
+fn log_changes(name: &str, generation: i64, old: Option<&BpfObjectStatus>, new: &BpfObjectStatus) {
+    let ready = crate::conditions::find(&new.conditions, crate::conditions::READY);
+    tracing::info!(
+        object = %name,
+        generation,
+        nodes_ready = new.nodes_ready.as_deref().unwrap_or_default(),
+        ready = ready.map(|c| c.status.as_str()).unwrap_or_default(),
+        reason = ready.map(|c| c.reason.as_str()).unwrap_or_default(),
+        "status updated"
+    );
+    for f in &new.failures {
+        if !old.is_some_and(|o| o.failures.contains(f)) {
+            tracing::warn!(
+                object = %name,
+                node = %f.node,
+                reason = %f.reason,
+                detail = %f.message,
+                "failed on node"
+            );
+        }
+    }
+}
+
+/// Lets the finalizer go once no live node lists the object; until then, keeps it (by returning
+/// `StillPinned`) and looks again when the first blocking node would turn stale.
+async fn cleanup(obj: &BpfObject, ctx: &Context) -> Result<Action, Error> {
+    let name = obj.name_any();
+    let uid = obj.metadata.uid.as_deref();
+    let now = now_seconds();
+    let states = ctx.stores.node_states.state();
+    let decision = cleanup::decide(
+        &name,
+        uid,
+        states.iter().map(AsRef::as_ref),
+        |node| ctx.stores.nodes.get(&ObjectRef::new(node)).is_some(),
+        now,
+        ctx.config.stale_after,
+    );
+    let key = uid.unwrap_or(&name).to_owned();
+    if decision.released() {
+        ctx.waiting().remove(&key);
+        tracing::info!(
+            object = %name,
+            not_waited_for = %decision.ignored_text(),
+            "unpinned on every live node; removing the finalizer"
+        );
+        ctx.publish(obj, events::finalizer_released(&decision))
+            .await;
+        return Ok(Action::await_change());
+    }
+
+    let nodes = decision.blocking_nodes();
+    let changed = ctx.waiting().insert(key, nodes.clone()).as_ref() != Some(&nodes);
+    if changed {
+        for b in &decision.blocking {
+            tracing::info!(object = %name, node = %b.node, stale_at = %b.stale_at, "waiting for node to unpin");
+        }
+        ctx.publish(
+            obj,
+            events::finalizer_held(&decision, ctx.config.stale_after),
+        )
+        .await;
+    }
+    Err(Error::StillPinned {
+        object: name,
+        nodes: messages::names(&nodes),
+        retry_in: decision.requeue_after(now).unwrap_or(RETRY),
+    })
+}
+
+/// Runs the controller until `stop` resolves and the running reconciles finish.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    instance: String,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let sync = CacheSync::default();
+    let (objects, objects_writer) = reflector::store::<BpfObject>();
+    let (node_states, node_states_writer) = reflector::store::<BpfNodeState>();
+    let (nodes, nodes_writer) = reflector::store::<NodeMeta>();
+    let stores = Stores {
+        objects: objects.clone(),
+        node_states,
+        nodes,
+        sync: sync.clone(),
+    };
+    let controller = Controller::for_stream(
+        watches::objects(Api::all(client.clone()), objects_writer, sync.clone()),
+        objects,
+    )
+    .with_config(controller::Config::default().debounce(config.debounce));
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let resolver = Resolver {
+        objects: stores.objects.clone(),
+        nodes: stores.nodes.clone(),
+        tx,
+    };
+    let background = [
+        tokio::spawn(watches::node_states(
+            Api::all(client.clone()),
+            node_states_writer,
+            resolver.clone(),
+            config.stale_after,
+            sync.clone(),
+        )),
+        tokio::spawn(watches::nodes(
+            Api::<NodeMeta>::all(client.clone()),
+            nodes_writer,
+            resolver,
+            sync.clone(),
+        )),
+        tokio::spawn(async move {
+            sync.wait().await;
+            tracing::info!("caches synced: BpfObjects, BpfNodeStates, Nodes");
+            health.set_ready(true);
+        }),
+    ];
+
+    let ctx = Arc::new(Context {
+        client,
+        reporter: Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(instance),
+        },
+        config,
+        metrics,
+        stores,
+        waiting: Mutex::default(),
+    });
+
+    tracing::info!("controller started");
+    controller
+        .reconcile_on(rx)
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::trace!(object = %obj.name, "reconciled"),
+                // Logged by error_policy, with the object.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(controller::Error::ObjectNotFound(obj)) => {
+                    tracing::debug!(object = %obj.name, "requested object is gone");
+                }
+                Err(error) => tracing::warn!(%error, "controller"),
+            }
+        })
+        .await;
+    for task in background {
+        task.abort();
+    }
+    tracing::info!("controller stopped");
+}

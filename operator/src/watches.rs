@@ -1,0 +1,241 @@
+//! The secondary watches: `BpfNodeState`s and Nodes (metadata only), each reflected into a store
+//! the reconciler reads, and turned into reconcile requests through the indexes of
+//! [`crate::triggers`]. No polling: the only timer is an in-memory check for agents whose
+//! heartbeat just went stale.
+
+use std::collections::BTreeMap;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bpfpin_crds::{BpfNodeState, BpfObject};
+use futures::channel::mpsc::UnboundedSender;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
+use kube::{Api, ResourceExt};
+use tokio::sync::watch;
+
+use crate::triggers::{self, NodeIndex, NodeStateIndex, Trigger};
+
+/// How often agents' liveness is re-judged in memory.
+const LIVENESS_TICK: Duration = Duration::from_secs(1);
+
+/// Node metadata, as reflected.
+pub type NodeMeta = PartialObjectMeta<Node>;
+
+/// The three caches.
+#[derive(Debug, Clone, Copy)]
+pub enum Cache {
+    /// `BpfObject`s.
+    Objects = 1,
+    /// `BpfNodeState`s.
+    NodeStates = 2,
+    /// Nodes.
+    Nodes = 4,
+}
+
+const ALL_CACHES: u8 = Cache::Objects as u8 | Cache::NodeStates as u8 | Cache::Nodes as u8;
+
+/// Whether every cache has completed its first list. `Store::wait_until_ready` cannot be shared:
+/// its oneshot wakes only the last task that polled it (the controller's own runner waits on the
+/// `BpfObject` store), so concurrent waiters could sleep forever. This is a watch channel, which
+/// wakes everyone.
+#[derive(Debug, Clone)]
+pub struct CacheSync(Arc<watch::Sender<u8>>);
+
+impl Default for CacheSync {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl CacheSync {
+    /// `cache` completed a list.
+    pub fn mark(&self, cache: Cache) {
+        self.0.send_if_modified(|synced| {
+            let before = *synced;
+            *synced |= cache as u8;
+            before != *synced
+        });
+    }
+
+    /// Resolves once every cache completed its first list.
+    pub async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        // Err only if the sender is dropped, and `self` holds it.
+        let _ = rx.wait_for(|synced| *synced == ALL_CACHES).await;
+    }
+}
+
+/// The controller's `BpfObject` watch, reflected into `writer`. Only spec (generation) and
+/// finalizer changes pass: the operator's own status writes do not wake it again.
+pub fn objects(
+    api: Api<BpfObject>,
+    writer: Writer<BpfObject>,
+    sync: CacheSync,
+) -> impl Stream<Item = Result<BpfObject, watcher::Error>> + Send + 'static {
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                sync.mark(Cache::Objects);
+            }
+        })
+        .touched_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::finalizers),
+            Default::default(),
+        )
+}
+
+/// Turns triggers into reconcile requests for the controller.
+#[derive(Clone)]
+pub struct Resolver {
+    /// The controller's store of `BpfObject`s.
+    pub objects: Store<BpfObject>,
+    /// The Node store.
+    pub nodes: Store<NodeMeta>,
+    /// The controller's `reconcile_on` input.
+    pub tx: UnboundedSender<ObjectRef<BpfObject>>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver").finish_non_exhaustive()
+    }
+}
+
+impl Resolver {
+    fn send(&self, trigger: &Trigger, cause: &str) {
+        if trigger.is_empty() {
+            return;
+        }
+        let names = triggers::resolve(trigger, &self.objects.state(), |node| {
+            self.nodes
+                .get(&ObjectRef::new(node))
+                .map(|n| n.labels().clone())
+        });
+        for name in names {
+            tracing::debug!(object = %name, cause, "reconcile requested");
+            // The receiver is gone only when the controller stopped.
+            let _ = self.tx.unbounded_send(ObjectRef::new(&name));
+        }
+    }
+}
+
+/// Watches `BpfNodeState`s into `writer` until dropped.
+pub async fn node_states(
+    api: Api<BpfNodeState>,
+    writer: Writer<BpfNodeState>,
+    resolver: Resolver,
+    stale_after: Duration,
+    sync: CacheSync,
+) {
+    let mut index = NodeStateIndex::new(stale_after);
+    let mut events = pin!(
+        watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect(writer)
+    );
+    let mut tick = tokio::time::interval(LIVENESS_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let trigger = tokio::select! {
+            event = events.next() => match event {
+                Some(Ok(event)) => match event {
+                    watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
+                        index.apply(&s, Timestamp::now())
+                    }
+                    watcher::Event::Delete(s) => index.delete(&s.name_any()),
+                    watcher::Event::Init => {
+                        index.init();
+                        Trigger::default()
+                    }
+                    watcher::Event::InitDone => {
+                        sync.mark(Cache::NodeStates);
+                        index.init_done()
+                    }
+                },
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "watching BpfNodeStates");
+                    Trigger::default()
+                }
+                None => return,
+            },
+            _ = tick.tick() => index.tick(Timestamp::now()),
+        };
+        resolver.send(&trigger, "BpfNodeState");
+    }
+}
+
+/// Watches Node metadata into `writer` until dropped.
+pub async fn nodes(
+    api: Api<NodeMeta>,
+    writer: Writer<NodeMeta>,
+    resolver: Resolver,
+    sync: CacheSync,
+) {
+    let mut index = NodeIndex::default();
+    let empty = BTreeMap::new();
+    let mut events = pin!(
+        watcher(api, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .reflect(writer)
+    );
+    while let Some(event) = events.next().await {
+        let trigger = match event {
+            Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
+                index.apply(&n.name_any(), n.metadata.labels.as_ref().unwrap_or(&empty))
+            }
+            Ok(watcher::Event::Delete(n)) => index.delete(&n.name_any()),
+            Ok(watcher::Event::Init) => {
+                index.init();
+                Trigger::default()
+            }
+            Ok(watcher::Event::InitDone) => {
+                sync.mark(Cache::Nodes);
+                index.init_done()
+            }
+            Err(error) => {
+                tracing::warn!(%error, "watching Nodes");
+                Trigger::default()
+            }
+        };
+        resolver.send(&trigger, "Node");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn cache_sync_wakes_every_waiter() {
+        let sync = CacheSync::default();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let s = sync.clone();
+                tokio::spawn(async move { s.wait().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        sync.mark(Cache::Objects);
+        sync.mark(Cache::Nodes);
+        tokio::task::yield_now().await;
+        assert!(waiters.iter().all(|w| !w.is_finished()));
+        sync.mark(Cache::NodeStates);
+        for w in waiters {
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("woken")
+                .expect("joined");
+        }
+        // Later waiters return at once.
+        sync.wait().await;
+    }
+}
