@@ -9,6 +9,7 @@ pub mod attach;
 pub mod cluster;
 pub mod desired;
 pub mod error;
+pub mod fetch;
 pub mod fsops;
 pub mod layout;
 pub mod loader;

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::desired::DesiredObject;
 use crate::error::{ObjectError, Reason};
+use crate::fetch::Fetcher;
 use crate::reconcile::{Action, PassReport, Reconciler};
 
 /// Where local mode reads from.
@@ -20,6 +21,8 @@ pub struct LocalConfig {
     pub manifests: PathBuf,
     /// Extra folders bytecode may be read from.
     pub bytecode_dirs: Vec<PathBuf>,
+    /// Downloads `bytecode.url`.
+    pub fetcher: Fetcher,
 }
 
 /// A manifest document that could not be turned into an object.
@@ -119,7 +122,7 @@ pub fn read_manifests(config: &LocalConfig) -> (Vec<DesiredObject>, Vec<Manifest
                 continue;
             }
             let folder = file.parent().unwrap_or(Path::new("."));
-            let bytecode = read_bytecode(&obj, folder, &allowed);
+            let bytecode = read_bytecode(&obj, folder, &allowed, &config.fetcher);
             objects.insert(
                 name.clone(),
                 DesiredObject {
@@ -147,19 +150,23 @@ pub fn read_bytecode(
     obj: &BpfObject,
     folder: &Path,
     allowed: &[PathBuf],
+    fetcher: &Fetcher,
 ) -> Result<Vec<u8>, ObjectError> {
     let source = &obj.spec.bytecode;
+    if let Some(url) = &source.url {
+        return fetcher.fetch(url, obj.spec.sha256.as_deref());
+    }
     let Some(path) = &source.path else {
         let kind = if source.config_map.is_some() {
             "configMap"
-        } else if source.url.is_some() {
-            "url"
         } else {
             "image"
         };
         return Err(ObjectError::new(
             Reason::UnsupportedSource,
-            format!("bytecode.{kind} is not available in local mode; use bytecode.path"),
+            format!(
+                "bytecode.{kind} is not available in local mode; use bytecode.path or bytecode.url"
+            ),
         ));
     };
     resolve_path(Path::new(path), folder, allowed).and_then(|p| {

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use bpfpin_agent::cluster::flags::{self, MetricsAddr};
 use bpfpin_agent::cluster::{self, ClusterConfig};
+use bpfpin_agent::fetch::Fetcher;
 use bpfpin_agent::local::{self, LocalConfig};
 use bpfpin_agent::{Reconciler, mounts};
 
@@ -42,6 +43,9 @@ enum Mode {
         /// One pass, then exit: 0 when every object is pinned, 1 otherwise.
         #[arg(long)]
         once: bool,
+        /// Where bytecode downloaded from a url is kept, by digest.
+        #[arg(long, default_value = "/var/lib/bpfpin/cache")]
+        cache_dir: PathBuf,
     },
     /// Watch the API server and pin the BpfObjects selected for this node; report in its
     /// BpfNodeState (KUBECONFIG, ~/.kube/config or the in-cluster service account).
@@ -61,6 +65,9 @@ enum Mode {
         /// Where /healthz, /readyz and /metrics listen (port 0: any free port; `none`: off).
         #[arg(long, default_value = "0.0.0.0:8081", value_parser = flags::parse_metrics_addr)]
         metrics_addr: MetricsAddr,
+        /// Where bytecode downloaded from a url is kept, by digest.
+        #[arg(long, default_value = "/var/lib/bpfpin/cache")]
+        cache_dir: PathBuf,
     },
 }
 
@@ -86,8 +93,10 @@ fn main() -> ExitCode {
             bpffs,
             bytecode_dirs,
             once,
+            cache_dir,
         } => {
             let config = LocalConfig {
+                fetcher: Fetcher::with_cache(Some(cache_dir)),
                 manifests,
                 bytecode_dirs,
             };
@@ -125,9 +134,11 @@ fn main() -> ExitCode {
             bytecode_dirs,
             heartbeat_interval,
             metrics_addr,
+            cache_dir,
         } => run_cluster(
             &bpffs,
             ClusterConfig {
+                fetcher: Fetcher::with_cache(Some(cache_dir)),
                 node_name,
                 bytecode_dirs,
                 heartbeat_interval,

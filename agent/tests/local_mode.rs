@@ -134,7 +134,11 @@ fn bytecode_must_resolve_inside_the_allowed_folders() {
     // `..` out of the manifests folder into the other one (siblings in the temp dir).
     let sibling = format!(
         "../{}/counter.bpf.o",
-        elsewhere.path().file_name().expect("name").to_string_lossy()
+        elsewhere
+            .path()
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
     );
     std::fs::write(
         dir.path().join("c.yaml"),

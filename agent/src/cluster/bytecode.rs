@@ -1,6 +1,6 @@
 //! Where a selected object's bytecode comes from in cluster mode: a file inside a
-//! `--bytecode-dir`, or a key of a watched ConfigMap. `url` and `image` are not implemented yet
-//! and fail with `UnsupportedSource`; the object then reports why, and every other object is
+//! `--bytecode-dir`, or a key of a watched ConfigMap. a URL (downloaded with a digest check,
+//! cached by digest). `image` is not implemented yet and fails with `UnsupportedSource`; the object then reports why, and every other object is
 //! unaffected.
 
 use std::path::{Path, PathBuf};
@@ -18,6 +18,8 @@ pub enum Source {
     Path(String),
     /// The bytes, from a ConfigMap.
     Bytes(Vec<u8>),
+    /// A URL to download (on the blocking pool, with the pass), with the digest it must have.
+    Url(String, Option<String>),
     /// Why there is no bytecode.
     Failed(ObjectError),
     /// The ConfigMap's watch has not listed it yet: leave the object as it is for now.
@@ -47,9 +49,10 @@ pub fn source_of(spec: &BpfObjectSpec, configmaps: &ConfigMapCache) -> Source {
             }
         };
     }
-    let kind = if bytecode.url.is_some() {
-        "url"
-    } else if bytecode.image.is_some() {
+    if let Some(url) = &bytecode.url {
+        return Source::Url(url.clone(), spec.sha256.clone());
+    }
+    let kind = if bytecode.image.is_some() {
         "image"
     } else {
         return Source::Failed(ObjectError::new(
@@ -60,7 +63,7 @@ pub fn source_of(spec: &BpfObjectSpec, configmaps: &ConfigMapCache) -> Source {
     Source::Failed(ObjectError::new(
         Reason::UnsupportedSource,
         format!(
-            "bytecode.{kind} is not supported by the agent yet; use bytecode.path or bytecode.configMap"
+            "bytecode.{kind} is not supported by the agent yet; use bytecode.path, bytecode.configMap or bytecode.url"
         ),
     ))
 }

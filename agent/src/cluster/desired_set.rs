@@ -79,7 +79,11 @@ pub type Held = BTreeMap<String, Option<String>>;
 
 /// Reads the bytecode files (blocking I/O: run it on the blocking pool) and splits the plan into
 /// the objects to reconcile and the ones to hold.
-pub fn materialize(planned: Vec<Planned>, bytecode_dirs: &[PathBuf]) -> (Vec<DesiredObject>, Held) {
+pub fn materialize(
+    planned: Vec<Planned>,
+    bytecode_dirs: &[PathBuf],
+    fetcher: &crate::fetch::Fetcher,
+) -> (Vec<DesiredObject>, Held) {
     let mut desired = Vec::with_capacity(planned.len());
     let mut held = Held::new();
     for p in planned {
@@ -90,6 +94,7 @@ pub fn materialize(planned: Vec<Planned>, bytecode_dirs: &[PathBuf]) -> (Vec<Des
             }
             Source::Path(path) => bytecode::read_path(&path, bytecode_dirs),
             Source::Bytes(bytes) => Ok(bytes),
+            Source::Url(url, sha256) => fetcher.fetch(&url, sha256.as_deref()),
             Source::Failed(error) => Err(error),
         };
         desired.push(DesiredObject {
@@ -174,7 +179,11 @@ mod tests {
         let objects = objects();
         let edge = BTreeMap::from([("role".to_owned(), "edge".to_owned())]);
         let planned = plan(&select(&objects, &edge), &ConfigMapCache::default());
-        let (desired, held) = materialize(planned, &[PathBuf::from("/nonexistent")]);
+        let (desired, held) = materialize(
+            planned,
+            &[PathBuf::from("/nonexistent")],
+            &crate::fetch::Fetcher::default(),
+        );
         assert_eq!(
             held,
             Held::from([("edge".to_owned(), Some("u".to_owned()))])

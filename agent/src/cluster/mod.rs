@@ -61,6 +61,8 @@ pub struct ClusterConfig {
     pub heartbeat_interval: Duration,
     /// Where `/healthz`, `/readyz` and `/metrics` are served; `None` serves nothing.
     pub metrics_addr: Option<SocketAddr>,
+    /// Downloads `bytecode.url`.
+    pub fetcher: crate::fetch::Fetcher,
 }
 
 /// Runs cluster mode until SIGTERM/SIGINT. Pins stay in place when it returns.
@@ -283,10 +285,11 @@ impl Agent {
             anyhow::bail!("internal error: a pass started while another was running");
         };
         let dirs = self.config.bytecode_dirs.clone();
+        let fetcher = self.config.fetcher.clone();
         let span = tracing::Span::current();
         let (reconciler, report, held, elapsed) = tokio::task::spawn_blocking(move || {
             let _span = span.enter();
-            let (desired, held) = desired_set::materialize(planned, &dirs);
+            let (desired, held) = desired_set::materialize(planned, &dirs, &fetcher);
             let hold = held.keys().cloned().collect();
             let started = std::time::Instant::now();
             let report = reconciler.reconcile(&desired, &hold);
