@@ -363,3 +363,22 @@ async fn an_api_server_restart_during_reconciliation_converges() -> anyhow::Resu
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_and_the_crds_are_admitted() -> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let mut dirs: Vec<_> = std::fs::read_dir(repo().join("examples"))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    for dir in dirs.iter().filter(|d| d.is_dir()) {
+        let dir = dir.display().to_string();
+        let (ok, out) = env.kubectl(&["apply", "--dry-run=server", "-f", &dir], None);
+        assert!(ok, "the API server refused {dir}:\n{out}");
+    }
+    // `kubectl explain` explains.
+    let (ok, out) = env.kubectl(&["explain", "bpfobject.spec.maps.pinPath"], None);
+    assert!(ok && out.contains("shared"), "{out}");
+    Ok(())
+}

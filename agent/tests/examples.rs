@@ -1,0 +1,91 @@
+//! Every example under examples/ is pinned as a user would: its C sources compiled, its manifest
+//! given to `bpfpin-agent local --once` (with `eth0` replaced by a veth pair the test makes).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_bpfpin-agent");
+
+fn compile(src: &Path, out: &Path) {
+    let ok = Command::new("clang")
+        .args([
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            "-I/usr/include/x86_64-linux-gnu",
+            "-c",
+        ])
+        .arg(src)
+        .arg("-o")
+        .arg(out)
+        .status()
+        .expect("clang")
+        .success();
+    assert!(ok, "clang {}", src.display());
+}
+
+#[test]
+fn every_example_pins() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let veth = Veth::new(3);
+    let mut checked = 0;
+    let mut dirs: Vec<_> = std::fs::read_dir(&examples)
+        .expect("examples")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    for dir in dirs.into_iter().filter(|d| d.is_dir()) {
+        let work = tempfile::tempdir().expect("tempdir");
+        let mut objects = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("example").flatten() {
+            let path = entry.path();
+            let name = path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned();
+            if let Some(stem) = name.strip_suffix(".bpf.c") {
+                compile(&path, &work.path().join(format!("{stem}.bpf.o")));
+            } else if name.ends_with(".yaml") {
+                let text = std::fs::read_to_string(&path)
+                    .expect("read")
+                    .replace("eth0", &veth.host);
+                for doc in text.split("\n---\n") {
+                    let v: serde_yaml::Value = serde_yaml::from_str(doc).expect("yaml");
+                    objects.push(v["metadata"]["name"].as_str().expect("name").to_owned());
+                }
+                std::fs::write(work.path().join(&name), text).expect("write");
+            }
+        }
+        let fs = Bpffs::new();
+        let out = Command::new(AGENT)
+            .args(["local", "--once", "--manifests"])
+            .arg(work.path())
+            .arg("--bpffs")
+            .arg(fs.path())
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("agent");
+        assert!(
+            out.status.success(),
+            "example {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for object in &objects {
+            assert!(
+                fs.root().join(object).join("progs").is_dir(),
+                "{object} of {} is pinned",
+                dir.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} example objects were checked");
+}
