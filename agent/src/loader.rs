@@ -305,6 +305,9 @@ fn build_inner(
     rollback.version_dir = Some(dir.clone());
 
     let mut programs = Vec::with_capacity(spec.programs.len());
+    // Programs identical to the previous version's: that program object is kept (same id, same
+    // links); the one just loaded is dropped.
+    let mut kept: BTreeMap<String, Program> = BTreeMap::new();
     for prog_spec in &spec.programs {
         let name = prog_spec.name.as_str();
         let program = ebpf.program_mut(name).ok_or_else(|| {
@@ -320,10 +323,17 @@ fn build_inner(
         load_program(name, program, btf, btf_function)?;
         let path = Layout::prog_in(&dir, name);
         fsops::create_dirs(layout.root(), path.parent().expect("progs/"))?;
-        program
+        let previous = req
+            .previous
+            .and_then(|prev| same_as_previous(prev, name, program));
+        let target = match previous {
+            Some(old) => kept.entry(name.to_owned()).or_insert(old),
+            None => program,
+        };
+        target
             .pin(&path)
             .map_err(|e| pin_error("program", name, &path, &e))?;
-        let id = program
+        let id = target
             .info()
             .map_err(|e| {
                 ObjectError::new(Reason::LoadFailed, format!("program {name}: {}", chain(&e)))
@@ -331,8 +341,11 @@ fn build_inner(
             .id();
         programs.push((name.to_owned(), id));
     }
+    if !kept.is_empty() {
+        tracing::debug!(object = req.object, programs = ?kept.keys().collect::<Vec<_>>(), "kept unchanged programs");
+    }
 
-    fill_tail_calls(spec, &plan, &mut ebpf)?;
+    fill_tail_calls(spec, &plan, &mut ebpf, &kept)?;
 
     let mut maps = Vec::new();
     for name in &plan.private {
@@ -358,16 +371,26 @@ fn build_inner(
         for point in AttachPoint::all(attach) {
             let path = Layout::link_in(&dir, name, &point.link_name());
             fsops::create_dirs(layout.root(), path.parent().expect("links/<program>/"))?;
-            let program = ebpf.program_mut(name).expect("loaded above");
             let previous_link = req
                 .previous
                 .map(|p| Layout::link_in(p, name, &point.link_name()));
-            if let Some(replaced) =
-                attach::attach_and_pin(program, name, &point, &path, previous_link.as_deref())?
-            {
-                let prev_prog =
-                    Layout::prog_in(req.previous.expect("replaced a previous link"), name);
-                rollback.replaced_links.push((replaced, prev_prog));
+            if let Some(program) = kept.get_mut(name) {
+                // The same program at the same point: its link simply moves to the new version.
+                match previous_link.as_deref().filter(|p| p.exists()) {
+                    Some(prev) => repin_link(prev, &path)?,
+                    None => {
+                        attach::attach_and_pin(program, name, &point, &path, None)?;
+                    }
+                }
+            } else {
+                let program = ebpf.program_mut(name).expect("loaded above");
+                if let Some(replaced) =
+                    attach::attach_and_pin(program, name, &point, &path, previous_link.as_deref())?
+                {
+                    let prev_prog =
+                        Layout::prog_in(req.previous.expect("replaced a previous link"), name);
+                    rollback.replaced_links.push((replaced, prev_prog));
+                }
             }
             links.push(layout.public_path(req.object, &dir, &path));
         }
@@ -384,6 +407,57 @@ fn build_inner(
     })
 }
 
+/// The previous version's program `name` when the newly loaded one is the same program: same
+/// type, same instructions (the kernel's tag) and the same maps. Programs that use global data get
+/// a fresh `.rodata`/`.bss` map at every load, so they never match and are always reloaded.
+fn same_as_previous(prev: &Path, name: &str, new: &Program) -> Option<Program> {
+    use aya::programs::{
+        KProbe, ProgramInfo, SchedClassifier, SocketFilter, TracePoint, UProbe, Xdp,
+    };
+    let old_path = Layout::prog_in(prev, name);
+    let old = ProgramInfo::from_pin(&old_path).ok()?;
+    let fresh = new.info().ok()?;
+    let maps = |info: &ProgramInfo| {
+        let mut ids = info.map_ids().ok().flatten().unwrap_or_default();
+        ids.sort_unstable();
+        ids
+    };
+    if old.tag() != fresh.tag()
+        || old.program_type() != fresh.program_type()
+        || maps(&old) != maps(&fresh)
+    {
+        return None;
+    }
+    let kept = match new {
+        Program::TracePoint(_) => Program::TracePoint(TracePoint::from_pin(&old_path).ok()?),
+        Program::Xdp(_) => Program::Xdp(
+            Xdp::from_pin(&old_path, aya_obj::programs::XdpAttachType::Interface).ok()?,
+        ),
+        Program::SchedClassifier(_) => {
+            Program::SchedClassifier(SchedClassifier::from_pin(&old_path).ok()?)
+        }
+        Program::KProbe(p) => Program::KProbe(KProbe::from_pin(&old_path, p.kind()).ok()?),
+        Program::UProbe(p) => Program::UProbe(UProbe::from_pin(&old_path, p.kind()).ok()?),
+        Program::SocketFilter(_) => Program::SocketFilter(SocketFilter::from_pin(&old_path).ok()?),
+        _ => return None,
+    };
+    Some(kept)
+}
+
+/// Pins the link pinned at `from` also at `to`.
+fn repin_link(from: &Path, to: &Path) -> Result<(), ObjectError> {
+    use aya::programs::links::{FdLink, PinnedLink};
+    let err = |e: &dyn std::error::Error| {
+        ObjectError::new(
+            Reason::PinFailed,
+            format!("pinning link {} at {}: {e}", from.display(), to.display()),
+        )
+    };
+    let link = PinnedLink::from_pin(from).map_err(|e| err(&e))?;
+    FdLink::from(link).pin(to).map_err(|e| err(&e))?;
+    Ok(())
+}
+
 fn max_entries_of(spec: &BpfObjectSpec, map: &str) -> Option<u32> {
     spec.maps
         .iter()
@@ -398,6 +472,7 @@ fn fill_tail_calls(
     spec: &BpfObjectSpec,
     plan: &MapPlan,
     ebpf: &mut aya::Ebpf,
+    kept: &BTreeMap<String, Program>,
 ) -> Result<(), ObjectError> {
     use aya::maps::ProgramArray;
     let mut by_map: BTreeMap<&str, Vec<(u32, &str)>> = BTreeMap::new();
@@ -415,12 +490,16 @@ fn fill_tail_calls(
     for (map, entries) in by_map {
         let mut fds = Vec::new();
         for (index, program) in &entries {
-            let prog = ebpf.program(program).ok_or_else(|| {
-                ObjectError::new(
-                    Reason::ProgramNotFound,
-                    format!("tail call {map}[{index}]: program {program} is not loaded"),
-                )
-            })?;
+            // The pinned program: a kept one, or the one just loaded.
+            let prog = kept
+                .get(*program)
+                .or_else(|| ebpf.program(program))
+                .ok_or_else(|| {
+                    ObjectError::new(
+                        Reason::ProgramNotFound,
+                        format!("tail call {map}[{index}]: program {program} is not loaded"),
+                    )
+                })?;
             let fd = prog
                 .fd()
                 .map_err(|e| {

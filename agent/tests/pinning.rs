@@ -103,6 +103,7 @@ fn an_update_swaps_atomically_and_keeps_map_contents() {
     r.reconcile(&[desired("counter", COUNTER, "counter")], &none());
     let old_target = std::fs::read_link(root.join("counter")).expect("symlink");
     let old_id = prog_id(&root.join("counter/progs/count_getpid"));
+    let tail_id = prog_id(&root.join("counter/progs/tail_target"));
     getpid_n(10);
     let counted = read_u64(&root.join("counter/maps/counts"));
     assert!(counted >= 10);
@@ -129,6 +130,11 @@ fn an_update_swaps_atomically_and_keeps_map_contents() {
         prog_id(&root.join("counter/progs/count_getpid")),
         old_id,
         "the program was reloaded"
+    );
+    assert_eq!(
+        prog_id(&root.join("counter/progs/tail_target")),
+        tail_id,
+        "a program whose bytecode and maps did not change keeps its id"
     );
 
     let kept = read_u64(&root.join("counter/maps/counts"));
@@ -461,4 +467,60 @@ fn max_entries_overrides_the_elf() {
     );
     let info = aya::maps::MapInfo::from_pin(fs.root().join("sized/maps/counts")).expect("map");
     assert_eq!(info.max_entries(), 7);
+}
+
+#[test]
+fn an_unchanged_attached_program_keeps_its_id_and_its_link_across_an_update() {
+    let fs = Bpffs::new();
+    let veth = Veth::new(4);
+    let root = fs.root();
+    let spec = format!(
+        "bytecode: {{path: kinds.bpf.o}}\nprograms:\n- name: tc_count\n  attach: {{tc: {{interfaces: [{}], direction: Ingress}}}}\n",
+        veth.host
+    );
+    let mut r = Reconciler::new(fs.path()).expect("reconciler");
+    let report = r.reconcile(&[desired("net", &spec, "kinds")], &none());
+    assert!(
+        report.objects[0].error.is_none(),
+        "{:?}",
+        report.objects[0].error
+    );
+    let id = prog_id(&root.join("net/progs/tc_count"));
+    let link = root.join(format!("net/links/tc_count/tc-ingress-{}", veth.host));
+    let link_id = aya::programs::links::PinnedLink::from_pin(&link)
+        .map(aya::programs::links::FdLink::from)
+        .expect("link")
+        .info()
+        .expect("info")
+        .id();
+
+    // Add a program: a new version; tc_count is the same program with the same maps.
+    let more = format!("{spec}- name: uprobe_count\n");
+    let report = r.reconcile(&[desired("net", &more, "kinds")], &none());
+    assert_eq!(
+        report.objects[0].action,
+        Action::Updated,
+        "{:?}",
+        report.objects[0].error
+    );
+    assert!(root.join("net/progs/uprobe_count").exists());
+    assert_eq!(
+        prog_id(&root.join("net/progs/tc_count")),
+        id,
+        "same program"
+    );
+    let after = aya::programs::links::PinnedLink::from_pin(&link)
+        .map(aya::programs::links::FdLink::from)
+        .expect("link")
+        .info()
+        .expect("info")
+        .id();
+    assert_eq!(
+        after, link_id,
+        "the same link moved to the new version: never detached"
+    );
+    drop(r);
+    let before = hits_at(&root, "net", 0);
+    veth.ping_host(2);
+    assert!(hits_at(&root, "net", 0) >= before + 2, "still counting");
 }
