@@ -53,7 +53,7 @@ async fn selection_relabelling_and_deletion() -> anyhow::Result<()> {
     );
     assert!(ok, "kubectl wait: {out}");
     eprintln!(
-        "apply -> Ready on 2 of 3 nodes: {} ms",
+        "e2e: kubectl apply -> kubectl wait Ready on 2 of 3 nodes: {} ms",
         started.elapsed().as_millis()
     );
 
@@ -238,9 +238,14 @@ async fn deletion_completes_with_a_dead_agent_and_a_deleted_node() -> anyhow::Re
     let d1 = env.node("del-1", &[("e2e-group", "del")]).await?;
     let mut d2 = env.node("del-2", &[("e2e-group", "del")]).await?;
     let mut d3 = env.node("del-3", &[("e2e-group", "del")]).await?;
+    let started = Instant::now();
     env.apply(&manifest("del", &spec_counter(&env, "del")));
     env.wait_object("del", "Ready on 3 nodes", |o| ready_is(o, "True"))
         .await?;
+    eprintln!(
+        "e2e: kubectl apply -> Ready on 3 nodes: {} ms",
+        started.elapsed().as_millis()
+    );
 
     // del-3: agent killed and node deleted. del-2: agent killed, node kept (stale heartbeat).
     d3.agent.as_mut().expect("agent").kill();
@@ -250,7 +255,7 @@ async fn deletion_completes_with_a_dead_agent_and_a_deleted_node() -> anyhow::Re
     env.delete("del").await?;
     env.wait_gone("del").await?;
     eprintln!(
-        "deletion with one dead node and one deleted node: {} ms",
+        "e2e: deletion with one dead node and one deleted node: {} ms",
         started.elapsed().as_millis()
     );
     assert!(!d1.has_object("del"), "the live node unpinned");
