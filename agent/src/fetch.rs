@@ -24,6 +24,8 @@ pub struct Fetcher {
     pub timeout: Duration,
     /// Size limit.
     pub max_bytes: u64,
+    /// Credentials for `bytecode.image` registries (`--registry-auth`); anonymous by default.
+    pub registry_auth: crate::oci::RegistryAuth,
 }
 
 impl Default for Fetcher {
@@ -34,6 +36,7 @@ impl Default for Fetcher {
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
             max_bytes: MAX_BYTES,
+            registry_auth: crate::oci::RegistryAuth::anonymous(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod layout;
 pub mod loader;
 pub mod local;
 pub mod mounts;
+pub mod oci;
 pub mod reconcile;
 pub mod shutdown;
 

@@ -21,7 +21,7 @@ pub struct LocalConfig {
     pub manifests: PathBuf,
     /// Extra folders bytecode may be read from.
     pub bytecode_dirs: Vec<PathBuf>,
-    /// Downloads `bytecode.url`.
+    /// Downloads `bytecode.url` and pulls `bytecode.image`.
     pub fetcher: Fetcher,
 }
 
@@ -145,7 +145,8 @@ fn allowed_dirs(config: &LocalConfig) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Reads `bytecode.path`, refusing paths that resolve outside the allowed folders.
+/// Reads `bytecode.path` (refusing paths that resolve outside the allowed folders), downloads
+/// `bytecode.url` or pulls `bytecode.image`.
 pub fn read_bytecode(
     obj: &BpfObject,
     folder: &Path,
@@ -156,17 +157,18 @@ pub fn read_bytecode(
     if let Some(url) = &source.url {
         return fetcher.fetch(url, obj.spec.sha256.as_deref());
     }
+    if let Some(image) = &source.image {
+        return crate::oci::pull(
+            fetcher,
+            &fetcher.registry_auth,
+            image,
+            obj.spec.sha256.as_deref(),
+        );
+    }
     let Some(path) = &source.path else {
-        let kind = if source.config_map.is_some() {
-            "configMap"
-        } else {
-            "image"
-        };
         return Err(ObjectError::new(
             Reason::UnsupportedSource,
-            format!(
-                "bytecode.{kind} is not available in local mode; use bytecode.path or bytecode.url"
-            ),
+            "bytecode.configMap is not available in local mode; use bytecode.path, bytecode.url or bytecode.image",
         ));
     };
     resolve_path(Path::new(path), folder, allowed).and_then(|p| {

@@ -11,6 +11,7 @@ use bpfpin_agent::cluster::flags::{self, MetricsAddr};
 use bpfpin_agent::cluster::{self, ClusterConfig};
 use bpfpin_agent::fetch::Fetcher;
 use bpfpin_agent::local::{self, LocalConfig};
+use bpfpin_agent::oci::RegistryAuth;
 use bpfpin_agent::{Reconciler, mounts};
 
 #[derive(Parser, Debug)]
@@ -43,9 +44,13 @@ enum Mode {
         /// One pass, then exit: 0 when every object is pinned, 1 otherwise.
         #[arg(long)]
         once: bool,
-        /// Where bytecode downloaded from a url is kept, by digest.
+        /// Where bytecode downloaded from a url or pulled from an image is kept, by digest.
         #[arg(long, default_value = "/var/lib/bpfpin/cache")]
         cache_dir: PathBuf,
+        /// A docker config.json with credentials for bytecode.image registries (default:
+        /// anonymous pulls).
+        #[arg(long)]
+        registry_auth: Option<PathBuf>,
     },
     /// Watch the API server and pin the BpfObjects selected for this node; report in its
     /// BpfNodeState (KUBECONFIG, ~/.kube/config or the in-cluster service account).
@@ -65,9 +70,13 @@ enum Mode {
         /// Where /healthz, /readyz and /metrics listen (port 0: any free port; `none`: off).
         #[arg(long, default_value = "0.0.0.0:8081", value_parser = flags::parse_metrics_addr)]
         metrics_addr: MetricsAddr,
-        /// Where bytecode downloaded from a url is kept, by digest.
+        /// Where bytecode downloaded from a url or pulled from an image is kept, by digest.
         #[arg(long, default_value = "/var/lib/bpfpin/cache")]
         cache_dir: PathBuf,
+        /// A docker config.json with this node's credentials for bytecode.image registries
+        /// (default: anonymous pulls).
+        #[arg(long)]
+        registry_auth: Option<PathBuf>,
     },
 }
 
@@ -94,9 +103,14 @@ fn main() -> ExitCode {
             bytecode_dirs,
             once,
             cache_dir,
+            registry_auth,
         } => {
+            let fetcher = match fetcher(cache_dir, registry_auth.as_deref()) {
+                Ok(f) => f,
+                Err(code) => return code,
+            };
             let config = LocalConfig {
-                fetcher: Fetcher::with_cache(Some(cache_dir)),
+                fetcher,
                 manifests,
                 bytecode_dirs,
             };
@@ -135,17 +149,39 @@ fn main() -> ExitCode {
             heartbeat_interval,
             metrics_addr,
             cache_dir,
-        } => run_cluster(
-            &bpffs,
-            ClusterConfig {
-                fetcher: Fetcher::with_cache(Some(cache_dir)),
-                node_name,
-                bytecode_dirs,
-                heartbeat_interval,
-                metrics_addr: metrics_addr.0,
-            },
-        ),
+            registry_auth,
+        } => {
+            let fetcher = match fetcher(cache_dir, registry_auth.as_deref()) {
+                Ok(f) => f,
+                Err(code) => return code,
+            };
+            run_cluster(
+                &bpffs,
+                ClusterConfig {
+                    fetcher,
+                    node_name,
+                    bytecode_dirs,
+                    heartbeat_interval,
+                    metrics_addr: metrics_addr.0,
+                },
+            )
+        }
     }
+}
+
+/// The fetcher of urls and images: its cache, and the registry credentials of `registry_auth`.
+fn fetcher(
+    cache_dir: PathBuf,
+    registry_auth: Option<&std::path::Path>,
+) -> Result<Fetcher, ExitCode> {
+    let mut fetcher = Fetcher::with_cache(Some(cache_dir));
+    if let Some(path) = registry_auth {
+        fetcher.registry_auth = RegistryAuth::from_file(path).map_err(|e| {
+            eprintln!("bpfpin-agent: --registry-auth {e}");
+            ExitCode::from(2)
+        })?;
+    }
+    Ok(fetcher)
 }
 
 fn run_cluster(bpffs: &std::path::Path, config: ClusterConfig) -> ExitCode {

@@ -98,6 +98,7 @@ pub struct TailCall {
 /// Where the ELF object comes from: exactly one of `path`, `configMap`, `url`, `image`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[x_kube(validation = Rule::new("[has(self.path), has(self.configMap), has(self.url), has(self.image)].filter(x, x).size() == 1").message("exactly one of path, configMap, url, image must be set"))]
+#[x_kube(validation = Rule::new("!has(self.imagePullSecret) || has(self.image)").message("imagePullSecret is only used with image"))]
 #[serde(rename_all = "camelCase")]
 pub struct Bytecode {
     /// A file on the node, inside a directory the agent allows (`--bytecode-dir`, by default
@@ -116,11 +117,31 @@ pub struct Bytecode {
     #[schemars(length(max = 2048))]
     pub url: Option<String>,
 
-    /// An OCI bytecode image reference (bpfman's bytecode-image format). Not yet implemented by
-    /// the agent: objects using it fail with reason `UnsupportedSource`.
+    /// An OCI image in bpfman's bytecode-image format (one layer holding the `.o`, labels
+    /// `io.ebpf.programs` / `io.ebpf.maps`): `registry/repository:tag` or
+    /// `registry/repository@sha256:<digest>`, which pins the image. Pulled over HTTPS (plain HTTP
+    /// only from a loopback registry), cached on the node by digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub image: Option<String>,
+
+    /// For `image`: a `kubernetes.io/dockerconfigjson` Secret holding the registry's credentials
+    /// (cluster mode; the agent needs `get` on Secrets in its namespace). Absent: the node's
+    /// `--registry-auth` credentials, or an anonymous pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secret: Option<SecretReference>,
+}
+
+/// A Secret, by namespace and name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretReference {
+    /// Namespace of the Secret.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// A key of a ConfigMap whose `binaryData` holds the ELF object.
@@ -425,6 +446,13 @@ impl BpfObjectSpec {
                 reason: "exactly one of path, configMap, url, image must be set".into(),
             });
         }
+        if self.bytecode.image_pull_secret.is_some() && self.bytecode.image.is_none() {
+            return Err(ValidationError {
+                field: "spec.bytecode.imagePullSecret".into(),
+                value: String::new(),
+                reason: "is only used with image".into(),
+            });
+        }
         if self.bytecode.url.is_some() && self.sha256.is_none() {
             return Err(ValidationError {
                 field: "spec.sha256".into(),
@@ -570,6 +598,18 @@ programs:
                 .unwrap_err()
                 .reason
                 .contains("exactly one")
+        );
+
+        let mut s = spec();
+        s.bytecode.image_pull_secret = Some(SecretReference {
+            namespace: "ns".into(),
+            name: "pull".into(),
+        });
+        assert!(
+            s.validate("counter")
+                .unwrap_err()
+                .field
+                .contains("imagePullSecret")
         );
 
         let mut s = spec();

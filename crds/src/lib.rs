@@ -14,8 +14,8 @@ pub mod validation;
 pub use bpf_object::{
     Attach, BpfObject, BpfObjectSpec, BpfObjectStatus, Bytecode, CgroupSkbAttach,
     ConfigMapBytecode, Direction, FunctionAttach, KprobeAttach, LinkOrder, MapSpec, NodeCounts,
-    NodeFailure, ProgramSpec, TailCall, TcAttach, TracepointAttach, UprobeAttach, XdpAttach,
-    XdpMode,
+    NodeFailure, ProgramSpec, SecretReference, TailCall, TcAttach, TracepointAttach, UprobeAttach,
+    XdpAttach, XdpMode,
 };
 pub use node_state::{
     BpfNodeState, BpfNodeStateSpec, BpfNodeStateStatus, NodeObjectState, ObjectPhase, PinnedProgram,

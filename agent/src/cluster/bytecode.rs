@@ -1,15 +1,18 @@
 //! Where a selected object's bytecode comes from in cluster mode: a file inside a
-//! `--bytecode-dir`, or a key of a watched ConfigMap. a URL (downloaded with a digest check,
-//! cached by digest). `image` is not implemented yet and fails with `UnsupportedSource`; the object then reports why, and every other object is
-//! unaffected.
+//! `--bytecode-dir`, a key of a watched ConfigMap, a URL (downloaded with a digest check, cached
+//! by digest) or an OCI bytecode image (pulled with the node's `--registry-auth` credentials or
+//! anonymously, cached by digest). An object whose bytecode is missing reports why; every other
+//! object is unaffected.
 
 use std::path::{Path, PathBuf};
 
-use bpfpin_crds::BpfObjectSpec;
+use bpfpin_crds::{BpfObjectSpec, SecretReference};
+use k8s_openapi::api::core::v1::Secret;
 
 use super::configmaps::{ConfigMapCache, ConfigMapRef, ConfigMapState};
 use crate::error::{ObjectError, Reason};
 use crate::local::resolve_path;
+use crate::oci::RegistryAuth;
 
 /// The bytecode of one object, as far as the (non-blocking) planning step can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,10 +23,42 @@ pub enum Source {
     Bytes(Vec<u8>),
     /// A URL to download (on the blocking pool, with the pass), with the digest it must have.
     Url(String, Option<String>),
+    /// An OCI bytecode image to pull (on the blocking pool, with the pass).
+    Image(ImagePull),
     /// Why there is no bytecode.
     Failed(ObjectError),
     /// The ConfigMap's watch has not listed it yet: leave the object as it is for now.
     Waiting,
+}
+
+/// An image to pull, with the digest its `.o` must have and the credentials to pull it with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePull {
+    /// `bytecode.image`.
+    pub reference: String,
+    /// `spec.sha256`.
+    pub sha256: Option<String>,
+    /// `bytecode.imagePullSecret`.
+    pub pull_secret: Option<SecretReference>,
+    /// The pull secret's credentials once read; `None` pulls with the node's `--registry-auth`
+    /// (or anonymously).
+    pub auth: Option<RegistryAuth>,
+}
+
+/// The registry credentials of a `kubernetes.io/dockerconfigjson` (or legacy
+/// `kubernetes.io/dockercfg`) Secret.
+pub fn registry_auth_of(secret: &Secret) -> Result<RegistryAuth, String> {
+    let data = secret.data.as_ref();
+    let Some(json) = data
+        .and_then(|d| d.get(".dockerconfigjson"))
+        .or_else(|| data.and_then(|d| d.get(".dockercfg")))
+    else {
+        return Err(format!(
+            "has no .dockerconfigjson key (type {}); create it with kubectl create secret docker-registry",
+            secret.type_.as_deref().unwrap_or("Opaque")
+        ));
+    };
+    RegistryAuth::from_docker_config(&json.0)
 }
 
 /// The source of `spec`'s bytecode, looking ConfigMaps up in `configmaps`.
@@ -52,19 +87,17 @@ pub fn source_of(spec: &BpfObjectSpec, configmaps: &ConfigMapCache) -> Source {
     if let Some(url) = &bytecode.url {
         return Source::Url(url.clone(), spec.sha256.clone());
     }
-    let kind = if bytecode.image.is_some() {
-        "image"
-    } else {
-        return Source::Failed(ObjectError::new(
-            Reason::InvalidSpec,
-            "spec.bytecode names no source; set one of path, configMap, url, image",
-        ));
-    };
+    if let Some(image) = &bytecode.image {
+        return Source::Image(ImagePull {
+            reference: image.clone(),
+            sha256: spec.sha256.clone(),
+            pull_secret: bytecode.image_pull_secret.clone(),
+            auth: None,
+        });
+    }
     Source::Failed(ObjectError::new(
-        Reason::UnsupportedSource,
-        format!(
-            "bytecode.{kind} is not supported by the agent yet; use bytecode.path, bytecode.configMap or bytecode.url"
-        ),
+        Reason::InvalidSpec,
+        "spec.bytecode names no source; set one of path, configMap, url, image",
     ))
 }
 
@@ -153,17 +186,72 @@ mod tests {
     }
 
     #[test]
-    fn url_and_image_are_unsupported() {
+    fn urls_and_images_are_fetched_with_the_pass() {
         let cache = ConfigMapCache::default();
-        for yaml in [
-            "bytecode: {url: 'https://x/y.o'}\nsha256: x\nprograms: [{name: p}]",
-            "bytecode: {image: 'quay.io/x:v1'}\nprograms: [{name: p}]",
-        ] {
-            let Source::Failed(e) = source_of(&spec(yaml), &cache) else {
-                panic!("unsupported");
-            };
-            assert_eq!(e.reason, Reason::UnsupportedSource);
-        }
+        assert_eq!(
+            source_of(
+                &spec("bytecode: {url: 'https://x/y.o'}\nsha256: x\nprograms: [{name: p}]"),
+                &cache
+            ),
+            Source::Url("https://x/y.o".into(), Some("x".into()))
+        );
+        assert_eq!(
+            source_of(
+                &spec("bytecode: {image: 'quay.io/x:v1'}\nprograms: [{name: p}]"),
+                &cache
+            ),
+            Source::Image(ImagePull {
+                reference: "quay.io/x:v1".into(),
+                sha256: None,
+                pull_secret: None,
+                auth: None,
+            })
+        );
+        let Source::Image(pull) = source_of(
+            &spec(
+                "bytecode: {image: 'quay.io/x:v1', imagePullSecret: {namespace: ns, name: pull}}\nprograms: [{name: p}]",
+            ),
+            &cache,
+        ) else {
+            panic!("an image");
+        };
+        assert_eq!(
+            pull.pull_secret,
+            Some(SecretReference {
+                namespace: "ns".into(),
+                name: "pull".into()
+            })
+        );
+        let Source::Failed(e) = source_of(&spec("bytecode: {}\nprograms: [{name: p}]"), &cache)
+        else {
+            panic!("no source is a failure");
+        };
+        assert_eq!(e.reason, Reason::InvalidSpec);
+    }
+
+    #[test]
+    fn pull_secrets_hold_a_docker_config() {
+        use k8s_openapi::ByteString;
+        let secret = |key: &str, json: &str| Secret {
+            type_: Some("kubernetes.io/dockerconfigjson".into()),
+            data: Some([(key.to_owned(), ByteString(json.as_bytes().to_vec()))].into()),
+            ..Default::default()
+        };
+        let auth = registry_auth_of(&secret(
+            ".dockerconfigjson",
+            r#"{"auths": {"quay.io": {"auth": "dTpw"}}}"#,
+        ))
+        .expect("credentials");
+        assert_eq!(auth.registries().collect::<Vec<_>>(), ["quay.io"]);
+        let legacy = registry_auth_of(&secret(".dockercfg", r#"{"quay.io": {"auth": "dTpw"}}"#))
+            .expect("credentials");
+        assert_eq!(legacy, auth);
+        assert!(
+            registry_auth_of(&secret("token", "{}"))
+                .expect_err("no key")
+                .contains("no .dockerconfigjson")
+        );
+        assert!(registry_auth_of(&secret(".dockerconfigjson", "{")).is_err());
     }
 
     #[test]

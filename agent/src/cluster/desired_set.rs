@@ -74,6 +74,46 @@ pub fn plan(selected: &[(&String, &ObjectEntry)], configmaps: &ConfigMapCache) -
         .collect()
 }
 
+/// Reads the `imagePullSecret` of every planned image, each Secret once per pass, into its
+/// [`ImagePull::auth`](bytecode::ImagePull). An object whose Secret cannot be read fails with
+/// `BytecodeUnavailable` (retried): the agent needs `get` on Secrets in that namespace.
+pub async fn read_pull_secrets(planned: &mut [Planned], client: &kube::Client) {
+    let mut read: BTreeMap<(String, String), Result<crate::oci::RegistryAuth, String>> =
+        BTreeMap::new();
+    for p in planned.iter_mut() {
+        let Source::Image(pull) = &mut p.source else {
+            continue;
+        };
+        let Some(secret) = &pull.pull_secret else {
+            continue;
+        };
+        let key = (secret.namespace.clone(), secret.name.clone());
+        if !read.contains_key(&key) {
+            let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+                kube::Api::namespaced(client.clone(), &key.0);
+            let auth = match api.get_opt(&key.1).await {
+                Ok(Some(s)) => bytecode::registry_auth_of(&s),
+                Ok(None) => Err("does not exist".to_owned()),
+                Err(kube::Error::Api(e)) if e.code == 403 => Err(format!(
+                    "cannot be read: the agent may not get Secrets in namespace {} ({})",
+                    key.0, e.message
+                )),
+                Err(e) => Err(format!("cannot be read: {e}")),
+            };
+            read.insert(key.clone(), auth);
+        }
+        match &read[&key] {
+            Ok(auth) => pull.auth = Some(auth.clone()),
+            Err(why) => {
+                p.source = Source::Failed(crate::error::ObjectError::new(
+                    crate::error::Reason::BytecodeUnavailable,
+                    format!("imagePullSecret {}/{} {why}", key.0, key.1),
+                ));
+            }
+        }
+    }
+}
+
 /// Objects left as they are this pass (their ConfigMap is not listed yet), by name, with uid.
 pub type Held = BTreeMap<String, Option<String>>;
 
@@ -95,6 +135,12 @@ pub fn materialize(
             Source::Path(path) => bytecode::read_path(&path, bytecode_dirs),
             Source::Bytes(bytes) => Ok(bytes),
             Source::Url(url, sha256) => fetcher.fetch(&url, sha256.as_deref()),
+            Source::Image(pull) => crate::oci::pull(
+                fetcher,
+                pull.auth.as_ref().unwrap_or(&fetcher.registry_auth),
+                &pull.reference,
+                pull.sha256.as_deref(),
+            ),
             Source::Failed(error) => Err(error),
         };
         desired.push(DesiredObject {

@@ -275,11 +275,12 @@ impl Agent {
         };
         self.configmaps
             .sync(&configmaps, &self.client, &self.inputs, &self.trigger);
-        let planned = {
+        let mut planned = {
             let inputs = self.inputs.lock();
             let selected: Vec<_> = selected.iter().map(|(n, o)| (n, o)).collect();
             desired_set::plan(&selected, &inputs.configmaps)
         };
+        desired_set::read_pull_secrets(&mut planned, &self.client).await;
 
         let Some(mut reconciler) = self.reconciler.take() else {
             anyhow::bail!("internal error: a pass started while another was running");
