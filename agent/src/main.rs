@@ -129,18 +129,7 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 };
             }
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            match rt.block_on(local::watch(reconciler, config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("bpfpin-agent: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_async(1, local::watch(reconciler, config))
         }
         Mode::Cluster {
             node_name,
@@ -196,18 +185,7 @@ fn run_cluster(bpffs: &std::path::Path, config: ClusterConfig) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match rt.block_on(cluster::run(reconciler, config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bpfpin-agent: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_async(2, cluster::run(reconciler, config))
 }
 
 fn start(bpffs: &std::path::Path) -> Result<Reconciler, bpfpin_agent::error::AgentError> {
@@ -215,4 +193,23 @@ fn start(bpffs: &std::path::Path) -> Result<Reconciler, bpfpin_agent::error::Age
         tracing::warn!(error = %e, "tracepoint attachments will fail");
     }
     Reconciler::new(bpffs)
+}
+
+/// Runs a mode's main loop on a runtime of `workers` threads; its error ends the process.
+fn run_async(
+    workers: usize,
+    main: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(main) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bpfpin-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -647,51 +647,6 @@ fn credentials_come_from_registry_auth() {
     assert!(stderr(&out).contains("--registry-auth"), "{}", stderr(&out));
 }
 
-/// `python3 -m http.server` serving `dir` on 127.0.0.1: a registry (or mirror) serving content
-/// that does not match the digests that name it.
-struct StaticServer {
-    child: Child,
-    port: u16,
-}
-
-impl StaticServer {
-    fn serve(dir: &Path) -> Self {
-        let mut child = Command::new("python3")
-            .args([
-                "-u",
-                "-m",
-                "http.server",
-                "0",
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-            ])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 (hack/deps installs it) runs the test's HTTP server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("server banner");
-        let port = line
-            .split_whitespace()
-            .skip_while(|w| *w != "port")
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("cannot read the port from {line:?}"));
-        Self { child, port }
-    }
-}
-
-impl Drop for StaticServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn content_that_does_not_match_its_digest_is_refused() {
     require_root();
@@ -727,7 +682,7 @@ fn content_that_does_not_match_its_digest_is_refused() {
         &format!("v2/corrupt/blobs/{}", digest(&layer)),
         &gzip(&tar(&[("bpf.o", b"tampered")])),
     );
-    let server = StaticServer::serve(root.path());
+    let server = HttpServer::serve(root.path());
     let host = format!("127.0.0.1:{}", server.port);
 
     let manifests = tempfile::tempdir().expect("tempdir");

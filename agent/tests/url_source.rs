@@ -3,62 +3,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::*;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_bpfpin-agent");
-
-/// `python3 -m http.server` serving `dir` on 127.0.0.1 (a free port), killed on drop.
-struct HttpServer {
-    child: Child,
-    port: u16,
-}
-
-impl HttpServer {
-    fn serve(dir: &Path) -> Self {
-        let mut child = Command::new("python3")
-            .args([
-                "-u",
-                "-m",
-                "http.server",
-                "0",
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-            ])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 (hack/deps installs it) runs the test's HTTP server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("server banner");
-        // "Serving HTTP on 127.0.0.1 port 43123 (http://127.0.0.1:43123/) ..."
-        let port = line
-            .split_whitespace()
-            .skip_while(|w| *w != "port")
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("cannot read the port from {line:?}"));
-        Self { child, port }
-    }
-
-    fn url(&self, file: &str) -> String {
-        format!("http://127.0.0.1:{}/{file}", self.port)
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn manifest(name: &str, url: &str, sha256: &str) -> String {
     format!(

@@ -74,6 +74,8 @@ pub fn bpf_object(name: &str) -> PathBuf {
     }
     let src = if name == "counter" {
         repo().join("examples/counter/counter.bpf.c")
+    } else if name == "tailcall" {
+        repo().join("examples/tail-calls/tailcall.bpf.c")
     } else {
         repo().join(format!("agent/tests/bpf/{name}.bpf.c"))
     };
@@ -255,5 +257,56 @@ impl Drop for Veth {
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &self.netns])
             .output();
+    }
+}
+
+/// `python3 -m http.server` serving `dir` on 127.0.0.1 (a free port): a real HTTP server for the
+/// url and image sources' tests. Killed on drop.
+pub struct HttpServer {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl HttpServer {
+    pub fn serve(dir: &Path) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-u",
+                "-m",
+                "http.server",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 (hack/deps installs it) runs the test's HTTP server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("server banner");
+        // "Serving HTTP on 127.0.0.1 port 43123 (http://127.0.0.1:43123/) ..."
+        let port = line
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("cannot read the port from {line:?}"));
+        Self { child, port }
+    }
+
+    pub fn url(&self, file: &str) -> String {
+        format!("http://127.0.0.1:{}/{file}", self.port)
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
