@@ -18,6 +18,18 @@ use crate::error::{ObjectError, Reason, verifier_log_tail};
 use crate::fsops;
 use crate::layout::Layout;
 
+/// The kernel's BTF, parsed on first use: only fentry/fexit programs and objects with CO-RE
+/// relocations need it, and parsing `/sys/kernel/btf/vmlinux` costs tens of ms and ~12 MiB.
+#[derive(Debug, Default)]
+pub struct KernelBtf(std::sync::OnceLock<Option<Btf>>);
+
+impl KernelBtf {
+    /// The parsed BTF, or `None` when the kernel has none.
+    pub fn get(&self) -> Option<&Btf> {
+        self.0.get_or_init(|| Btf::from_sys_fs().ok()).as_ref()
+    }
+}
+
 /// A version that is fully pinned (and attached) in its version directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PinnedVersion {
@@ -203,7 +215,7 @@ pub struct BuildRequest<'a> {
 /// Builds a version. On error nothing of the attempt remains.
 pub fn build(
     layout: &Layout,
-    btf: Option<&Btf>,
+    btf: &KernelBtf,
     req: &BuildRequest<'_>,
 ) -> Result<PinnedVersion, ObjectError> {
     let mut rollback = Rollback::default();
@@ -218,7 +230,7 @@ pub fn build(
 
 fn build_inner(
     layout: &Layout,
-    btf: Option<&Btf>,
+    btf: &KernelBtf,
     req: &BuildRequest<'_>,
     rollback: &mut Rollback,
 ) -> Result<PinnedVersion, ObjectError> {
@@ -272,7 +284,10 @@ fn build_inner(
         .collect::<Result<_, _>>()?;
 
     let mut loader = EbpfLoader::new();
-    loader.btf(btf);
+    // Without relocations the kernel's BTF is not needed (the patched aya then reads none).
+    if elf.has_btf_relocations() {
+        loader.btf(btf.get());
+    }
     loader.default_map_pin_directory(layout.shared());
     for (name, bytes) in &globals {
         loader.override_global(name, bytes.as_slice(), true);
@@ -605,7 +620,7 @@ fn program_error(name: &str, err: ProgramError) -> ObjectError {
 fn load_program(
     name: &str,
     program: &mut Program,
-    btf: Option<&Btf>,
+    btf: &KernelBtf,
     btf_function: Option<&str>,
 ) -> Result<(), ObjectError> {
     let needs_function = || {
@@ -627,11 +642,11 @@ fn load_program(
     let result = match program {
         Program::FEntry(p) => p.load(
             btf_function.ok_or_else(needs_function)?,
-            btf.ok_or_else(no_btf)?,
+            btf.get().ok_or_else(no_btf)?,
         ),
         Program::FExit(p) => p.load(
             btf_function.ok_or_else(needs_function)?,
-            btf.ok_or_else(no_btf)?,
+            btf.get().ok_or_else(no_btf)?,
         ),
         Program::TracePoint(p) => p.load(),
         Program::Xdp(p) => p.load(),

@@ -9,7 +9,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aya::Btf;
 use aya::programs::ProgramInfo;
 
 use crate::attach::AttachPoint;
@@ -84,7 +83,7 @@ struct Current {
 #[derive(Debug)]
 pub struct Reconciler {
     layout: Layout,
-    btf: Option<Btf>,
+    btf: loader::KernelBtf,
     /// What this process knows is pinned, so steady-state passes make no BPF syscalls.
     known: HashMap<String, Current>,
 }
@@ -110,7 +109,7 @@ impl Reconciler {
             std::fs::create_dir_all(&dir).map_err(|e| AgentError::io("creating", &dir, e))?;
         }
         // The kernel's BTF is parsed once per process, not once per load.
-        let btf = Btf::from_sys_fs().ok();
+        let btf = loader::KernelBtf::default();
         Ok(Self {
             layout,
             btf,
@@ -245,7 +244,7 @@ impl Reconciler {
             version: &version,
             previous: previous.as_deref(),
         };
-        let built = match loader::build(&self.layout, self.btf.as_ref(), &req) {
+        let built = match loader::build(&self.layout, &self.btf, &req) {
             Ok(b) => b,
             Err(error) => return self.failed(obj, base, current, error),
         };

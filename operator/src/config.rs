@@ -37,7 +37,7 @@ pub struct Args {
 
     /// Wait this long for a quiet moment before reconciling an object, so a burst of node reports
     /// becomes one status write. 0s reconciles at once.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub debounce: Duration,
 }
 
