@@ -71,6 +71,8 @@ pub struct Context {
     /// For each object being deleted (by uid), the nodes its last "waiting" event named, so the
     /// event is published only when that set changes.
     waiting: Mutex<HashMap<String, Vec<String>>>,
+    /// When each object's status was last written (by name), to coalesce progress-only writes.
+    last_write: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -169,6 +171,20 @@ async fn apply(obj: &BpfObject, ctx: &Context) -> Result<Action, Error> {
         tracing::debug!(object = %name, generation, "status unchanged");
         return Ok(Action::requeue(RESYNC));
     }
+    // Progress alone ("3/10 nodes", ...) is written at most once per PROGRESS_INTERVAL per object:
+    // at scale those writes dominate, and each one goes to every agent's watch. Anything a user
+    // acts on (Ready, failures, a new generation) is written at once.
+    if let Some(old) = old
+        && progress_only(old, &status)
+    {
+        let last = ctx.last_write.lock().expect("lock").get(&name).copied();
+        if let Some(wait) = last.and_then(|t| PROGRESS_INTERVAL.checked_sub(t.elapsed()))
+            && !wait.is_zero()
+        {
+            tracing::debug!(object = %name, generation, ?wait, "coalescing a progress-only status write");
+            return Ok(Action::requeue(wait));
+        }
+    }
 
     let patch = serde_json::json!({
         "apiVersion": BpfObject::api_version(&()),
@@ -187,11 +203,34 @@ async fn apply(obj: &BpfObject, ctx: &Context) -> Result<Action, Error> {
             source,
         })?;
     ctx.metrics.status_patch();
+    ctx.last_write
+        .lock()
+        .expect("lock")
+        .insert(name.clone(), std::time::Instant::now());
     log_changes(&name, generation, old, &status);
     for notice in events::status_events(old, &status) {
         ctx.publish(obj, notice).await;
     }
     Ok(Action::requeue(RESYNC))
+}
+
+/// At most one progress-only status write per object per this interval.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether `new` differs from `old` only in progress: same generation, same condition statuses
+/// and reasons, same failures.
+fn progress_only(old: &BpfObjectStatus, new: &BpfObjectStatus) -> bool {
+    let key = |s: &BpfObjectStatus| {
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect::<Vec<_>>()
+    };
+    old.observed_generation == new.observed_generation
+        && key(old) == key(new)
+        && old.failures == new.failures
+        && old.nodes.as_ref().map(|n| (n.selected, n.failed))
+            == new.nodes.as_ref().map(|n| (n.selected, n.failed))
 }
 
 /// One log event for the status write, and one per node whose failure is new.
@@ -326,6 +365,7 @@ pub async fn run(
         metrics,
         stores,
         waiting: Mutex::default(),
+        last_write: Mutex::default(),
     });
 
     tracing::info!("controller started");
@@ -349,4 +389,48 @@ pub async fn run(
         task.abort();
     }
     tracing::info!("controller stopped");
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+    use bpfpin_crds::NodeCounts;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    fn status(ready: i32, ready_cond: &str, reason: &str) -> BpfObjectStatus {
+        BpfObjectStatus {
+            observed_generation: Some(1),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: ready_cond.into(),
+                reason: reason.into(),
+                message: format!("{ready}/3"),
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                observed_generation: Some(1),
+            }],
+            nodes: Some(NodeCounts {
+                selected: 3,
+                ready,
+                failed: 0,
+            }),
+            nodes_ready: Some(format!("{ready}/3")),
+            failures: vec![],
+        }
+    }
+
+    #[test]
+    fn only_progress_is_coalesced() {
+        let one = status(1, "False", "Progressing");
+        assert!(progress_only(&one, &status(2, "False", "Progressing")));
+        assert!(
+            !progress_only(&one, &status(3, "True", "Pinned")),
+            "Ready is written at once"
+        );
+        let mut new_gen = status(1, "False", "Progressing");
+        new_gen.observed_generation = Some(2);
+        assert!(!progress_only(&one, &new_gen));
+        let mut failed = status(1, "False", "Progressing");
+        failed.nodes.as_mut().expect("nodes").failed = 1;
+        assert!(!progress_only(&one, &failed));
+    }
 }
