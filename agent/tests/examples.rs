@@ -33,6 +33,7 @@ fn compile(src: &Path, out: &Path) {
 fn every_example_pins() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let veth = Veth::new(3);
+    let cgroup2 = cgroup2_mount();
     let mut checked = 0;
     let mut dirs: Vec<_> = std::fs::read_dir(&examples)
         .expect("examples")
@@ -53,9 +54,15 @@ fn every_example_pins() {
             if let Some(stem) = name.strip_suffix(".bpf.c") {
                 compile(&path, &work.path().join(format!("{stem}.bpf.o")));
             } else if name.ends_with(".yaml") {
+                // The node-specific parts: the interface, and the cgroup v2 mount (hybrid hosts
+                // mount it elsewhere than /sys/fs/cgroup).
                 let text = std::fs::read_to_string(&path)
                     .expect("read")
-                    .replace("eth0", &veth.host);
+                    .replace("eth0", &veth.host)
+                    .replace(
+                        "cgroup: /sys/fs/cgroup,",
+                        &format!("cgroup: {},", cgroup2.display()),
+                    );
                 for doc in text.split("\n---\n") {
                     let v: serde_yaml::Value = serde_yaml::from_str(doc).expect("yaml");
                     objects.push(v["metadata"]["name"].as_str().expect("name").to_owned());
@@ -87,5 +94,16 @@ fn every_example_pins() {
             checked += 1;
         }
     }
-    assert!(checked >= 5, "only {checked} example objects were checked");
+    assert!(checked >= 7, "only {checked} example objects were checked");
+}
+
+fn cgroup2_mount() -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
+        })
+        .expect("a cgroup2 mount (the cgroup-skb example needs cgroup v2)")
 }
