@@ -68,23 +68,7 @@ impl Env {
             ("counter", repo().join("examples/counter/counter.bpf.c")),
             ("rejected", repo().join("agent/tests/bpf/rejected.bpf.c")),
         ] {
-            let out = bytecode_dir.path().join(format!("{name}.bpf.o"));
-            let status = Command::new("clang")
-                .args([
-                    "-O2",
-                    "-g",
-                    "-target",
-                    "bpf",
-                    "-I/usr/include/x86_64-linux-gnu",
-                    "-c",
-                ])
-                .arg(&src)
-                .arg("-o")
-                .arg(&out)
-                .status()?;
-            if !status.success() {
-                bail!("clang failed on {}", src.display());
-            }
+            compile_bpf(&src, &bytecode_dir.path().join(format!("{name}.bpf.o")))?;
         }
         Ok(Self {
             client,
@@ -278,6 +262,28 @@ impl Env {
     }
 }
 
+/// Compiles a BPF C source with clang (`-target bpf`).
+pub fn compile_bpf(src: &Path, out: &Path) -> Result<()> {
+    let status = Command::new("clang")
+        .args([
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            "-I/usr/include/x86_64-linux-gnu",
+            "-c",
+        ])
+        .arg(src)
+        .arg("-o")
+        .arg(out)
+        .status()
+        .context("running clang (hack/deps installs it)")?;
+    if !status.success() {
+        bail!("clang failed on {}", src.display());
+    }
+    Ok(())
+}
+
 /// A `BpfObject` manifest for the tests: `spec` is YAML nested under `spec:`.
 pub fn manifest(name: &str, spec: &str) -> String {
     let body: String = spec.lines().map(|l| format!("  {l}\n")).collect();
@@ -326,6 +332,27 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Takes over a spawned child; `log` is where its output goes (may be empty).
+    pub fn new(name: impl Into<String>, child: Child, log: PathBuf) -> Self {
+        Self {
+            name: name.into(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Its pid (0 once stopped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Whether it still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -362,7 +389,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if self.child.is_some() {
+        if self.child.is_some() && !self.log.as_os_str().is_empty() {
             eprintln!("stopping {} (log: {})", self.name, self.log.display());
         }
         self.stop();

@@ -7,12 +7,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 use bpfpin_agent::{DesiredObject, Reconciler};
 use bpfpin_crds::{BpfNodeState, BpfObject, BpfObjectSpec, ObjectPhase};
+use bpfpin_e2e::Proc;
 use bpfpin_e2e::{ready_is, repo};
 use futures::StreamExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -374,19 +375,7 @@ fn pinned_prog_id(path: &Path) -> Option<u32> {
 }
 
 fn compile(src: &Path, out: &Path) -> Result<()> {
-    run(Command::new("clang")
-        .args([
-            "-O2",
-            "-g",
-            "-target",
-            "bpf",
-            "-I/usr/include/x86_64-linux-gnu",
-            "-c",
-        ])
-        .arg(src)
-        .arg("-o")
-        .arg(out))?;
-    Ok(())
+    bpfpin_e2e::compile_bpf(src, out)
 }
 
 fn unix_secs() -> i64 {
@@ -394,50 +383,6 @@ fn unix_secs() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
-}
-
-/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
-#[derive(Debug)]
-struct Proc {
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).unwrap_or(0)
-    }
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling our own child, whose pid is not reaped yet.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-    fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -988,7 +933,7 @@ impl Cluster<'_> {
             .stderr(self.log(&format!("agent-{name}"))?)
             .spawn()
             .context("starting bpfpin-agent")?;
-        Ok(Proc { child: Some(child) })
+        Ok(Proc::new("agent", child, PathBuf::new()))
     }
 
     /// Removes what an interrupted earlier run left: bench objects and bench nodes.
@@ -1035,7 +980,7 @@ impl Cluster<'_> {
             .stderr(self.log("operator")?)
             .spawn()
             .context("starting bpfpin-operator")?;
-        self.operator = Some(Proc { child: Some(op) });
+        self.operator = Some(Proc::new("operator", op, PathBuf::new()));
         for i in 0..self.args.nodes {
             let name = format!("{NODE_PREFIX}{i}");
             let out = run(Command::new(repo().join("e2e/cluster"))
