@@ -238,7 +238,18 @@ fn sigkill_at_any_moment_leaves_no_half_object_and_the_next_run_converges() {
         "bytecode: {{path: many.bpf.o}}\nprograms: [{}]",
         programs.join(", ")
     );
-    std::fs::write(dir.path().join("many.yaml"), manifest("many", &many)).expect("write");
+    // Eight 24-program objects and the counter: a pass long enough to be cut at many points.
+    const MANY: usize = 8;
+    let write_many = |spec: &str| {
+        for i in 0..MANY {
+            std::fs::write(
+                dir.path().join(format!("many-{i}.yaml")),
+                manifest(&format!("many-{i}"), spec),
+            )
+            .expect("write");
+        }
+    };
+    write_many(&many);
     std::fs::write(
         dir.path().join("counter.yaml"),
         manifest("counter", COUNTER),
@@ -246,14 +257,21 @@ fn sigkill_at_any_moment_leaves_no_half_object_and_the_next_run_converges() {
     .expect("write");
     let root = fs.root();
 
+    // How long an uninterrupted cold pass takes here, so the kills land inside passes however
+    // fast the machine is.
+    let scratch = Bpffs::new();
+    let started = std::time::Instant::now();
+    let out = once(dir.path(), &scratch, &[]);
+    let pass = started.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    drop(scratch);
+
     // Kill the agent at spread-out moments of a cold apply, then of an update.
     let mut interrupted = 0;
-    for round in 0..16u64 {
+    for round in 0..16u32 {
         if round == 8 {
             // Second half: updates (a new version is built aside while the old one is live).
-            let updated = many.replace("many.bpf.o}", "many.bpf.o}\nmaps: [{name: hits}]");
-            std::fs::write(dir.path().join("many.yaml"), manifest("many", &updated))
-                .expect("write");
+            write_many(&many.replace("many.bpf.o}", "many.bpf.o}\nmaps: [{name: hits}]"));
         }
         let mut child = Command::new(AGENT)
             .args(["local", "--once", "--manifests"])
@@ -265,15 +283,18 @@ fn sigkill_at_any_moment_leaves_no_half_object_and_the_next_run_converges() {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn");
-        std::thread::sleep(Duration::from_millis(3 + (round % 8) * 9));
+        std::thread::sleep(pass * (round % 8 + 1) / 10);
         child.kill().expect("SIGKILL");
         let status = child.wait().expect("wait");
         if status.code().is_none() {
             interrupted += 1;
         }
         // Invariant: an object is either absent or complete.
-        for (object, n) in [("many", 24), ("counter", 2)] {
-            let link = root.join(object);
+        let objects = (0..MANY)
+            .map(|i| (format!("many-{i}"), 24))
+            .chain([("counter".to_string(), 2)]);
+        for (object, n) in objects {
+            let link = root.join(&object);
             if std::fs::symlink_metadata(&link).is_ok() {
                 let progs = tree(&link.join("progs/"));
                 assert_eq!(
@@ -291,15 +312,19 @@ fn sigkill_at_any_moment_leaves_no_half_object_and_the_next_run_converges() {
     }
     assert!(
         interrupted >= 4,
-        "only {interrupted} of 16 runs were interrupted; the test is not exercising crashes"
+        "only {interrupted} of 16 runs were interrupted (a pass takes {pass:?}); the test is not exercising crashes"
     );
+    eprintln!("{interrupted} of 16 runs killed mid-pass (a pass takes {pass:?})");
 
     let out = once(dir.path(), &fs, &[]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(tree(&root.join("many/progs/")).len(), 24);
+    assert_eq!(tree(&root.join("many-0/progs/")).len(), 24);
     // Exactly one version per object, nothing staged: leftovers were swept.
-    for object in ["many", "counter"] {
-        let versions = std::fs::read_dir(root.join("_versions").join(object))
+    for object in (0..MANY)
+        .map(|i| format!("many-{i}"))
+        .chain(["counter".into()])
+    {
+        let versions = std::fs::read_dir(root.join("_versions").join(&object))
             .expect("versions")
             .count();
         assert_eq!(
