@@ -10,25 +10,6 @@ use common::*;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_bpfpin-agent");
 
-fn compile(src: &Path, out: &Path) {
-    let ok = Command::new("clang")
-        .args([
-            "-O2",
-            "-g",
-            "-target",
-            "bpf",
-            "-I/usr/include/x86_64-linux-gnu",
-            "-c",
-        ])
-        .arg(src)
-        .arg("-o")
-        .arg(out)
-        .status()
-        .expect("clang")
-        .success();
-    assert!(ok, "clang {}", src.display());
-}
-
 #[test]
 fn every_example_pins() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");

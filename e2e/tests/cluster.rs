@@ -21,6 +21,18 @@ programs:
     )
 }
 
+/// Waits until `name` is Ready=False at its generation with `nodes` failed nodes.
+async fn failed_on(env: &Env, name: &str, nodes: i32) -> anyhow::Result<bpfpin_crds::BpfObject> {
+    env.wait_object(name, &format!("Ready=False on {nodes} nodes"), move |o| {
+        ready_is(o, "False")
+            && o.status
+                .as_ref()
+                .and_then(|s| s.nodes.as_ref())
+                .is_some_and(|n| n.failed == nodes)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn selection_relabelling_and_deletion() -> anyhow::Result<()> {
     let env = Env::new().await?;
@@ -167,15 +179,7 @@ async fn bad_objects_fail_with_a_reason_and_others_stay_ready() -> anyhow::Resul
         .await?;
     env.wait_object("from-cm", "Ready", |o| ready_is(o, "True"))
         .await?;
-    let o = env
-        .wait_object("missing-key", "Ready=False on both nodes", |o| {
-            ready_is(o, "False")
-                && o.status
-                    .as_ref()
-                    .and_then(|s| s.nodes.as_ref())
-                    .is_some_and(|n| n.failed == 2)
-        })
-        .await?;
+    let o = failed_on(&env, "missing-key", 2).await?;
     let (_, _, msg) = condition(&o, "Ready").expect("Ready");
     let failure = &o.status.as_ref().expect("status").failures[0];
     assert_eq!(failure.reason, "BytecodeUnavailable", "{failure:?}");
@@ -185,15 +189,7 @@ async fn bad_objects_fail_with_a_reason_and_others_stay_ready() -> anyhow::Resul
         "the message names the nodes: {msg}"
     );
 
-    let o = env
-        .wait_object("rejected", "Ready=False", |o| {
-            ready_is(o, "False")
-                && o.status
-                    .as_ref()
-                    .and_then(|s| s.nodes.as_ref())
-                    .is_some_and(|n| n.failed == 2)
-        })
-        .await?;
+    let o = failed_on(&env, "rejected", 2).await?;
     let (degraded, reason, msg) = condition(&o, "Degraded").expect("Degraded");
     assert_eq!(
         (degraded.as_str(), reason.as_str()),

@@ -171,15 +171,7 @@ impl NodeStateIndex {
 
     /// The relist is complete: states not seen again were deleted meanwhile.
     pub fn init_done(&mut self) -> Trigger {
-        let Some(seen) = self.relisting.take() else {
-            return Trigger::default();
-        };
-        let gone: Vec<String> = self
-            .nodes
-            .keys()
-            .filter(|n| !seen.contains(*n))
-            .cloned()
-            .collect();
+        let gone = not_relisted(&mut self.relisting, self.nodes.keys());
         let mut t = Trigger::default();
         for node in gone {
             t.merge(self.delete(&node));
@@ -243,15 +235,7 @@ impl NodeIndex {
 
     /// The relist is complete: nodes not seen again were deleted meanwhile.
     pub fn init_done(&mut self) -> Trigger {
-        let Some(seen) = self.relisting.take() else {
-            return Trigger::default();
-        };
-        let gone: Vec<String> = self
-            .labels
-            .keys()
-            .filter(|n| !seen.contains(*n))
-            .cloned()
-            .collect();
+        let gone = not_relisted(&mut self.relisting, self.labels.keys());
         let mut t = Trigger::default();
         for node in gone {
             t.merge(self.delete(&node));
@@ -288,6 +272,18 @@ pub fn resolve(
         }
     }
     out
+}
+
+/// Ends a relist: the keys not seen again since it began (deleted meanwhile); none when no
+/// relist was under way.
+fn not_relisted<'a>(
+    relisting: &mut Option<HashSet<String>>,
+    known: impl Iterator<Item = &'a String>,
+) -> Vec<String> {
+    let Some(seen) = relisting.take() else {
+        return Vec::new();
+    };
+    known.filter(|n| !seen.contains(*n)).cloned().collect()
 }
 
 #[cfg(test)]

@@ -82,6 +82,13 @@ pub fn bpf_object(name: &str) -> PathBuf {
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bpf");
     std::fs::create_dir_all(&out_dir).expect("mkdir");
     let out = out_dir.join(format!("{name}.bpf.o"));
+    compile(&src, &out);
+    built.insert(name.to_owned(), out.clone());
+    out
+}
+
+/// Compiles a BPF C source with clang (`-target bpf`) into `out`.
+pub fn compile(src: &Path, out: &Path) {
     let arch = std::process::Command::new("gcc")
         .arg("-dumpmachine")
         .output()
@@ -93,21 +100,17 @@ pub fn bpf_object(name: &str) -> PathBuf {
         .args(["-O2", "-g", "-target", "bpf"])
         .arg(format!("-I/usr/include/{arch}"))
         .arg("-c")
-        .arg(&src)
+        .arg(src)
         .arg("-o")
-        .arg(&out)
+        .arg(out)
         .output()
-        .expect(
-            "clang is needed to build the test BPF programs (apt-get install clang libbpf-dev)",
-        );
+        .expect("clang is needed to build the test BPF programs (hack/deps installs it)");
     assert!(
         output.status.success(),
         "clang {}: {}",
         src.display(),
         String::from_utf8_lossy(&output.stderr)
     );
-    built.insert(name.to_owned(), out.clone());
-    out
 }
 
 pub fn bytes(name: &str) -> Vec<u8> {
