@@ -1,312 +1,19 @@
-//! `bytecode.image` against a real OCI registry on loopback: CNCF distribution's `registry`, built
-//! from its Go module by e2e/build-registry and started here, with images pushed here over the
+//! `bytecode.image` against a real OCI registry on loopback (common/registry.rs: CNCF
+//! distribution's `registry`, built from its Go module), with images pushed over the
 //! distribution API. By tag and by digest, an index, gzipped and plain layers, digest checks,
 //! missing tags, bad images, basic-auth credentials from `--registry-auth`, and a digest-pinned
 //! image pinned again from the cache with the registry stopped.
 
 mod common;
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output};
 
-use base64::Engine as _;
 use bpfpin_agent::desired::sha256_hex;
+use common::registry::{OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, Registry, counter_labels, gzip, tar};
 use common::*;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_bpfpin-agent");
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-
-/// The registry binary, built once (e2e/build-registry caches it across runs).
-fn registry_binary() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/build-registry");
-        let out = Command::new(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run e2e/build-registry");
-        assert!(
-            out.status.success(),
-            "e2e/build-registry failed (it needs go and the Go module proxy)"
-        );
-        let path = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .map(PathBuf::from)
-            .expect("e2e/build-registry prints the binary's path");
-        assert!(path.is_file(), "{} is missing", path.display());
-        path
-    })
-    .clone()
-}
-
-/// The registry on 127.0.0.1 (a free port) with a temporary storage dir, killed on drop.
-struct Registry {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    port: u16,
-    /// `docker` and its password, when the registry has htpasswd auth.
-    credentials: Option<(String, String)>,
-    http: ureq::Agent,
-}
-
-impl Registry {
-    fn start(with_auth: bool) -> Self {
-        let bin = registry_binary();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let auth = if with_auth {
-            // The registry provisions a missing htpasswd file with a user `docker` and a random
-            // password (bcrypt), which it logs: no htpasswd tool needed.
-            format!(
-                "auth: {{htpasswd: {{realm: bpfpin-test, path: {}}}}}\n",
-                dir.path().join("htpasswd").display()
-            )
-        } else {
-            String::new()
-        };
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog: {{level: info, formatter: json}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: '127.0.0.1:{port}'}}\n{auth}",
-                dir.path().join("data").display()
-            ),
-        )
-        .expect("config");
-        let log = std::fs::File::create(dir.path().join("log")).expect("log");
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start the registry");
-        let http: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let mut registry = Self {
-            child: Some(child),
-            dir,
-            port,
-            credentials: None,
-            http,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let up = registry
-                .http
-                .get(&registry.url("/v2/"))
-                .call()
-                .is_ok_and(|r| matches!(r.status().as_u16(), 200 | 401));
-            if up {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the registry did not start: {}",
-                registry.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if with_auth {
-            let password = registry
-                .log()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find_map(|v| {
-                    v.get("password")
-                        .and_then(|p| p.as_str())
-                        .map(str::to_owned)
-                })
-                .unwrap_or_else(|| {
-                    panic!("no provisioned password in the log: {}", registry.log())
-                });
-            registry.credentials = Some(("docker".into(), password));
-        }
-        registry
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.host())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-
-    /// The blob downloads of `repo` so far, from the access log.
-    fn blob_gets(&self, repo: &str) -> usize {
-        let needle = format!("GET /v2/{repo}/blobs/");
-        self.log().lines().filter(|l| l.contains(&needle)).count()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn authorize<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        match &self.credentials {
-            Some((user, password)) => req.header(
-                "Authorization",
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-                ),
-            ),
-            None => req,
-        }
-    }
-
-    /// Uploads a blob (POST, then PUT with its digest); returns the digest.
-    fn push_blob(&self, repo: &str, data: &[u8]) -> String {
-        let digest = format!("sha256:{}", sha256_hex(data));
-        let started = self
-            .authorize(
-                self.http
-                    .post(&self.url(&format!("/v2/{repo}/blobs/uploads/"))),
-            )
-            .send_empty()
-            .expect("start upload");
-        assert_eq!(started.status().as_u16(), 202, "start upload");
-        let location = started
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .expect("upload location")
-            .to_owned();
-        let location = if location.starts_with("http") {
-            location
-        } else {
-            self.url(&location)
-        };
-        let sep = if location.contains('?') { '&' } else { '?' };
-        let done = self
-            .authorize(self.http.put(&format!("{location}{sep}digest={digest}")))
-            .header("Content-Type", "application/octet-stream")
-            .send(data)
-            .expect("upload");
-        assert_eq!(done.status().as_u16(), 201, "upload {digest}");
-        digest
-    }
-
-    /// Puts a manifest (or index) under `reference`; returns its digest.
-    fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> String {
-        let mut response = self
-            .authorize(
-                self.http
-                    .put(&self.url(&format!("/v2/{repo}/manifests/{reference}"))),
-            )
-            .header("Content-Type", media_type)
-            .send(body)
-            .expect("put manifest");
-        assert_eq!(
-            response.status().as_u16(),
-            201,
-            "put manifest {repo}:{reference}: {}",
-            response.body_mut().read_to_string().unwrap_or_default()
-        );
-        format!("sha256:{}", sha256_hex(body))
-    }
-
-    /// Pushes a bytecode image (config with `labels`, one layer) under `tag`; returns the
-    /// manifest's digest and size.
-    fn push_image(
-        &self,
-        repo: &str,
-        tag: &str,
-        layer: &[u8],
-        labels: serde_json::Value,
-    ) -> (String, usize) {
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": bpfpin_agent::oci::node_architecture(),
-            "os": "linux",
-            "config": {"Labels": labels},
-            "rootfs": {"type": "layers", "diff_ids": []},
-        }))
-        .expect("config");
-        let config_digest = self.push_blob(repo, &config);
-        let layer_digest = self.push_blob(repo, layer);
-        let layer_type = if layer.starts_with(&[0x1f, 0x8b]) {
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-        } else {
-            "application/vnd.oci.image.layer.v1.tar"
-        };
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
-            "layers": [{"mediaType": layer_type, "digest": layer_digest, "size": layer.len()}],
-        }))
-        .expect("manifest");
-        (
-            self.push_manifest(repo, tag, OCI_MANIFEST, &manifest),
-            manifest.len(),
-        )
-    }
-
-    /// A docker config.json with `user:password` for this registry.
-    fn auth_file(&self, dir: &Path, user: &str, password: &str) -> PathBuf {
-        let path = dir.join(format!("auth-{user}-{}.json", password.len()));
-        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        std::fs::write(
-            &path,
-            serde_json::to_vec(&serde_json::json!({"auths": {self.host(): {"auth": auth}}}))
-                .expect("json"),
-        )
-        .expect("write");
-        path
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The labels bpfman's bytecode images carry.
-fn labels() -> serde_json::Value {
-    serde_json::json!({
-        "io.ebpf.programs": r#"{"count_getpid":"tracepoint","tail_target":"tracepoint"}"#,
-        "io.ebpf.maps": r#"{"counts":"array","packets":"array"}"#,
-    })
-}
-
-fn tar(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder.append_data(&mut header, path, *data).expect("tar");
-    }
-    builder.into_inner().expect("tar")
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(data).expect("gzip");
-    encoder.finish().expect("gzip")
-}
 
 /// A BpfObject pinning the counter's `count_getpid` from `image`.
 fn manifest(name: &str, image: &str, sha256: Option<&str>) -> String {
@@ -346,7 +53,7 @@ fn an_image_is_pulled_by_tag_and_by_digest_then_pinned_again_from_the_cache() {
     let object = bytes("counter");
     let object_digest = sha256_hex(&object);
     let layer = gzip(&tar(&[("bpf.o", &object), ("LICENSE", b"GPL-2.0")]));
-    let (digest, _) = registry.push_image("bpfman/counter", "v1", &layer, labels());
+    let (digest, _) = registry.push_image("bpfman/counter", "v1", &layer, counter_labels());
 
     let manifests = tempfile::tempdir().expect("tempdir");
     let cache = tempfile::tempdir().expect("tempdir");
@@ -437,14 +144,14 @@ fn an_index_leads_to_this_platform_and_plain_tar_layers_work() {
         "multi",
         "native",
         &tar(&[("opt/bytecode/counter.o", &object)]),
-        labels(),
+        counter_labels(),
     );
     // Another platform: not an ELF object at all, so following it would fail.
     let (other, other_size) = registry.push_image(
         "multi",
         "other",
         &gzip(&tar(&[("bpf.o", b"not elf")])),
-        labels(),
+        counter_labels(),
     );
     let other_arch = if bpfpin_agent::oci::node_architecture() == "s390x" {
         "amd64"
@@ -493,18 +200,18 @@ fn bad_references_and_bad_images_fail_clearly() {
     let registry = Registry::start(false);
     let object = bytes("counter");
     let good = gzip(&tar(&[("bpf.o", &object)]));
-    registry.push_image("good", "v1", &good, labels());
+    registry.push_image("good", "v1", &good, counter_labels());
     registry.push_image(
         "two",
         "v1",
         &gzip(&tar(&[("a.o", &object), ("b.o", &object)])),
-        labels(),
+        counter_labels(),
     );
     registry.push_image(
         "none",
         "v1",
         &gzip(&tar(&[("README", b"no object here")])),
-        labels(),
+        counter_labels(),
     );
     registry.push_image("nolabels", "v1", &good, serde_json::json!({}));
 
@@ -598,7 +305,7 @@ fn credentials_come_from_registry_auth() {
     let registry = Registry::start(true);
     let (user, password) = registry.credentials.clone().expect("credentials");
     let layer = gzip(&tar(&[("bpf.o", &bytes("counter"))]));
-    registry.push_image("private/counter", "v1", &layer, labels());
+    registry.push_image("private/counter", "v1", &layer, counter_labels());
 
     let manifests = tempfile::tempdir().expect("tempdir");
     let auth = tempfile::tempdir().expect("tempdir");
@@ -652,8 +359,8 @@ fn content_that_does_not_match_its_digest_is_refused() {
     require_root();
     let object = bytes("counter");
     let layer = gzip(&tar(&[("bpf.o", &object)]));
-    let config =
-        serde_json::to_vec(&serde_json::json!({"config": {"Labels": labels()}})).expect("config");
+    let config = serde_json::to_vec(&serde_json::json!({"config": {"Labels": counter_labels()}}))
+        .expect("config");
     let digest = |b: &[u8]| format!("sha256:{}", sha256_hex(b));
     let manifest_of = |layer_digest: &str| {
         serde_json::to_vec(&serde_json::json!({

@@ -2,6 +2,8 @@
 //! compiled from the C sources in the repo, dummy network interfaces.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod registry;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
