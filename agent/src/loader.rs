@@ -282,6 +282,7 @@ fn build_inner(
                 })
         })
         .collect::<Result<_, _>>()?;
+    check_globals_against_btf(&elf, &globals)?;
 
     let mut loader = EbpfLoader::new();
     // Without relocations the kernel's BTF is not needed (the patched aya then reads none).
@@ -575,6 +576,55 @@ fn pin_error(kind: &str, name: &str, path: &Path, err: &dyn std::error::Error) -
             chain(err)
         ),
     )
+}
+
+/// Checks each `globalData` override against the variable's type in the object's BTF: it must
+/// exist and the bytes must be exactly its size. Without BTF, aya's check (the ELF symbol's size)
+/// is all there is.
+fn check_globals_against_btf(
+    elf: &aya_obj::Object,
+    globals: &[(&str, Vec<u8>)],
+) -> Result<(), ObjectError> {
+    if globals.is_empty() {
+        return Ok(());
+    }
+    let Some(vars) = elf
+        .btf
+        .as_ref()
+        .and_then(|btf| crate::btf_vars::global_vars(&btf.to_bytes()))
+    else {
+        return Ok(());
+    };
+    for (name, bytes) in globals {
+        let Some(var) = vars.get(*name) else {
+            let known = vars.keys().map(String::as_str).collect::<Vec<_>>();
+            return Err(ObjectError::new(
+                Reason::InvalidGlobalData,
+                if known.is_empty() {
+                    format!("globalData {name}: the object declares no global variables")
+                } else {
+                    format!(
+                        "globalData {name}: the object declares no global variable {name} (it has: {})",
+                        known.join(", ")
+                    )
+                },
+            ));
+        };
+        if bytes.len() as u64 != var.size {
+            return Err(ObjectError::new(
+                Reason::InvalidGlobalData,
+                format!(
+                    "globalData {name} is {} byte{}, but {name} in {} is a {} of {} bytes (from the object's BTF)",
+                    bytes.len(),
+                    if bytes.len() == 1 { "" } else { "s" },
+                    var.section,
+                    var.type_name,
+                    var.size
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn load_error(err: &EbpfError) -> ObjectError {

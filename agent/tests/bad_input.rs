@@ -180,19 +180,93 @@ fn global_data_that_does_not_fit() {
         &format!("globalData: {{INCREMENT: AQ==}}\n{COUNTER}"),
         "counter",
     );
-    fails_alone(bad, "InvalidGlobalData", "globalData");
+    fails_alone(
+        bad,
+        "InvalidGlobalData",
+        "globalData INCREMENT is 1 byte, but INCREMENT in .rodata is a __u64 of 8 bytes",
+    );
     let bad = desired(
         "bad",
         &format!("globalData: {{NOPE: AQAAAAAAAAA=}}\n{COUNTER}"),
         "counter",
     );
-    fails_alone(bad, "InvalidGlobalData", "NOPE");
+    fails_alone(
+        bad,
+        "InvalidGlobalData",
+        "declares no global variable NOPE (it has: INCREMENT)",
+    );
     let bad = desired(
         "bad",
         &format!("globalData: {{INCREMENT: '***'}}\n{COUNTER}"),
         "counter",
     );
     fails_alone(bad, "InvalidGlobalData", "base64");
+}
+
+/// The object's BTF gives each variable's type: an override must be exactly that size, and the
+/// error names the type. Without BTF the ELF symbol's size is checked instead.
+#[test]
+fn global_data_is_checked_against_the_types_in_btf() {
+    let spec = |globals: &str| {
+        format!(
+            "bytecode: {{path: globals.bpf.o}}\nglobalData: {{{globals}}}\nprograms: [{{name: read_globals}}]\n"
+        )
+    };
+    for (globals, needle) in [
+        (
+            "LIMIT: AQAAAAAAAAA=",
+            "LIMIT is 8 bytes, but LIMIT in .rodata is a __u32 of 4 bytes",
+        ),
+        ("NAME: YnBm", "NAME in .rodata is a char[16] of 16 bytes"),
+        (
+            "CONFIG: AQ==",
+            "CONFIG in .rodata is a config_t of 16 bytes",
+        ),
+        ("NOPE: AQ==", "(it has: CONFIG, LIMIT, NAME)"),
+    ] {
+        fails_alone(
+            desired("bad", &spec(globals), "globals"),
+            "InvalidGlobalData",
+            needle,
+        );
+    }
+
+    // Stripped of its BTF, the object still loads, and aya's symbol-size check still refuses.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stripped = dir.path().join("globals.bpf.o");
+    let status = std::process::Command::new("llvm-objcopy")
+        .args(["--remove-section=.BTF", "--remove-section=.BTF.ext"])
+        .arg(bpf_object("globals"))
+        .arg(&stripped)
+        .status()
+        .expect("llvm-objcopy (package llvm; hack/deps installs it)");
+    assert!(status.success());
+    let stripped = std::fs::read(&stripped).expect("read");
+    assert!(
+        aya_obj::Object::parse(&stripped)
+            .expect("parse")
+            .btf
+            .is_none()
+    );
+    let mut bad = desired("bad", &spec("LIMIT: AQAAAAAAAAA="), "globals");
+    bad.bytecode = Ok(stripped.clone());
+    fails_alone(bad, "InvalidGlobalData", "LIMIT");
+
+    // Overrides of the right size pin, with BTF and without.
+    let fs = Bpffs::new();
+    let mut r = Reconciler::new(fs.path()).expect("reconciler");
+    let good = spec("LIMIT: BwAAAA==, NAME: AAAAAAAAAAAAAAAAAAAAAA==");
+    let mut plain = desired("plain", &good, "globals");
+    plain.bytecode = Ok(stripped);
+    let report = r.reconcile(
+        &[desired("typed", &good, "globals"), plain],
+        &BTreeSet::new(),
+    );
+    for o in &report.objects {
+        assert!(o.error.is_none(), "{}: {:?}", o.name, o.error);
+    }
+    assert!(fs.root().join("typed/progs/read_globals").exists());
+    assert!(fs.root().join("plain/progs/read_globals").exists());
 }
 
 #[test]
