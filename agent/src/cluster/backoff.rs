@@ -1,6 +1,7 @@
-//! Retries of objects whose failure may go away by itself (the bytecode file or ConfigMap key
-//! appears later), with exponential backoff. Other failures (a verifier rejection, a bad spec)
-//! wait for a change of the object, the node or the ConfigMap.
+//! Retries of objects whose failure may go away by itself, with exponential backoff: the bytecode
+//! file, ConfigMap key or URL becomes available, or an attach point appears (an interface created
+//! later, a pod's cgroup, a binary installed later). Other failures (a verifier rejection, a bad
+//! spec) wait for a change of the object, the node or the ConfigMap.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use crate::error::Reason;
 
 /// Whether a failure with this reason is retried on a timer.
 pub fn is_retryable(reason: Reason) -> bool {
-    matches!(reason, Reason::BytecodeUnavailable)
+    matches!(reason, Reason::BytecodeUnavailable | Reason::AttachFailed)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,8 +112,10 @@ mod tests {
     }
 
     #[test]
-    fn only_unavailable_bytecode_is_retried() {
+    fn only_failures_that_may_go_away_are_retried() {
         assert!(is_retryable(Reason::BytecodeUnavailable));
+        assert!(is_retryable(Reason::AttachFailed));
+        assert!(!is_retryable(Reason::DigestMismatch));
         assert!(!is_retryable(Reason::VerifierRejected));
         assert!(!is_retryable(Reason::InvalidSpec));
     }

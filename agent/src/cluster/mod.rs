@@ -2,7 +2,8 @@
 //! comes from; reconcile on every change; report in this node's `BpfNodeState`.
 //!
 //! - Event-driven: a change wakes one pass after a short debounce (bursts coalesce); the only
-//!   timers are the retry backoff of objects whose bytecode is unavailable, and the heartbeat.
+//!   timers are the retry backoff of objects whose bytecode is unavailable or whose attach point
+//!   is missing, and the heartbeat.
 //! - Passes run on the blocking pool, one at a time, only once the Node and the `BpfObject`s have
 //!   been listed completely. A failing watch keeps the last complete list, so an API server
 //!   outage changes no pin.
@@ -44,7 +45,7 @@ pub const DEFAULT_BYTECODE_DIR: &str = "/var/lib/bpfpin/bytecode";
 
 /// How long a change waits for more changes before the pass starts.
 const DEBOUNCE: Duration = Duration::from_millis(100);
-/// First retry of an object whose bytecode is unavailable; doubles up to [`RETRY_MAX`].
+/// First retry of an object whose bytecode or attach point is unavailable; doubles up to [`RETRY_MAX`].
 const RETRY_BASE: Duration = Duration::from_secs(5);
 /// The longest wait between retries.
 const RETRY_MAX: Duration = Duration::from_secs(300);
