@@ -327,16 +327,17 @@ fn a_shared_map_is_one_map_and_lives_until_its_last_user_goes() {
 #[test]
 fn xdp_links_are_pinned_per_interface_and_count_packets() {
     let fs = Bpffs::new();
-    let veth = Veth::new(1);
+    // Two interfaces: one pinned link each.
+    let (veth, veth2) = (Veth::new(1), Veth::new(5));
     let root = fs.root();
     let spec = format!(
         r#"
 bytecode: {{path: counter.bpf.o}}
 programs:
 - name: count_packets
-  attach: {{xdp: {{interfaces: [{}], mode: Skb}}}}
+  attach: {{xdp: {{interfaces: [{}, {}], mode: Skb}}}}
 "#,
-        veth.host
+        veth.host, veth2.host
     );
     let mut r = Reconciler::new(fs.path()).expect("reconciler");
     let report = r.reconcile(&[desired("xdp", &spec, "counter")], &none());
@@ -346,11 +347,28 @@ programs:
         report.objects[0].error
     );
     let link = root.join(format!("xdp/links/count_packets/xdp-{}", veth.host));
-    assert!(link.exists());
+    let link2 = root.join(format!("xdp/links/count_packets/xdp-{}", veth2.host));
+    assert_eq!(
+        tree(&root.join("xdp/links/count_packets")),
+        [format!("xdp-{}", veth.host), format!("xdp-{}", veth2.host)]
+    );
     drop(r);
     veth.ping_host(3);
     let packets = read_u64(&root.join("xdp/maps/packets"));
-    assert!(packets >= 3, "XDP counted {packets} packets");
+    assert!(
+        packets >= 3,
+        "XDP counted {packets} packets on {}",
+        veth.host
+    );
+    veth2.ping_host(4);
+    let packets2 = read_u64(&root.join("xdp/maps/packets"));
+    assert!(
+        packets2 >= packets + 4,
+        "XDP counted {} packets on {}",
+        packets2 - packets,
+        veth2.host
+    );
+    let packets = packets2;
 
     // An update replaces the program on the same link (an interface has one XDP link).
     let mut r = Reconciler::new(fs.path()).expect("reconciler");
@@ -365,7 +383,7 @@ programs:
         "{:?}",
         report.objects[0].error
     );
-    assert!(link.exists());
+    assert!(link.exists() && link2.exists());
     veth.ping_host(2);
     assert!(
         read_u64(&root.join("xdp/maps/packets")) >= packets + 2,
@@ -373,7 +391,7 @@ programs:
     );
 
     // An interface that does not exist fails the object with a clear reason.
-    let missing = spec.replace(&veth.host, "nosuchif0");
+    let missing = spec.replace(&format!("[{}, {}]", veth.host, veth2.host), "[nosuchif0]");
     let report = r.reconcile(
         &[
             desired("xdp", &updated, "counter"),
