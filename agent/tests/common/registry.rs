@@ -274,18 +274,60 @@ impl Registry {
         )
     }
 
-    /// Pushes `object` as a bytecode image in bpfman's format, as `docker build` makes it from
-    /// a `FROM scratch` + `COPY <file> /` Containerfile: one gzipped layer holding `/<file>`, and
-    /// `labels` (at least `io.ebpf.programs`). Returns `<host>/<repo>:<tag>`.
-    pub fn push_bytecode_image(
+    /// What `docker build -f <containerfile> <context>` and `docker push` do for a bytecode
+    /// image's Containerfile (as examples/image/Containerfile): `FROM scratch`, `COPY <files> /`
+    /// (one layer holding them), `LABEL key='value'` (the config's labels). Any other instruction
+    /// fails the test. Returns `<host>/<repo>:<tag>`.
+    pub fn push_containerfile(
         &self,
+        containerfile: &Path,
+        context: &Path,
         repo: &str,
         tag: &str,
-        file: &str,
-        object: &[u8],
-        labels: serde_json::Value,
     ) -> String {
-        self.push_image(repo, tag, &gzip(&tar(&[(file, object)])), labels);
+        let text = std::fs::read_to_string(containerfile)
+            .unwrap_or_else(|e| panic!("{}: {e}", containerfile.display()));
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut labels = serde_json::Map::new();
+        let mut from_scratch = false;
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (instruction, args) = line.split_once(' ').unwrap_or((line, ""));
+            match (instruction.to_ascii_uppercase().as_str(), args.trim()) {
+                ("FROM", "scratch") => from_scratch = true,
+                ("COPY", args) => {
+                    let words: Vec<&str> = args.split_whitespace().collect();
+                    let [sources @ .., "/"] = words.as_slice() else {
+                        panic!("{line}: a bytecode image copies its files to /");
+                    };
+                    for source in sources {
+                        let data = std::fs::read(context.join(source)).unwrap_or_else(|e| {
+                            panic!("{line}: {source} in {}: {e}", context.display())
+                        });
+                        files.push(((*source).to_owned(), data));
+                    }
+                }
+                ("LABEL", args) => {
+                    let (key, value) = args
+                        .split_once('=')
+                        .unwrap_or_else(|| panic!("{line}: LABEL key=value"));
+                    let value = value
+                        .strip_prefix('\'')
+                        .and_then(|v| v.strip_suffix('\''))
+                        .unwrap_or(value);
+                    labels.insert(key.to_owned(), value.into());
+                }
+                _ => panic!("{}: {line}: not a bytecode image", containerfile.display()),
+            }
+        }
+        assert!(from_scratch, "{}: FROM scratch", containerfile.display());
+        let entries: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(name, data)| (name.as_str(), data.as_slice()))
+            .collect();
+        self.push_image(repo, tag, &gzip(&tar(&entries)), labels.into());
         format!("{}/{repo}:{tag}", self.host())
     }
 
