@@ -44,6 +44,9 @@ pub struct Env {
     pub kubeconfig: PathBuf,
     /// Compiled BPF objects the agents may read (`--bytecode-dir`).
     pub bytecode_dir: tempfile::TempDir,
+    /// The agents' download caches (`--cache-dir`), one folder per node, so that a node pinning
+    /// a url or an image has fetched it itself (not from the host's /var/lib/bpfpin/cache).
+    pub cache_dir: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for Env {
@@ -74,6 +77,7 @@ impl Env {
             client,
             kubeconfig,
             bytecode_dir,
+            cache_dir: tempfile::tempdir()?,
         })
     }
 
@@ -137,6 +141,7 @@ impl Env {
             agent: None,
             kubeconfig: self.kubeconfig.clone(),
             bytecode_dir: self.bytecode_dir.path().to_path_buf(),
+            cache_dir: self.cache_dir.path().join(name),
         };
         node.start_agent()?;
         Ok(node)
@@ -415,6 +420,7 @@ pub struct SimNode {
     pub agent: Option<Proc>,
     kubeconfig: PathBuf,
     bytecode_dir: PathBuf,
+    cache_dir: PathBuf,
 }
 
 impl SimNode {
@@ -446,6 +452,8 @@ impl SimNode {
             .arg(&self.bpffs)
             .arg("--bytecode-dir")
             .arg(&self.bytecode_dir)
+            .arg("--cache-dir")
+            .arg(&self.cache_dir)
             .args(["--heartbeat-interval", "2s", "--metrics-addr", "none"])
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info")

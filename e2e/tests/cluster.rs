@@ -2,6 +2,9 @@
 //! simulated nodes running real agents on private bpffs mounts. Run through `e2e/run` (it starts
 //! the control plane, installs crds/ and runs these one at a time).
 
+#[path = "../../agent/tests/common/registry.rs"]
+mod registry;
+
 use std::time::Instant;
 
 use bpfpin_crds::ObjectPhase;
@@ -19,6 +22,31 @@ programs:
 - name: tail_target"#,
         env.object_path("counter")
     )
+}
+
+/// The manifest of `examples/<path>` as a user applies it, with a nodeSelector for this test's
+/// nodes (`e2e-group: <group>`) and `edit` applied to its spec; returns the object's name too.
+fn example(path: &str, group: &str, edit: impl FnOnce(&mut serde_yaml::Value)) -> (String, String) {
+    let file = repo().join("examples").join(path);
+    let text = std::fs::read_to_string(&file).expect("the example's manifest");
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("yaml");
+    doc["spec"]["nodeSelector"] =
+        serde_yaml::from_str(&format!("{{matchLabels: {{e2e-group: {group}}}}}")).expect("yaml");
+    edit(&mut doc["spec"]);
+    let name = doc["metadata"]["name"].as_str().expect("name").to_owned();
+    (name, serde_yaml::to_string(&doc).expect("yaml"))
+}
+
+/// Waits until `name` is Ready on `nodes` nodes.
+async fn ready_on(env: &Env, name: &str, nodes: i32) -> anyhow::Result<bpfpin_crds::BpfObject> {
+    env.wait_object(name, &format!("Ready on {nodes} nodes"), move |o| {
+        ready_is(o, "True")
+            && o.status
+                .as_ref()
+                .and_then(|s| s.nodes.as_ref())
+                .is_some_and(|n| n.ready == nodes)
+    })
+    .await
 }
 
 /// Waits until `name` is Ready=False at its generation with `nodes` failed nodes.
@@ -381,5 +409,272 @@ async fn every_example_and_the_crds_are_admitted() -> anyhow::Result<()> {
     // `kubectl explain` explains.
     let (ok, out) = env.kubectl(&["explain", "bpfobject.spec.maps.pinPath"], None);
     assert!(ok && out.contains("shared"), "{out}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configmap_example_pins_when_its_configmap_appears_and_reloads_when_it_changes()
+-> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let _op = env.operator("30s")?;
+    let nodes = [
+        env.node("cm-1", &[("e2e-group", "cm")]).await?,
+        env.node("cm-2", &[("e2e-group", "cm")]).await?,
+    ];
+    // examples/configmap names default/counter-bytecode, key counter.bpf.o.
+    let (name, manifest) = example("configmap/configmap.yaml", "cm", |_| {});
+    let kubectl = |args: &[&str], stdin: Option<&str>| {
+        let (ok, out) = env.kubectl(args, stdin);
+        assert!(ok, "kubectl {}: {out}", args.join(" "));
+        out
+    };
+    kubectl(
+        &[
+            "-n",
+            "default",
+            "delete",
+            "configmap",
+            "counter-bytecode",
+            "--ignore-not-found",
+        ],
+        None,
+    );
+
+    // Applied before its ConfigMap exists: BytecodeUnavailable on every node, saying which.
+    // (A ConfigMap without the key: bad_objects_fail_with_a_reason_and_others_stay_ready.)
+    env.apply(&manifest);
+    let o = failed_on(&env, &name, 2).await?;
+    let failure = &o.status.as_ref().expect("status").failures[0];
+    assert_eq!(failure.reason, "BytecodeUnavailable", "{failure:?}");
+    assert!(
+        failure
+            .message
+            .contains("configMap default/counter-bytecode does not exist"),
+        "{failure:?}"
+    );
+
+    // The ConfigMap made as the example's comment says: the object is pinned everywhere.
+    let from_file = format!("--from-file={}", env.object_path("counter"));
+    let started = Instant::now();
+    kubectl(
+        &[
+            "-n",
+            "default",
+            "create",
+            "configmap",
+            "counter-bytecode",
+            &from_file,
+        ],
+        None,
+    );
+    ready_on(&env, &name, 2).await?;
+    eprintln!(
+        "e2e: ConfigMap created -> Ready on 2 nodes: {} ms",
+        started.elapsed().as_millis()
+    );
+    let mut before = Vec::new();
+    for n in &nodes {
+        assert!(n.has_program(&name, "count_getpid"), "{} pinned it", n.name);
+        before.push(reported_ids(&env.node_states().get(&n.name).await?, &name));
+    }
+
+    // A changed object under the same key (the counter with another INCREMENT), updated as the
+    // comment says: every node loads the new one, and the object stays Ready.
+    let changed = tempfile::tempdir()?;
+    let src = changed.path().join("counter.bpf.c");
+    std::fs::write(
+        &src,
+        std::fs::read_to_string(repo().join("examples/counter/counter.bpf.c"))?
+            .replace("INCREMENT = 1;", "INCREMENT = 2;"),
+    )?;
+    let object = changed.path().join("counter.bpf.o");
+    compile_bpf(&src, &object)?;
+    let from_file = format!("--from-file={}", object.display());
+    let updated = kubectl(
+        &[
+            "-n",
+            "default",
+            "create",
+            "configmap",
+            "counter-bytecode",
+            &from_file,
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ],
+        None,
+    );
+    let started = Instant::now();
+    kubectl(&["apply", "-f", "-"], Some(&updated));
+    for (n, before) in nodes.iter().zip(&before) {
+        let state = env
+            .wait_node_state(&n.name, "the new object pinned", |s| {
+                entry(s, &name).is_some_and(|e| e.phase == ObjectPhase::Pinned)
+                    && !reported_ids(s, &name).is_empty()
+                    && reported_ids(s, &name) != *before
+            })
+            .await?;
+        assert_eq!(
+            n.program_id(&name, "count_getpid"),
+            reported_ids(&state, &name)
+                .iter()
+                .find(|(p, _)| p == "count_getpid")
+                .map(|(_, id)| *id),
+            "{} pins the program it reports",
+            n.name
+        );
+    }
+    eprintln!(
+        "e2e: ConfigMap updated -> new object pinned on 2 nodes: {} ms",
+        started.elapsed().as_millis()
+    );
+    ready_on(&env, &name, 2).await?;
+
+    env.delete(&name).await?;
+    env.wait_gone(&name).await?;
+    for n in &nodes {
+        assert!(!n.has_object(&name), "{} unpinned it", n.name);
+    }
+    kubectl(
+        &["-n", "default", "delete", "configmap", "counter-bytecode"],
+        None,
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_example_pulls_with_its_pull_secret_and_a_wrong_password_fails_alone()
+-> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let _op = env.operator("30s")?;
+    let nodes = [
+        env.node("img-1", &[("e2e-group", "img")]).await?,
+        env.node("img-2", &[("e2e-group", "img")]).await?,
+    ];
+    // A real registry with htpasswd auth; the image built from examples/image/Containerfile.
+    let registry = registry::Registry::start(true);
+    let (user, password) = registry.credentials.clone().expect("credentials");
+    let image = registry.push_containerfile(
+        &repo().join("examples/image/Containerfile"),
+        env.bytecode_dir.path(),
+        "bpfpin/counter",
+        "v1",
+    );
+
+    // Pull Secrets as the example's comment makes them: the right password and a wrong one.
+    let server = format!("--docker-server={}", registry.host());
+    let username = format!("--docker-username={user}");
+    for (secret, password) in [
+        ("registry-creds", password.as_str()),
+        ("registry-creds-wrong", "wrong-password"),
+    ] {
+        let (ok, out) = env.kubectl(
+            &[
+                "-n",
+                "default",
+                "delete",
+                "secret",
+                secret,
+                "--ignore-not-found",
+            ],
+            None,
+        );
+        assert!(ok, "{out}");
+        let password = format!("--docker-password={password}");
+        let (ok, out) = env.kubectl(
+            &[
+                "-n",
+                "default",
+                "create",
+                "secret",
+                "docker-registry",
+                secret,
+                &server,
+                &username,
+                &password,
+            ],
+            None,
+        );
+        assert!(ok, "kubectl create secret docker-registry {secret}: {out}");
+    }
+    let with_secret = |secret: &str| {
+        let image = image.clone();
+        let secret = secret.to_owned();
+        move |spec: &mut serde_yaml::Value| {
+            spec["bytecode"]["image"] = image.into();
+            spec["bytecode"]["imagePullSecret"] =
+                serde_yaml::from_str(&format!("{{namespace: default, name: {secret}}}"))
+                    .expect("yaml");
+        }
+    };
+
+    let (good, manifest) = example("image/image.yaml", "img", with_secret("registry-creds"));
+    let started = Instant::now();
+    env.apply(&manifest);
+    ready_on(&env, &good, 2).await?;
+    eprintln!(
+        "e2e: image with imagePullSecret: kubectl apply -> Ready on 2 nodes: {} ms",
+        started.elapsed().as_millis()
+    );
+    for n in &nodes {
+        assert!(n.has_program(&good, "count_getpid"), "{} pinned it", n.name);
+    }
+    // Each node pulled it itself, into its own cache.
+    let digest = bpfpin_agent::desired::sha256_hex(&std::fs::read(env.object_path("counter"))?);
+    for n in &nodes {
+        let cached = env
+            .cache_dir
+            .path()
+            .join(&n.name)
+            .join(format!("{digest}.bpf.o"));
+        assert!(cached.is_file(), "{} is missing", cached.display());
+    }
+
+    // The same image with the wrong password: failed on every node, naming the registry; the
+    // first object stays Ready.
+    let wrong = "counter-from-image-wrong-secret";
+    let (_, manifest) = example(
+        "image/image.yaml",
+        "img",
+        with_secret("registry-creds-wrong"),
+    );
+    let manifest = manifest.replace(&format!("name: {good}"), &format!("name: {wrong}"));
+    let started = Instant::now();
+    env.apply(&manifest);
+    let o = failed_on(&env, wrong, 2).await?;
+    eprintln!(
+        "e2e: image with a wrong pull-secret password: kubectl apply -> failed on 2 nodes: {} ms",
+        started.elapsed().as_millis()
+    );
+    let failure = &o.status.as_ref().expect("status").failures[0];
+    assert_eq!(failure.reason, "BytecodeUnavailable", "{failure:?}");
+    let refused = format!(
+        "image {image}: registry {} refused the credentials of \"docker\" (HTTP 401)",
+        registry.host()
+    );
+    assert!(failure.message.contains(&refused), "{failure:?}");
+    let (degraded, reason, msg) = condition(&o, "Degraded").expect("Degraded");
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "BytecodeUnavailable"),
+        "{msg}"
+    );
+    assert!(msg.contains(&registry.host()), "{msg}");
+    assert!(ready_is(&env.objects().get(&good).await?, "True"));
+    for n in &nodes {
+        assert!(n.has_program(&good, "count_getpid"), "{} kept it", n.name);
+        assert!(!n.has_object(wrong), "nothing of {wrong} on {}", n.name);
+    }
+
+    for name in [good.as_str(), wrong] {
+        env.delete(name).await?;
+    }
+    for name in [good.as_str(), wrong] {
+        env.wait_gone(name).await?;
+    }
+    for secret in ["registry-creds", "registry-creds-wrong"] {
+        let (ok, out) = env.kubectl(&["-n", "default", "delete", "secret", secret], None);
+        assert!(ok, "{out}");
+    }
     Ok(())
 }
