@@ -90,7 +90,24 @@ pub fn bpf_object(name: &str) -> PathBuf {
 }
 
 /// Compiles a BPF C source with clang (`-target bpf`) into `out`.
+///
+/// Two environment variables serve `hack/vm-test`, whose VM has no clang, so that these flags stay
+/// the only ones: with `BPFPIN_TEST_BPF_EXPORT=<dir>` (on the host) what clang built is also
+/// copied into `<dir>`; with `BPFPIN_TEST_BPF_PREBUILT=<dir>` (in the VM) `out` is copied from
+/// `<dir>/<file name of out>` and clang is not run.
 pub fn compile(src: &Path, out: &Path) {
+    let name = out.file_name().expect("an output file name");
+    if let Some(dir) = std::env::var_os("BPFPIN_TEST_BPF_PREBUILT") {
+        let prebuilt = Path::new(&dir).join(name);
+        std::fs::copy(&prebuilt, out).unwrap_or_else(|e| {
+            panic!(
+                "BPFPIN_TEST_BPF_PREBUILT: copying {} (prebuilt from {}): {e}",
+                prebuilt.display(),
+                src.display()
+            )
+        });
+        return;
+    }
     let arch = std::process::Command::new("gcc")
         .arg("-dumpmachine")
         .output()
@@ -113,6 +130,12 @@ pub fn compile(src: &Path, out: &Path) {
         src.display(),
         String::from_utf8_lossy(&output.stderr)
     );
+    if let Some(dir) = std::env::var_os("BPFPIN_TEST_BPF_EXPORT") {
+        std::fs::create_dir_all(&dir).expect("mkdir BPFPIN_TEST_BPF_EXPORT");
+        let exported = Path::new(&dir).join(name);
+        std::fs::copy(out, &exported)
+            .unwrap_or_else(|e| panic!("BPFPIN_TEST_BPF_EXPORT: {}: {e}", exported.display()));
+    }
 }
 
 pub fn bytes(name: &str) -> Vec<u8> {
