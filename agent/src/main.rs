@@ -64,9 +64,14 @@ enum Mode {
         /// A folder bytecode.path may resolve into (repeatable; default /var/lib/bpfpin/bytecode).
         #[arg(long = "bytecode-dir")]
         bytecode_dirs: Vec<PathBuf>,
-        /// How often the status is rewritten when nothing changed (500ms, 30s, 5m).
+        /// How often the heartbeat Lease `bpfpin-agent-<node>` is renewed (500ms, 30s, 5m). The
+        /// BpfNodeState is written only when something changed.
         #[arg(long, default_value = "30s", value_parser = flags::parse_duration)]
         heartbeat_interval: Duration,
+        /// Namespace of the heartbeat Lease: the operator's --lease-namespace, where it watches
+        /// the agents' Leases.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+        lease_namespace: String,
         /// Where /healthz, /readyz and /metrics listen (port 0: any free port; `none`: off).
         #[arg(long, default_value = "0.0.0.0:8081", value_parser = flags::parse_metrics_addr)]
         metrics_addr: MetricsAddr,
@@ -136,6 +141,7 @@ fn main() -> ExitCode {
             bpffs,
             bytecode_dirs,
             heartbeat_interval,
+            lease_namespace,
             metrics_addr,
             cache_dir,
             registry_auth,
@@ -151,6 +157,7 @@ fn main() -> ExitCode {
                     node_name,
                     bytecode_dirs,
                     heartbeat_interval,
+                    lease_namespace,
                     metrics_addr: metrics_addr.0,
                 },
             )

@@ -1,7 +1,6 @@
 //! `BpfNodeState`: one object per node, written by that node's agent, that says what is pinned
 //! there. One per node (not one per object per node) keeps the object count O(nodes).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -21,10 +20,9 @@ use serde::{Deserialize, Serialize};
     shortname = "bpfns",
     status = "BpfNodeStateStatus",
     derive = "PartialEq",
-    doc = "What the bpfpin agent of one node has pinned there. Named after the node, written only by that node's agent.",
+    doc = "What the bpfpin agent of one node has pinned there. Named after the node, written only by that node's agent, and only when something changed; the agent's heartbeat is the Lease bpfpin-agent-<node> (label bpfpin.io/agent-heartbeat) in the agents' namespace.",
     printcolumn(name = "Pinned", type_ = "integer", json_path = ".status.pinned"),
     printcolumn(name = "Failed", type_ = "integer", json_path = ".status.failed"),
-    printcolumn(name = "Heartbeat", type_ = "date", json_path = ".status.heartbeat"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -41,10 +39,6 @@ pub struct BpfNodeStateSpec {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct BpfNodeStateStatus {
-    /// When the agent last reported. The operator treats a node whose heartbeat is older than its
-    /// `--stale-after` bound as dead: it no longer blocks deletions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heartbeat: Option<Time>,
     /// The agent's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,

@@ -9,11 +9,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bpfpin_agent::cluster::heartbeat::lease_name;
 use bpfpin_crds::{BpfNodeState, BpfObject, NodeObjectState};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::wait::await_condition;
 use kube::{Client, ResourceExt};
+
+/// Where the operator and the simulated nodes' agents keep their Leases (`--lease-namespace`).
+pub const LEASE_NAMESPACE: &str = "kube-system";
 
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -101,6 +107,8 @@ impl Env {
                 "127.0.0.1:0",
                 "--debounce",
                 "100ms",
+                "--lease-namespace",
+                LEASE_NAMESPACE,
             ])
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info")
@@ -227,6 +235,36 @@ impl Env {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => bail!("watching {name}: {e}"),
             Err(_) => bail!("timed out after {WAIT:?} waiting for bpfobject/{name} to be deleted"),
+        }
+    }
+
+    /// When `node`'s agent last renewed its heartbeat Lease (None: no Lease yet).
+    pub async fn heartbeat(&self, node: &str) -> Result<Option<Timestamp>> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), LEASE_NAMESPACE);
+        Ok(leases
+            .get_opt(&lease_name(node))
+            .await?
+            .and_then(|l| l.spec?.renew_time)
+            .map(|t| t.0))
+    }
+
+    /// Waits until `node`'s agent renews its heartbeat Lease later than `after`: the agent lives
+    /// and its `BpfNodeState` is current (an agent renews only after writing it).
+    pub async fn wait_heartbeat_after(&self, node: &str, after: Option<Timestamp>) -> Result<()> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), LEASE_NAMESPACE);
+        let name = lease_name(node);
+        let fut = await_condition(leases, &name, move |l: Option<&Lease>| {
+            let renewed = l
+                .and_then(|l| l.spec.as_ref()?.renew_time.as_ref())
+                .map(|t| t.0);
+            renewed.is_some() && renewed > after
+        });
+        match tokio::time::timeout(WAIT, fut).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => bail!("watching Lease {name}: {e}"),
+            Err(_) => bail!(
+                "timed out after {WAIT:?} waiting for {node}'s agent to renew Lease {LEASE_NAMESPACE}/{name}"
+            ),
         }
     }
 
@@ -455,6 +493,7 @@ impl SimNode {
             .arg("--cache-dir")
             .arg(&self.cache_dir)
             .args(["--heartbeat-interval", "2s", "--metrics-addr", "none"])
+            .args(["--lease-namespace", LEASE_NAMESPACE])
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

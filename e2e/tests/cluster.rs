@@ -314,18 +314,12 @@ async fn an_agent_restart_keeps_program_ids() -> anyhow::Result<()> {
     let reported = reported_ids(&env.node_states().get("restart-1").await?, "restart");
 
     r.agent.as_mut().expect("agent").kill();
-    let old_beat = env
-        .node_states()
-        .get("restart-1")
-        .await?
-        .status
-        .and_then(|s| s.heartbeat);
+    let old_beat = env.heartbeat("restart-1").await?;
+    assert!(old_beat.is_some(), "the agent renewed its heartbeat Lease");
     r.start_agent()?;
-    let state = env
-        .wait_node_state("restart-1", "a new heartbeat", |s| {
-            s.status.as_ref().and_then(|st| st.heartbeat.clone()) != old_beat
-        })
-        .await?;
+    // The restarted agent renews its Lease once its BpfNodeState is current.
+    env.wait_heartbeat_after("restart-1", old_beat).await?;
+    let state = env.node_states().get("restart-1").await?;
     assert_eq!(
         r.program_id("restart", "count_getpid"),
         Some(before),

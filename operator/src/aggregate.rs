@@ -96,11 +96,13 @@ pub struct Aggregate {
     pub pending: Vec<PendingNode>,
 }
 
-/// Aggregates the reports of the selected `nodes`; `state_of` returns a node's `BpfNodeState`.
+/// Aggregates the reports of the selected `nodes`; `state_of` returns a node's `BpfNodeState`,
+/// `heartbeat_of` when its agent last renewed its heartbeat Lease.
 pub fn aggregate<'a>(
     input: &Input<'_>,
     nodes: impl IntoIterator<Item = NodeInfo<'a>>,
     state_of: impl Fn(&str) -> Option<Arc<BpfNodeState>>,
+    heartbeat_of: impl Fn(&str) -> Option<Timestamp>,
 ) -> Aggregate {
     let mut out = Aggregate {
         generation: input.generation,
@@ -137,7 +139,7 @@ pub fn aggregate<'a>(
             out.pending.push(pending(Waiting::NoNodeState));
             continue;
         };
-        match node_report::liveness(&state, input.now, input.stale_after) {
+        match node_report::liveness(heartbeat_of(node), input.now, input.stale_after) {
             Liveness::Live { .. } => {}
             Liveness::Stale { .. } => {
                 out.pending.push(pending(Waiting::Stale));
@@ -400,7 +402,7 @@ mod tests {
 
     use super::*;
     use crate::conditions::{find, is_true};
-    use crate::node_report::fixtures::{at, entry, failed, state, t0};
+    use crate::node_report::fixtures::{at, entry, failed, heartbeat, state, t0};
 
     const STALE: Duration = Duration::from_secs(90);
 
@@ -454,6 +456,7 @@ mod tests {
                     .iter()
                     .map(|(name, labels)| NodeInfo { name, labels }),
                 |n| self.states.get(n).cloned(),
+                |n| self.states.get(n).and_then(|s| heartbeat(s)),
             )
         }
     }

@@ -44,12 +44,13 @@ pub struct Decision {
 }
 
 /// Decides for object `name` / `uid` from every node state; `node_exists` says whether a Node of
-/// that name exists.
+/// that name exists, `heartbeat_of` when its agent last renewed its Lease.
 pub fn decide<'a>(
     name: &str,
     uid: Option<&str>,
     states: impl IntoIterator<Item = &'a BpfNodeState>,
     node_exists: impl Fn(&str) -> bool,
+    heartbeat_of: impl Fn(&str) -> Option<Timestamp>,
     now: Timestamp,
     stale_after: Duration,
 ) -> Decision {
@@ -65,7 +66,7 @@ pub fn decide<'a>(
             out.ignored.push((node.to_owned(), Ignored::NodeDeleted));
             continue;
         }
-        match node_report::liveness(state, now, stale_after) {
+        match node_report::liveness(heartbeat_of(node), now, stale_after) {
             Liveness::Live { stale_at } => out.blocking.push(Blocker {
                 node: node.to_owned(),
                 stale_at,
@@ -126,7 +127,7 @@ mod tests {
     use bpfpin_crds::ObjectPhase::{Failed, Pinned};
 
     use super::*;
-    use crate::node_report::fixtures::{at, entry, state, t0};
+    use crate::node_report::fixtures::{at, entry, heartbeat, state, t0};
 
     const STALE: Duration = Duration::from_secs(90);
 
@@ -136,6 +137,12 @@ mod tests {
             Some("uid-counter"),
             states,
             |n| existing.contains(&n),
+            |n| {
+                states
+                    .iter()
+                    .find(|s| s.metadata.name.as_deref() == Some(n))
+                    .and_then(heartbeat)
+            },
             t0(),
             STALE,
         )

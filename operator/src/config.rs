@@ -19,7 +19,8 @@ pub struct Args {
     #[arg(long, default_value = "90s", value_parser = parse_duration)]
     pub stale_after: Duration,
 
-    /// Namespace of the `bpfpin-operator` leader-election Lease.
+    /// Namespace of the `bpfpin-operator` leader-election Lease, and of the agents' heartbeat
+    /// Leases (`bpfpin-agent-<node>`; agents take it from their own --lease-namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
     pub lease_namespace: String,
 

@@ -22,7 +22,7 @@ use crate::events::{self, Notice};
 use crate::health::Health;
 use crate::messages;
 use crate::metrics::Metrics;
-use crate::node_report::now_seconds;
+use crate::node_report::{Heartbeats, now_seconds};
 use crate::watches::{self, CacheSync, NodeMeta, Resolver};
 
 /// The finalizer on every `BpfObject`.
@@ -41,6 +41,8 @@ pub struct Config {
     pub stale_after: Duration,
     /// Quiet time before a reconcile.
     pub debounce: Duration,
+    /// Where the agents' heartbeat Leases are (the `--lease-namespace`).
+    pub lease_namespace: String,
 }
 
 /// The caches the reconciler reads.
@@ -52,7 +54,9 @@ pub struct Stores {
     pub node_states: Store<BpfNodeState>,
     /// Nodes (metadata only).
     pub nodes: Store<NodeMeta>,
-    /// Whether all three hold a complete list.
+    /// The agents' heartbeats, by node.
+    pub heartbeats: Heartbeats,
+    /// Whether all of them hold a complete list.
     pub sync: CacheSync,
 }
 
@@ -164,6 +168,7 @@ async fn apply(obj: &BpfObject, ctx: &Context) -> Result<Action, Error> {
             })
         }),
         |node| ctx.stores.node_states.get(&ObjectRef::new(node)),
+        |node| ctx.stores.heartbeats.get(node),
     );
     let old = obj.status.as_ref();
     let status = aggregate.status(old, now);
@@ -269,6 +274,7 @@ async fn cleanup(obj: &BpfObject, ctx: &Context) -> Result<Action, Error> {
         uid,
         states.iter().map(AsRef::as_ref),
         |node| ctx.stores.nodes.get(&ObjectRef::new(node)).is_some(),
+        |node| ctx.stores.heartbeats.get(node),
         now,
         ctx.config.stale_after,
     );
@@ -321,6 +327,7 @@ pub async fn run(
         objects: objects.clone(),
         node_states,
         nodes,
+        heartbeats: Heartbeats::default(),
         sync: sync.clone(),
     };
     let controller = Controller::for_stream(
@@ -338,6 +345,8 @@ pub async fn run(
         tokio::spawn(watches::node_states(
             Api::all(client.clone()),
             node_states_writer,
+            Api::namespaced(client.clone(), &config.lease_namespace),
+            stores.heartbeats.clone(),
             resolver.clone(),
             config.stale_after,
             sync.clone(),
@@ -350,7 +359,7 @@ pub async fn run(
         )),
         tokio::spawn(async move {
             sync.wait().await;
-            tracing::info!("caches synced: BpfObjects, BpfNodeStates, Nodes");
+            tracing::info!("caches synced: BpfObjects, BpfNodeStates, heartbeat Leases, Nodes");
             health.set_ready(true);
         }),
     ];

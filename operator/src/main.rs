@@ -84,6 +84,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = controller::Config {
         stale_after: args.stale_after,
         debounce: args.debounce,
+        lease_namespace: args.lease_namespace.clone(),
     };
     tracing::info!(
         %identity,

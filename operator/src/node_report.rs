@@ -1,5 +1,8 @@
-//! Reading one node's `BpfNodeState`: is its agent alive, and what does it say about an object.
+//! Reading what one node reports: is its agent alive (its heartbeat Lease), and what does its
+//! `BpfNodeState` say about an object.
 
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bpfpin_crds::{BpfNodeState, NodeObjectState};
@@ -30,17 +33,50 @@ impl Liveness {
     }
 }
 
-/// The liveness of the agent that writes `state`, at `now`. A heartbeat in the future (clock skew)
-/// counts as fresh.
-pub fn liveness(state: &BpfNodeState, now: Timestamp, stale_after: Duration) -> Liveness {
-    let Some(heartbeat) = state.status.as_ref().and_then(|s| s.heartbeat.as_ref()) else {
+/// The liveness of an agent whose heartbeat Lease was last renewed at `heartbeat` (None: it never
+/// renewed one), at `now`. A heartbeat in the future (clock skew) counts as fresh.
+pub fn liveness(heartbeat: Option<Timestamp>, now: Timestamp, stale_after: Duration) -> Liveness {
+    let Some(heartbeat) = heartbeat else {
         return Liveness::NoHeartbeat;
     };
-    let stale_at = add(heartbeat.0, stale_after);
+    let stale_at = add(heartbeat, stale_after);
     if now < stale_at {
         Liveness::Live { stale_at }
     } else {
-        Liveness::Stale { last: heartbeat.0 }
+        Liveness::Stale { last: heartbeat }
+    }
+}
+
+/// The agents' heartbeats by node name: the `renewTime` of each `bpfpin-agent-<node>` Lease.
+/// Written by the Lease watch, read by the reconciler.
+#[derive(Debug, Clone, Default)]
+pub struct Heartbeats(Arc<RwLock<HashMap<String, Timestamp>>>);
+
+impl Heartbeats {
+    /// The last renewal of `node`'s Lease.
+    pub fn get(&self, node: &str) -> Option<Timestamp> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(node)
+            .copied()
+    }
+
+    /// Forgets the nodes for which `keep` is false.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|node, _| keep(node));
+    }
+
+    /// Records (or, with None, forgets) `node`'s last renewal.
+    pub fn set(&self, node: &str, renewed: Option<Timestamp>) {
+        let mut map = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        match renewed {
+            Some(t) => map.insert(node.to_owned(), t),
+            None => map.remove(node),
+        };
     }
 }
 
@@ -95,7 +131,7 @@ pub mod fixtures {
     //! Builders shared by the unit tests of the modules that read node states.
 
     use bpfpin_crds::{BpfNodeStateSpec, BpfNodeStateStatus, ObjectPhase};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::ResourceExt;
 
     use super::*;
 
@@ -130,7 +166,16 @@ pub mod fixtures {
         }
     }
 
-    /// The state of `node` with a heartbeat at `heartbeat` (None: never reported).
+    /// Where [`state`] keeps the heartbeat, so that a test lists a node's report in one place
+    /// (in the cluster it is the node's Lease, see [`Heartbeats`]).
+    const HEARTBEAT: &str = "test.bpfpin.io/heartbeat";
+
+    /// The heartbeat [`state`] was given.
+    pub fn heartbeat(state: &BpfNodeState) -> Option<Timestamp> {
+        state.annotations().get(HEARTBEAT)?.parse().ok()
+    }
+
+    /// The state of `node`, whose agent's heartbeat is at `heartbeat` (None: never reported).
     pub fn state(
         node: &str,
         heartbeat: Option<Timestamp>,
@@ -142,8 +187,10 @@ pub mod fixtures {
                 node_name: node.into(),
             },
         );
+        if let Some(t) = heartbeat {
+            s.annotations_mut().insert(HEARTBEAT.into(), t.to_string());
+        }
         s.status = Some(BpfNodeStateStatus {
-            heartbeat: heartbeat.map(Time),
             objects,
             ..Default::default()
         });
@@ -162,20 +209,28 @@ mod tests {
 
     #[test]
     fn liveness_by_heartbeat_age() {
-        let fresh = state("n1", Some(at(-30)), vec![]);
         assert_eq!(
-            liveness(&fresh, t0(), STALE),
+            liveness(Some(at(-30)), t0(), STALE),
             Liveness::Live { stale_at: at(60) }
         );
-        let edge = state("n1", Some(at(-90)), vec![]);
         assert_eq!(
-            liveness(&edge, t0(), STALE),
+            liveness(Some(at(-90)), t0(), STALE),
             Liveness::Stale { last: at(-90) }
         );
-        let future = state("n1", Some(at(30)), vec![]);
-        assert!(liveness(&future, t0(), STALE).is_live());
-        let never = state("n1", None, vec![]);
-        assert_eq!(liveness(&never, t0(), STALE), Liveness::NoHeartbeat);
+        assert!(liveness(Some(at(30)), t0(), STALE).is_live());
+        assert_eq!(liveness(None, t0(), STALE), Liveness::NoHeartbeat);
+    }
+
+    #[test]
+    fn heartbeats_by_node() {
+        let h = Heartbeats::default();
+        h.set("n1", Some(t0()));
+        assert_eq!(h.clone().get("n1"), Some(t0()));
+        h.set("n1", None);
+        assert_eq!(h.get("n1"), None);
+        let s = state("n2", Some(at(-5)), vec![]);
+        assert_eq!(heartbeat(&s), Some(at(-5)));
+        assert_eq!(heartbeat(&state("n2", None, vec![])), None);
     }
 
     #[test]

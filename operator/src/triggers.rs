@@ -1,6 +1,6 @@
 //! Which `BpfObject`s to reconcile when a `BpfNodeState` or a `Node` changes.
 //!
-//! Agents refresh their heartbeat every few seconds; reconciling every object on each heartbeat
+//! Agents renew their heartbeat Lease every few seconds; reconciling every object on each renewal
 //! would cost CPU for nothing. These indexes remember what matters of each watched object (the
 //! status of each entry, whether the agent is live, the Node's labels) and turn a watch event into
 //! the set of objects whose status or deletion can change. They follow the watcher's
@@ -81,26 +81,46 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn of(state: &BpfNodeState, now: Timestamp, stale_after: Duration) -> Self {
+    fn of(
+        state: &BpfNodeState,
+        heartbeat: Option<Timestamp>,
+        now: Timestamp,
+        stale_after: Duration,
+    ) -> Self {
         let mut entries: BTreeMap<String, Vec<EntryKey>> = BTreeMap::new();
         for e in state.status.iter().flat_map(|s| &s.objects) {
             entries.entry(e.name.clone()).or_default().push(e.into());
         }
-        let stale_at = match node_report::liveness(state, now, stale_after) {
-            Liveness::Live { stale_at } => Some(stale_at),
-            Liveness::Stale { .. } | Liveness::NoHeartbeat => None,
-        };
-        Self { entries, stale_at }
+        Self {
+            entries,
+            stale_at: stale_at(heartbeat, now, stale_after),
+        }
     }
 }
 
-/// Index of `BpfNodeState`s.
+/// When an agent whose heartbeat is at `heartbeat` turns stale (None: it is not live).
+fn stale_at(
+    heartbeat: Option<Timestamp>,
+    now: Timestamp,
+    stale_after: Duration,
+) -> Option<Timestamp> {
+    match node_report::liveness(heartbeat, now, stale_after) {
+        Liveness::Live { stale_at } => Some(stale_at),
+        Liveness::Stale { .. } | Liveness::NoHeartbeat => None,
+    }
+}
+
+/// Index of `BpfNodeState`s and of the agents' heartbeats (their Leases).
 #[derive(Debug)]
 pub struct NodeStateIndex {
     stale_after: Duration,
     nodes: HashMap<String, Tracked>,
+    /// The last heartbeat of each agent, by node (also of nodes without a state yet).
+    heartbeats: HashMap<String, Timestamp>,
     /// Names seen since the last `init` (a relist), while one is in progress.
     relisting: Option<HashSet<String>>,
+    /// Nodes whose Lease was seen since the last `heartbeats_init`, while a relist is in progress.
+    relisting_heartbeats: Option<HashSet<String>>,
 }
 
 impl NodeStateIndex {
@@ -109,8 +129,52 @@ impl NodeStateIndex {
         Self {
             stale_after,
             nodes: HashMap::new(),
+            heartbeats: HashMap::new(),
             relisting: None,
+            relisting_heartbeats: None,
         }
+    }
+
+    /// An agent's heartbeat Lease was renewed (`Some`) or deleted (`None`). Only a change of
+    /// liveness matters: the objects the node lists, and those selecting it.
+    pub fn heartbeat(&mut self, node: &str, renewed: Option<Timestamp>, now: Timestamp) -> Trigger {
+        if let Some(seen) = &mut self.relisting_heartbeats {
+            seen.insert(node.to_owned());
+        }
+        match renewed {
+            Some(t) => self.heartbeats.insert(node.to_owned(), t),
+            None => self.heartbeats.remove(node),
+        };
+        let mut t = Trigger::default();
+        if let Some(tracked) = self.nodes.get_mut(node) {
+            let new = stale_at(renewed, now, self.stale_after);
+            if tracked.stale_at.is_some() != new.is_some() {
+                t.objects.extend(tracked.entries.keys().cloned());
+                t.nodes.insert(node.to_owned());
+            }
+            tracked.stale_at = new;
+        }
+        t
+    }
+
+    /// Whether `node`'s agent has a heartbeat on record.
+    pub fn has_heartbeat(&self, node: &str) -> bool {
+        self.heartbeats.contains_key(node)
+    }
+
+    /// A relist of the Leases begins.
+    pub fn heartbeats_init(&mut self) {
+        self.relisting_heartbeats = Some(HashSet::new());
+    }
+
+    /// The relist of the Leases is complete: Leases not seen again were deleted meanwhile.
+    pub fn heartbeats_init_done(&mut self, now: Timestamp) -> Trigger {
+        let gone = not_relisted(&mut self.relisting_heartbeats, self.heartbeats.keys());
+        let mut t = Trigger::default();
+        for node in gone {
+            t.merge(self.heartbeat(&node, None, now));
+        }
+        t
     }
 
     /// A node state was created or changed.
@@ -121,7 +185,12 @@ impl NodeStateIndex {
         if let Some(seen) = &mut self.relisting {
             seen.insert(node.clone());
         }
-        let new = Tracked::of(state, now, self.stale_after);
+        let new = Tracked::of(
+            state,
+            self.heartbeats.get(&node).copied(),
+            now,
+            self.stale_after,
+        );
         let mut t = Trigger::default();
         match self.nodes.get(&node) {
             None => {
@@ -291,7 +360,15 @@ mod tests {
     use bpfpin_crds::ObjectPhase::{Pending, Pinned};
 
     use super::*;
-    use crate::node_report::fixtures::{at, entry, failed, state, t0};
+    use crate::node_report::fixtures::{at, entry, failed, heartbeat, state, t0};
+
+    /// What an agent does: renew its Lease (the heartbeat `s` was built with), write its state.
+    fn report(idx: &mut NodeStateIndex, s: BpfNodeState, now: Timestamp) -> Trigger {
+        let node = s.metadata.name.clone().expect("named");
+        let mut t = idx.heartbeat(&node, heartbeat(&s), now);
+        t.merge(idx.apply(&s, now));
+        t
+    }
 
     const STALE: Duration = Duration::from_secs(90);
 
@@ -302,7 +379,11 @@ mod tests {
     #[test]
     fn a_new_agent_triggers_what_it_lists_and_its_node() {
         let mut idx = NodeStateIndex::new(STALE);
-        let t = idx.apply(&state("n1", Some(t0()), vec![entry("a", 1, Pinned)]), t0());
+        let t = report(
+            &mut idx,
+            state("n1", Some(t0()), vec![entry("a", 1, Pinned)]),
+            t0(),
+        );
         assert_eq!(names(&t), ["a"]);
         assert!(t.nodes.contains("n1"));
     }
@@ -311,12 +392,12 @@ mod tests {
     fn heartbeat_only_changes_trigger_nothing() {
         let mut idx = NodeStateIndex::new(STALE);
         let objects = vec![entry("a", 1, Pinned), entry("b", 1, Pending)];
-        idx.apply(&state("n1", Some(t0()), objects.clone()), t0());
+        report(&mut idx, state("n1", Some(t0()), objects.clone()), t0());
         for s in [10, 40, 70] {
             let mut changed = objects.clone();
             // Fields the operator does not read (pin paths, program ids) do not matter either.
             changed[0].path = Some(format!("/sys/fs/bpf/bpfpin/a-{s}"));
-            let t = idx.apply(&state("n1", Some(at(s)), changed), at(s));
+            let t = report(&mut idx, state("n1", Some(at(s)), changed), at(s));
             assert!(t.is_empty(), "{t:?}");
         }
     }
@@ -324,8 +405,9 @@ mod tests {
     #[test]
     fn entry_changes_trigger_exactly_those_objects() {
         let mut idx = NodeStateIndex::new(STALE);
-        idx.apply(
-            &state(
+        report(
+            &mut idx,
+            state(
                 "n1",
                 Some(t0()),
                 vec![
@@ -336,8 +418,9 @@ mod tests {
             ),
             t0(),
         );
-        let t = idx.apply(
-            &state(
+        let t = report(
+            &mut idx,
+            state(
                 "n1",
                 Some(at(5)),
                 vec![
@@ -357,7 +440,11 @@ mod tests {
     #[test]
     fn liveness_changes_trigger_listed_objects_and_selecting_ones() {
         let mut idx = NodeStateIndex::new(STALE);
-        idx.apply(&state("n1", Some(t0()), vec![entry("a", 1, Pinned)]), t0());
+        report(
+            &mut idx,
+            state("n1", Some(t0()), vec![entry("a", 1, Pinned)]),
+            t0(),
+        );
         assert!(idx.tick(at(89)).is_empty());
         let t = idx.tick(at(90));
         assert_eq!(names(&t), ["a"]);
@@ -365,8 +452,9 @@ mod tests {
         assert!(idx.tick(at(200)).is_empty(), "reported once");
 
         // The agent comes back with the same entries: live again.
-        let t = idx.apply(
-            &state("n1", Some(at(300)), vec![entry("a", 1, Pinned)]),
+        let t = report(
+            &mut idx,
+            state("n1", Some(at(300)), vec![entry("a", 1, Pinned)]),
             at(300),
         );
         assert_eq!(names(&t), ["a"]);
@@ -376,26 +464,88 @@ mod tests {
     #[test]
     fn a_stale_state_applied_late_is_seen_as_stale() {
         let mut idx = NodeStateIndex::new(STALE);
-        idx.apply(&state("n1", Some(t0()), vec![entry("a", 1, Pinned)]), t0());
+        report(
+            &mut idx,
+            state("n1", Some(t0()), vec![entry("a", 1, Pinned)]),
+            t0(),
+        );
         // An update that arrives after the heartbeat went stale (e.g. an entry edit by hand).
-        let t = idx.apply(
-            &state("n1", Some(t0()), vec![entry("a", 1, Pinned)]),
+        let t = report(
+            &mut idx,
+            state("n1", Some(t0()), vec![entry("a", 1, Pinned)]),
             at(100),
         );
         assert_eq!(names(&t), ["a"]);
     }
 
     #[test]
+    fn lease_renewals_trigger_nothing_and_a_deleted_lease_is_a_dead_agent() {
+        let mut idx = NodeStateIndex::new(STALE);
+        report(
+            &mut idx,
+            state("n1", Some(t0()), vec![entry("a", 1, Pinned)]),
+            t0(),
+        );
+        for s in [30, 60, 89] {
+            assert!(idx.heartbeat("n1", Some(at(s)), at(s)).is_empty());
+        }
+        // Renewed at 89: live until 179.
+        assert!(idx.tick(at(178)).is_empty());
+        let t = idx.heartbeat("n1", None, at(100));
+        assert_eq!(names(&t), ["a"]);
+        assert!(t.nodes.contains("n1"));
+        // A Lease of a node without a state yet changes nothing (its objects say "no state").
+        assert!(idx.heartbeat("n9", Some(t0()), t0()).is_empty());
+        // Its state arrives: the agent is live from the start.
+        let t = idx.apply(&state("n9", None, vec![entry("b", 1, Pinned)]), at(1));
+        assert_eq!(names(&t), ["b"]);
+        assert!(idx.tick(at(89)).is_empty());
+        assert_eq!(names(&idx.tick(at(90))), ["b"]);
+    }
+
+    #[test]
+    fn a_lease_relist_forgets_deleted_leases() {
+        let mut idx = NodeStateIndex::new(STALE);
+        report(
+            &mut idx,
+            state("n1", Some(t0()), vec![entry("a", 1, Pinned)]),
+            t0(),
+        );
+        report(
+            &mut idx,
+            state("n2", Some(t0()), vec![entry("b", 1, Pinned)]),
+            t0(),
+        );
+        idx.heartbeats_init();
+        assert!(idx.heartbeat("n2", Some(at(5)), at(5)).is_empty());
+        let t = idx.heartbeats_init_done(at(5));
+        assert_eq!(names(&t), ["a"], "n1's Lease vanished during the relist");
+        assert!(idx.heartbeats_init_done(at(6)).is_empty());
+    }
+
+    #[test]
     fn deletes_and_relists() {
         let mut idx = NodeStateIndex::new(STALE);
-        idx.apply(&state("n1", Some(t0()), vec![entry("a", 1, Pinned)]), t0());
-        idx.apply(&state("n2", Some(t0()), vec![entry("b", 1, Pinned)]), t0());
+        report(
+            &mut idx,
+            state("n1", Some(t0()), vec![entry("a", 1, Pinned)]),
+            t0(),
+        );
+        report(
+            &mut idx,
+            state("n2", Some(t0()), vec![entry("b", 1, Pinned)]),
+            t0(),
+        );
         let t = idx.delete("n1");
         assert_eq!(names(&t), ["a"]);
         assert!(idx.delete("n1").is_empty());
 
         idx.init();
-        let t = idx.apply(&state("n3", Some(t0()), vec![entry("c", 1, Pinned)]), t0());
+        let t = report(
+            &mut idx,
+            state("n3", Some(t0()), vec![entry("c", 1, Pinned)]),
+            t0(),
+        );
         assert_eq!(names(&t), ["c"]);
         let t = idx.init_done();
         assert_eq!(names(&t), ["b"], "n2 vanished during the relist");

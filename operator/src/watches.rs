@@ -1,5 +1,6 @@
-//! The secondary watches: `BpfNodeState`s and Nodes (metadata only), each reflected into a store
-//! the reconciler reads, and turned into reconcile requests through the indexes of
+//! The secondary watches: `BpfNodeState`s, the agents' heartbeat Leases (label selector
+//! `bpfpin.io/agent-heartbeat=true`, one namespace) and Nodes (metadata only), each reflected
+//! into what the reconciler reads, and turned into reconcile requests through the indexes of
 //! [`crate::triggers`]. No polling: the only timer is an in-memory check for agents whose
 //! heartbeat just went stale.
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 use bpfpin_crds::{BpfNodeState, BpfObject};
 use futures::channel::mpsc::UnboundedSender;
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::PartialObjectMeta;
@@ -19,7 +21,11 @@ use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 
+use crate::node_report::Heartbeats;
 use crate::triggers::{self, NodeIndex, NodeStateIndex, Trigger};
+
+/// The label of the agents' heartbeat Leases (`bpfpin-agent-<node>`, `holderIdentity: <node>`).
+pub const AGENT_LEASE_LABEL: &str = "bpfpin.io/agent-heartbeat";
 
 /// How often agents' liveness is re-judged in memory.
 const LIVENESS_TICK: Duration = Duration::from_secs(1);
@@ -27,7 +33,7 @@ const LIVENESS_TICK: Duration = Duration::from_secs(1);
 /// Node metadata, as reflected.
 pub type NodeMeta = PartialObjectMeta<Node>;
 
-/// The three caches.
+/// The caches.
 #[derive(Debug, Clone, Copy)]
 pub enum Cache {
     /// `BpfObject`s.
@@ -36,9 +42,12 @@ pub enum Cache {
     NodeStates = 2,
     /// Nodes.
     Nodes = 4,
+    /// The agents' heartbeat Leases. Until they are listed every agent would look dead.
+    Heartbeats = 8,
 }
 
-const ALL_CACHES: u8 = Cache::Objects as u8 | Cache::NodeStates as u8 | Cache::Nodes as u8;
+const ALL_CACHES: u8 =
+    Cache::Objects as u8 | Cache::NodeStates as u8 | Cache::Nodes as u8 | Cache::Heartbeats as u8;
 
 /// Whether every cache has completed its first list. `Store::wait_until_ready` cannot be shared:
 /// its oneshot wakes only the last task that polled it (the controller's own runner waits on the
@@ -128,10 +137,21 @@ impl Resolver {
     }
 }
 
-/// Watches `BpfNodeState`s into `writer` until dropped.
+/// The node whose agent holds `lease`, and when it last renewed it.
+fn heartbeat_of(lease: &Lease) -> Option<(String, Option<Timestamp>)> {
+    let spec = lease.spec.as_ref()?;
+    let node = spec.holder_identity.clone()?;
+    Some((node, spec.renew_time.as_ref().map(|t| t.0)))
+}
+
+/// Watches `BpfNodeState`s into `writer` and the agents' heartbeat Leases (in `leases`' namespace)
+/// into `heartbeats`, until dropped. One task for both, so that the index judging liveness sees
+/// them in order.
 pub async fn node_states(
     api: Api<BpfNodeState>,
     writer: Writer<BpfNodeState>,
+    leases: Api<Lease>,
+    heartbeats: Heartbeats,
     resolver: Resolver,
     stale_after: Duration,
     sync: CacheSync,
@@ -142,12 +162,21 @@ pub async fn node_states(
             .default_backoff()
             .reflect(writer)
     );
+    let mut lease_events = pin!(
+        watcher(
+            leases,
+            watcher::Config::default()
+                .labels(&format!("{AGENT_LEASE_LABEL}=true"))
+                .any_semantic()
+        )
+        .default_backoff()
+    );
     let mut tick = tokio::time::interval(LIVENESS_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        let trigger = tokio::select! {
+        let (trigger, cause) = tokio::select! {
             event = events.next() => match event {
-                Some(Ok(event)) => match event {
+                Some(Ok(event)) => (match event {
                     watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
                         index.apply(&s, Timestamp::now())
                     }
@@ -160,16 +189,51 @@ pub async fn node_states(
                         sync.mark(Cache::NodeStates);
                         index.init_done()
                     }
-                },
+                }, "BpfNodeState"),
                 Some(Err(error)) => {
                     tracing::warn!(%error, "watching BpfNodeStates");
-                    Trigger::default()
+                    (Trigger::default(), "")
                 }
                 None => return,
             },
-            _ = tick.tick() => index.tick(Timestamp::now()),
+            event = lease_events.next() => match event {
+                Some(Ok(event)) => (match event {
+                    watcher::Event::Apply(l) | watcher::Event::InitApply(l) => {
+                        match heartbeat_of(&l) {
+                            Some((node, renewed)) => {
+                                heartbeats.set(&node, renewed);
+                                index.heartbeat(&node, renewed, Timestamp::now())
+                            }
+                            None => Trigger::default(),
+                        }
+                    }
+                    watcher::Event::Delete(l) => match heartbeat_of(&l) {
+                        Some((node, _)) => {
+                            heartbeats.set(&node, None);
+                            index.heartbeat(&node, None, Timestamp::now())
+                        }
+                        None => Trigger::default(),
+                    },
+                    watcher::Event::Init => {
+                        index.heartbeats_init();
+                        Trigger::default()
+                    }
+                    watcher::Event::InitDone => {
+                        let t = index.heartbeats_init_done(Timestamp::now());
+                        heartbeats.retain(|node| index.has_heartbeat(node));
+                        sync.mark(Cache::Heartbeats);
+                        t
+                    }
+                }, "heartbeat Lease"),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "watching the agents' heartbeat Leases");
+                    (Trigger::default(), "")
+                }
+                None => return,
+            },
+            _ = tick.tick() => (index.tick(Timestamp::now()), "heartbeat went stale"),
         };
-        resolver.send(&trigger, "BpfNodeState");
+        resolver.send(&trigger, cause);
     }
 }
 
@@ -226,6 +290,7 @@ mod tests {
         tokio::task::yield_now().await;
         sync.mark(Cache::Objects);
         sync.mark(Cache::Nodes);
+        sync.mark(Cache::Heartbeats);
         tokio::task::yield_now().await;
         assert!(waiters.iter().all(|w| !w.is_finished()));
         sync.mark(Cache::NodeStates);

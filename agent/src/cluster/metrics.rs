@@ -21,6 +21,8 @@ pub enum Write {
     Object,
     /// Its status.
     Status,
+    /// A renewal of the heartbeat Lease.
+    Heartbeat,
 }
 
 #[derive(Debug, Default)]
@@ -31,7 +33,7 @@ struct State {
     pins: [u64; 3],
     buckets: [u64; BUCKETS.len()],
     duration_sum: f64,
-    writes: [u64; 2],
+    writes: [u64; 3],
 }
 
 /// Metrics of one agent, shared by the pass loop and the HTTP server.
@@ -145,7 +147,7 @@ impl Metrics {
             "Duration of reconcile passes.",
             &duration,
         );
-        let writes: Vec<_> = ["object", "status"]
+        let writes: Vec<_> = ["object", "status", "heartbeat"]
             .iter()
             .zip(s.writes)
             .map(|(kind, n)| (format!("{{kind=\"{kind}\"}}"), n.to_string()))
@@ -153,7 +155,7 @@ impl Metrics {
         family(
             "bpfpin_agent_api_writes_total",
             "counter",
-            "Writes to the API server (the BpfNodeState object and its status), by kind.",
+            "Writes to the API server (the BpfNodeState object, its status, the heartbeat Lease), by kind.",
             &writes,
         );
         out

@@ -3,7 +3,8 @@
 //!
 //! - Event-driven: a change wakes one pass after a short debounce (bursts coalesce); the only
 //!   timers are the retry backoff of objects whose bytecode is unavailable or whose attach point
-//!   is missing, and the heartbeat.
+//!   is missing, and the heartbeat (a small Lease, [`heartbeat`]; the `BpfNodeState` is written
+//!   only when something changed).
 //! - Passes run on the blocking pool, one at a time, only once the Node and the `BpfObject`s have
 //!   been listed completely. A failing watch keeps the last complete list, so an API server
 //!   outage changes no pin.
@@ -14,6 +15,7 @@ pub mod bytecode;
 pub mod configmaps;
 pub mod desired_set;
 pub mod flags;
+pub mod heartbeat;
 pub mod http;
 pub mod index;
 pub mod metrics;
@@ -35,6 +37,7 @@ use tracing::Instrument;
 
 use self::backoff::{Retries, is_retryable};
 use self::configmaps::ConfigMapWatches;
+use self::heartbeat::Heartbeat;
 use self::metrics::Metrics;
 use self::node_state::StatusWriter;
 use self::watch::{SharedInputs, Trigger};
@@ -57,9 +60,10 @@ pub struct ClusterConfig {
     pub node_name: String,
     /// Folders `bytecode.path` may resolve into (empty: [`DEFAULT_BYTECODE_DIR`]).
     pub bytecode_dirs: Vec<PathBuf>,
-    /// How often the status is rewritten when nothing changed, so the operator knows the agent
-    /// lives.
+    /// How often the heartbeat Lease is renewed, so the operator knows the agent lives.
     pub heartbeat_interval: Duration,
+    /// The namespace of the heartbeat Lease (the operator's `--lease-namespace`).
+    pub lease_namespace: String,
     /// Where `/healthz`, `/readyz` and `/metrics` are served; `None` serves nothing.
     pub metrics_addr: Option<SocketAddr>,
     /// Downloads `bytecode.url`.
@@ -118,6 +122,7 @@ struct Agent {
     configmaps: ConfigMapWatches,
     retries: Retries,
     writer: StatusWriter,
+    heartbeat: Heartbeat,
     metrics: Arc<Metrics>,
     /// The status after the last pass, and the Node uid it belongs to.
     status: Option<(BpfNodeStateStatus, String)>,
@@ -150,8 +155,10 @@ impl Agent {
             }
         }
         let (trigger, wake) = Trigger::new();
-        let writer = StatusWriter::new(
+        let writer = StatusWriter::new(client.clone(), &config.node_name, metrics.clone());
+        let heartbeat = Heartbeat::new(
             client.clone(),
+            &config.lease_namespace,
             &config.node_name,
             config.heartbeat_interval,
             metrics.clone(),
@@ -167,6 +174,7 @@ impl Agent {
             configmaps: ConfigMapWatches::default(),
             retries: Retries::new(RETRY_BASE, RETRY_MAX),
             writer,
+            heartbeat,
             metrics,
             status: None,
             earlier: None,
@@ -190,6 +198,7 @@ impl Agent {
             root = %self.root.display(),
             bytecode_dirs = ?self.config.bytecode_dirs,
             heartbeat = ?self.config.heartbeat_interval,
+            lease_namespace = %self.config.lease_namespace,
             version = env!("CARGO_PKG_VERSION"),
             "cluster mode started"
         );
@@ -220,6 +229,7 @@ impl Agent {
         loop {
             let retry = self.retries.next_due().map(Instant::from_std);
             let write = self.writer.next_due().map(Instant::from_std);
+            let beat = self.heartbeat.next_due().map(Instant::from_std);
             let run_pass = tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 Some(()) = self.wake.recv() => {
@@ -230,12 +240,22 @@ impl Agent {
                 }
                 _ = sleep_until(retry) => true,
                 _ = sleep_until(write) => false,
+                _ = sleep_until(beat) => false,
             };
             if run_pass {
                 self.pass().await?;
             }
             if let Some((status, node_uid)) = &self.status {
                 self.writer.sync(status, node_uid).await;
+                // The first renewal waits for the first status write: a renewed Lease says the
+                // agent lives and its BpfNodeState is current.
+                let due = self
+                    .heartbeat
+                    .next_due()
+                    .is_some_and(|t| t <= std::time::Instant::now());
+                if due || (!self.heartbeat.started() && self.writer.is_current()) {
+                    self.heartbeat.renew(node_uid).await;
+                }
             }
         }
     }

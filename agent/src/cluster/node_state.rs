@@ -1,15 +1,16 @@
 //! This node's `BpfNodeState`: what a pass pinned, turned into status, and written with
-//! server-side apply only when it changed, or when the heartbeat is due.
+//! server-side apply only when it changed. The heartbeat is a separate, small Lease
+//! ([`super::heartbeat`]), so an unchanged node writes nothing here.
 //!
 //! Writes per node: the object once (skipped when it already exists with this Node as owner),
-//! then one status write per pass that changed something, plus one per heartbeat interval.
+//! then one status write per pass that changed something.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bpfpin_crds::{BpfNodeState, BpfNodeStateStatus, NodeObjectState, ObjectPhase, PinnedProgram};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource};
 
@@ -65,7 +66,7 @@ pub fn object_state(r: &ObjectReport) -> NodeObjectState {
     state
 }
 
-/// The status after a pass (without heartbeat). Held objects keep their previous entry, if the
+/// The status after a pass. Held objects keep their previous entry, if the
 /// previous status has one for the same uid; objects neither reported nor held (unselected,
 /// deleted, unpinned by the pass) are not listed.
 pub fn build_status(
@@ -87,22 +88,12 @@ pub fn build_status(
     objects.sort_by(|a, b| a.name.cmp(&b.name));
     let count = |phase| objects.iter().filter(|o| o.phase == phase).count() as i32;
     BpfNodeStateStatus {
-        heartbeat: None,
         agent_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
         root: Some(root.display().to_string()),
         pinned: count(ObjectPhase::Pinned),
         failed: count(ObjectPhase::Failed),
         objects,
     }
-}
-
-/// Whether two statuses differ in anything but the heartbeat.
-pub fn differs(a: &BpfNodeStateStatus, b: &BpfNodeStateStatus) -> bool {
-    let strip = |s: &BpfNodeStateStatus| BpfNodeStateStatus {
-        heartbeat: None,
-        ..s.clone()
-    };
-    strip(a) != strip(b)
 }
 
 /// The owner reference that ties the `BpfNodeState` to its `Node` for garbage collection.
@@ -117,54 +108,47 @@ pub fn node_owner(node: &str, uid: &str) -> OwnerReference {
     }
 }
 
-fn now() -> Time {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = i64::try_from(since.as_secs()).unwrap_or(i64::MAX);
-    Time(k8s_openapi::jiff::Timestamp::new(secs, 0).unwrap_or_default())
-}
-
 /// Writes this node's `BpfNodeState`.
 #[derive(Debug)]
 pub struct StatusWriter {
     api: Api<BpfNodeState>,
     node: String,
-    heartbeat: Duration,
     metrics: Arc<Metrics>,
     /// The Node uid the object was created (or found) with.
     owner_uid: Option<String>,
     written: Option<BpfNodeStateStatus>,
-    written_at: Option<Instant>,
     retry_at: Option<Instant>,
 }
 
 impl StatusWriter {
-    /// A writer for the `BpfNodeState` named `node`, refreshing the heartbeat every `heartbeat`.
-    pub fn new(client: Client, node: &str, heartbeat: Duration, metrics: Arc<Metrics>) -> Self {
+    /// A writer for the `BpfNodeState` named `node`.
+    pub fn new(client: Client, node: &str, metrics: Arc<Metrics>) -> Self {
         Self {
             api: Api::all(client),
             node: node.to_owned(),
-            heartbeat,
             metrics,
             owner_uid: None,
             written: None,
-            written_at: None,
             retry_at: None,
         }
     }
 
-    /// When the writer next needs to run without a change: a retry, or the heartbeat.
+    /// When a failed write is tried again.
     pub fn next_due(&self) -> Option<Instant> {
         self.retry_at
-            .or_else(|| self.written_at.map(|t| t + self.heartbeat))
     }
 
-    /// Writes `status` if it differs from the last write, or the heartbeat or a retry is due.
+    /// Whether the last status handed to [`Self::sync`] is what the API server has.
+    pub fn is_current(&self) -> bool {
+        self.written.is_some() && self.retry_at.is_none()
+    }
+
+    /// Writes `status` if it differs from the last write (the first call always writes), or
+    /// retries a failed write.
     pub async fn sync(&mut self, status: &BpfNodeStateStatus, node_uid: &str) {
         let now = Instant::now();
-        let changed = self.written.as_ref().is_none_or(|w| differs(w, status));
-        if !changed && self.next_due().is_some_and(|due| now < due) {
+        let changed = self.written.as_ref() != Some(status);
+        if !changed && self.retry_at.is_none_or(|due| now < due) {
             return;
         }
         match self.write(status, node_uid).await {
@@ -177,12 +161,11 @@ impl StatusWriter {
                     );
                 }
                 self.written = Some(status.clone());
-                self.written_at = Some(now);
                 self.retry_at = None;
             }
             Err(error) => {
                 tracing::warn!(%error, "writing BpfNodeState status failed; will retry");
-                self.retry_at = Some(now + WRITE_RETRY.min(self.heartbeat));
+                self.retry_at = Some(now + WRITE_RETRY);
             }
         }
     }
@@ -203,8 +186,6 @@ impl StatusWriter {
     }
 
     async fn patch_status(&self, status: &BpfNodeStateStatus) -> kube::Result<()> {
-        let mut status = status.clone();
-        status.heartbeat = Some(now());
         let patch = serde_json::json!({
             "apiVersion": BpfNodeState::api_version(&()),
             "kind": BpfNodeState::kind(&()),
@@ -386,7 +367,7 @@ mod tests {
     }
 
     #[test]
-    fn unpinned_objects_are_not_listed_and_heartbeat_is_not_a_change() {
+    fn unpinned_objects_are_not_listed() {
         let before = build_status(
             &report(vec![pinned("a"), pinned("b")]),
             &Held::new(),
@@ -400,20 +381,16 @@ mod tests {
             Path::new("/b/bpfpin"),
         );
         assert_eq!(after.objects.len(), 1);
-        assert!(differs(&before, &after));
-
-        let mut beat = after.clone();
-        beat.heartbeat = Some(now());
-        assert!(!differs(&after, &beat));
-        assert!(!differs(
-            &after,
-            &build_status(
+        assert_ne!(before, after);
+        assert_eq!(
+            after,
+            build_status(
                 &report(vec![pinned("a")]),
                 &Held::new(),
                 None,
                 Path::new("/b/bpfpin")
             )
-        ));
+        );
     }
 
     #[test]
@@ -422,15 +399,5 @@ mod tests {
         assert_eq!((o.api_version.as_str(), o.kind.as_str()), ("v1", "Node"));
         assert_eq!(o.block_owner_deletion, Some(false));
         assert_eq!(o.controller, Some(false));
-    }
-
-    #[test]
-    fn heartbeat_serializes_as_rfc3339() {
-        let json = serde_json::to_value(now()).expect("time");
-        assert!(
-            json.as_str()
-                .is_some_and(|s| s.ends_with('Z') && s.len() == 20),
-            "{json}"
-        );
     }
 }

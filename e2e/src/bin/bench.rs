@@ -8,14 +8,17 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+use bpfpin_agent::cluster::heartbeat::lease_name;
 use bpfpin_agent::{DesiredObject, Reconciler};
 use bpfpin_crds::{BpfNodeState, BpfObject, BpfObjectSpec, ObjectPhase};
 use bpfpin_e2e::Proc;
-use bpfpin_e2e::{ready_is, repo};
+use bpfpin_e2e::{LEASE_NAMESPACE, ready_is, repo};
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -376,13 +379,6 @@ fn pinned_prog_id(path: &Path) -> Option<u32> {
 
 fn compile(src: &Path, out: &Path) -> Result<()> {
     bpfpin_e2e::compile_bpf(src, out)
-}
-
-fn unix_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -903,6 +899,7 @@ struct ClusterFigures {
     write_runs: usize,
     delete_writes_by: BTreeMap<String, Figure>,
     state_bytes: Figure,
+    heartbeat_bytes: Figure,
     entry_bytes: Figure,
     object_bytes: Figure,
 }
@@ -969,6 +966,7 @@ impl Cluster<'_> {
 
     async fn setup(&mut self) -> Result<()> {
         self.clean_leftovers().await?;
+        let setup_started = Timestamp::now();
         let op = Command::new(binary("bpfpin-operator")?)
             .args(["--no-leader-election", "--metrics-addr", "127.0.0.1:0"])
             .args(extra_args("BPFPIN_BENCH_OPERATOR_ARGS"))
@@ -996,17 +994,19 @@ impl Cluster<'_> {
             let agent = self.start_agent(&name, &bpffs)?;
             self.nodes.push(BenchNode { name, bpffs, agent });
         }
-        // Every agent has written its (empty) state: they are listening.
-        let states: Api<BpfNodeState> = Api::all(self.client.clone());
+        // Every agent has written its (empty) state and then renewed its heartbeat Lease: they
+        // are listening.
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), LEASE_NAMESPACE);
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let mut ready = 0;
             for n in &self.nodes {
-                if states
-                    .get_opt(&n.name)
+                let renewed = leases
+                    .get_opt(&lease_name(&n.name))
                     .await?
-                    .is_some_and(|s| s.status.is_some_and(|st| st.heartbeat.is_some()))
-                {
+                    .and_then(|l| l.spec?.renew_time)
+                    .map(|t| t.0);
+                if renewed.is_some_and(|t| t >= setup_started) {
                     ready += 1;
                 }
             }
@@ -1211,6 +1211,18 @@ impl Cluster<'_> {
             ])
             .env("KUBECONFIG", &self.kubeconfig))?;
         f.state_bytes.push(raw.len() as f64);
+        // What a heartbeat writes now: the node's Lease, as served.
+        let raw = run(Command::new("kubectl")
+            .args([
+                "get",
+                "--raw",
+                &format!(
+                    "/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{}",
+                    lease_name(&self.nodes[0].name)
+                ),
+            ])
+            .env("KUBECONFIG", &self.kubeconfig))?;
+        f.heartbeat_bytes.push(raw.len() as f64);
         let state0 = states.get(&self.nodes[0].name).await?;
         let entries = state0
             .status
@@ -1350,52 +1362,52 @@ impl Cluster<'_> {
         if ids_before.iter().any(|(_, id)| id.is_none()) {
             bail!("a program pin is missing on {node_name} before the restart");
         }
-        let hb = |s: &BpfNodeState| {
-            s.status
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), LEASE_NAMESPACE);
+        let lease = lease_name(&node_name);
+        let renewed = |l: &Lease| {
+            l.spec
                 .as_ref()
-                .and_then(|st| st.heartbeat.as_ref())
-                .map(|t| t.0.as_second())
-                .unwrap_or(0)
+                .and_then(|s| s.renew_time.as_ref())
+                .map(|t| t.0)
         };
         let (mut rx, task) = spawn_watch!(
-            states.clone(),
-            watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+            leases.clone(),
+            watcher::Config::default().fields(&format!("metadata.name={lease}")),
         );
         wait_init(&mut rx).await?;
-        let before = states.get(&node_name).await?;
-        let hb_before = hb(&before);
-        // The heartbeat is second-granular: kill in a later second than the last one written,
-        // so the restarted agent's first write is a real change (a newer heartbeat).
-        while unix_secs() <= hb_before {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let before = leases.get(&lease).await.map(|l| renewed(&l))?;
         let killed = Instant::now();
         self.nodes[0].agent.kill();
         let bpffs = self.nodes[0].bpffs.clone();
         self.nodes[0].agent = self.start_agent(&node_name, &bpffs)?;
-        let wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        // The restarted agent renews its Lease once its BpfNodeState is current.
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         let at = loop {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some((at, watcher::Event::Apply(s)))) => {
-                    let pinned: BTreeSet<&str> = s
-                        .status
-                        .iter()
-                        .flat_map(|st| &st.objects)
-                        .filter(|e| e.phase == ObjectPhase::Pinned)
-                        .map(|e| e.name.as_str())
-                        .collect();
-                    if hb(&s) > hb_before && wanted.is_subset(&pinned) {
-                        break at;
-                    }
-                }
+                Ok(Some((at, watcher::Event::Apply(l)))) if renewed(&l) > before => break at,
                 Ok(Some(_)) => {}
-                Ok(None) => bail!("the BpfNodeState watch ended"),
+                Ok(None) => bail!("the Lease watch ended"),
                 Err(_) => {
                     bail!("the restarted agent of {node_name} did not report within {TIMEOUT:?}")
                 }
             }
         };
+        let state = states.get(&node_name).await?;
+        let pinned: BTreeSet<&str> = state
+            .status
+            .iter()
+            .flat_map(|st| &st.objects)
+            .filter(|e| e.phase == ObjectPhase::Pinned)
+            .map(|e| e.name.as_str())
+            .collect();
+        let wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        if !wanted.is_subset(&pinned) {
+            bail!(
+                "the restarted agent of {node_name} renewed its Lease with {} of {} objects Pinned",
+                wanted.intersection(&pinned).count(),
+                wanted.len()
+            );
+        }
         task.abort();
         f.restart_ms.push(ms(at - killed));
         let ids_after: Vec<_> = names
@@ -1524,6 +1536,14 @@ impl Cluster<'_> {
         );
         res.add(
             sec,
+            "heartbeat Lease as served: what a heartbeat rewrites (bytes)",
+            Some("heartbeat_bytes"),
+            f.heartbeat_bytes,
+            "",
+            0,
+        );
+        res.add(
+            sec,
             "bytes per NodeObjectState entry (JSON)",
             Some("entry_bytes"),
             f.entry_bytes,
@@ -1538,8 +1558,7 @@ impl Cluster<'_> {
             "",
             0,
         );
-        let sec =
-            "cluster: agent restart (SIGKILL, all pinned -> state Pinned with a newer heartbeat)";
+        let sec = "cluster: agent restart (SIGKILL, all pinned -> heartbeat Lease renewed, state all Pinned)";
         res.add(
             sec,
             "restart -> ready (ms)",
