@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bpfpin_crds::{BpfNodeState, BpfObject};
 use futures::channel::mpsc::UnboundedSender;
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
@@ -137,6 +137,29 @@ impl Resolver {
     }
 }
 
+/// Keeps of a `BpfNodeState` only what the operator reads: per entry the object's name, uid,
+/// generation, phase, reason and message. Pin paths, program ids, managedFields and the like are
+/// most of its bytes (≈ 450 B per entry against ≈ 150 B kept), and the cache holds one entry per
+/// (node, object): at 5,000 nodes × 500 objects that is the difference between ≈ 18 GB and a
+/// few hundred MB of operator memory.
+pub fn project(state: &mut BpfNodeState) {
+    state.metadata.managed_fields = None;
+    state.metadata.annotations = None;
+    state.metadata.labels = None;
+    state.metadata.owner_references = None;
+    if let Some(status) = &mut state.status {
+        status.agent_version = None;
+        status.root = None;
+        for e in &mut status.objects {
+            e.path = None;
+            e.programs = Vec::new();
+            e.maps = Vec::new();
+            e.links = Vec::new();
+        }
+        status.objects.shrink_to_fit();
+    }
+}
+
 /// The node whose agent holds `lease`, and when it last renewed it.
 fn heartbeat_of(lease: &Lease) -> Option<(String, Option<Timestamp>)> {
     let spec = lease.spec.as_ref()?;
@@ -160,6 +183,7 @@ pub async fn node_states(
     let mut events = pin!(
         watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
+            .map_ok(|event| event.modify(project))
             .reflect(writer)
     );
     let mut lease_events = pin!(
@@ -277,6 +301,57 @@ pub async fn nodes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn projection_keeps_what_the_operator_reads() {
+        use bpfpin_crds::{
+            BpfNodeStateSpec, BpfNodeStateStatus, NodeObjectState, ObjectPhase, PinnedProgram,
+        };
+        let entry = NodeObjectState {
+            name: "a".into(),
+            uid: Some("u".into()),
+            generation: 3,
+            phase: ObjectPhase::Failed,
+            reason: Some("AttachFailed".into()),
+            message: Some("no such interface".into()),
+            path: Some("/sys/fs/bpf/bpfpin/a".into()),
+            programs: vec![PinnedProgram {
+                name: "p".into(),
+                id: 7,
+            }],
+            maps: vec!["/sys/fs/bpf/bpfpin/a/maps/m".into()],
+            links: vec!["/sys/fs/bpf/bpfpin/a/links/p/xdp-eth0".into()],
+        };
+        let mut s = BpfNodeState::new(
+            "n1",
+            BpfNodeStateSpec {
+                node_name: "n1".into(),
+            },
+        );
+        s.metadata.managed_fields = Some(vec![Default::default()]);
+        s.status = Some(BpfNodeStateStatus {
+            agent_version: Some("0.1.0".into()),
+            root: Some("/sys/fs/bpf/bpfpin".into()),
+            pinned: 0,
+            failed: 1,
+            objects: vec![entry.clone()],
+        });
+        project(&mut s);
+        let kept = &s.status.as_ref().expect("status").objects[0];
+        assert_eq!(
+            kept,
+            &NodeObjectState {
+                path: None,
+                programs: vec![],
+                maps: vec![],
+                links: vec![],
+                ..entry
+            }
+        );
+        assert_eq!(s.metadata.managed_fields, None);
+        assert_eq!(s.status.as_ref().map(|st| st.failed), Some(1));
+        assert_eq!(s.metadata.name.as_deref(), Some("n1"));
+    }
 
     #[tokio::test]
     async fn cache_sync_wakes_every_waiter() {
