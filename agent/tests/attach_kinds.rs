@@ -215,18 +215,25 @@ fn pin_err_or_links(fs: &Bpffs, attach_e: &str, attach_x: &str) -> Option<Vec<Ve
     )
 }
 
+/// The uprobe target binary, built once per test binary (tests run in parallel, and a running
+/// binary cannot be rewritten).
 fn uprobe_target() -> PathBuf {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("uprobe_target");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bpf/uprobe_target.c");
-    let ok = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("cc")
-        .success();
-    assert!(ok, "building {}", src.display());
-    out
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("uprobe_target");
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bpf/uprobe_target.c");
+            let ok = Command::new("cc")
+                .args(["-O2", "-o"])
+                .arg(&out)
+                .arg(&src)
+                .status()
+                .expect("cc")
+                .success();
+            assert!(ok, "building {}", src.display());
+            out
+        })
+        .clone()
 }
 
 #[test]
@@ -262,8 +269,104 @@ fn uprobe_and_uretprobe_on_a_binary_the_test_builds() {
     assert_eq!(hits(&fs, "urp", URETPROBE), 7);
 }
 
+/// The file offset of `symbol` in the ELF binary `path` (what a uprobe `offset` without `symbol`
+/// means), from `nm` and the program headers of `readelf`.
+fn file_offset(path: &Path, symbol: &str) -> u64 {
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex");
+    let nm = Command::new("nm").arg(path).output().expect("nm");
+    let nm = String::from_utf8_lossy(&nm.stdout);
+    let addr = nm
+        .lines()
+        .find_map(|l| {
+            let f: Vec<_> = l.split_whitespace().collect();
+            (f.len() == 3 && f[2] == symbol).then(|| hex(f[0]))
+        })
+        .unwrap_or_else(|| panic!("{symbol} in nm {}", path.display()));
+    let phdrs = Command::new("readelf")
+        .args(["-lW"])
+        .arg(path)
+        .output()
+        .expect("readelf");
+    let phdrs = String::from_utf8_lossy(&phdrs.stdout);
+    phdrs
+        .lines()
+        .filter(|l| l.trim_start().starts_with("LOAD"))
+        .find_map(|l| {
+            // LOAD Offset VirtAddr PhysAddr FileSiz MemSiz Flg Align
+            let f: Vec<_> = l.split_whitespace().collect();
+            let (off, vaddr, filesz) = (hex(f[1]), hex(f[2]), hex(f[4]));
+            (vaddr <= addr && addr < vaddr + filesz).then(|| addr - vaddr + off)
+        })
+        .expect("a LOAD segment holding the symbol")
+}
+
 #[test]
-fn tc_through_tcx_counts_ingress_packets() {
+fn uprobes_by_file_offset_and_scoped_to_one_process() {
+    let fs = Bpffs::new();
+    let target = uprobe_target();
+    let offset = file_offset(&target, "bpfpin_probe_me");
+    // The process to watch: it waits on stdin before calling the probed function.
+    let mut watched = Command::new(&target)
+        .args(["5", "wait"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the target");
+    let pid = watched.id();
+    let by_offset = format!(
+        "{{uprobe: {{target: {}, offset: {offset}}}}}",
+        target.display()
+    );
+    let one_process = format!(
+        "{{uprobe: {{target: {}, symbol: bpfpin_probe_me, pid: {pid}}}}}",
+        target.display()
+    );
+    let links = pin(
+        &fs,
+        &[
+            ("off", "uprobe_count", &by_offset),
+            ("pid", "uprobe_count", &one_process),
+        ],
+    );
+    assert_eq!(
+        links[0],
+        vec![fs.root().join(format!(
+            "off/links/uprobe_count/uprobe-uprobe_target-{offset}"
+        ))]
+    );
+    assert_eq!(
+        links[1],
+        vec![fs.root().join(format!(
+            "pid/links/uprobe_count/uprobe-uprobe_target-bpfpin_probe_me-pid{pid}"
+        ))]
+    );
+
+    // Another process: counted by offset, not by the pid-scoped probe.
+    assert!(
+        Command::new(&target)
+            .arg("3")
+            .status()
+            .expect("run")
+            .success()
+    );
+    assert_eq!(hits(&fs, "off", UPROBE), 3);
+    assert_eq!(
+        hits(&fs, "pid", UPROBE),
+        0,
+        "another process is not counted"
+    );
+
+    // The watched process calls 5 times: both count it.
+    use std::io::Write as _;
+    let mut stdin = watched.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("write");
+    drop(stdin);
+    assert!(watched.wait().expect("wait").success());
+    assert_eq!(hits(&fs, "off", UPROBE), 8);
+    assert_eq!(hits(&fs, "pid", UPROBE), 5);
+}
+
+#[test]
+fn tc_through_tcx_counts_ingress_and_egress_packets() {
     let fs = Bpffs::new();
     let veth = Veth::new(2);
     let attach = format!(
@@ -278,11 +381,33 @@ fn tc_through_tcx_counts_ingress_packets() {
                 .join(format!("tc/links/tc_count/tc-ingress-{}", veth.host))
         ]
     );
+    // Egress on the same interface, in a second object: the ping replies leave through it.
+    let egress = format!(
+        "{{tc: {{interfaces: [{}], direction: Egress, order: Last}}}}",
+        veth.host
+    );
+    let links = pin(
+        &fs,
+        &[("tc", "tc_count", &attach), ("tce", "tc_count", &egress)],
+    )
+    .remove(1);
+    assert_eq!(
+        links,
+        vec![
+            fs.root()
+                .join(format!("tce/links/tc_count/tc-egress-{}", veth.host))
+        ]
+    );
     veth.ping_host(3);
     assert!(
         hits(&fs, "tc", TC) >= 3,
-        "tc counted {}",
+        "tc ingress counted {}",
         hits(&fs, "tc", TC)
+    );
+    assert!(
+        hits(&fs, "tce", TC) >= 3,
+        "tc egress counted {}",
+        hits(&fs, "tce", TC)
     );
 
     let missing = "{tc: {interfaces: [nosuchif1], direction: Egress}}";
