@@ -424,17 +424,6 @@ fn tc_through_tcx_counts_ingress_and_egress_packets() {
     assert!(err.message.contains("nosuchif1"), "{err}");
 }
 
-fn cgroup2_mount() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("a cgroup2 mount (the cgroupSkb test needs cgroup v2)")
-}
-
 #[test]
 fn cgroup_skb_counts_egress_of_processes_in_the_cgroup() {
     let fs = Bpffs::new();

@@ -247,14 +247,3 @@ impl Sources {
         false
     }
 }
-
-fn cgroup2_mount() -> std::path::PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
-        })
-        .expect("a cgroup2 mount (the cgroup-skb example needs cgroup v2)")
-}

@@ -37,28 +37,32 @@ fn example(path: &str, group: &str, edit: impl FnOnce(&mut serde_yaml::Value)) -
     (name, serde_yaml::to_string(&doc).expect("yaml"))
 }
 
-/// Waits until `name` is Ready on `nodes` nodes.
-async fn ready_on(env: &Env, name: &str, nodes: i32) -> anyhow::Result<bpfpin_crds::BpfObject> {
-    env.wait_object(name, &format!("Ready on {nodes} nodes"), move |o| {
-        ready_is(o, "True")
+/// Waits until `name` has its Ready condition at `ready` (`True`/`False`) with `nodes` nodes
+/// ready (`True`) or failed (`False`).
+async fn settled_on(
+    env: &Env,
+    name: &str,
+    ready: &'static str,
+    nodes: i32,
+) -> anyhow::Result<bpfpin_crds::BpfObject> {
+    env.wait_object(name, &format!("Ready={ready} on {nodes} nodes"), move |o| {
+        ready_is(o, ready)
             && o.status
                 .as_ref()
                 .and_then(|s| s.nodes.as_ref())
-                .is_some_and(|n| n.ready == nodes)
+                .is_some_and(|n| if ready == "True" { n.ready } else { n.failed } == nodes)
     })
     .await
 }
 
+/// Waits until `name` is Ready on `nodes` nodes.
+async fn ready_on(env: &Env, name: &str, nodes: i32) -> anyhow::Result<bpfpin_crds::BpfObject> {
+    settled_on(env, name, "True", nodes).await
+}
+
 /// Waits until `name` is Ready=False at its generation with `nodes` failed nodes.
 async fn failed_on(env: &Env, name: &str, nodes: i32) -> anyhow::Result<bpfpin_crds::BpfObject> {
-    env.wait_object(name, &format!("Ready=False on {nodes} nodes"), move |o| {
-        ready_is(o, "False")
-            && o.status
-                .as_ref()
-                .and_then(|s| s.nodes.as_ref())
-                .is_some_and(|n| n.failed == nodes)
-    })
-    .await
+    settled_on(env, name, "False", nodes).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -671,4 +675,48 @@ async fn the_image_example_pulls_with_its_pull_secret_and_a_wrong_password_fails
         assert!(ok, "{out}");
     }
     Ok(())
+}
+
+/// An attach point that appears after the object: the agents retry with backoff and the object
+/// becomes Ready by itself, with nothing to re-apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_attach_point_is_retried_until_it_appears() -> anyhow::Result<()> {
+    let env = Env::new().await?;
+    let _op = env.operator("30s")?;
+    let _n1 = env.node("late-1", &[("e2e-group", "late")]).await?;
+    let _n2 = env.node("late-2", &[("e2e-group", "late")]).await?;
+    compile_bpf(
+        &repo().join("examples/cgroup-skb/cgroup_skb.bpf.c"),
+        &env.bytecode_dir.path().join("cgroup_skb.bpf.o"),
+    )?;
+
+    // The cgroup of a workload that has not started yet.
+    let cgroup = cgroup2_mount()?.join("bpfpin-e2e-late");
+    let _ = std::fs::remove_dir(&cgroup);
+    let spec = format!(
+        "nodeSelector: {{matchLabels: {{e2e-group: late}}}}\nbytecode: {{path: {}}}\nprograms:\n- name: count_egress\n  attach: {{cgroupSkb: {{cgroup: {}, direction: Egress}}}}",
+        env.object_path("cgroup_skb"),
+        cgroup.display()
+    );
+    env.apply(&manifest("late", &spec));
+    let o = failed_on(&env, "late", 2).await?;
+    let failure = &o.status.as_ref().expect("status").failures[0];
+    assert_eq!(failure.reason, "AttachFailed", "{failure:?}");
+    assert!(
+        failure.message.contains("bpfpin-e2e-late"),
+        "the message names the cgroup: {failure:?}"
+    );
+
+    // The workload starts: its cgroup appears, and the agents' next retry attaches.
+    std::fs::create_dir(&cgroup)?;
+    let started = Instant::now();
+    let result = ready_on(&env, "late", 2).await;
+    eprintln!(
+        "e2e: cgroup created -> Ready on 2 nodes (retry with backoff, first after 5 s): {} ms",
+        started.elapsed().as_millis()
+    );
+    env.delete("late").await?;
+    env.wait_gone("late").await?;
+    std::fs::remove_dir(&cgroup)?;
+    result.map(|_| ())
 }

@@ -376,6 +376,19 @@ mod tests {
         t.objects.iter().map(String::as_str).collect()
     }
 
+    /// n1 listing `a` and n2 listing `b`, both live since t0.
+    fn two_agents() -> NodeStateIndex {
+        let mut idx = NodeStateIndex::new(STALE);
+        for (node, object) in [("n1", "a"), ("n2", "b")] {
+            report(
+                &mut idx,
+                state(node, Some(t0()), vec![entry(object, 1, Pinned)]),
+                t0(),
+            );
+        }
+        idx
+    }
+
     #[test]
     fn a_new_agent_triggers_what_it_lists_and_its_node() {
         let mut idx = NodeStateIndex::new(STALE);
@@ -505,17 +518,7 @@ mod tests {
 
     #[test]
     fn a_lease_relist_forgets_deleted_leases() {
-        let mut idx = NodeStateIndex::new(STALE);
-        report(
-            &mut idx,
-            state("n1", Some(t0()), vec![entry("a", 1, Pinned)]),
-            t0(),
-        );
-        report(
-            &mut idx,
-            state("n2", Some(t0()), vec![entry("b", 1, Pinned)]),
-            t0(),
-        );
+        let mut idx = two_agents();
         idx.heartbeats_init();
         assert!(idx.heartbeat("n2", Some(at(5)), at(5)).is_empty());
         let t = idx.heartbeats_init_done(at(5));
@@ -525,17 +528,7 @@ mod tests {
 
     #[test]
     fn deletes_and_relists() {
-        let mut idx = NodeStateIndex::new(STALE);
-        report(
-            &mut idx,
-            state("n1", Some(t0()), vec![entry("a", 1, Pinned)]),
-            t0(),
-        );
-        report(
-            &mut idx,
-            state("n2", Some(t0()), vec![entry("b", 1, Pinned)]),
-            t0(),
-        );
+        let mut idx = two_agents();
         let t = idx.delete("n1");
         assert_eq!(names(&t), ["a"]);
         assert!(idx.delete("n1").is_empty());
