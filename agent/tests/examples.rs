@@ -51,7 +51,7 @@ fn every_example_pins() {
         registry: None,
     };
 
-    let (mut pinned, mut skipped) = (0, 0);
+    let (mut pinned, mut skipped, mut checked_sizes) = (0, 0, 0);
     for dir in &dirs {
         let work = tempfile::tempdir().expect("tempdir");
         for (stem, _) in sources(dir) {
@@ -60,6 +60,8 @@ fn every_example_pins() {
         }
         let mut objects_here = Vec::new();
         let mut cluster_only = Vec::new();
+        // (object, map, maxEntries) the manifests ask for.
+        let mut sizes = Vec::new();
         for entry in std::fs::read_dir(dir).expect("example").flatten() {
             let path = entry.path();
             let name = path
@@ -85,6 +87,11 @@ fn every_example_pins() {
                 let object = v["metadata"]["name"].as_str().expect("name").to_owned();
                 if v["spec"]["bytecode"].get("configMap").is_some() {
                     cluster_only.push(object.clone());
+                }
+                for m in v["spec"]["maps"].as_sequence().into_iter().flatten() {
+                    if let (Some(map), Some(max)) = (m["name"].as_str(), m["maxEntries"].as_u64()) {
+                        sizes.push((object.clone(), map.to_owned(), max));
+                    }
                 }
                 objects_here.push(object);
                 if sources_of.provide(dir, &mut v) {
@@ -112,6 +119,17 @@ fn every_example_pins() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let failures = failures(&stderr);
         let example = dir.file_name().expect("name").to_string_lossy();
+        for (object, map, max) in &sizes {
+            let pin = fs.root().join(object).join("maps").join(map);
+            let info = aya::maps::MapInfo::from_pin(&pin)
+                .unwrap_or_else(|e| panic!("{} of {example}: {e}", pin.display()));
+            assert_eq!(
+                u64::from(info.max_entries()),
+                *max,
+                "maxEntries of {object}/{map} in {example}"
+            );
+            checked_sizes += 1;
+        }
         for object in &objects_here {
             if fs.root().join(object).join("progs").is_dir() {
                 assert!(
@@ -151,6 +169,7 @@ fn every_example_pins() {
         pinned >= PINNED_EVERYWHERE && pinned + skipped >= OBJECTS,
         "only {pinned} example objects were pinned and {skipped} skipped"
     );
+    assert!(checked_sizes >= 1, "no example's maxEntries was checked");
 }
 
 /// `<stem>.bpf.c` sources of an example folder.
