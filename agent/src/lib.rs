@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 pub mod attach;
+pub mod backoff;
 pub mod btf_vars;
 pub mod cluster;
 pub mod desired;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bpfpin_crds::BpfObject;
 use serde::Deserialize;
 
+use crate::backoff::{Retries, is_retryable};
 use crate::desired::DesiredObject;
 use crate::error::{ObjectError, Reason};
 use crate::fetch::Fetcher;
@@ -259,14 +260,25 @@ pub fn print_pass(report: &PassReport, errors: &[ManifestError]) -> bool {
 
 /// One pass: read the manifests, reconcile, print. Returns whether everything is pinned.
 pub fn run_once(reconciler: &mut Reconciler, config: &LocalConfig) -> bool {
+    pass(reconciler, config).0
+}
+
+/// One pass: whether every object is pinned, and the report.
+fn pass(reconciler: &mut Reconciler, config: &LocalConfig) -> (bool, PassReport) {
     let (desired, errors) = read_manifests(config);
     // Objects whose manifest is broken are kept as they are: a typo must not unpin them.
     let hold = errors.iter().filter_map(|e| e.object.clone()).collect();
     let report = reconciler.reconcile(&desired, &hold);
-    print_pass(&report, &errors)
+    (print_pass(&report, &errors), report)
 }
 
-/// Watches the folder and reconciles on every change until SIGTERM/SIGINT; pins persist.
+/// First retry of an object whose bytecode or attach point is missing; doubles up to 5 min.
+const RETRY_BASE: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Watches the folder and reconciles on every change until SIGTERM/SIGINT; pins persist. Objects
+/// that failed for a reason that may go away by itself (a missing bytecode file or URL, an
+/// interface or cgroup that does not exist yet) are retried with backoff.
 pub async fn watch(mut reconciler: Reconciler, config: LocalConfig) -> anyhow::Result<()> {
     use notify::{RecursiveMode, Watcher};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -281,15 +293,25 @@ pub async fn watch(mut reconciler: Reconciler, config: LocalConfig) -> anyhow::R
     for dir in &config.bytecode_dirs {
         watcher.watch(dir, RecursiveMode::Recursive)?;
     }
+    let mut retries = Retries::new(RETRY_BASE, RETRY_MAX);
     let mut shutdown = std::pin::pin!(crate::shutdown::signal());
     loop {
         let cfg = config.clone();
-        let (r, _ok) = tokio::task::spawn_blocking(move || {
-            let ok = run_once(&mut reconciler, &cfg);
-            (reconciler, ok)
+        let (r, report) = tokio::task::spawn_blocking(move || {
+            let (_, report) = pass(&mut reconciler, &cfg);
+            (reconciler, report)
         })
         .await?;
         reconciler = r;
+        retries.record(
+            std::time::Instant::now(),
+            report
+                .objects
+                .iter()
+                .filter(|o| o.error.as_ref().is_some_and(|e| is_retryable(e.reason)))
+                .map(|o| (o.name.as_str(), o.generation)),
+        );
+        let retry = retries.next_due().map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = &mut shutdown => {
                 tracing::info!("shutting down; pins stay in place");
@@ -299,6 +321,14 @@ pub async fn watch(mut reconciler: Reconciler, config: LocalConfig) -> anyhow::R
                 // Editors write files in several steps: let them settle, then take every event.
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 while rx.try_recv().is_ok() {}
+            }
+            () = async {
+                match retry {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::info!("retrying the objects whose bytecode or attach point was missing");
             }
         }
     }

@@ -230,6 +230,58 @@ fn watching_follows_edits_and_sigterm_leaves_pins_in_place() {
 }
 
 #[test]
+fn watching_retries_an_attach_point_that_appears_later() {
+    let fs = Bpffs::new();
+    let dir = manifests_dir();
+    std::fs::copy(bpf_object("kinds"), dir.path().join("kinds.bpf.o")).expect("copy");
+    // The cgroup of a workload that has not started yet.
+    let cgroup = cgroup2_mount().join("bpfpin-local-late");
+    let _ = std::fs::remove_dir(&cgroup);
+    let spec = format!(
+        "bytecode: {{path: kinds.bpf.o}}\nprograms:\n- name: cgroup_skb_count\n  attach: {{cgroupSkb: {{cgroup: {}, direction: Egress}}}}\n",
+        cgroup.display()
+    );
+    std::fs::write(dir.path().join("late.yaml"), manifest("late", &spec)).expect("write");
+    let child = Command::new(AGENT)
+        .args(["local", "--manifests"])
+        .arg(dir.path())
+        .arg("--bpffs")
+        .arg(fs.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    let root = fs.root();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !root.join("late").exists(),
+        "nothing pinned without the cgroup"
+    );
+
+    // The cgroup appears; nothing in the manifests folder changes: the retry attaches it.
+    std::fs::create_dir(&cgroup).expect("create cgroup");
+    let appeared = Instant::now();
+    wait_for("late to be pinned by a retry", || {
+        root.join("late/progs/cgroup_skb_count").exists()
+    });
+    eprintln!(
+        "cgroup created -> pinned by the retry in {} ms",
+        appeared.elapsed().as_millis()
+    );
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("wait");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("AttachFailed"), "the first pass failed: {log}");
+    assert!(log.contains("retrying"), "{log}");
+    // The link pins the cgroup: unpin before removing it.
+    std::fs::remove_file(dir.path().join("late.yaml")).expect("rm");
+    let _ = once(dir.path(), &fs, &[]);
+    let _ = std::fs::remove_dir(&cgroup);
+}
+
+#[test]
 fn sigkill_at_any_moment_leaves_no_half_object_and_the_next_run_converges() {
     let fs = Bpffs::new();
     let dir = manifests_dir();

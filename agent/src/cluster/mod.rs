@@ -10,7 +10,6 @@
 //!   outage changes no pin.
 //! - Shutdown (SIGTERM/SIGINT) stops the watches and leaves every pin in place.
 
-pub mod backoff;
 pub mod bytecode;
 pub mod configmaps;
 pub mod desired_set;
@@ -35,7 +34,7 @@ use kube::api::{Api, ListParams};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use self::backoff::{Retries, is_retryable};
+use crate::backoff::{Retries, is_retryable};
 use self::configmaps::ConfigMapWatches;
 use self::heartbeat::Heartbeat;
 use self::metrics::Metrics;

@@ -1,7 +1,8 @@
 //! Retries of objects whose failure may go away by itself, with exponential backoff: the bytecode
 //! file, ConfigMap key or URL becomes available, or an attach point appears (an interface created
 //! later, a pod's cgroup, a binary installed later). Other failures (a verifier rejection, a bad
-//! spec) wait for a change of the object, the node or the ConfigMap.
+//! spec) wait for a change of the object, the node or the ConfigMap (cluster mode), or of the
+//! manifests (local watch mode).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
