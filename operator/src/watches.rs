@@ -138,10 +138,9 @@ impl Resolver {
 }
 
 /// Keeps of a `BpfNodeState` only what the operator reads: per entry the object's name, uid,
-/// generation, phase, reason and message. Pin paths, program ids, managedFields and the like are
-/// most of its bytes (≈ 450 B per entry against ≈ 150 B kept), and the cache holds one entry per
-/// (node, object): at 5,000 nodes × 500 objects that is the difference between ≈ 18 GB and a
-/// few hundred MB of operator memory.
+/// generation, phase, reason and message. Pin paths, program ids and managedFields are most of an
+/// entry's bytes, and the cache holds one entry per (node, object). (At 10 nodes × 300 objects
+/// the operator's RSS did not change with it: see docs/performance.md, fix 5.)
 pub fn project(state: &mut BpfNodeState) {
     state.metadata.managed_fields = None;
     state.metadata.annotations = None;
