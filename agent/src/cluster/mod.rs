@@ -34,12 +34,12 @@ use kube::api::{Api, ListParams};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::backoff::{Retries, is_retryable};
 use self::configmaps::ConfigMapWatches;
 use self::heartbeat::Heartbeat;
 use self::metrics::Metrics;
 use self::node_state::StatusWriter;
 use self::watch::{SharedInputs, Trigger};
+use crate::backoff::{Retries, is_retryable};
 use crate::reconcile::{Action, PassReport, Reconciler};
 
 /// Where bytecode files may be read from when no `--bytecode-dir` is given.
