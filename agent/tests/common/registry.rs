@@ -1,7 +1,9 @@
 //! A real OCI registry on loopback for the tests of `bytecode.image`: CNCF distribution's
 //! `registry`, built from its Go module by e2e/build-registry (cached across runs), started on a
 //! free port with a temporary storage dir and optional htpasswd auth, and bytecode images pushed
-//! to it over the distribution API.
+//! to it over the distribution API. [`TokenRegistry`]: the same registry with `auth: token`, its
+//! tokens from distribution's contrib/token-server (built by e2e/build-token-server), anonymous
+//! tokens from a small realm server here.
 //!
 //! One copy for every test that needs it: the agent's tests (`common::registry`) and the e2e
 //! suite (`#[path = "../../agent/tests/common/registry.rs"] mod registry;`), so it uses nothing of
@@ -24,26 +26,37 @@ pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// The registry binary, built once (e2e/build-registry caches it across runs).
 pub fn registry_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // Both crates that use this file (agent/, e2e/) sit next to e2e/.
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/build-registry");
-        let out = Command::new(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run e2e/build-registry");
-        assert!(
-            out.status.success(),
-            "e2e/build-registry failed (it needs go and the Go module proxy)"
-        );
-        let path = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .map(PathBuf::from)
-            .expect("e2e/build-registry prints the binary's path");
-        assert!(path.is_file(), "{} is missing", path.display());
-        path
-    })
-    .clone()
+    BIN.get_or_init(|| built("build-registry")).clone()
+}
+
+/// The token server binary (distribution's contrib/token-server), built once
+/// (e2e/build-token-server caches it across runs).
+pub fn token_server_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| built("build-token-server")).clone()
+}
+
+/// Runs e2e/<script>, which builds a Go binary if it is not cached and prints its path last.
+fn built(script: &str) -> PathBuf {
+    // Both crates that use this file (agent/, e2e/) sit next to e2e/.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../e2e")
+        .join(script);
+    let out = Command::new(&path)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run e2e/{script}: {e}"));
+    assert!(
+        out.status.success(),
+        "e2e/{script} failed (it needs go and the Go module proxy)"
+    );
+    let bin = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("e2e/{script} prints the binary's path"));
+    assert!(bin.is_file(), "{} is missing", bin.display());
+    bin
 }
 
 /// The registry on 127.0.0.1 (a free port) with a temporary storage dir, killed on drop.
@@ -61,12 +74,7 @@ impl Registry {
     /// Starts a registry; `with_auth` adds htpasswd auth with one user, `docker` (its password
     /// is in [`Registry::credentials`]).
     pub fn start(with_auth: bool) -> Self {
-        let bin = registry_binary();
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
         let auth = if with_auth {
             // The registry provisions a missing htpasswd file with a user `docker` and a random
             // password (bcrypt), which it logs: no htpasswd tool needed.
@@ -77,12 +85,37 @@ impl Registry {
         } else {
             String::new()
         };
+        let data = dir.path().join("data");
+        let mut registry = Self::spawn(dir, &data, &auth);
+        if with_auth {
+            let password = registry
+                .log()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find_map(|v| {
+                    v.get("password")
+                        .and_then(|p| p.as_str())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_else(|| {
+                    panic!("no provisioned password in the log: {}", registry.log())
+                });
+            registry.credentials = Some(("docker".into(), password));
+        }
+        registry
+    }
+
+    /// A registry on a free port serving the storage in `data`, its config and log in `dir`,
+    /// once it answers.
+    fn spawn(dir: tempfile::TempDir, data: &Path, auth: &str) -> Self {
+        let bin = registry_binary();
+        let port = free_port();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog: {{level: info, formatter: json}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\nhttp: {{addr: '127.0.0.1:{port}'}}\n{auth}",
-                dir.path().join("data").display()
+                data.display()
             ),
         )
         .expect("config");
@@ -94,17 +127,12 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("start the registry");
-        let http: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let mut registry = Self {
+        let registry = Self {
             child: Some(child),
             dir,
             port,
             credentials: None,
-            http,
+            http: http_agent(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -122,21 +150,6 @@ impl Registry {
                 registry.log()
             );
             std::thread::sleep(Duration::from_millis(50));
-        }
-        if with_auth {
-            let password = registry
-                .log()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find_map(|v| {
-                    v.get("password")
-                        .and_then(|p| p.as_str())
-                        .map(str::to_owned)
-                })
-                .unwrap_or_else(|| {
-                    panic!("no provisioned password in the log: {}", registry.log())
-                });
-            registry.credentials = Some(("docker".into(), password));
         }
         registry
     }
@@ -334,22 +347,510 @@ impl Registry {
     /// A docker `config.json` (the `.dockerconfigjson` of a pull Secret) with `user:password`
     /// for this registry.
     pub fn docker_config(&self, user: &str, password: &str) -> String {
-        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        serde_json::json!({"auths": {self.host(): {"auth": auth}}}).to_string()
+        docker_config(&self.host(), user, password)
     }
 
     /// [`Registry::docker_config`] written to a file in `dir`.
     pub fn auth_file(&self, dir: &Path, user: &str, password: &str) -> PathBuf {
-        let path = dir.join(format!("auth-{user}-{}.json", password.len()));
-        std::fs::write(&path, self.docker_config(user, password)).expect("write");
-        path
+        auth_file(dir, &self.host(), user, password)
     }
+}
+
+/// A docker `config.json` with `user:password` for the registry `host`.
+pub fn docker_config(host: &str, user: &str, password: &str) -> String {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    serde_json::json!({"auths": {host: {"auth": auth}}}).to_string()
+}
+
+/// [`docker_config`] written to a file in `dir`.
+pub fn auth_file(dir: &Path, host: &str, user: &str, password: &str) -> PathBuf {
+    let path = dir.join(format!("auth-{user}-{}.json", password.len()));
+    std::fs::write(&path, docker_config(host, user, password)).expect("write");
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
 }
 
 impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The issuer and service names of [`TokenRegistry`]'s tokens.
+pub const TOKEN_ISSUER: &str = "bpfpin-token-server";
+pub const TOKEN_SERVICE: &str = "bpfpin-registry";
+
+/// A registry with `auth: token` (the bearer-token flow of Docker Hub, GHCR, Quay), on loopback:
+///
+/// - `front`: the registry the agent pulls from. Its challenge sends clients to the realm; it
+///   trusts tokens signed by the harness's key (a JWKS with the key id the token server gives
+///   it, and a certificate generated with openssl as `rootcertbundle`).
+/// - the token server: distribution's contrib/token-server (built by e2e/build-token-server),
+///   signing with that key. Its users are those of an htpasswd file (one here: `docker`), its
+///   rule that a user gets the repositories under `<user>/` and nothing else: with credentials,
+///   only `docker` and only `docker/*`.
+/// - the realm, a small server in this file: requests with credentials are forwarded as they are
+///   to the token server; anonymous ones, which that token server cannot answer, get a token
+///   here as docker_auth and Docker Hub give them: `pull` on the repositories of `public`,
+///   nothing elsewhere (the registry then refuses them), signed with the same key (with the
+///   certificate in `x5c`).
+/// - `store`: a registry with htpasswd auth on the same storage, which the harness pushes
+///   through, and whose provisioned htpasswd file (user `docker`) the token server reads.
+pub struct TokenRegistry {
+    pub front: Registry,
+    pub store: Registry,
+    token_server: Process,
+    realm: Realm,
+    dir: tempfile::TempDir,
+}
+
+impl TokenRegistry {
+    /// Starts the four; anonymous users may pull the repositories of `public`.
+    pub fn start(public: &[&str]) -> Self {
+        let store = Registry::start(true);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key.pem");
+        let cert = dir.path().join("cert.pem");
+        // P-256 in SEC1 PEM (`EC PRIVATE KEY`): what the token server (libtrust) loads.
+        openssl(
+            &[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+            ],
+            &key,
+        );
+        let cert_pem = openssl(
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-subj",
+                "/CN=bpfpin test token issuer",
+                "-days",
+                "2",
+                "-key",
+            ],
+            &key,
+        );
+        std::fs::write(&cert, &cert_pem).expect("cert");
+        let cert_der = openssl(&["x509", "-outform", "DER", "-in"], &cert);
+        let public_der = openssl(&["ec", "-pubout", "-outform", "DER", "-in"], &key);
+
+        // The token server, with the htpasswd file the store provisioned.
+        let token_port = free_port();
+        let log = std::fs::File::create(dir.path().join("token-server.log")).expect("log");
+        let token_server = Command::new(token_server_binary())
+            .arg("-addr")
+            .arg(format!("127.0.0.1:{token_port}"))
+            .arg("-debug")
+            .arg("-key")
+            .arg(&key)
+            .arg("-passwd")
+            .arg(store.dir.path().join("htpasswd"))
+            .arg("-realm")
+            .arg("bpfpin-token-server")
+            .arg("-issuer")
+            .arg(TOKEN_ISSUER)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .map(Process)
+            .expect("start the token server");
+        let token_log = dir.path().join("token-server.log");
+        let token_server_log = || std::fs::read_to_string(&token_log).unwrap_or_default();
+        let http = http_agent();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !http
+            .get(&format!("http://127.0.0.1:{token_port}/token/"))
+            .call()
+            .is_ok_and(|r| r.status().as_u16() == 401)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the token server did not start: {}",
+                token_server_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The registry trusts the token server's key by the id the token server puts in its
+        // tokens' `jwk` (libtrust's, which it logs), so it gets a JWKS with that id.
+        let log = token_server_log();
+        let kid = log
+            .split("Loaded private key with id ")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no key id in the token server's log: {log}"))
+            .to_owned();
+        // An uncompressed P-256 point ends the SubjectPublicKeyInfo: 04 || x || y.
+        let point = &public_der[public_der.len() - 64..];
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(
+            &jwks,
+            serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": kid,
+                "x": b64(&point[..32]), "y": b64(&point[32..])}]})
+            .to_string(),
+        )
+        .expect("jwks");
+
+        let realm = Realm::start(RealmConfig {
+            token_server: format!("http://127.0.0.1:{token_port}"),
+            key: key.clone(),
+            x5c: base64::engine::general_purpose::STANDARD.encode(&cert_der),
+            public: public.iter().map(|r| (*r).to_owned()).collect(),
+        });
+        let auth = format!(
+            "auth: {{token: {{realm: 'http://127.0.0.1:{}/token/', service: {TOKEN_SERVICE}, issuer: {TOKEN_ISSUER}, rootcertbundle: '{}', jwks: '{}'}}}}\n",
+            realm.port,
+            cert.display(),
+            jwks.display()
+        );
+        let front = Registry::spawn(
+            tempfile::tempdir().expect("tempdir"),
+            &store.dir.path().join("data"),
+            &auth,
+        );
+        Self {
+            front,
+            store,
+            token_server,
+            realm,
+            dir,
+        }
+    }
+
+    /// `127.0.0.1:<port>` of the registry the agent pulls from.
+    pub fn host(&self) -> String {
+        self.front.host()
+    }
+
+    /// `docker` and its password: the token server's one user.
+    pub fn credentials(&self) -> (String, String) {
+        self.store.credentials.clone().expect("credentials")
+    }
+
+    /// Pushes an image through the store; see [`Registry::push_image`].
+    pub fn push_image(
+        &self,
+        repo: &str,
+        tag: &str,
+        layer: &[u8],
+        labels: serde_json::Value,
+    ) -> (String, usize) {
+        self.store.push_image(repo, tag, layer, labels)
+    }
+
+    /// A docker `config.json` for the front registry, written to a file in `dir`.
+    pub fn auth_file(&self, dir: &Path, user: &str, password: &str) -> PathBuf {
+        auth_file(dir, &self.host(), user, password)
+    }
+
+    /// The realm's URL, as the registry's challenge names it.
+    pub fn realm_url(&self) -> String {
+        format!("http://127.0.0.1:{}/token/", self.realm.port)
+    }
+
+    /// The token server's log (logrus text: `msg="authorized client" acctSubject=docker
+    /// grantedAccess="[{{repository  docker/x} pull}]"`, and its refusals).
+    pub fn token_server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("token-server.log")).unwrap_or_default()
+    }
+
+    /// What the realm did, a line a request: `forwarded <target> with credentials: HTTP <n>` or
+    /// `anonymous token for <scope>: granted [<access>]`.
+    pub fn realm_log(&self) -> String {
+        self.realm.log.lock().expect("realm log").clone()
+    }
+}
+
+/// A child process, killed on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `openssl <args> <path>`; its stdout.
+fn openssl(args: &[&str], path: &Path) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+struct RealmConfig {
+    /// `http://127.0.0.1:<port>` of the token server.
+    token_server: String,
+    /// The signing key (PEM) and its certificate (base64 DER) for anonymous tokens.
+    key: PathBuf,
+    x5c: String,
+    public: Vec<String>,
+}
+
+/// The realm server of [`TokenRegistry`]: one thread, one request a connection.
+struct Realm {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Realm {
+    fn start(config: RealmConfig) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the realm");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("realm address").port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let thread = {
+            let stop = stop.clone();
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let http = http_agent();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let line = realm_request(stream, &config, &http);
+                            log.lock()
+                                .expect("realm log")
+                                .push_str(&format!("{line}\n"));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+        };
+        Self {
+            port,
+            stop,
+            thread: Some(thread),
+            log,
+        }
+    }
+}
+
+impl Drop for Realm {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Answers one request to the realm; returns its log line.
+fn realm_request(
+    mut stream: std::net::TcpStream,
+    config: &RealmConfig,
+    http: &ureq::Agent,
+) -> String {
+    use std::io::Read as _;
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 << 10 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let mut lines = head.lines();
+    let target = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("/")
+        .to_owned();
+    let authorization = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
+        .map(|(_, value)| value.trim().to_owned());
+    let respond = |stream: &mut std::net::TcpStream,
+                   status: u16,
+                   challenge: Option<&str>,
+                   body: &[u8]| {
+        let challenge =
+            challenge.map_or_else(String::new, |c| format!("WWW-Authenticate: {c}\r\n"));
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{challenge}Connection: close\r\n\r\n",
+            if status == 200 { "OK" } else { "Error" },
+            body.len()
+        );
+        let _ = stream.write_all(body);
+    };
+
+    if let Some(authorization) = authorization {
+        // Credentials: the token server decides.
+        let response = http
+            .get(&format!("{}{target}", config.token_server))
+            .header("Authorization", &authorization)
+            .call();
+        return match response {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let challenge = response
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let body = response.into_body().read_to_vec().unwrap_or_default();
+                respond(&mut stream, status, challenge.as_deref(), &body);
+                format!("forwarded {target} with credentials: HTTP {status}")
+            }
+            Err(e) => {
+                respond(&mut stream, 502, None, b"{}");
+                format!("forwarded {target} with credentials: {e}")
+            }
+        };
+    }
+
+    // Anonymous: `pull` on public repositories, nothing elsewhere.
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let params: Vec<(String, String)> = query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+        .collect();
+    let scopes: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let service = params
+        .iter()
+        .find(|(k, _)| k == "service")
+        .map_or("", |(_, v)| v.as_str());
+    let mut access = Vec::new();
+    for scope in &scopes {
+        let mut parts = scope.splitn(3, ':');
+        let (Some("repository"), Some(name), Some(actions)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if config.public.iter().any(|p| p == name) && actions.split(',').any(|a| a == "pull") {
+            access
+                .push(serde_json::json!({"type": "repository", "name": name, "actions": ["pull"]}));
+        }
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [config.x5c]});
+    let claims = serde_json::json!({
+        "iss": TOKEN_ISSUER, "sub": "", "aud": service, "iat": now, "nbf": now,
+        "exp": now + 300, "jti": format!("anonymous-{now}-{}", std::process::id()),
+        "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let token = format!(
+        "{signing_input}.{}",
+        b64(&es256(&config.key, signing_input.as_bytes()))
+    );
+    let body = serde_json::json!({"token": token, "expires_in": 300}).to_string();
+    respond(&mut stream, 200, None, body.as_bytes());
+    format!(
+        "anonymous token for {}: granted {}",
+        scopes.join(" "),
+        serde_json::Value::from(access)
+    )
+}
+
+/// An ES256 JWS signature (r || s, 32 bytes each) of `input` by the P-256 key in `key`.
+fn es256(key: &Path, input: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run openssl dgst");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write to openssl");
+    let out = child.wait_with_output().expect("openssl dgst");
+    assert!(out.status.success(), "openssl dgst -sign failed");
+    // DER: SEQUENCE { INTEGER r, INTEGER s }, short lengths for P-256.
+    let der = out.stdout;
+    let mut raw = Vec::with_capacity(64);
+    let mut at = 2;
+    for _ in 0..2 {
+        assert_eq!(der[at], 0x02, "an INTEGER in the signature");
+        let len = usize::from(der[at + 1]);
+        let int = &der[at + 2..at + 2 + len];
+        let int = &int[int.len().saturating_sub(32)..];
+        raw.extend(std::iter::repeat_n(0, 32 - int.len()));
+        raw.extend_from_slice(int);
+        at += 2 + len;
+    }
+    raw
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The labels bpfman's bytecode images carry, for the counter example's object.
