@@ -1,8 +1,10 @@
 //! `bytecode.image` against a real OCI registry on loopback (common/registry.rs: CNCF
 //! distribution's `registry`, built from its Go module), with images pushed over the
 //! distribution API. By tag and by digest, an index, gzipped and plain layers, digest checks,
-//! missing tags, bad images, basic-auth credentials from `--registry-auth`, and a digest-pinned
-//! image pinned again from the cache with the registry stopped.
+//! missing tags, bad images, basic-auth credentials from `--registry-auth`, the bearer-token flow
+//! against a registry with `auth: token` and a real token server (common::registry::TokenRegistry:
+//! credentials, wrong credentials, anonymous tokens for a public repository and for a private
+//! one), and a digest-pinned image pinned again from the cache with the registry stopped.
 
 mod common;
 
@@ -10,7 +12,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use bpfpin_agent::desired::sha256_hex;
-use common::registry::{OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, Registry, counter_labels, gzip, tar};
+use common::registry::{
+    OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, Registry, TOKEN_SERVICE, TokenRegistry, counter_labels,
+    gzip, tar,
+};
 use common::*;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_bpfpin-agent");
@@ -352,6 +357,240 @@ fn credentials_come_from_registry_auth() {
     let out = once(manifests.path(), &fs, cache.path(), Some(&broken));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--registry-auth"), "{}", stderr(&out));
+}
+
+/// A BpfObject pinning the counter's `count_getpid` from `counter.bpf.o` beside the manifests.
+fn local_manifest(dir: &Path, name: &str) -> String {
+    std::fs::write(dir.join("counter.bpf.o"), bytes("counter")).expect("write object");
+    format!(
+        "apiVersion: bpfpin.io/v1alpha1\nkind: BpfObject\nmetadata: {{name: {name}}}\nspec:\n  bytecode: {{path: counter.bpf.o}}\n  programs: [{{name: count_getpid}}]\n"
+    )
+}
+
+/// The lines of `log` holding every one of `needles`.
+fn lines_with<'a>(log: &'a str, needles: &[&str]) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .collect()
+}
+
+#[test]
+fn bearer_tokens_from_the_token_server_pull_with_the_right_credentials_only() {
+    require_root();
+    let registry = TokenRegistry::start(&["public/counter"]);
+    let (user, password) = registry.credentials();
+    let layer = gzip(&tar(&[("bpf.o", &bytes("counter"))]));
+    registry.push_image("docker/counter", "v1", &layer, counter_labels());
+    registry.push_image("alice/counter", "v1", &layer, counter_labels());
+
+    let manifests = tempfile::tempdir().expect("tempdir");
+    let auth = tempfile::tempdir().expect("tempdir");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let host = registry.host();
+    let image = format!("{host}/docker/counter:v1");
+    write(
+        manifests.path(),
+        "a.yaml",
+        &manifest("private", &image, None),
+    );
+    write(
+        manifests.path(),
+        "b.yaml",
+        &local_manifest(manifests.path(), "local"),
+    );
+
+    // A wrong password: the token service refuses it, the registry is never asked with a token,
+    // the object is not pinned, the other one is.
+    let wrong = registry.auth_file(auth.path(), &user, "wrong-password");
+    let fs = Bpffs::new();
+    let out = once(manifests.path(), &fs, cache.path(), Some(&wrong));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "private: FAILED BytecodeUnavailable: image {image}: token service {} refused the credentials of \"docker\" (HTTP 401)",
+            registry.realm_url()
+        )),
+        "{err}"
+    );
+    assert!(!fs.root().join("private").exists(), "{err}");
+    assert!(fs.root().join("local/progs/count_getpid").exists(), "{err}");
+    let realm = registry.realm_log();
+    assert!(
+        !lines_with(
+            &realm,
+            &[
+                "scope=repository%3Adocker%2Fcounter%3Apull",
+                "with credentials: HTTP 401"
+            ]
+        )
+        .is_empty(),
+        "the realm forwarded the credentials to the token server, which refused them: {realm}"
+    );
+    assert!(
+        lines_with(&registry.token_server_log(), &["get token complete"]).is_empty(),
+        "no token was issued: {}",
+        registry.token_server_log()
+    );
+    assert!(
+        lines_with(&registry.front.log(), &["\"auth.user.name\":\"docker\""]).is_empty(),
+        "the registry saw no token: {}",
+        registry.front.log()
+    );
+
+    // The right password: a token for `repository:docker/counter:pull` from the token server,
+    // which the registry accepts for the manifest and the blobs.
+    let right = registry.auth_file(auth.path(), &user, &password);
+    let out = once(manifests.path(), &fs, cache.path(), Some(&right));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(fs.root().join("private/progs/count_getpid").exists());
+    let issued = registry.token_server_log();
+    assert_eq!(
+        lines_with(
+            &issued,
+            &[
+                "msg=\"get token complete\"",
+                "acctSubject=docker",
+                "grantedAccess=\"[{{repository  docker/counter} pull}]\"",
+                &format!("service={TOKEN_SERVICE}"),
+            ]
+        )
+        .len(),
+        1,
+        "one token for one pull: {issued}"
+    );
+    let front = registry.front.log();
+    for what in ["manifests/v1", "blobs/sha256:"] {
+        assert!(
+            !lines_with(
+                &front,
+                &[
+                    "\"auth.user.name\":\"docker\"",
+                    &format!("/v2/docker/counter/{what}"),
+                    "\"http.response.status\":200"
+                ]
+            )
+            .is_empty(),
+            "the registry served {what} to the token's subject: {front}"
+        );
+    }
+
+    // The token server grants `docker` nothing outside `docker/`: the registry refuses that
+    // token for another user's repository.
+    let other = format!("{host}/alice/counter:v1");
+    write(manifests.path(), "c.yaml", &manifest("other", &other, None));
+    let out = once(manifests.path(), &fs, cache.path(), Some(&right));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "other: FAILED BytecodeUnavailable: image {other}: registry {host} refused the credentials of \"docker\" (HTTP 401)"
+        )),
+        "{err}"
+    );
+    assert!(!fs.root().join("other").exists());
+    assert!(
+        !lines_with(
+            &registry.token_server_log(),
+            &[
+                "msg=\"get token complete\"",
+                "acctSubject=docker",
+                "grantedAccess=\"[]\""
+            ]
+        )
+        .is_empty(),
+        "{}",
+        registry.token_server_log()
+    );
+}
+
+#[test]
+fn anonymous_bearer_tokens_pull_a_public_image_and_not_a_private_one() {
+    require_root();
+    let registry = TokenRegistry::start(&["public/counter"]);
+    let layer = gzip(&tar(&[("bpf.o", &bytes("counter"))]));
+    registry.push_image("public/counter", "v1", &layer, counter_labels());
+    registry.push_image("docker/counter", "v1", &layer, counter_labels());
+
+    let manifests = tempfile::tempdir().expect("tempdir");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let host = registry.host();
+    let public = format!("{host}/public/counter:v1");
+    let private = format!("{host}/docker/counter:v1");
+    write(
+        manifests.path(),
+        "a.yaml",
+        &manifest("public", &public, None),
+    );
+    write(
+        manifests.path(),
+        "b.yaml",
+        &manifest("private", &private, None),
+    );
+
+    // No --registry-auth at all.
+    let fs = Bpffs::new();
+    let out = once(manifests.path(), &fs, cache.path(), None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        fs.root().join("public/progs/count_getpid").exists(),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "private: FAILED BytecodeUnavailable: image {private}: registry {host} requires credentials (HTTP 401) and none are configured for it"
+        )),
+        "{err}"
+    );
+    assert!(!fs.root().join("private").exists(), "{err}");
+
+    // Both got an anonymous token (the realm's log), with `pull` on the public repository only;
+    // the registry served the public blobs to it and refused the private manifest.
+    let realm = registry.realm_log();
+    assert_eq!(
+        lines_with(
+            &realm,
+            &[
+                "anonymous token for repository:public/counter:pull:",
+                r#"granted [{"actions":["pull"],"name":"public/counter","type":"repository"}]"#
+            ]
+        )
+        .len(),
+        1,
+        "{realm}"
+    );
+    assert_eq!(
+        lines_with(
+            &realm,
+            &["anonymous token for repository:docker/counter:pull: granted []"]
+        )
+        .len(),
+        1,
+        "{realm}"
+    );
+    assert!(!realm.contains("with credentials"), "{realm}");
+    let front = registry.front.log();
+    assert!(
+        !lines_with(
+            &front,
+            &["\"GET /v2/public/counter/blobs/sha256:", "HTTP/1.1\" 200"]
+        )
+        .is_empty(),
+        "{front}"
+    );
+    assert!(
+        !lines_with(
+            &front,
+            &["insufficient scope", "/v2/docker/counter/manifests/v1"]
+        )
+        .is_empty(),
+        "the registry refused the token without pull on docker/counter: {front}"
+    );
+    assert!(
+        lines_with(&front, &["\"GET /v2/docker/counter/", "HTTP/1.1\" 200"]).is_empty(),
+        "{front}"
+    );
 }
 
 #[test]
