@@ -968,7 +968,26 @@ impl<'a> Session<'a> {
                     let challenge = got.challenge.as_deref().and_then(parse_challenge);
                     self.authorization = Some(self.authenticate(challenge)?);
                 }
-                401 => return Err(self.unauthorized()),
+                401 => {
+                    // With credentials, a bearer token refused for `insufficient_scope`: the
+                    // token service took the credentials but granted no pull on the repository.
+                    let insufficient_scope = got
+                        .challenge
+                        .as_deref()
+                        .and_then(parse_challenge)
+                        .and_then(|c| c.params.get("error").cloned())
+                        .is_some_and(|e| e == "insufficient_scope");
+                    return Err(match self.auth.for_registry(&self.image.registry) {
+                        Some(c) if insufficient_scope => self.error(
+                            Reason::BytecodeUnavailable,
+                            format!(
+                                "registry {} denied {:?} access to repository {} (HTTP 401, insufficient_scope: the token service granted no pull)",
+                                self.image.registry, c.username, self.image.repository
+                            ),
+                        ),
+                        _ => self.unauthorized(),
+                    });
+                }
                 403 => {
                     return Err(self.error(
                         Reason::BytecodeUnavailable,

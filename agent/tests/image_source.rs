@@ -476,7 +476,7 @@ fn bearer_tokens_from_the_token_server_pull_with_the_right_credentials_only() {
     }
 
     // The token server grants `docker` nothing outside `docker/`: the registry refuses that
-    // token for another user's repository.
+    // token for another user's repository, which is not a wrong password.
     let other = format!("{host}/alice/counter:v1");
     write(manifests.path(), "c.yaml", &manifest("other", &other, None));
     let out = once(manifests.path(), &fs, cache.path(), Some(&right));
@@ -484,7 +484,7 @@ fn bearer_tokens_from_the_token_server_pull_with_the_right_credentials_only() {
     let err = stderr(&out);
     assert!(
         err.contains(&format!(
-            "other: FAILED BytecodeUnavailable: image {other}: registry {host} refused the credentials of \"docker\" (HTTP 401)"
+            "other: FAILED BytecodeUnavailable: image {other}: registry {host} denied \"docker\" access to repository alice/counter (HTTP 401, insufficient_scope: the token service granted no pull)"
         )),
         "{err}"
     );
