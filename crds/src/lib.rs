@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod bpf_object;
+pub mod duration;
 pub mod node_state;
 pub mod validation;
 

@@ -51,43 +51,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses `90s`, `2m`, `1m30s`, `1h`, `500ms`; a bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!(
-                "{s:?}: expected a number, e.g. 90s, 2m, 1m30s, 500ms"
-            ));
-        }
-        let n: u64 = rest[..digits].parse().map_err(|e| format!("{s:?}: {e}"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let part = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.saturating_mul(60)),
-            "h" => Duration::from_secs(n.saturating_mul(3600)),
-            unit => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
-        };
-        total = total.saturating_add(part);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
+/// Parses `90s`, `2m`, `1m30s`, `1h`, `500ms`; a bare number is seconds (one parser for the
+/// agent's and the operator's flags: [`bpfpin_crds::duration`]).
+pub use bpfpin_crds::duration::parse as parse_duration;
 
 #[cfg(test)]
 mod tests {

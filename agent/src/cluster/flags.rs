@@ -2,34 +2,10 @@
 //! the metrics address (`0.0.0.0:8081`, or `none` to serve nothing).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-/// Parses `500ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 30s, 5m or 1h"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?}; use ms, s, m or h"
-            ));
-        }
-    };
-    if !seconds.is_finite() || seconds <= 0.0 {
-        return Err(format!("{text:?} must be a positive duration"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
+/// Parses `500ms`, `30s`, `5m`, `1h`, `1m30s`, or a bare number of seconds; zero is refused (one
+/// parser for the agent's and the operator's flags: [`bpfpin_crds::duration`]).
+pub use bpfpin_crds::duration::parse_positive as parse_duration;
 
 /// Where the health and metrics endpoints listen; `None` serves nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +24,8 @@ pub fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
