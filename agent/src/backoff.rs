@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::error::Reason;
+use crate::reconcile::PassReport;
 
 /// Whether a failure with this reason is retried on a timer.
 pub fn is_retryable(reason: Reason) -> bool {
@@ -69,9 +70,29 @@ impl Retries {
         self.entries = next;
     }
 
+    /// Records a pass by its report: the objects that failed for a retryable reason.
+    pub fn record_pass(&mut self, now: Instant, report: &PassReport) {
+        self.record(
+            now,
+            report
+                .objects
+                .iter()
+                .filter(|o| o.error.as_ref().is_some_and(|e| is_retryable(e.reason)))
+                .map(|o| (o.name.as_str(), o.generation)),
+        );
+    }
+
     /// The earliest retry, if any.
     pub fn next_due(&self) -> Option<Instant> {
         self.entries.values().map(|r| r.due).min()
+    }
+}
+
+/// Sleeps until `deadline`; without one, forever (a `select!` branch that never fires).
+pub async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bpfpin_crds::BpfObject;
 use serde::Deserialize;
 
-use crate::backoff::{Retries, is_retryable};
+use crate::backoff::{Retries, sleep_until};
 use crate::desired::DesiredObject;
 use crate::error::{ObjectError, Reason};
 use crate::fetch::Fetcher;
@@ -303,15 +303,7 @@ pub async fn watch(mut reconciler: Reconciler, config: LocalConfig) -> anyhow::R
         })
         .await?;
         reconciler = r;
-        retries.record(
-            std::time::Instant::now(),
-            report
-                .objects
-                .iter()
-                .filter(|o| o.error.as_ref().is_some_and(|e| is_retryable(e.reason)))
-                .map(|o| (o.name.as_str(), o.generation)),
-        );
-        let retry = retries.next_due().map(tokio::time::Instant::from_std);
+        retries.record_pass(std::time::Instant::now(), &report);
         tokio::select! {
             _ = &mut shutdown => {
                 tracing::info!("shutting down; pins stay in place");
@@ -322,12 +314,7 @@ pub async fn watch(mut reconciler: Reconciler, config: LocalConfig) -> anyhow::R
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 while rx.try_recv().is_ok() {}
             }
-            () = async {
-                match retry {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            () = sleep_until(retries.next_due()) => {
                 tracing::info!("retrying the objects whose bytecode or attach point was missing");
             }
         }

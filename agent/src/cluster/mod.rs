@@ -31,7 +31,6 @@ use anyhow::Context as _;
 use bpfpin_crds::{BpfNodeState, BpfNodeStateStatus, BpfObject};
 use kube::Client;
 use kube::api::{Api, ListParams};
-use tokio::time::Instant;
 use tracing::Instrument;
 
 use self::configmaps::ConfigMapWatches;
@@ -39,7 +38,7 @@ use self::heartbeat::Heartbeat;
 use self::metrics::Metrics;
 use self::node_state::StatusWriter;
 use self::watch::{SharedInputs, Trigger};
-use crate::backoff::{Retries, is_retryable};
+use crate::backoff::{Retries, sleep_until};
 use crate::reconcile::{Action, PassReport, Reconciler};
 
 /// Where bytecode files may be read from when no `--bytecode-dir` is given.
@@ -226,9 +225,9 @@ impl Agent {
     async fn serve(&mut self) -> anyhow::Result<()> {
         let mut shutdown = std::pin::pin!(crate::shutdown::signal());
         loop {
-            let retry = self.retries.next_due().map(Instant::from_std);
-            let write = self.writer.next_due().map(Instant::from_std);
-            let beat = self.heartbeat.next_due().map(Instant::from_std);
+            let retry = self.retries.next_due();
+            let write = self.writer.next_due();
+            let beat = self.heartbeat.next_due();
             let run_pass = tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 Some(()) = self.wake.recv() => {
@@ -322,27 +321,13 @@ impl Agent {
 
         self.metrics.observe_pass(&report, elapsed);
         self.metrics.set_ready();
-        self.retries.record(
-            std::time::Instant::now(),
-            report
-                .objects
-                .iter()
-                .filter(|r| r.error.as_ref().is_some_and(|e| is_retryable(e.reason)))
-                .map(|r| (r.name.as_str(), r.generation)),
-        );
+        self.retries.record_pass(std::time::Instant::now(), &report);
         log_pass(&report, held.len(), elapsed);
         let earlier = self.earlier.take();
         let previous = self.status.as_ref().map(|(s, _)| s).or(earlier.as_ref());
         let status = node_state::build_status(&report, &held, previous, &self.root);
         self.status = Some((status, node_uid));
         Ok(())
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 
