@@ -24,18 +24,6 @@ pub const LEASE_NAMESPACE: &str = "kube-system";
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-/// Where cgroup v2 is mounted on this machine.
-pub fn cgroup2_mount() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts")?;
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .context("no cgroup2 mount (the cgroup_skb checks need cgroup v2)")
-}
-
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -198,6 +186,13 @@ impl Env {
                 String::from_utf8_lossy(&out.stderr)
             ),
         )
+    }
+
+    /// `kubectl` that must succeed: its output, or a panic with the command and kubectl's words.
+    pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let (ok, out) = self.kubectl(args, stdin);
+        assert!(ok, "kubectl {}: {out}", args.join(" "));
+        out
     }
 
     /// `kubectl apply -f -` of a manifest; panics with kubectl's words when refused.

@@ -2,6 +2,8 @@
 //! simulated nodes running real agents on private bpffs mounts. Run through `e2e/run` (it starts
 //! the control plane, installs crds/ and runs these one at a time).
 
+#[path = "../../agent/tests/common/cgroup.rs"]
+mod cgroup;
 #[path = "../../agent/tests/common/registry.rs"]
 mod registry;
 
@@ -86,7 +88,7 @@ async fn selection_relabelling_and_deletion() -> anyhow::Result<()> {
     let started = Instant::now();
     env.apply(&manifest("sel", &spec));
     // What a user types: kubectl wait.
-    let (ok, out) = env.kubectl(
+    env.kubectl_ok(
         &[
             "wait",
             "--for=condition=Ready",
@@ -95,7 +97,6 @@ async fn selection_relabelling_and_deletion() -> anyhow::Result<()> {
         ],
         None,
     );
-    assert!(ok, "kubectl wait: {out}");
     eprintln!(
         "e2e: kubectl apply -> kubectl wait Ready on 2 of 3 nodes: {} ms",
         started.elapsed().as_millis()
@@ -401,8 +402,7 @@ async fn every_example_and_the_crds_are_admitted() -> anyhow::Result<()> {
     dirs.sort();
     for dir in dirs.iter().filter(|d| d.is_dir()) {
         let dir = dir.display().to_string();
-        let (ok, out) = env.kubectl(&["apply", "--dry-run=server", "-f", &dir], None);
-        assert!(ok, "the API server refused {dir}:\n{out}");
+        env.kubectl_ok(&["apply", "--dry-run=server", "-f", &dir], None);
     }
     // `kubectl explain` explains.
     let (ok, out) = env.kubectl(&["explain", "bpfobject.spec.maps.pinPath"], None);
@@ -421,12 +421,7 @@ async fn the_configmap_example_pins_when_its_configmap_appears_and_reloads_when_
     ];
     // examples/configmap names default/counter-bytecode, key counter.bpf.o.
     let (name, manifest) = example("configmap/configmap.yaml", "cm", |_| {});
-    let kubectl = |args: &[&str], stdin: Option<&str>| {
-        let (ok, out) = env.kubectl(args, stdin);
-        assert!(ok, "kubectl {}: {out}", args.join(" "));
-        out
-    };
-    kubectl(
+    env.kubectl_ok(
         &[
             "-n",
             "default",
@@ -454,7 +449,7 @@ async fn the_configmap_example_pins_when_its_configmap_appears_and_reloads_when_
     // The ConfigMap made as the example's comment says: the object is pinned everywhere.
     let from_file = format!("--from-file={}", env.object_path("counter"));
     let started = Instant::now();
-    kubectl(
+    env.kubectl_ok(
         &[
             "-n",
             "default",
@@ -488,7 +483,7 @@ async fn the_configmap_example_pins_when_its_configmap_appears_and_reloads_when_
     let object = changed.path().join("counter.bpf.o");
     compile_bpf(&src, &object)?;
     let from_file = format!("--from-file={}", object.display());
-    let updated = kubectl(
+    let updated = env.kubectl_ok(
         &[
             "-n",
             "default",
@@ -503,7 +498,7 @@ async fn the_configmap_example_pins_when_its_configmap_appears_and_reloads_when_
         None,
     );
     let started = Instant::now();
-    kubectl(&["apply", "-f", "-"], Some(&updated));
+    env.kubectl_ok(&["apply", "-f", "-"], Some(&updated));
     for (n, before) in nodes.iter().zip(&before) {
         let state = env
             .wait_node_state(&n.name, "the new object pinned", |s| {
@@ -533,7 +528,7 @@ async fn the_configmap_example_pins_when_its_configmap_appears_and_reloads_when_
     for n in &nodes {
         assert!(!n.has_object(&name), "{} unpinned it", n.name);
     }
-    kubectl(
+    env.kubectl_ok(
         &["-n", "default", "delete", "configmap", "counter-bytecode"],
         None,
     );
@@ -566,7 +561,7 @@ async fn the_image_example_pulls_with_its_pull_secret_and_a_wrong_password_fails
         ("registry-creds", password.as_str()),
         ("registry-creds-wrong", "wrong-password"),
     ] {
-        let (ok, out) = env.kubectl(
+        env.kubectl_ok(
             &[
                 "-n",
                 "default",
@@ -577,9 +572,8 @@ async fn the_image_example_pulls_with_its_pull_secret_and_a_wrong_password_fails
             ],
             None,
         );
-        assert!(ok, "{out}");
         let password = format!("--docker-password={password}");
-        let (ok, out) = env.kubectl(
+        env.kubectl_ok(
             &[
                 "-n",
                 "default",
@@ -593,7 +587,6 @@ async fn the_image_example_pulls_with_its_pull_secret_and_a_wrong_password_fails
             ],
             None,
         );
-        assert!(ok, "kubectl create secret docker-registry {secret}: {out}");
     }
     let with_secret = |secret: &str| {
         let image = image.clone();
@@ -671,8 +664,7 @@ async fn the_image_example_pulls_with_its_pull_secret_and_a_wrong_password_fails
         env.wait_gone(name).await?;
     }
     for secret in ["registry-creds", "registry-creds-wrong"] {
-        let (ok, out) = env.kubectl(&["-n", "default", "delete", "secret", secret], None);
-        assert!(ok, "{out}");
+        env.kubectl_ok(&["-n", "default", "delete", "secret", secret], None);
     }
     Ok(())
 }
@@ -691,7 +683,7 @@ async fn a_missing_attach_point_is_retried_until_it_appears() -> anyhow::Result<
     )?;
 
     // The cgroup of a workload that has not started yet.
-    let cgroup = cgroup2_mount()?.join("bpfpin-e2e-late");
+    let cgroup = cgroup::cgroup2_mount().join("bpfpin-e2e-late");
     let _ = std::fs::remove_dir(&cgroup);
     let spec = format!(
         "nodeSelector: {{matchLabels: {{e2e-group: late}}}}\nbytecode: {{path: {}}}\nprograms:\n- name: count_egress\n  attach: {{cgroupSkb: {{cgroup: {}, direction: Egress}}}}",

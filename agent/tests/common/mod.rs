@@ -2,7 +2,10 @@
 //! compiled from the C sources in the repo, dummy network interfaces.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod cgroup;
 pub mod registry;
+
+pub use cgroup::cgroup2_mount;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -337,16 +340,4 @@ impl Drop for HttpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Where cgroup v2 is mounted (hybrid hosts mount it elsewhere than /sys/fs/cgroup).
-pub fn cgroup2_mount() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").expect("mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("a cgroup2 mount (the cgroup_skb tests need cgroup v2)")
 }
