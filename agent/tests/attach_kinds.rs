@@ -74,13 +74,6 @@ fn require_all_attach_kinds() -> bool {
     std::env::var("BPFPIN_REQUIRE_ALL_ATTACH_KINDS").is_ok_and(|v| v == "1")
 }
 
-/// The test BPF objects build; hack/vm-test runs this one test on the host with
-/// `BPFPIN_TEST_BPF_EXPORT=<dir>` to get the objects its VM (which has no clang) needs.
-#[test]
-fn the_bpf_objects_build() {
-    assert!(bpf_object("kinds").exists());
-}
-
 fn unlink_a_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let f = dir.path().join("x");
@@ -427,7 +420,7 @@ fn tc_through_tcx_counts_ingress_and_egress_packets() {
 #[test]
 fn cgroup_skb_counts_egress_of_processes_in_the_cgroup() {
     let fs = Bpffs::new();
-    let cgroup = cgroup2_mount().join("bpfpin-test-skb");
+    let cgroup = cgroup::cgroup2_mount().join("bpfpin-test-skb");
     let _ = std::fs::remove_dir(&cgroup);
     std::fs::create_dir(&cgroup).expect("create cgroup");
     let attach = format!(

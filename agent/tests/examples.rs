@@ -29,7 +29,7 @@ const PINNED_EVERYWHERE: usize = 9;
 fn every_example_pins() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let veth = Veth::new(3);
-    let cgroup2 = cgroup2_mount();
+    let cgroup2 = cgroup::cgroup2_mount();
     let mut dirs: Vec<_> = std::fs::read_dir(&examples)
         .expect("examples")
         .flatten()

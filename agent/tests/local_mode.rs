@@ -235,7 +235,7 @@ fn watching_retries_an_attach_point_that_appears_later() {
     let dir = manifests_dir();
     std::fs::copy(bpf_object("kinds"), dir.path().join("kinds.bpf.o")).expect("copy");
     // The cgroup of a workload that has not started yet.
-    let cgroup = cgroup2_mount().join("bpfpin-local-late");
+    let cgroup = cgroup::cgroup2_mount().join("bpfpin-local-late");
     let _ = std::fs::remove_dir(&cgroup);
     let spec = format!(
         "bytecode: {{path: kinds.bpf.o}}\nprograms:\n- name: cgroup_skb_count\n  attach: {{cgroupSkb: {{cgroup: {}, direction: Egress}}}}\n",

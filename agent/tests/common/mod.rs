@@ -5,8 +5,6 @@
 pub mod cgroup;
 pub mod registry;
 
-pub use cgroup::cgroup2_mount;
-
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
