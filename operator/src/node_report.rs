@@ -62,12 +62,14 @@ impl Heartbeats {
             .copied()
     }
 
-    /// Forgets the nodes for which `keep` is false.
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+    /// The nodes with a heartbeat on record.
+    pub fn nodes(&self) -> Vec<String> {
         self.0
-            .write()
+            .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|node, _| keep(node));
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Records (or, with None, forgets) `node`'s last renewal.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bpfpin_crds::{BpfNodeState, BpfObject, NodeObjectState, ObjectPhase};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::node_report::{self, Liveness};
+use crate::node_report::{self, Heartbeats, Liveness};
 use crate::selector::Selector;
 
 /// The objects to reconcile, as names or as criteria resolved against the current stores.
@@ -115,8 +115,9 @@ fn stale_at(
 pub struct NodeStateIndex {
     stale_after: Duration,
     nodes: HashMap<String, Tracked>,
-    /// The last heartbeat of each agent, by node (also of nodes without a state yet).
-    heartbeats: HashMap<String, Timestamp>,
+    /// The last heartbeat of each agent, by node (also of nodes without a state yet): the map
+    /// the reconciler reads too.
+    heartbeats: Heartbeats,
     /// Names seen since the last `init` (a relist), while one is in progress.
     relisting: Option<HashSet<String>>,
     /// Nodes whose Lease was seen since the last `heartbeats_init`, while a relist is in progress.
@@ -124,12 +125,19 @@ pub struct NodeStateIndex {
 }
 
 impl NodeStateIndex {
-    /// An empty index judging liveness with `stale_after`.
+    /// An empty index judging liveness with `stale_after`, with heartbeats of its own.
+    #[cfg(test)]
     pub fn new(stale_after: Duration) -> Self {
+        Self::with_heartbeats(stale_after, Heartbeats::default())
+    }
+
+    /// An empty index that keeps the heartbeats it is given in `heartbeats` (shared with the
+    /// reconciler).
+    pub fn with_heartbeats(stale_after: Duration, heartbeats: Heartbeats) -> Self {
         Self {
             stale_after,
             nodes: HashMap::new(),
-            heartbeats: HashMap::new(),
+            heartbeats,
             relisting: None,
             relisting_heartbeats: None,
         }
@@ -141,10 +149,7 @@ impl NodeStateIndex {
         if let Some(seen) = &mut self.relisting_heartbeats {
             seen.insert(node.to_owned());
         }
-        match renewed {
-            Some(t) => self.heartbeats.insert(node.to_owned(), t),
-            None => self.heartbeats.remove(node),
-        };
+        self.heartbeats.set(node, renewed);
         let mut t = Trigger::default();
         if let Some(tracked) = self.nodes.get_mut(node) {
             let new = stale_at(renewed, now, self.stale_after);
@@ -157,11 +162,6 @@ impl NodeStateIndex {
         t
     }
 
-    /// Whether `node`'s agent has a heartbeat on record.
-    pub fn has_heartbeat(&self, node: &str) -> bool {
-        self.heartbeats.contains_key(node)
-    }
-
     /// A relist of the Leases begins.
     pub fn heartbeats_init(&mut self) {
         self.relisting_heartbeats = Some(HashSet::new());
@@ -169,7 +169,8 @@ impl NodeStateIndex {
 
     /// The relist of the Leases is complete: Leases not seen again were deleted meanwhile.
     pub fn heartbeats_init_done(&mut self, now: Timestamp) -> Trigger {
-        let gone = not_relisted(&mut self.relisting_heartbeats, self.heartbeats.keys());
+        let known = self.heartbeats.nodes();
+        let gone = not_relisted(&mut self.relisting_heartbeats, known.iter());
         let mut t = Trigger::default();
         for node in gone {
             t.merge(self.heartbeat(&node, None, now));
@@ -185,12 +186,7 @@ impl NodeStateIndex {
         if let Some(seen) = &mut self.relisting {
             seen.insert(node.clone());
         }
-        let new = Tracked::of(
-            state,
-            self.heartbeats.get(&node).copied(),
-            now,
-            self.stale_after,
-        );
+        let new = Tracked::of(state, self.heartbeats.get(&node), now, self.stale_after);
         let mut t = Trigger::default();
         match self.nodes.get(&node) {
             None => {

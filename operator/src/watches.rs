@@ -167,7 +167,7 @@ fn heartbeat_of(lease: &Lease) -> Option<(String, Option<Timestamp>)> {
 }
 
 /// Watches `BpfNodeState`s into `writer` and the agents' heartbeat Leases (in `leases`' namespace)
-/// into `heartbeats`, until dropped. One task for both, so that the index judging liveness sees
+/// into `heartbeats` (through the liveness index, which keeps them there), until dropped. One task for both, so that the index judging liveness sees
 /// them in order.
 pub async fn node_states(
     api: Api<BpfNodeState>,
@@ -178,7 +178,7 @@ pub async fn node_states(
     stale_after: Duration,
     sync: CacheSync,
 ) {
-    let mut index = NodeStateIndex::new(stale_after);
+    let mut index = NodeStateIndex::with_heartbeats(stale_after, heartbeats);
     let mut events = pin!(
         watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
@@ -223,18 +223,12 @@ pub async fn node_states(
                 Some(Ok(event)) => (match event {
                     watcher::Event::Apply(l) | watcher::Event::InitApply(l) => {
                         match heartbeat_of(&l) {
-                            Some((node, renewed)) => {
-                                heartbeats.set(&node, renewed);
-                                index.heartbeat(&node, renewed, Timestamp::now())
-                            }
+                            Some((node, renewed)) => index.heartbeat(&node, renewed, Timestamp::now()),
                             None => Trigger::default(),
                         }
                     }
                     watcher::Event::Delete(l) => match heartbeat_of(&l) {
-                        Some((node, _)) => {
-                            heartbeats.set(&node, None);
-                            index.heartbeat(&node, None, Timestamp::now())
-                        }
+                        Some((node, _)) => index.heartbeat(&node, None, Timestamp::now()),
                         None => Trigger::default(),
                     },
                     watcher::Event::Init => {
@@ -243,7 +237,6 @@ pub async fn node_states(
                     }
                     watcher::Event::InitDone => {
                         let t = index.heartbeats_init_done(Timestamp::now());
-                        heartbeats.retain(|node| index.has_heartbeat(node));
                         sync.mark(Cache::Heartbeats);
                         t
                     }
