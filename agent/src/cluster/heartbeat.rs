@@ -9,7 +9,7 @@
 //! a renewed Lease means "the agent lives and its `BpfNodeState` is current".
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -99,15 +99,8 @@ impl Heartbeat {
     }
 
     async fn apply(&self, node_uid: &str) -> kube::Result<()> {
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let renew = k8s_openapi::jiff::Timestamp::new(
-            i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-            // MicroTime: microsecond precision.
-            i32::try_from(since.subsec_micros() * 1000).unwrap_or(0),
-        )
-        .unwrap_or_default();
+        // MicroTime is serialized with microsecond precision.
+        let renew = k8s_openapi::jiff::Timestamp::now();
         let lease_seconds =
             i32::try_from(self.interval.as_secs().saturating_mul(3)).unwrap_or(i32::MAX);
         let patch = serde_json::json!({
