@@ -8,7 +8,8 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::validation::{
-    ValidationError, validate_elf_name, validate_object_name, validate_pin_path,
+    ValidationError, validate_elf_name, validate_object_name, validate_pin_path, validate_symbol,
+    validate_url,
 };
 
 /// The most entries in `status.failures`; the count of failed nodes is in `status.nodes.failed`.
@@ -453,6 +454,9 @@ impl BpfObjectSpec {
                 reason: "is only used with image".into(),
             });
         }
+        if let Some(url) = &self.bytecode.url {
+            validate_url("spec.bytecode.url", url)?;
+        }
         if self.bytecode.url.is_some() && self.sha256.is_none() {
             return Err(ValidationError {
                 field: "spec.sha256".into(),
@@ -531,6 +535,20 @@ impl BpfObjectSpec {
                         value: String::new(),
                         reason: "exactly one attach kind (tracepoint, xdp, tc, kprobe, uprobe, fentry, fexit, cgroupSkb) must be set".into(),
                     });
+                }
+                let at = |kind: &str| format!("spec.programs[{i}].attach.{kind}");
+                if let Some(t) = &attach.tracepoint {
+                    validate_symbol(&at("tracepoint.category"), &t.category, 64)?;
+                    validate_symbol(&at("tracepoint.name"), &t.name, 128)?;
+                }
+                if let Some(k) = &attach.kprobe {
+                    validate_symbol(&at("kprobe.function"), &k.function, 128)?;
+                }
+                if let Some(f) = &attach.fentry {
+                    validate_symbol(&at("fentry.function"), &f.function, 128)?;
+                }
+                if let Some(f) = &attach.fexit {
+                    validate_symbol(&at("fexit.function"), &f.function, 128)?;
                 }
                 if let Some(u) = &attach.uprobe
                     && u.symbol.is_none()

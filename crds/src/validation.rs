@@ -176,6 +176,37 @@ pub fn validate_pin_path(field: &str, path: &str) -> Result<(), ValidationError>
     Ok(())
 }
 
+/// A kernel symbol or tracefs name as the CRD's CEL rules allow it (`^[A-Za-z0-9_]+$`): letters,
+/// digits and `_`, so that it cannot name a path (`../../..`) under tracefs or kallsyms.
+pub fn validate_symbol(field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
+    if value.is_empty() {
+        return Err(refuse(field, value, "must not be empty"));
+    }
+    if value.chars().count() > max {
+        return Err(refuse(
+            field,
+            value,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(refuse(field, value, "must be letters, digits and '_'"));
+    }
+    Ok(())
+}
+
+/// A `bytecode.url`: `http://` or `https://`, as the CRD's CEL rule says.
+pub fn validate_url(field: &str, url: &str) -> Result<(), ValidationError> {
+    if url.starts_with("https://") || url.starts_with("http://") {
+        Ok(())
+    } else {
+        Err(refuse(field, url, "must be an http:// or https:// URL"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
