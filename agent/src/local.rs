@@ -159,8 +159,8 @@ pub fn read_manifests(
     let files = manifest_files(&config.manifests)?;
     let mut objects: BTreeMap<String, DesiredObject> = BTreeMap::new();
     let mut errors = Vec::new();
-    // Per file: the valid objects it defines, and whether some error in it names no valid object.
-    let mut defined: BTreeMap<PathBuf, (BTreeSet<String>, bool)> = BTreeMap::new();
+    // Per file: the objects it names (valid, or refused under a valid name).
+    let mut defined: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
     let allowed = allowed_dirs(config);
     for file in files {
         let mut error = |object: Option<String>, problem, message: String| {
@@ -175,23 +175,19 @@ pub fn read_manifests(
             Ok(entries) => entries,
             Err(message) => {
                 error(None, Problem::InvalidManifest, message);
-                defined.insert(file.clone(), (BTreeSet::new(), true));
+                defined.insert(file.clone(), BTreeSet::new());
                 continue;
             }
         };
-        let (names, unattributed) = defined.entry(file.clone()).or_default();
+        let names = defined.entry(file.clone()).or_default();
         for entry in entries {
             let (i, obj) = match entry {
                 manifest::Entry::Object { document, object } => (document - 1, *object),
                 manifest::Entry::Refused(e) => {
-                    let valid = e
-                        .object
-                        .as_deref()
-                        .is_some_and(|n| validate_object_name(n).is_ok());
-                    if valid {
-                        names.insert(e.object.clone().expect("valid"));
-                    } else {
-                        *unattributed = true;
+                    if let Some(n) = &e.object
+                        && validate_object_name(n).is_ok()
+                    {
+                        names.insert(n.clone());
                     }
                     error(
                         e.object,
@@ -235,7 +231,9 @@ pub fn read_manifests(
     let broken: BTreeSet<&PathBuf> = errors.iter().map(|e| &e.file).collect();
     let first_pass = memory.held_by_file.is_none();
     let previous = memory.held_by_file.take().unwrap_or_default();
-    let unclaimed: BTreeSet<String> = if first_pass && defined.values().any(|(_, u)| *u) {
+    // The first pass knows nothing of what a broken file held (a typo may have changed the name
+    // too): it keeps every pinned object that no valid manifest claims.
+    let unclaimed: BTreeSet<String> = if first_pass && !broken.is_empty() {
         pinned_objects(root)
             .into_iter()
             .filter(|n| !objects.contains_key(n))
@@ -246,7 +244,7 @@ pub fn read_manifests(
     let mut hold = BTreeSet::new();
     let mut held_by = BTreeMap::new();
     let mut next = BTreeMap::new();
-    for (file, (names, unattributed)) in defined {
+    for (file, names) in defined {
         let mut keeps = BTreeSet::new();
         if broken.contains(&file) {
             keeps.extend(
@@ -258,9 +256,7 @@ pub fn read_manifests(
                     .cloned(),
             );
             keeps.extend(names.iter().filter(|n| !objects.contains_key(*n)).cloned());
-            if unattributed {
-                keeps.extend(unclaimed.iter().cloned());
-            }
+            keeps.extend(unclaimed.iter().cloned());
             hold.extend(keeps.iter().cloned());
             held_by.insert(file.clone(), keeps.clone());
         }

@@ -356,6 +356,19 @@ fn kind_bpfobjects_keeps_the_object_of_that_file() {
 }
 
 #[test]
+fn a_typo_that_also_changes_the_name_keeps_the_object_after_a_restart() {
+    // The first pass of a new process cannot know victim.yaml held `victim`: it keeps every
+    // pinned object that no valid manifest claims.
+    let bad = manifest("victm", SPEC).replace("kind: BpfObject", "kind: BpfObjects");
+    broken_file_keeps_its_object(bad.as_bytes(), |f| {
+        format!(
+            "victm: FAILED InvalidManifest: {}: document 1: kind \"BpfObjects\" is not a kind; did you mean \"BpfObject\"?",
+            f.display()
+        )
+    });
+}
+
+#[test]
 fn metadata_nmae_keeps_the_object_of_that_file() {
     let bad = manifest("victim", SPEC).replace("  name: victim", "  nmae: victim");
     broken_file_keeps_its_object(bad.as_bytes(), |f| {
