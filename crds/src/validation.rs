@@ -245,6 +245,22 @@ mod tests {
     }
 
     #[test]
+    fn symbols_and_urls() {
+        for ok in ["syscalls", "sys_enter_getpid", "do_unlinkat", "A1"] {
+            assert_eq!(validate_symbol("f", ok, 64), Ok(()), "{ok}");
+        }
+        for bad in ["", "../../..", "a/b", "a b", "do_unlinkat+4", "é"] {
+            assert!(validate_symbol("f", bad, 64).is_err(), "{bad}");
+        }
+        assert!(validate_symbol("f", &"a".repeat(65), 64).is_err());
+        assert!(validate_url("f", "https://h/x.o").is_ok());
+        assert!(validate_url("f", "http://h/x.o").is_ok());
+        for bad in ["file:///etc/x.o", "ftp://h/x", "h/x.o", ""] {
+            assert!(validate_url("f", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn pin_paths() {
         for ok in ["counts", "team-a/counts", "a/b_c/d-1"] {
             assert_eq!(validate_pin_path("f", ok), Ok(()), "{ok}");
