@@ -61,6 +61,7 @@ pub fn read_manifests(config: &LocalConfig) -> (Vec<DesiredObject>, Vec<Manifest
     };
     files.sort();
     let allowed = allowed_dirs(config);
+    let mut remote = crate::downloads::Batch::new(&config.fetcher);
     for file in files {
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
@@ -123,7 +124,10 @@ pub fn read_manifests(config: &LocalConfig) -> (Vec<DesiredObject>, Vec<Manifest
                 continue;
             }
             let folder = file.parent().unwrap_or(Path::new("."));
-            let bytecode = read_bytecode(&obj, folder, &allowed, &config.fetcher);
+            // url and image sources are fetched together after the loop, in parallel.
+            let bytecode = remote
+                .defer(&name, &obj.spec)
+                .unwrap_or_else(|| read_bytecode(&obj, folder, &allowed, &config.fetcher));
             objects.insert(
                 name.clone(),
                 DesiredObject {
@@ -136,6 +140,7 @@ pub fn read_manifests(config: &LocalConfig) -> (Vec<DesiredObject>, Vec<Manifest
             );
         }
     }
+    remote.resolve(objects.values_mut());
     (objects.into_values().collect(), errors)
 }
 

@@ -12,6 +12,7 @@ use super::configmaps::{ConfigMapCache, ConfigMapRef};
 use super::selector;
 use super::watch::ObjectEntry;
 use crate::desired::DesiredObject;
+use crate::downloads::{Batch, Remote, check_digest_required};
 
 /// One selected object, with where its bytecode comes from.
 #[derive(Debug, Clone)]
@@ -118,7 +119,8 @@ pub async fn read_pull_secrets(planned: &mut [Planned], client: &kube::Client) {
 pub type Held = BTreeMap<String, Option<String>>;
 
 /// Reads the bytecode files (blocking I/O: run it on the blocking pool) and splits the plan into
-/// the objects to reconcile and the ones to hold.
+/// the objects to reconcile and the ones to hold. Urls and images are fetched in parallel, each
+/// under its own time bound; the pass waits for them up to the fetcher's `pass_wait` only.
 pub fn materialize(
     planned: Vec<Planned>,
     bytecode_dirs: &[PathBuf],
@@ -126,22 +128,26 @@ pub fn materialize(
 ) -> (Vec<DesiredObject>, Held) {
     let mut desired = Vec::with_capacity(planned.len());
     let mut held = Held::new();
+    let mut remote = Batch::new(fetcher);
     for p in planned {
-        let bytecode = match p.source {
-            Source::Waiting => {
-                held.insert(p.name, p.uid);
-                continue;
-            }
-            Source::Path(path) => bytecode::read_path(&path, bytecode_dirs),
-            Source::Bytes(bytes) => Ok(bytes),
-            Source::Url(url, sha256) => fetcher.fetch(&url, sha256.as_deref()),
-            Source::Image(pull) => crate::oci::pull(
-                fetcher,
-                pull.auth.as_ref().unwrap_or(&fetcher.registry_auth),
-                &pull.reference,
-                pull.sha256.as_deref(),
+        if matches!(p.source, Source::Waiting) {
+            held.insert(p.name, p.uid);
+            continue;
+        }
+        let bytecode = match (check_digest_required(fetcher, &p.spec), p.source) {
+            (_, Source::Failed(error)) | (Err(error), _) => Err(error),
+            (Ok(()), Source::Waiting) => continue,
+            (Ok(()), Source::Path(path)) => bytecode::read_path(&path, bytecode_dirs),
+            (Ok(()), Source::Bytes(bytes)) => Ok(bytes),
+            (Ok(()), Source::Url(url, sha256)) => remote.add(&p.name, Remote::Url { url, sha256 }),
+            (Ok(()), Source::Image(pull)) => remote.add(
+                &p.name,
+                Remote::Image {
+                    auth: pull.auth.unwrap_or_else(|| fetcher.registry_auth.clone()),
+                    reference: pull.reference,
+                    sha256: pull.sha256,
+                },
             ),
-            Source::Failed(error) => Err(error),
         };
         desired.push(DesiredObject {
             name: p.name,
@@ -151,6 +157,7 @@ pub fn materialize(
             bytecode,
         });
     }
+    remote.resolve(desired.iter_mut());
     (desired, held)
 }
 
