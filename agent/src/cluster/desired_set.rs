@@ -227,6 +227,86 @@ mod tests {
         assert!(configmaps_of(&select(&objects, &BTreeMap::new())).is_empty());
     }
 
+    /// A server on loopback: `/good` answers `body`, anything else is never answered.
+    fn server(body: &'static [u8]) -> u16 {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut head = [0u8; 1024];
+                    let n = stream.read(&mut head).unwrap_or(0);
+                    if head[..n].starts_with(b"GET /good ") {
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = stream.write_all(body);
+                    } else {
+                        std::thread::sleep(std::time::Duration::from_secs(30));
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn a_download_that_hangs_holds_no_other_object() {
+        const BODY: &[u8] = b"elf";
+        let port = server(BODY);
+        let url = |p: &str| format!("http://127.0.0.1:{port}/{p}");
+        let planned = |name: &str, source: Source| Planned {
+            name: name.into(),
+            uid: None,
+            generation: 1,
+            spec: serde_yaml::from_str("bytecode: {url: x}\nprograms: [{name: p}]").expect("spec"),
+            source,
+        };
+        let fetcher = crate::fetch::Fetcher {
+            pass_wait: Some(std::time::Duration::from_millis(300)),
+            deadline: std::time::Duration::from_secs(20),
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let (desired, _) = materialize(
+            vec![
+                planned("slow", Source::Url(url("slow"), Some("1".repeat(64)))),
+                planned(
+                    "good",
+                    Source::Url(url("good"), Some(crate::desired::sha256_hex(BODY))),
+                ),
+                planned("cm", Source::Bytes(b"cm".to_vec())),
+            ],
+            &[],
+            &fetcher,
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        let by_name = |n: &str| &desired.iter().find(|d| d.name == n).expect(n).bytecode;
+        assert_eq!(by_name("good"), &Ok(BODY.to_vec()));
+        assert_eq!(by_name("cm"), &Ok(b"cm".to_vec()));
+        let slow = by_name("slow").as_ref().expect_err("still downloading");
+        assert_eq!(slow.reason, Reason::BytecodeUnavailable);
+        assert!(
+            slow.message
+                .starts_with(&format!("still downloading {}", url("slow"))),
+            "{}",
+            slow.message
+        );
+        assert_eq!(
+            fetcher.downloads.running(),
+            1,
+            "it goes on in the background"
+        );
+    }
+
     #[test]
     fn objects_waiting_for_their_configmap_are_held() {
         let objects = objects();
