@@ -330,3 +330,39 @@ impl Fetcher {
         Ok(bytes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_that_starts_on_https_never_goes_to_plain_http() {
+        // The check ureq makes on every hop, redirects included, before any connection.
+        let fetcher = Fetcher::default();
+        let e = fetcher
+            .http_agent(true)
+            .get("http://127.0.0.1:1/x.o")
+            .call()
+            .expect_err("refused");
+        assert!(matches!(e, ureq::Error::RequireHttpsOnly(_)), "{e}");
+        assert!(is_final(&e));
+        assert!(
+            describe(&e).starts_with("refused to leave https"),
+            "{}",
+            describe(&e)
+        );
+    }
+
+    #[test]
+    fn a_fetch_stops_at_its_deadline() {
+        let d = Deadline::start(Duration::from_millis(50));
+        assert!(d.remaining().is_some());
+        assert!(
+            !d.sleep(Duration::from_secs(5)),
+            "the sleep ends at the deadline"
+        );
+        assert_eq!(d.remaining(), None);
+        assert_eq!(seconds(Duration::from_secs(60)), "60 s");
+        assert_eq!(seconds(Duration::from_millis(1500)), "1.5 s");
+    }
+}
