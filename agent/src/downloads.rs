@@ -28,16 +28,35 @@ pub const MAX_PARALLEL: usize = 4;
 
 #[derive(Debug)]
 enum Slot {
-    Running { started: Instant },
-    Done { outcome: Outcome, at: Instant },
+    /// `abandoned`: a pass stopped waiting for it, so its end should wake the next one.
+    Running {
+        started: Instant,
+        abandoned: bool,
+    },
+    Done {
+        outcome: Outcome,
+        at: Instant,
+    },
 }
 
-#[derive(Debug, Default)]
+type Hook = Arc<dyn Fn() + Send + Sync>;
+
+#[derive(Default)]
 struct Shared {
     slots: Mutex<HashMap<String, Slot>>,
     changed: Condvar,
     active: Mutex<usize>,
     freed: Condvar,
+    on_done: Mutex<Option<Hook>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downloads")
+            .field("slots", &self.slots)
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The downloads under way or finished and not yet taken, by source; shared by a fetcher's clones.
@@ -59,6 +78,7 @@ impl Downloads {
             key.to_owned(),
             Slot::Running {
                 started: Instant::now(),
+                abandoned: false,
             },
         );
         drop(slots);
@@ -68,7 +88,7 @@ impl Downloads {
             .name("bpfpin-fetch".into())
             .spawn(move || {
                 let outcome = this.limited(job);
-                this.lock().insert(
+                let previous = this.lock().insert(
                     owned,
                     Slot::Done {
                         outcome,
@@ -76,6 +96,23 @@ impl Downloads {
                     },
                 );
                 this.0.changed.notify_all();
+                if matches!(
+                    previous,
+                    Some(Slot::Running {
+                        abandoned: true,
+                        ..
+                    })
+                ) {
+                    let hook = this
+                        .0
+                        .on_done
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone();
+                    if let Some(hook) = hook {
+                        hook();
+                    }
+                }
             });
         if let Err(e) = spawned {
             self.lock().insert(
@@ -89,6 +126,16 @@ impl Downloads {
                 },
             );
         }
+    }
+
+    /// Calls `hook` when a download that a pass stopped waiting for ends, so that a pass takes
+    /// its result now rather than at the object's next retry.
+    pub fn on_done(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *self
+            .0
+            .on_done
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(hook));
     }
 
     /// Runs `job` once fewer than [`MAX_PARALLEL`] others run.
@@ -148,8 +195,9 @@ impl Downloads {
         );
         let mut out = HashMap::new();
         for key in keys {
-            match slots.get(*key) {
-                Some(Slot::Running { started }) => {
+            match slots.get_mut(*key) {
+                Some(Slot::Running { started, abandoned }) => {
+                    *abandoned = true;
                     out.insert((*key).to_owned(), Err(*started));
                 }
                 Some(Slot::Done { .. }) => {
@@ -385,10 +433,22 @@ mod tests {
         assert_eq!(taken["fast"], Ok(Ok(b"fast".to_vec())));
         assert!(taken["slow"].is_err(), "still running");
         assert_eq!(downloads.running(), 1);
+        let (woken_tx, woken) = std::sync::mpsc::channel();
+        let woken_tx = Mutex::new(woken_tx);
+        downloads.on_done(move || {
+            let _ = woken_tx.lock().expect("lock").send(());
+        });
         tx.send(()).expect("release");
+        woken
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the end of an abandoned download wakes a pass");
         downloads.wait(&["slow"], None);
         assert_eq!(downloads.take(&["slow"])["slow"], Ok(Ok(b"slow".to_vec())));
         assert!(downloads.take(&["slow"]).is_empty(), "taken once");
+        // One a pass waited for to its end wakes nobody.
+        downloads.start("waited", || Ok(Vec::new()));
+        downloads.wait(&["waited"], None);
+        assert!(woken.recv_timeout(Duration::from_millis(200)).is_err());
     }
 
     fn spec(yaml: &str) -> BpfObjectSpec {

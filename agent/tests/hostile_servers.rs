@@ -20,8 +20,16 @@ use common::*;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_bpfpin-agent");
 
-/// The agent's peak memory in every run here: the largest body it may hold is 32 MiB.
-const MAX_RSS_KIB: i64 = 160 << 10;
+/// The agent's peak memory in every run here (about 15 MiB idle; one body of at most 32 MiB).
+const MAX_RSS_KIB: i64 = 128 << 10;
+
+/// The counter's object with `n` zero bytes after it: loads the same, has a digest of its own,
+/// so that the cache (by digest) cannot serve one case with another's download.
+fn padded(n: usize) -> Vec<u8> {
+    let mut b = bytes("counter");
+    b.resize(b.len() + n, 0);
+    b
+}
 
 fn url_object(name: &str, url: &str, sha256: &str) -> String {
     format!(
@@ -53,7 +61,7 @@ fn once(manifests: &Path, fs: &Bpffs, extra: &[&str]) -> Run {
         .arg(cache.path())
         .args(extra)
         .env("RUST_LOG", "error");
-    run_measured(&mut cmd)
+    run_measured(&cmd)
 }
 
 /// The line of `object` in the agent's report.
@@ -145,7 +153,7 @@ fn a_server_that_never_answers_delays_no_other_object_nor_unpins_its_own() {
     let server = Hostile::start(vec![
         route("/a.o", ok(object.clone())),
         route("/b.o", ok(object.clone())),
-        route("/c.o", ok(object.clone())),
+        route("/c.o", ok(padded(1))),
         route("/never.o", never_answers()),
     ]);
     let manifests = tempfile::tempdir().expect("tempdir");
@@ -194,7 +202,7 @@ fn a_server_that_never_answers_delays_no_other_object_nor_unpins_its_own() {
     write(
         manifests.path(),
         "new.yaml",
-        &url_object("new", &server.url("/c.o"), &digest),
+        &url_object("new", &server.url("/c.o"), &sha256_hex(&padded(1))),
     );
     let waited = wait_until("the new object pinned", Duration::from_secs(8), || {
         pinned(&fs, "new")
@@ -254,7 +262,7 @@ fn a_one_shot_run_waits_for_the_bound_not_for_every_attempt() {
     write(
         manifests.path(),
         "slow.yaml",
-        &url_object("slow", &server.url("/never.o"), &digest),
+        &url_object("slow", &server.url("/never.o"), &"1".repeat(64)),
     );
     let fs = Bpffs::new();
     let run = once(manifests.path(), &fs, &["--fetch-timeout", "3s"]);
@@ -273,13 +281,7 @@ fn a_one_shot_run_waits_for_the_bound_not_for_every_attempt() {
 fn hostile_url_servers_fail_their_object_alone() {
     let object = bytes("counter");
     let digest = sha256_hex(&object);
-    // Every hostile case serves (or would serve) bytes of its own, so that no case is answered
-    // by the cache from another's download: the counter's object with `n` bytes after it.
-    let padded = |n: usize| {
-        let mut b = object.clone();
-        b.resize(object.len() + n, 0);
-        b
-    };
+    // Every hostile case serves (or would serve) bytes of its own ([`padded`]).
     let huge_header = "x".repeat(100 << 10);
     let cases: Vec<(&str, Handler, Vec<u8>)> = vec![
         ("never", never_answers(), padded(1)),
@@ -339,7 +341,8 @@ fn hostile_url_servers_fail_their_object_alone() {
         &url_object(
             "metadata",
             "http://169.254.169.254/latest/meta-data/x.o",
-            &digest,
+            // Not the good object's digest, which the cache could serve without the network.
+            &"3".repeat(64),
         ),
     );
     std::fs::copy(bpf_object("counter"), manifests.path().join("local.o")).expect("copy");
@@ -528,6 +531,8 @@ fn hostile_registries_fail_their_image_alone() {
         d
     };
     add("good", &good_layer);
+    // Images of their own (another manifest digest), so that the cache cannot serve them.
+    let own_layer = |repo: &str| gzip(&tar(&[("bpf.o", &object), ("NOTE", repo.as_bytes())]));
     add("bombobject", &gzip_bomb("bpf.o", 2));
     add("bombfiller", &gzip_bomb("README", 2));
     let names: Vec<String> = (0..12_000).map(|i| format!("f{i}")).collect();
@@ -541,8 +546,9 @@ fn hostile_registries_fail_their_image_alone() {
     let (r, _) = image_routes("pinnedwrong", &wrong, &config, &good_layer);
     routes.extend(r.into_iter().take(1));
     // A layer whose bytes are not those of its digest.
-    let (mut r, _) = image_routes("blobdigest", "v1", &config, &good_layer);
-    let layer_path = format!("/v2/blobdigest/blobs/{}", sha(&good_layer));
+    let blob_layer = own_layer("blobdigest");
+    let (mut r, _) = image_routes("blobdigest", "v1", &config, &blob_layer);
+    let layer_path = format!("/v2/blobdigest/blobs/{}", sha(&blob_layer));
     r.retain(|(p, _)| p != &layer_path);
     r.push(route(layer_path, ok(gzip(&tar(&[("bpf.o", b"evil")])))));
     routes.extend(r);
@@ -791,10 +797,14 @@ fn hostile_registries_fail_their_image_alone() {
 fn source_allow_is_checked_on_the_resolved_address_and_on_redirects() {
     let object = bytes("counter");
     let digest = sha256_hex(&object);
-    let server = Hostile::start(vec![route("/a.o", ok(object.clone()))]);
-    let redirecting = Hostile::start(vec![route("/r.o", redirect(&server.url("/a.o")))]);
+    let server = Hostile::start(vec![
+        route("/a.o", ok(object.clone())),
+        route("/b.o", ok(padded(1))),
+        route("/c.o", ok(padded(2))),
+    ]);
+    let redirecting = Hostile::start(vec![route("/r.o", redirect(&server.url("/c.o")))]);
     let port = |h: &Hostile| h.host().rsplit(':').next().expect("port").to_owned();
-    let by_name = format!("http://localhost:{}/a.o", port(&server));
+    let by_name = format!("http://localhost:{}/b.o", port(&server));
     let redirected = format!("http://localhost:{}/r.o", port(&redirecting));
     let manifests = tempfile::tempdir().expect("tempdir");
     write(
@@ -805,12 +815,12 @@ fn source_allow_is_checked_on_the_resolved_address_and_on_redirects() {
     write(
         manifests.path(),
         "byname.yaml",
-        &url_object("byname", &by_name, &digest),
+        &url_object("byname", &by_name, &sha256_hex(&padded(1))),
     );
     write(
         manifests.path(),
         "redirected.yaml",
-        &url_object("redirected", &redirected, &digest),
+        &url_object("redirected", &redirected, &sha256_hex(&padded(2))),
     );
 
     // Only 10.0.0.0/8: the name resolves to 127.0.0.1, which is refused (DNS does not get

@@ -315,45 +315,43 @@ pub struct Run {
     pub elapsed: Duration,
 }
 
-/// Runs `cmd` to its end, with its peak RSS from `wait4` (the child's own, not the test's).
-pub fn run_measured(cmd: &mut std::process::Command) -> Run {
-    use std::os::unix::process::ExitStatusExt as _;
+/// Runs `cmd` to its end, with its peak RSS. The peak comes from `wait4` in a small Python
+/// parent that forks and execs it: a child spawned from this test process (vfork) would inherit
+/// the test's own high-water mark at its exec, which the kernel keeps in the child's `maxrss`.
+pub fn run_measured(cmd: &std::process::Command) -> Run {
+    const LAUNCHER: &str = "import os, sys\n\
+pid = os.fork()\n\
+if pid == 0:\n    os.execv(sys.argv[2], sys.argv[2:])\n\
+_, status, usage = os.wait4(pid, 0)\n\
+open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n\
+sys.exit(os.waitstatus_to_exitcode(status) & 0xff)\n";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let peak = dir.path().join("maxrss");
+    let mut launcher = std::process::Command::new("python3");
+    launcher
+        .arg("-c")
+        .arg(LAUNCHER)
+        .arg(&peak)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => launcher.env(k, v),
+            None => launcher.env_remove(k),
+        };
+    }
     let started = Instant::now();
-    #[expect(
-        clippy::zombie_processes,
-        reason = "reaped by wait4 below, which also gives its rusage"
-    )]
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let pid = i32::try_from(child.id()).expect("pid");
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our child; status and usage are valid for writes.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4");
+    let out = launcher.output().expect("python3 runs the agent");
     let elapsed = started.elapsed();
-    let code = std::process::ExitStatus::from_raw(status).code();
+    let max_rss_kib = std::fs::read_to_string(&peak)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS: {}", String::from_utf8_lossy(&out.stderr)));
     Run {
-        code,
-        stdout: out.join().expect("stdout"),
-        stderr: err.join().expect("stderr"),
-        max_rss_kib: usage.ru_maxrss,
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        max_rss_kib,
         elapsed,
     }
 }
