@@ -36,6 +36,12 @@ pub enum Reason {
     Unsupported,
     /// The bytecode source kind is not supported in this mode.
     UnsupportedSource,
+    /// `--require-digest` is set and the source pins no digest (`spec.sha256`, or `@sha256:` for
+    /// an image).
+    DigestRequired,
+    /// A url, registry, token service or redirect resolves to an address `--source-allow` does
+    /// not allow.
+    SourceNotAllowed,
 }
 
 impl Reason {
@@ -57,6 +63,8 @@ impl Reason {
             Reason::PinFailed => "PinFailed",
             Reason::Unsupported => "Unsupported",
             Reason::UnsupportedSource => "UnsupportedSource",
+            Reason::DigestRequired => "DigestRequired",
+            Reason::SourceNotAllowed => "SourceNotAllowed",
         }
     }
 }

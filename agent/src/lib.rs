@@ -10,8 +10,10 @@ pub mod backoff;
 pub mod btf_vars;
 pub mod cluster;
 pub mod desired;
+pub mod downloads;
 pub mod error;
 pub mod fetch;
+pub mod fetch_flags;
 pub mod fsops;
 pub mod layout;
 pub mod loader;
@@ -21,6 +23,7 @@ pub mod mounts;
 pub mod oci;
 pub mod reconcile;
 pub mod shutdown;
+pub mod source_policy;
 
 pub use desired::DesiredObject;
 pub use reconcile::{Action, ObjectReport, PassReport, Reconciler};

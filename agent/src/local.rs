@@ -162,6 +162,7 @@ pub fn read_manifests(
     // Per file: the objects it names (valid, or refused under a valid name).
     let mut defined: BTreeMap<PathBuf, BTreeSet<String>> = BTreeMap::new();
     let allowed = allowed_dirs(config);
+    let mut remote = crate::downloads::Batch::new(&config.fetcher);
     for file in files {
         let mut error = |object: Option<String>, problem, message: String| {
             errors.push(ManifestError {
@@ -215,7 +216,10 @@ pub fn read_manifests(
             }
             names.insert(name.clone());
             let folder = file.parent().unwrap_or(Path::new("."));
-            let bytecode = read_bytecode(&obj, folder, &allowed, &config.fetcher);
+            // url and image sources are fetched together after the loop, in parallel.
+            let bytecode = remote
+                .defer(&name, &obj.spec)
+                .unwrap_or_else(|| read_bytecode(&obj, folder, &allowed, &config.fetcher));
             objects.insert(
                 name.clone(),
                 DesiredObject {
@@ -228,6 +232,7 @@ pub fn read_manifests(
             );
         }
     }
+    remote.resolve(objects.values_mut());
     let broken: BTreeSet<&PathBuf> = errors.iter().map(|e| &e.file).collect();
     let first_pass = memory.held_by_file.is_none();
     let previous = memory.held_by_file.take().unwrap_or_default();
@@ -477,6 +482,14 @@ pub async fn watch(mut reconciler: Reconciler, config: LocalConfig) -> anyhow::R
         relevant.push(std::path::absolute(dir)?);
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    {
+        // A download that a pass stopped waiting for triggers a pass when it ends, rather than
+        // waiting for the object's next retry.
+        let tx = tx.clone();
+        config.fetcher.downloads.on_done(move || {
+            let _ = tx.send(());
+        });
+    }
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reading the manifests makes access events: only changes count, or every pass would
         // trigger the next one. The parent's events count only for the folder itself.

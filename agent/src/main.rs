@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use bpfpin_agent::cluster::flags::{self, MetricsAddr};
 use bpfpin_agent::cluster::{self, ClusterConfig};
 use bpfpin_agent::fetch::Fetcher;
+use bpfpin_agent::fetch_flags::FetchFlags;
 use bpfpin_agent::local::{self, LocalConfig};
 use bpfpin_agent::oci::RegistryAuth;
 use bpfpin_agent::{Reconciler, mounts};
@@ -51,6 +52,8 @@ enum Mode {
         /// anonymous pulls).
         #[arg(long)]
         registry_auth: Option<PathBuf>,
+        #[command(flatten)]
+        fetch: FetchFlags,
     },
     /// Watch the API server and pin the BpfObjects selected for this node; report in its
     /// BpfNodeState (KUBECONFIG, ~/.kube/config or the in-cluster service account).
@@ -82,6 +85,8 @@ enum Mode {
         /// (default: anonymous pulls).
         #[arg(long)]
         registry_auth: Option<PathBuf>,
+        #[command(flatten)]
+        fetch: FetchFlags,
     },
 }
 
@@ -109,11 +114,16 @@ fn main() -> ExitCode {
             once,
             cache_dir,
             registry_auth,
+            fetch,
         } => {
-            let fetcher = match fetcher(cache_dir, registry_auth.as_deref()) {
+            let mut fetcher = match fetcher(cache_dir, registry_auth.as_deref(), &fetch) {
                 Ok(f) => f,
                 Err(code) => return code,
             };
+            if once {
+                // One pass: it waits for every download (each bounded by --fetch-timeout).
+                fetcher.pass_wait = None;
+            }
             let config = LocalConfig {
                 fetcher,
                 manifests,
@@ -145,8 +155,9 @@ fn main() -> ExitCode {
             metrics_addr,
             cache_dir,
             registry_auth,
+            fetch,
         } => {
-            let fetcher = match fetcher(cache_dir, registry_auth.as_deref()) {
+            let fetcher = match fetcher(cache_dir, registry_auth.as_deref(), &fetch) {
                 Ok(f) => f,
                 Err(code) => return code,
             };
@@ -169,8 +180,13 @@ fn main() -> ExitCode {
 fn fetcher(
     cache_dir: PathBuf,
     registry_auth: Option<&std::path::Path>,
+    flags: &FetchFlags,
 ) -> Result<Fetcher, ExitCode> {
     let mut fetcher = Fetcher::with_cache(Some(cache_dir));
+    flags.apply(&mut fetcher).map_err(|e| {
+        eprintln!("bpfpin-agent: {e}");
+        ExitCode::from(2)
+    })?;
     if let Some(path) = registry_auth {
         fetcher.registry_auth = RegistryAuth::from_file(path).map_err(|e| {
             eprintln!("bpfpin-agent: --registry-auth {e}");

@@ -27,7 +27,7 @@ use serde::Deserialize;
 
 use crate::desired::sha256_hex;
 use crate::error::{ObjectError, Reason};
-use crate::fetch::Fetcher;
+use crate::fetch::{Deadline, Fetcher, describe, final_reason, is_final, seconds};
 
 /// The label listing an image's programs (`{"name": "type", ...}`).
 pub const PROGRAMS_LABEL: &str = "io.ebpf.programs";
@@ -46,6 +46,10 @@ pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
 const MAX_JSON: u64 = 4 << 20;
 /// The most indexes followed from the reference to a manifest.
 const MAX_INDEX_DEPTH: u32 = 2;
+/// The most entries a layer may have (a bytecode image holds a few files).
+pub const MAX_LAYER_ENTRIES: usize = 10_000;
+/// The largest token service answer accepted.
+const MAX_TOKEN: u64 = 1 << 20;
 
 /// A parsed image reference: `[registry/]repository[:tag][@sha256:digest]`, as Docker reads it
 /// (no registry: Docker Hub; a first component with a `.` or `:`, or `localhost`, is a registry).
@@ -353,6 +357,16 @@ impl RegistryAuth {
         self.by_host.keys().map(String::as_str)
     }
 
+    /// Tells credentials apart without showing them (a hash of them all), so two pulls with
+    /// different credentials are never taken for one.
+    pub fn fingerprint(&self) -> String {
+        let mut text = String::new();
+        for (host, c) in &self.by_host {
+            text.push_str(&format!("{host}\0{}\0{}\0", c.username, c.password));
+        }
+        sha256_hex(text.as_bytes())[..16].to_owned()
+    }
+
     fn for_registry(&self, registry: &str) -> Option<&Credential> {
         self.by_host.get(&normalize_registry_key(registry))
     }
@@ -597,20 +611,46 @@ pub fn extract_object(layer: &[u8], max_bytes: u64) -> Result<(String, Vec<u8>),
     let mut objects: Vec<String> = Vec::new();
     let mut others: Vec<String> = Vec::new();
     let mut found: Option<Vec<u8>> = None;
-    for entry in entries {
+    let mut not_regular: Vec<String> = Vec::new();
+    for (i, entry) in entries.enumerate() {
+        if i >= MAX_LAYER_ENTRIES {
+            return Err(format!(
+                "its layer has more than {MAX_LAYER_ENTRIES} entries; a bytecode image holds a few files"
+            ));
+        }
         let mut entry = entry.map_err(|e| format!("its layer is not a valid tar archive: {e}"))?;
         let path = entry
             .path()
             .map_err(|e| format!("its layer has an invalid path: {e}"))?
             .to_string_lossy()
             .into_owned();
+        // Nothing is written to disk, but a name that climbs out is no bytecode image.
+        if path.starts_with('/') || path.split('/').any(|c| c == "..") {
+            let shown: String = path.chars().take(200).collect();
+            return Err(format!(
+                "its layer has an entry with an unsafe path {shown:?}"
+            ));
+        }
         let path = path.trim_start_matches("./").to_owned();
         let file_name = path.rsplit('/').next().unwrap_or(&path);
-        if !entry.header().entry_type().is_file() || file_name.starts_with(".wh.") {
+        // Links, devices, FIFOs and directories hold no bytecode: only regular files count.
+        let kind = entry.header().entry_type();
+        if !kind.is_file() || file_name.starts_with(".wh.") {
+            if path.ends_with(".o") && !kind.is_dir() && not_regular.len() < 10 {
+                not_regular.push(format!(
+                    "{} is a {kind:?}",
+                    path.chars().take(200).collect::<String>()
+                ));
+            }
             continue;
         }
         if !path.ends_with(".o") {
-            others.push(path);
+            if others.len() < 10 {
+                others.push(path.chars().take(200).collect());
+            }
+            continue;
+        }
+        if objects.len() >= 10 {
             continue;
         }
         objects.push(path);
@@ -632,11 +672,14 @@ pub fn extract_object(layer: &[u8], max_bytes: u64) -> Result<(String, Vec<u8>),
     }
     match (objects.as_slice(), found) {
         ([one], Some(bytes)) => Ok((one.clone(), bytes)),
+        ([], _) if !not_regular.is_empty() => Err(format!(
+            "its layer has no regular *.o file ({}, not a regular file)",
+            not_regular.join(", ")
+        )),
         ([], _) => {
             let listed = if others.is_empty() {
                 "it holds no file".to_owned()
             } else {
-                others.truncate(10);
                 format!("it holds {}", others.join(", "))
             };
             Err(format!("its layer has no *.o file ({listed})"))
@@ -694,6 +737,18 @@ pub fn pull(
         cache.store_tag(&image, &digest);
         return check_object(&image, bytes, sha256);
     }
+    // Two objects pulling one image at once (a tag and its digest) download its blobs once: the
+    // second waits for the first, then finds the .o in the cache.
+    let lock = digest_lock(&digest);
+    let _pulling = lock
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(cache) = &cache
+        && let Some(bytes) = cache.object_of(&digest)
+    {
+        cache.store_tag(&image, &digest);
+        return check_object(&image, bytes, sha256);
+    }
     let manifest = session.follow_index(manifest, 0)?;
     let invalid = |why: String| {
         ObjectError::new(Reason::BytecodeUnavailable, format!("image {image}: {why}"))
@@ -725,6 +780,23 @@ pub fn pull(
     }
     tracing::info!(image = %image, %digest, file = %path, bytes = bytes.len(), "pulled bytecode image");
     Ok(bytes)
+}
+
+/// One lock per manifest digest being pulled (dropped with its last user).
+fn digest_lock(digest: &str) -> std::sync::Arc<std::sync::Mutex<()>> {
+    use std::sync::{Arc, Mutex, OnceLock, Weak};
+    static LOCKS: OnceLock<Mutex<BTreeMap<String, Weak<Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    locks.retain(|_, w| w.strong_count() > 0);
+    if let Some(lock) = locks.get(digest).and_then(Weak::upgrade) {
+        return lock;
+    }
+    let lock = Arc::new(Mutex::new(()));
+    locks.insert(digest.to_owned(), Arc::downgrade(&lock));
+    lock
 }
 
 fn check_object(
@@ -838,18 +910,14 @@ struct Session<'a> {
     authorization: Option<String>,
     /// The last request gave up on transport errors, 429 or 5xx.
     unreachable: bool,
+    /// The bound of the whole pull.
+    deadline: Deadline,
 }
 
 impl<'a> Session<'a> {
     fn new(fetcher: &'a Fetcher, auth: &'a RegistryAuth, image: &'a ImageRef) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_connect(Some(fetcher.connect_timeout))
-            .timeout_global(Some(fetcher.timeout))
-            .http_status_as_error(false)
-            // Plain HTTP only to this host, redirects included.
-            .https_only(!image.is_loopback())
-            .build()
-            .into();
+        // Plain HTTP only to this host, redirects included.
+        let agent = fetcher.http_agent(!image.is_loopback());
         Self {
             fetcher,
             auth,
@@ -858,7 +926,25 @@ impl<'a> Session<'a> {
             base: image.api_base(),
             authorization: None,
             unreachable: false,
+            deadline: Deadline::start(fetcher.deadline),
         }
+    }
+
+    /// What is left of the pull's time bound for one request, or the error saying it ran out.
+    fn time_left(&self, what: &str) -> Result<Duration, ObjectError> {
+        self.deadline
+            .remaining()
+            .map(|left| left.min(self.fetcher.timeout))
+            .ok_or_else(|| {
+                self.error(
+                    Reason::BytecodeUnavailable,
+                    format!(
+                        "registry {} timed out: the {what} did not arrive within {} (--fetch-timeout)",
+                        self.image.registry,
+                        seconds(self.deadline.bound())
+                    ),
+                )
+            })
     }
 
     fn error(&self, reason: Reason, message: impl fmt::Display) -> ObjectError {
@@ -1115,23 +1201,34 @@ impl<'a> Session<'a> {
             #[serde(default)]
             access_token: Option<String>,
         }
+        let service = url.split('?').next().unwrap_or(url);
+        let left = self.time_left("token")?;
         let mut request = self.agent.get(url);
         if let Some(basic) = &basic {
             request = request.header("Authorization", basic);
         }
-        let service = url.split('?').next().unwrap_or(url);
-        let response = request.call().map_err(|e| {
-            self.error(
-                Reason::BytecodeUnavailable,
-                format!("token service {service} unreachable: {e}"),
-            )
-        })?;
+        let response = request
+            .config()
+            .timeout_global(Some(left))
+            .build()
+            .call()
+            .map_err(|e| {
+                let reason = if is_final(&e) {
+                    final_reason(&e)
+                } else {
+                    Reason::BytecodeUnavailable
+                };
+                self.error(
+                    reason,
+                    format!("token service {service} unreachable: {}", describe(&e)),
+                )
+            })?;
         let status = response.status().as_u16();
         let mut body = Vec::new();
         response
             .into_body()
             .into_reader()
-            .take(MAX_JSON)
+            .take(MAX_TOKEN + 1)
             .read_to_end(&mut body)
             .map_err(|e| {
                 self.error(
@@ -1139,6 +1236,15 @@ impl<'a> Session<'a> {
                     format!("reading from token service {service}: {e}"),
                 )
             })?;
+        if body.len() as u64 > MAX_TOKEN {
+            return Err(self.error(
+                Reason::BytecodeUnavailable,
+                format!(
+                    "token service {service} answered more than {} MiB",
+                    MAX_TOKEN >> 20
+                ),
+            ));
+        }
         if status == 401 || status == 403 {
             return Err(match self.auth.for_registry(&self.image.registry) {
                 Some(c) => self.error(
@@ -1190,8 +1296,15 @@ impl<'a> Session<'a> {
         let mut last = String::new();
         let mut unreachable = false;
         for attempt in 0..attempts {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(200 << (attempt - 1)));
+            if attempt > 0
+                && !self
+                    .deadline
+                    .sleep(Duration::from_millis(200 << (attempt - 1)))
+            {
+                break;
+            }
+            if self.deadline.remaining().is_none() {
+                break;
             }
             match self.once(url, accept, limit, what) {
                 Ok(got) if got.status == 429 || got.status >= 500 => {
@@ -1208,6 +1321,16 @@ impl<'a> Session<'a> {
             tracing::warn!(image = %self.image, attempt = attempt + 1, error = %last, "registry request failed");
         }
         self.unreachable = true;
+        if self.deadline.remaining().is_none() {
+            return Err(self.error(
+                Reason::BytecodeUnavailable,
+                format!(
+                    "registry {} timed out: the {what} did not arrive within {} (--fetch-timeout); last error: {last}",
+                    self.image.registry,
+                    seconds(self.deadline.bound())
+                ),
+            ));
+        }
         let state = if unreachable {
             "unreachable"
         } else {
@@ -1223,17 +1346,27 @@ impl<'a> Session<'a> {
     }
 
     fn once(&self, url: &str, accept: &str, limit: u64, what: &str) -> Result<Got, Attempt> {
+        let left = self.time_left(what).map_err(Attempt::Fatal)?;
         let mut request = self.agent.get(url).header("Accept", accept);
         if let Some(authorization) = &self.authorization {
             request = request.header("Authorization", authorization);
         }
-        let response = request.call().map_err(|e| match e {
-            ureq::Error::RequireHttpsOnly(_) => Attempt::Fatal(self.error(
-                Reason::BytecodeUnavailable,
-                format!("registry {} redirected the {what} to plain http, which is only allowed for loopback registries", self.image.registry),
-            )),
-            e => Attempt::Retry(e.to_string()),
-        })?;
+        let response = request
+            .config()
+            .timeout_global(Some(left))
+            .build()
+            .call()
+            .map_err(|e| match e {
+                ureq::Error::RequireHttpsOnly(_) => Attempt::Fatal(self.error(
+                    Reason::BytecodeUnavailable,
+                    format!("registry {} redirected the {what} to plain http, which is only allowed for loopback registries", self.image.registry),
+                )),
+                e if is_final(&e) => Attempt::Fatal(self.error(
+                    final_reason(&e),
+                    format!("registry {}: the {what}: {}", self.image.registry, describe(&e)),
+                )),
+                e => Attempt::Retry(describe(&e)),
+            })?;
         let header = |name: &str| {
             response
                 .headers()
@@ -1244,6 +1377,17 @@ impl<'a> Session<'a> {
         let status = response.status().as_u16();
         let content_type = header("content-type");
         let challenge = header("www-authenticate");
+        let declared = header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        if (200..300).contains(&status) && declared.is_some_and(|n| n > limit) {
+            return Err(Attempt::Fatal(self.error(
+                Reason::BytecodeUnavailable,
+                format!(
+                    "its {what} is over the {} MiB limit (Content-Length {})",
+                    limit >> 20,
+                    declared.unwrap_or_default()
+                ),
+            )));
+        }
         // Error bodies are short: read little of them.
         let limit = if (200..300).contains(&status) {
             limit

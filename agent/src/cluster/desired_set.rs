@@ -12,6 +12,7 @@ use super::configmaps::{ConfigMapCache, ConfigMapRef};
 use super::selector;
 use super::watch::ObjectEntry;
 use crate::desired::DesiredObject;
+use crate::downloads::{Batch, Remote, check_digest_required};
 
 /// One selected object, with where its bytecode comes from.
 #[derive(Debug, Clone)]
@@ -118,7 +119,8 @@ pub async fn read_pull_secrets(planned: &mut [Planned], client: &kube::Client) {
 pub type Held = BTreeMap<String, Option<String>>;
 
 /// Reads the bytecode files (blocking I/O: run it on the blocking pool) and splits the plan into
-/// the objects to reconcile and the ones to hold.
+/// the objects to reconcile and the ones to hold. Urls and images are fetched in parallel, each
+/// under its own time bound; the pass waits for them up to the fetcher's `pass_wait` only.
 pub fn materialize(
     planned: Vec<Planned>,
     bytecode_dirs: &[PathBuf],
@@ -126,22 +128,26 @@ pub fn materialize(
 ) -> (Vec<DesiredObject>, Held) {
     let mut desired = Vec::with_capacity(planned.len());
     let mut held = Held::new();
+    let mut remote = Batch::new(fetcher);
     for p in planned {
-        let bytecode = match p.source {
-            Source::Waiting => {
-                held.insert(p.name, p.uid);
-                continue;
-            }
-            Source::Path(path) => bytecode::read_path(&path, bytecode_dirs),
-            Source::Bytes(bytes) => Ok(bytes),
-            Source::Url(url, sha256) => fetcher.fetch(&url, sha256.as_deref()),
-            Source::Image(pull) => crate::oci::pull(
-                fetcher,
-                pull.auth.as_ref().unwrap_or(&fetcher.registry_auth),
-                &pull.reference,
-                pull.sha256.as_deref(),
+        if matches!(p.source, Source::Waiting) {
+            held.insert(p.name, p.uid);
+            continue;
+        }
+        let bytecode = match (check_digest_required(fetcher, &p.spec), p.source) {
+            (_, Source::Failed(error)) | (Err(error), _) => Err(error),
+            (Ok(()), Source::Waiting) => continue,
+            (Ok(()), Source::Path(path)) => bytecode::read_path(&path, bytecode_dirs),
+            (Ok(()), Source::Bytes(bytes)) => Ok(bytes),
+            (Ok(()), Source::Url(url, sha256)) => remote.add(&p.name, Remote::Url { url, sha256 }),
+            (Ok(()), Source::Image(pull)) => remote.add(
+                &p.name,
+                Remote::Image {
+                    auth: pull.auth.unwrap_or_else(|| fetcher.registry_auth.clone()),
+                    reference: pull.reference,
+                    sha256: pull.sha256,
+                },
             ),
-            Source::Failed(error) => Err(error),
         };
         desired.push(DesiredObject {
             name: p.name,
@@ -151,6 +157,7 @@ pub fn materialize(
             bytecode,
         });
     }
+    remote.resolve(desired.iter_mut());
     (desired, held)
 }
 
@@ -218,6 +225,86 @@ mod tests {
             }]
         );
         assert!(configmaps_of(&select(&objects, &BTreeMap::new())).is_empty());
+    }
+
+    /// A server on loopback: `/good` answers `body`, anything else is never answered.
+    fn server(body: &'static [u8]) -> u16 {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut head = [0u8; 1024];
+                    let n = stream.read(&mut head).unwrap_or(0);
+                    if head[..n].starts_with(b"GET /good ") {
+                        let _ = write!(
+                            stream,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = stream.write_all(body);
+                    } else {
+                        std::thread::sleep(std::time::Duration::from_secs(30));
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn a_download_that_hangs_holds_no_other_object() {
+        const BODY: &[u8] = b"elf";
+        let port = server(BODY);
+        let url = |p: &str| format!("http://127.0.0.1:{port}/{p}");
+        let planned = |name: &str, source: Source| Planned {
+            name: name.into(),
+            uid: None,
+            generation: 1,
+            spec: serde_yaml::from_str("bytecode: {url: x}\nprograms: [{name: p}]").expect("spec"),
+            source,
+        };
+        let fetcher = crate::fetch::Fetcher {
+            pass_wait: Some(std::time::Duration::from_millis(300)),
+            deadline: std::time::Duration::from_secs(20),
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let (desired, _) = materialize(
+            vec![
+                planned("slow", Source::Url(url("slow"), Some("1".repeat(64)))),
+                planned(
+                    "good",
+                    Source::Url(url("good"), Some(crate::desired::sha256_hex(BODY))),
+                ),
+                planned("cm", Source::Bytes(b"cm".to_vec())),
+            ],
+            &[],
+            &fetcher,
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        let by_name = |n: &str| &desired.iter().find(|d| d.name == n).expect(n).bytecode;
+        assert_eq!(by_name("good"), &Ok(BODY.to_vec()));
+        assert_eq!(by_name("cm"), &Ok(b"cm".to_vec()));
+        let slow = by_name("slow").as_ref().expect_err("still downloading");
+        assert_eq!(slow.reason, Reason::BytecodeUnavailable);
+        assert!(
+            slow.message
+                .starts_with(&format!("still downloading {}", url("slow"))),
+            "{}",
+            slow.message
+        );
+        assert_eq!(
+            fetcher.downloads.running(),
+            1,
+            "it goes on in the background"
+        );
     }
 
     #[test]
