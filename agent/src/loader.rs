@@ -285,6 +285,9 @@ fn build_inner(
     check_globals_against_btf(&elf, &globals)?;
 
     let mut loader = EbpfLoader::new();
+    // Only the programs the spec names are relocated and loaded (the patched aya drops the
+    // others after parsing): an object with thousands of programs costs what the named ones do.
+    loader.programs(spec.programs.iter().map(|p| p.name.as_str()));
     // Without relocations the kernel's BTF is not needed (the patched aya then reads none).
     if elf.has_btf_relocations() {
         loader.btf(btf.get());

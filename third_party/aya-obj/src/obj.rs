@@ -32,7 +32,7 @@ use crate::{
         CgroupSockoptAttachType, SkReuseportAttachType, SkSkbKind, XdpAttachType,
     },
     relocation::{INS_SIZE, Relocation, Symbol},
-    util::HashMap,
+    util::{HashMap, HashSet},
 };
 
 const KERNEL_VERSION_ANY: u32 = 0xFFFF_FFFE;
@@ -910,6 +910,41 @@ impl Object {
         Ok(())
     }
 
+    /// bpfpin patch: keeps only the programs for which `keep` returns true, with their functions
+    /// and CO-RE relocations; `.text` functions (which any program may call) stay. Every later
+    /// step (CO-RE and map relocation, call linking, loading) then works on the kept programs only,
+    /// instead of on every program of the object.
+    pub fn retain_programs(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let program_sections: HashSet<usize> =
+            self.programs.values().map(|p| p.section_index).collect();
+        self.programs.retain(|name, _| keep(name));
+        let kept: HashSet<(usize, u64)> =
+            self.programs.values().map(Program::function_key).collect();
+        self.functions
+            .retain(|key, _| kept.contains(key) || !program_sections.contains(&key.0));
+        let (Some(btf), Some(btf_ext)) = (&self.btf, &mut self.btf_ext) else {
+            return;
+        };
+        for (sec_name_off, relos) in &mut btf_ext.relocations {
+            let Some(&(section_index, _)) = btf
+                .string_at(*sec_name_off)
+                .ok()
+                .and_then(|name| self.section_infos.get(&name.to_string()))
+            else {
+                continue;
+            };
+            if !program_sections.contains(&section_index.0) {
+                continue;
+            }
+            let functions = &self.functions;
+            relos.retain(|rel| {
+                functions.values().any(|f| {
+                    crate::btf::relocation::is_relocation_inside_function(section_index, f, rel)
+                })
+            });
+        }
+    }
+
     /// Sanitize BPF functions.
     pub fn sanitize_functions(&mut self, features: &Features) {
         for function in self.functions.values_mut() {
@@ -1496,28 +1531,33 @@ fn get_func_and_line_info(
             let instruction_offset = (offset / INS_SIZE) as u32;
             let symbol_size_instructions = (symbol.size as usize / INS_SIZE) as u32;
 
-            let mut func_info = btf_ext.func_info.get(section.name);
-            func_info.func_info.retain_mut(|f| {
-                let retain = f.insn_off == instruction_offset;
-                if retain && rewrite_insn_off {
-                    f.insn_off = 0;
-                }
-                retain
+            // bpfpin patch: copy only this function's entries. Upstream cloned the whole
+            // section's func_info and line_info for every function and then filtered in place,
+            // which keeps the section-sized capacity: with 10,000 functions in one section that
+            // is 10,000 copies of the section's line_info (gigabytes for an 8 MiB object).
+            let insns = instruction_offset..instruction_offset.saturating_add(1);
+            let func_info = btf_ext.func_info.get_filtered(section.name, insns, |f| {
+                let mut f = *f;
+                (f.insn_off == instruction_offset).then(|| {
+                    if rewrite_insn_off {
+                        f.insn_off = 0;
+                    }
+                    f
+                })
             });
 
-            let mut line_info = btf_ext.line_info.get(section.name);
-            line_info
-                .line_info
-                .retain_mut(|l| match l.insn_off.checked_sub(instruction_offset) {
-                    None => false,
-                    Some(insn_off) => {
-                        let retain = insn_off < symbol_size_instructions;
-                        if retain && rewrite_insn_off {
-                            l.insn_off = insn_off
-                        }
-                        retain
+            let insns = instruction_offset
+                ..instruction_offset.saturating_add(symbol_size_instructions);
+            let line_info = btf_ext.line_info.get_filtered(section.name, insns, |l| {
+                let mut l = *l;
+                let insn_off = l.insn_off.checked_sub(instruction_offset)?;
+                (insn_off < symbol_size_instructions).then(|| {
+                    if rewrite_insn_off {
+                        l.insn_off = insn_off
                     }
-                });
+                    l
+                })
+            });
             (
                 func_info,
                 line_info,

@@ -856,7 +856,7 @@ const unsafe fn read_btf_header(data: &[u8]) -> btf_header {
 pub struct BtfExt {
     data: Vec<u8>,
     _endianness: Endianness,
-    relocations: Vec<(u32, Vec<Relocation>)>,
+    pub(crate) relocations: Vec<(u32, Vec<Relocation>)>,
     header: btf_ext_header,
     func_info_rec_size: usize,
     pub(crate) func_info: FuncInfo,

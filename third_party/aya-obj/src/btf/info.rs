@@ -40,7 +40,7 @@ impl FuncSecInfo {
         func_info_data: &[u8],
         endianness: Endianness,
     ) -> Self {
-        let func_info = func_info_data
+        let mut func_info: Vec<bpf_func_info> = func_info_data
             .chunks(rec_size)
             .map(|data| {
                 let read_u32 = if endianness == Endianness::Little {
@@ -63,6 +63,8 @@ impl FuncSecInfo {
             })
             .collect();
 
+        // bpfpin patch: sorted, for `FuncInfo::get_filtered`.
+        func_info.sort_by_key(|f| f.insn_off);
         Self {
             _sec_name_offset: sec_name_offset,
             num_info,
@@ -104,9 +106,27 @@ impl FuncInfo {
         }
     }
 
-    pub(crate) fn get(&self, name: &str) -> FuncSecInfo {
+    /// bpfpin patch: the entries of section `name` whose instruction offset is in `insns`, as
+    /// `keep` maps them, without cloning the whole section first (entries are sorted by
+    /// instruction offset when parsed, as the kernel requires them to be).
+    pub(crate) fn get_filtered(
+        &self,
+        name: &str,
+        insns: core::ops::Range<u32>,
+        keep: impl FnMut(&bpf_func_info) -> Option<bpf_func_info>,
+    ) -> FuncSecInfo {
         match self.data.get(name) {
-            Some(d) => d.clone(),
+            Some(d) => {
+                let all = d.func_info.as_slice();
+                let start = all.partition_point(|e| e.insn_off < insns.start);
+                let end = all.partition_point(|e| e.insn_off < insns.end);
+                let func_info: Vec<_> = all[start..end.max(start)].iter().filter_map(keep).collect();
+                FuncSecInfo {
+                    _sec_name_offset: d._sec_name_offset,
+                    num_info: func_info.len() as u32,
+                    func_info,
+                }
+            }
             None => FuncSecInfo::default(),
         }
     }
@@ -136,7 +156,7 @@ impl LineSecInfo {
         func_info_data: &[u8],
         endianness: Endianness,
     ) -> Self {
-        let line_info = func_info_data
+        let mut line_info: Vec<bpf_line_info> = func_info_data
             .chunks(rec_size)
             .map(|data| {
                 let read_u32 = if endianness == Endianness::Little {
@@ -168,6 +188,8 @@ impl LineSecInfo {
             })
             .collect();
 
+        // bpfpin patch: sorted, for `LineInfo::get_filtered`.
+        line_info.sort_by_key(|l| l.insn_off);
         Self {
             _sec_name_offset: sec_name_offset,
             num_info,
@@ -203,9 +225,27 @@ impl LineInfo {
         }
     }
 
-    pub(crate) fn get(&self, name: &str) -> LineSecInfo {
+    /// bpfpin patch: the entries of section `name` whose instruction offset is in `insns`, as
+    /// `keep` maps them, without cloning the whole section first (entries are sorted by
+    /// instruction offset when parsed, as the kernel requires them to be).
+    pub(crate) fn get_filtered(
+        &self,
+        name: &str,
+        insns: core::ops::Range<u32>,
+        keep: impl FnMut(&bpf_line_info) -> Option<bpf_line_info>,
+    ) -> LineSecInfo {
         match self.data.get(name) {
-            Some(d) => d.clone(),
+            Some(d) => {
+                let all = d.line_info.as_slice();
+                let start = all.partition_point(|e| e.insn_off < insns.start);
+                let end = all.partition_point(|e| e.insn_off < insns.end);
+                let line_info: Vec<_> = all[start..end.max(start)].iter().filter_map(keep).collect();
+                LineSecInfo {
+                    _sec_name_offset: d._sec_name_offset,
+                    num_info: line_info.len() as u32,
+                    line_info,
+                }
+            }
             None => LineSecInfo::default(),
         }
     }

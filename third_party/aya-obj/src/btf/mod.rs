@@ -3,7 +3,7 @@
 #[expect(clippy::module_inception, reason = "TODO")]
 mod btf;
 mod info;
-mod relocation;
+pub(crate) mod relocation;
 mod types;
 
 pub use btf::*;

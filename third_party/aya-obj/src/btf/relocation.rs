@@ -262,7 +262,7 @@ impl Object {
     }
 }
 
-fn is_relocation_inside_function(
+pub(crate) fn is_relocation_inside_function(
     section_index: SectionIndex,
     func: &Function,
     rel: &Relocation,
