@@ -660,19 +660,24 @@ impl Object {
         name: String,
         symbol: &Symbol,
     ) -> Result<(Program, Function), ParseError> {
-        let offset = symbol.address as usize - section.address as usize;
+        // bpfpin patch: checked (upstream underflowed on a symbol before its section).
+        let offset = (symbol.address as usize)
+            .checked_sub(section.address as usize)
+            .ok_or_else(|| ParseError::InvalidSymbol {
+                index: symbol.index,
+                name: symbol.name.clone(),
+            })?;
         let (func_info, line_info, func_info_rec_size, line_info_rec_size) =
             get_func_and_line_info(self.btf_ext.as_ref(), symbol, section, offset, true);
 
         let start = symbol.address as usize;
-        let end = (symbol.address + symbol.size) as usize;
 
         let function = Function {
             name,
             address: symbol.address,
             section_index: section.index,
             section_offset: start,
-            instructions: copy_instructions(&section.data[start..end])?,
+            instructions: copy_instructions(symbol_data(section.data, symbol, start)?)?,
             func_info,
             line_info,
             func_info_rec_size,
@@ -735,9 +740,7 @@ impl Object {
                     name: sym.name.clone().unwrap(),
                     section_index: section.index,
                     section_offset: offset,
-                    instructions: copy_instructions(
-                        &section.data[offset..offset + sym.size as usize],
-                    )?,
+                    instructions: copy_instructions(symbol_data(section.data, sym, offset)?)?,
                     func_info,
                     line_info,
                     func_info_rec_size,
@@ -827,9 +830,7 @@ impl Object {
                 .ok_or_else(|| ParseError::SymbolNotFound {
                     name: i.to_string(),
                 })?;
-            let start = sym.address as usize;
-            let end = start + sym.size as usize;
-            let data = &section.data[start..end];
+            let data = symbol_data(section.data, sym, sym.address as usize)?;
             let name = sym
                 .name
                 .as_ref()
@@ -1517,6 +1518,19 @@ pub fn copy_instructions(data: &[u8]) -> Result<Vec<bpf_insn>, ParseError> {
         .map(|d| unsafe { ptr::read_unaligned(d.as_ptr().cast()) })
         .collect::<Vec<_>>();
     Ok(instructions)
+}
+
+/// bpfpin patch: the `sym.size` bytes of `data` from `start`, or an error when the symbol runs
+/// past its section (upstream sliced, and panicked on such an object).
+fn symbol_data<'d>(data: &'d [u8], sym: &Symbol, start: usize) -> Result<&'d [u8], ParseError> {
+    usize::try_from(sym.size)
+        .ok()
+        .and_then(|size| start.checked_add(size))
+        .and_then(|end| data.get(start..end))
+        .ok_or_else(|| ParseError::InvalidSymbol {
+            index: sym.index,
+            name: sym.name.clone(),
+        })
 }
 
 fn get_func_and_line_info(
