@@ -19,6 +19,9 @@ pub fn symbol_past_its_section(n: usize, size: u64) -> Vec<u8> {
     build(n, Some(size))
 }
 
+/// A section header's fields: (type, flags, data, link, info, align, entsize).
+type Section<'a> = (u32, u64, &'a [u8], u32, u32, u64, u64);
+
 fn build(n: usize, last_size: Option<u64>) -> Vec<u8> {
     let text: Vec<u8> = PROGRAM.iter().copied().cycle().take(16 * n).collect();
     let license = b"GPL\0".to_vec();
@@ -46,8 +49,7 @@ fn build(n: usize, last_size: Option<u64>) -> Vec<u8> {
         shstrtab.extend_from_slice(name.as_bytes());
         shstrtab.push(0);
     }
-    // (type, flags, data, link, info, align, entsize)
-    let sections: [(u32, u64, &[u8], u32, u32, u64, u64); 5] = [
+    let sections: [Section<'_>; 5] = [
         (1, 0x6, &text, 0, 0, 8, 0),    // PROGBITS, ALLOC|EXECINSTR
         (1, 0x3, &license, 0, 0, 1, 0), // PROGBITS, WRITE|ALLOC
         (2, 0, &symtab, 4, 1, 8, 24),   // SYMTAB, strings in 4, first global 1
@@ -57,7 +59,7 @@ fn build(n: usize, last_size: Option<u64>) -> Vec<u8> {
     let mut out = vec![0u8; 64];
     let mut headers = vec![0u8; 64]; // the null section header
     for (i, (kind, flags, data, link, info, align, entsize)) in sections.iter().enumerate() {
-        while out.len() % 8 != 0 {
+        while !out.len().is_multiple_of(8) {
             out.push(0);
         }
         let offset = out.len() as u64;
@@ -73,7 +75,7 @@ fn build(n: usize, last_size: Option<u64>) -> Vec<u8> {
         headers.extend_from_slice(&align.to_le_bytes());
         headers.extend_from_slice(&entsize.to_le_bytes());
     }
-    while out.len() % 8 != 0 {
+    while !out.len().is_multiple_of(8) {
         out.push(0);
     }
     let shoff = out.len() as u64;
