@@ -233,10 +233,7 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_regular_file_at_once() {
         let (dir, allowed) = dirs();
-        let fifo = dir.path().join("fifo.o");
-        let c = std::ffi::CString::new(fifo.to_str().expect("utf8")).expect("cstring");
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        mkfifo_at(&dir.path().join("fifo.o"));
         std::fs::create_dir(dir.path().join("dir.o")).expect("mkdir");
         let e = read_file(Path::new("fifo.o"), &allowed[0], &allowed).expect_err("a FIFO");
         assert_eq!(e.reason, Reason::BytecodeUnavailable);
@@ -251,6 +248,27 @@ mod tests {
         )
         .expect_err("a device");
         assert!(e.message.contains("is a character device"), "{e}");
+    }
+
+    #[test]
+    fn cluster_mode_refuses_a_fifo_in_a_bytecode_dir_too() {
+        let (dir, allowed) = dirs();
+        mkfifo_at(&dir.path().join("fifo.o"));
+        let e = read_path("fifo.o", &allowed).expect_err("a FIFO");
+        assert_eq!(e.reason, Reason::BytecodeUnavailable);
+        assert_eq!(
+            e.message,
+            format!(
+                "bytecode {}: is a FIFO, not a regular file",
+                allowed[0].join("fifo.o").display()
+            )
+        );
+    }
+
+    fn mkfifo_at(path: &Path) {
+        let c = std::ffi::CString::new(path.to_str().expect("utf8")).expect("cstring");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     }
 
     #[test]
