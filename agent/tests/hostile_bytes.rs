@@ -458,6 +458,19 @@ fn a_missing_program_in_an_elf_with_50000_programs_lists_a_few() {
 }
 
 #[test]
+fn an_elf_with_more_than_65536_symbols_is_refused_before_it_is_parsed() {
+    let s = Scene::new();
+    std::fs::write(s.path("bad.bpf.o"), elf::many_programs(70_000)).expect("write");
+    s.bad("bytecode: {path: bad.bpf.o}\nprograms: [{name: prog_0}]");
+    s.fails_alone(
+        &[],
+        &[],
+        "InvalidElf",
+        "the bytecode is not a valid eBPF ELF object: the object has 70000 symbols, more than the limit of 65536",
+    );
+}
+
+#[test]
 fn an_elf_whose_symbol_runs_past_its_section_is_invalid() {
     let s = Scene::new();
     std::fs::write(

@@ -484,6 +484,15 @@ impl Object {
         let mut bpf_obj = Self::new(endianness, license, kernel_version);
 
         if let Some(symbol_table) = obj.symbol_table() {
+            // bpfpin patch: every symbol costs ~1 KiB of parsed state (a program, a function, map
+            // entries), so a symbol table is bounded before any of it is built.
+            let count = symbol_table.symbols().count();
+            if count > MAX_SYMBOLS {
+                return Err(ParseError::TooManySymbols {
+                    count,
+                    limit: MAX_SYMBOLS,
+                });
+            }
             for symbol in symbol_table.symbols() {
                 let name = symbol
                     .name()
@@ -1063,7 +1072,20 @@ pub enum ParseError {
     /// No BTF parsed for object
     #[error("no BTF parsed for object")]
     NoBTF,
+
+    /// bpfpin patch: the symbol table is larger than [`MAX_SYMBOLS`].
+    #[error("the object has {count} symbols, more than the limit of {limit}")]
+    TooManySymbols {
+        /// Symbols in the object.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
+
+/// bpfpin patch: the most symbols an object may have (real objects have hundreds; each costs
+/// about 1 KiB while parsing, so this bounds the parser's memory by ~64 MiB).
+pub const MAX_SYMBOLS: usize = 1 << 16;
 
 /// Invalid bindings to the bpf type from the parsed/received value.
 pub struct InvalidTypeBinding<T> {
