@@ -293,6 +293,7 @@ pub fn attach_and_pin(
             let prog: &mut TracePoint = program
                 .try_into()
                 .map_err(|_| wrong_type_named(name, point, &actual))?;
+            check_tracepoint(name, point, category, tp)?;
             let id = prog.attach(category, tp).map_err(|e| err(&e))?;
             let link = prog.take_link(id).map_err(|e| err(&e))?;
             let fd_link = FdLink::try_from(link).map_err(|e| err(&e))?;
@@ -416,7 +417,19 @@ fn attach_generic(
                 Some(pid) => UProbeScope::OneProcess(pid),
                 None => UProbeScope::AllProcesses,
             };
-            link!(prog, prog.attach(location, target, scope))
+            // A path is opened and checked here, and aya (symbol lookup) and the kernel (the
+            // probe) get the descriptor's /proc link: the file checked is the file probed. A bare
+            // library name is found by aya in the dynamic loader's cache (root-owned).
+            let checked = if target.contains('/') {
+                Some(open_uprobe_target(name, point, target)?)
+            } else {
+                None
+            };
+            let target_path = match &checked {
+                Some(file) => crate::bytecode_path::fd_path(file),
+                None => PathBuf::from(target),
+            };
+            link!(prog, prog.attach(location, &target_path, scope))
         }
         AttachPoint::Fentry { .. } => {
             let prog: &mut FEntry = program.try_into().map_err(|_| wrong())?;
@@ -428,15 +441,7 @@ fn attach_generic(
         }
         AttachPoint::CgroupSkb { cgroup, direction } => {
             let prog: &mut CgroupSkb = program.try_into().map_err(|_| wrong())?;
-            let file = std::fs::File::open(cgroup).map_err(|e| {
-                ObjectError::new(
-                    Reason::AttachFailed,
-                    format!(
-                        "attaching program {name} to {}: opening the cgroup: {e}",
-                        point.describe()
-                    ),
-                )
-            })?;
+            let file = open_cgroup(name, point, cgroup)?;
             let kind = match direction {
                 Direction::Ingress => CgroupSkbAttachType::Ingress,
                 Direction::Egress => CgroupSkbAttachType::Egress,
@@ -447,6 +452,159 @@ fn attach_generic(
             unreachable!("handled by attach_and_pin")
         }
     }
+}
+
+/// Magic numbers of `statfs(2)`'s `f_type` (linux/magic.h).
+const TRACEFS_MAGIC: i64 = 0x7472_6163;
+const DEBUGFS_MAGIC: i64 = 0x6462_6720;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// The filesystem type of an open descriptor (`fstatfs`; works on `O_PATH` descriptors).
+fn fs_magic(file: &std::fs::File) -> std::io::Result<i64> {
+    use std::os::unix::io::AsRawFd;
+    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: a valid descriptor and a buffer of the right size.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), buf.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fstatfs succeeded, so it filled the buffer.
+    #[expect(
+        clippy::unnecessary_cast,
+        reason = "f_type is i64 on x86_64 but i32 or u32 elsewhere"
+    )]
+    Ok(unsafe { buf.assume_init() }.f_type as i64)
+}
+
+fn target_error(program: &str, point: &AttachPoint, what: String) -> ObjectError {
+    ObjectError::new(
+        Reason::AttachFailed,
+        format!(
+            "attaching program {program} to {}: {what}",
+            point.describe()
+        ),
+    )
+}
+
+/// The tracefs aya reads tracepoint ids from: the first of its two candidates that is a
+/// non-empty directory (the same rule as aya's `find_tracefs_path`).
+fn tracefs_dir() -> Option<&'static Path> {
+    [
+        Path::new("/sys/kernel/tracing"),
+        Path::new("/sys/kernel/debug/tracing"),
+    ]
+    .into_iter()
+    .find(|dir| std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()))
+}
+
+/// Checks that the tracepoint's `id` file aya is about to read is a regular file on tracefs: a
+/// FIFO there (a tracefs that is not one) would block the read forever. Files on tracefs are made
+/// by the kernel, so what is checked is what aya reads.
+fn check_tracepoint(
+    program: &str,
+    point: &AttachPoint,
+    category: &str,
+    tracepoint: &str,
+) -> Result<(), ObjectError> {
+    let Some(tracefs) = tracefs_dir() else {
+        return Err(target_error(
+            program,
+            point,
+            "tracefs is not mounted (neither /sys/kernel/tracing nor /sys/kernel/debug/tracing)"
+                .into(),
+        ));
+    };
+    let id = tracefs
+        .join("events")
+        .join(category)
+        .join(tracepoint)
+        .join("id");
+    let (file, meta) = crate::bytecode_path::open_path(&id)
+        .map_err(|e| target_error(program, point, format!("{}: {e}", id.display())))?;
+    let magic = fs_magic(&file)
+        .map_err(|e| target_error(program, point, format!("{}: fstatfs: {e}", id.display())))?;
+    if magic != TRACEFS_MAGIC && magic != DEBUGFS_MAGIC {
+        return Err(target_error(
+            program,
+            point,
+            format!(
+                "{} is not on tracefs (filesystem magic {magic:#x}); {} is not a tracefs mount",
+                id.display(),
+                tracefs.display()
+            ),
+        ));
+    }
+    if !meta.file_type().is_file() {
+        return Err(target_error(
+            program,
+            point,
+            format!(
+                "{} is {}, not a tracefs file",
+                id.display(),
+                crate::bytecode_path::describe_type(meta.file_type())
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens a cgroup for cgroup_skb: a directory on cgroup v2. `O_DIRECTORY` makes opening a FIFO
+/// or a device fail at once instead of blocking or reacting; the descriptor is what is attached.
+fn open_cgroup(
+    program: &str,
+    point: &AttachPoint,
+    cgroup: &str,
+) -> Result<std::fs::File, ObjectError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(cgroup)
+        .map_err(|e| {
+            let what = match e.raw_os_error() {
+                Some(libc::ENOTDIR) => {
+                    let kind = std::fs::metadata(cgroup)
+                        .map(|m| crate::bytecode_path::describe_type(m.file_type()))
+                        .unwrap_or("not a directory");
+                    format!("cgroup {cgroup} is {kind}, not a cgroup v2 directory")
+                }
+                _ => format!("opening the cgroup: {e}"),
+            };
+            target_error(program, point, what)
+        })?;
+    let magic = fs_magic(&file)
+        .map_err(|e| target_error(program, point, format!("cgroup {cgroup}: fstatfs: {e}")))?;
+    if magic != CGROUP2_SUPER_MAGIC {
+        return Err(target_error(
+            program,
+            point,
+            format!(
+                "cgroup {cgroup} is not on a cgroup v2 filesystem (filesystem magic {magic:#x})"
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+/// Opens a uprobe target path with `O_PATH` and checks it is a regular file.
+fn open_uprobe_target(
+    program: &str,
+    point: &AttachPoint,
+    target: &str,
+) -> Result<std::fs::File, ObjectError> {
+    let (file, meta) = crate::bytecode_path::open_path(Path::new(target))
+        .map_err(|e| target_error(program, point, format!("uprobe target {target}: {e}")))?;
+    if !meta.file_type().is_file() {
+        return Err(target_error(
+            program,
+            point,
+            format!(
+                "uprobe target {target} is {}, not a regular file",
+                crate::bytecode_path::describe_type(meta.file_type())
+            ),
+        ));
+    }
+    Ok(file)
 }
 
 fn wrong_type_named(program: &str, point: &AttachPoint, actual: &str) -> ObjectError {

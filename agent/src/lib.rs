@@ -8,6 +8,7 @@
 pub mod attach;
 pub mod backoff;
 pub mod btf_vars;
+pub mod bytecode_path;
 pub mod cluster;
 pub mod desired;
 pub mod downloads;

@@ -73,6 +73,48 @@ fn is_internal_map(name: &str) -> bool {
     name.starts_with('.')
 }
 
+/// How many names an error message lists (an object may have thousands of programs).
+const LISTED_NAMES: usize = 20;
+
+/// `a, b, c`, sorted, the first [`LISTED_NAMES`] and how many more.
+fn name_list(mut names: Vec<&str>) -> String {
+    names.sort_unstable();
+    let more = names.len().saturating_sub(LISTED_NAMES);
+    names.truncate(LISTED_NAMES);
+    let mut out = names.join(", ");
+    if more > 0 {
+        out.push_str(&format!(" and {more} more"));
+    }
+    out
+}
+
+/// Parses the ELF object; a panic inside the parser (a malformed object it does not check for) is
+/// an `InvalidElf` of this object, not the end of the agent.
+pub fn parse_elf(bytes: &[u8]) -> Result<aya_obj::Object, ObjectError> {
+    let invalid = |why: String| {
+        ObjectError::new(
+            Reason::InvalidElf,
+            format!("the bytecode is not a valid eBPF ELF object: {why}"),
+        )
+    };
+    match std::panic::catch_unwind(|| aya_obj::Object::parse(bytes)) {
+        Ok(Ok(obj)) => Ok(obj),
+        Ok(Err(e)) => Err(invalid(chain(&e))),
+        Err(panic) => Err(invalid(format!(
+            "the ELF parser failed on it ({})",
+            panic_text(&*panic)
+        ))),
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
 /// Parses the ELF and decides where each map is pinned. Fails on a malformed ELF and on programs
 /// or maps the spec names that the ELF does not have.
 pub fn plan_maps(
@@ -82,14 +124,13 @@ pub fn plan_maps(
 ) -> Result<MapPlan, ObjectError> {
     for prog in &spec.programs {
         if !elf.programs.contains_key(&prog.name) {
-            let mut have: Vec<&str> = elf.programs.keys().map(String::as_str).collect();
-            have.sort_unstable();
+            let have: Vec<&str> = elf.programs.keys().map(String::as_str).collect();
             return Err(ObjectError::new(
                 Reason::ProgramNotFound,
                 format!(
                     "program {} is not in the ELF object (it has: {})",
                     prog.name,
-                    have.join(", ")
+                    name_list(have)
                 ),
             ));
         }
@@ -102,18 +143,17 @@ pub fn plan_maps(
         .collect();
     for name in listed.keys() {
         if !elf.maps.contains_key(*name) {
-            let mut have: Vec<&str> = elf
+            let have: Vec<&str> = elf
                 .maps
                 .keys()
                 .map(String::as_str)
                 .filter(|n| !is_internal_map(n))
                 .collect();
-            have.sort_unstable();
             return Err(ObjectError::new(
                 Reason::MapNotFound,
                 format!(
                     "map {name} is not in the ELF object (it has: {})",
-                    have.join(", ")
+                    name_list(have)
                 ),
             ));
         }
@@ -235,12 +275,17 @@ fn build_inner(
     rollback: &mut Rollback,
 ) -> Result<PinnedVersion, ObjectError> {
     let spec = req.spec;
-    let elf = aya_obj::Object::parse(req.bytecode).map_err(|e| {
-        ObjectError::new(
+    if req.bytecode.len() as u64 > crate::bytecode_path::MAX_BYTES {
+        return Err(ObjectError::new(
             Reason::InvalidElf,
-            format!("the bytecode is not a valid eBPF ELF object: {}", chain(&e)),
-        )
-    })?;
+            format!(
+                "the bytecode is {} bytes, larger than the {} MiB limit for bytecode",
+                req.bytecode.len(),
+                crate::bytecode_path::MAX_BYTES >> 20
+            ),
+        ));
+    }
+    let elf = parse_elf(req.bytecode)?;
     let plan = plan_maps(layout, spec, &elf)?;
 
     // Shared pins that exist must have this object's definition; the others this attempt creates
@@ -285,6 +330,9 @@ fn build_inner(
     check_globals_against_btf(&elf, &globals)?;
 
     let mut loader = EbpfLoader::new();
+    // Only the programs the spec names are relocated and loaded (the patched aya drops the
+    // others after parsing): an object with thousands of programs costs what the named ones do.
+    loader.programs(spec.programs.iter().map(|p| p.name.as_str()));
     // Without relocations the kernel's BTF is not needed (the patched aya then reads none).
     if elf.has_btf_relocations() {
         loader.btf(btf.get());
@@ -314,7 +362,19 @@ fn build_inner(
             }
         }
     }
-    let mut ebpf = loader.load(req.bytecode).map_err(|e| load_error(&e))?;
+    // aya parses the object again: the same panic guard as `parse_elf`.
+    let mut ebpf =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loader.load(req.bytecode)))
+            .map_err(|panic| {
+                ObjectError::new(
+                    Reason::InvalidElf,
+                    format!(
+                        "the bytecode is not a valid eBPF ELF object: loading failed on it ({})",
+                        panic_text(&*panic)
+                    ),
+                )
+            })?
+            .map_err(|e| load_error(&e))?;
 
     let dir = layout.version(req.object, req.version);
     fsops::create_dirs(layout.root(), &dir)?;

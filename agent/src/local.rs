@@ -6,12 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bpfpin_crds::BpfObject;
 use bpfpin_crds::validation::validate_object_name;
 
 use crate::backoff::{Retries, sleep_until};
+pub use crate::bytecode_path::{allowed_dirs, read_bytecode};
 use crate::desired::DesiredObject;
-use crate::error::{ObjectError, Reason};
 use crate::fetch::Fetcher;
 use crate::manifest::{self, Problem};
 use crate::reconcile::{Action, PassReport, Reconciler};
@@ -285,81 +284,6 @@ fn pinned_objects(root: &Path) -> BTreeSet<String> {
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| validate_object_name(n).is_ok())
         .collect()
-}
-
-fn allowed_dirs(config: &LocalConfig) -> Vec<PathBuf> {
-    std::iter::once(&config.manifests)
-        .chain(&config.bytecode_dirs)
-        .filter_map(|d| std::fs::canonicalize(d).ok())
-        .collect()
-}
-
-/// Reads `bytecode.path` (refusing paths that resolve outside the allowed folders), downloads
-/// `bytecode.url` or pulls `bytecode.image`.
-pub fn read_bytecode(
-    obj: &BpfObject,
-    folder: &Path,
-    allowed: &[PathBuf],
-    fetcher: &Fetcher,
-) -> Result<Vec<u8>, ObjectError> {
-    let source = &obj.spec.bytecode;
-    if let Some(url) = &source.url {
-        return fetcher.fetch(url, obj.spec.sha256.as_deref());
-    }
-    if let Some(image) = &source.image {
-        return crate::oci::pull(
-            fetcher,
-            &fetcher.registry_auth,
-            image,
-            obj.spec.sha256.as_deref(),
-        );
-    }
-    let Some(path) = &source.path else {
-        return Err(ObjectError::new(
-            Reason::UnsupportedSource,
-            "bytecode.configMap is not available in local mode; use bytecode.path, bytecode.url or bytecode.image",
-        ));
-    };
-    resolve_path(Path::new(path), folder, allowed).and_then(|p| {
-        std::fs::read(&p).map_err(|e| {
-            ObjectError::new(
-                Reason::BytecodeUnavailable,
-                format!("reading bytecode {}: {e}", p.display()),
-            )
-        })
-    })
-}
-
-/// Resolves a bytecode path (relative to `folder`) and checks it lies in an allowed folder.
-pub fn resolve_path(
-    path: &Path,
-    folder: &Path,
-    allowed: &[PathBuf],
-) -> Result<PathBuf, ObjectError> {
-    let joined = folder.join(path);
-    let real = std::fs::canonicalize(&joined).map_err(|e| {
-        ObjectError::new(
-            Reason::BytecodeUnavailable,
-            format!("bytecode {}: {e}", joined.display()),
-        )
-    })?;
-    if allowed.iter().any(|dir| real.starts_with(dir)) {
-        Ok(real)
-    } else {
-        Err(ObjectError::new(
-            Reason::BytecodePathNotAllowed,
-            format!(
-                "bytecode {} resolves to {}, outside the allowed folders ({}); add one with --bytecode-dir",
-                path.display(),
-                real.display(),
-                allowed
-                    .iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ))
-    }
 }
 
 /// Prints a pass for a person: one line per object. Returns whether everything is pinned.

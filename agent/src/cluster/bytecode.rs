@@ -4,14 +4,12 @@
 //! anonymously, cached by digest). An object whose bytecode is missing reports why; every other
 //! object is unaffected.
 
-use std::path::{Path, PathBuf};
-
 use bpfpin_crds::{BpfObjectSpec, SecretReference};
 use k8s_openapi::api::core::v1::Secret;
 
 use super::configmaps::{ConfigMapCache, ConfigMapRef, ConfigMapState};
+pub use crate::bytecode_path::read_path;
 use crate::error::{ObjectError, Reason};
-use crate::local::resolve_path;
 use crate::oci::RegistryAuth;
 
 /// The bytecode of one object, as far as the (non-blocking) planning step can tell.
@@ -101,45 +99,10 @@ pub fn source_of(spec: &BpfObjectSpec, configmaps: &ConfigMapCache) -> Source {
     ))
 }
 
-/// Reads `bytecode.path`, which must resolve (symlinks included) inside one of `dirs`. A relative
-/// path is taken relative to the first of `dirs` where it exists.
-pub fn read_path(path: &str, dirs: &[PathBuf]) -> Result<Vec<u8>, ObjectError> {
-    let allowed: Vec<PathBuf> = dirs
-        .iter()
-        .filter_map(|d| std::fs::canonicalize(d).ok())
-        .collect();
-    let Some(first) = allowed.first() else {
-        return Err(ObjectError::new(
-            Reason::BytecodeUnavailable,
-            format!(
-                "bytecode {path}: no bytecode folder exists on this node ({})",
-                dirs.iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-    };
-    let relative = Path::new(path);
-    let folder = if relative.is_absolute() {
-        Path::new("/")
-    } else {
-        allowed
-            .iter()
-            .find(|d| d.join(relative).exists())
-            .unwrap_or(first)
-    };
-    let real = resolve_path(relative, folder, &allowed)?;
-    std::fs::read(&real).map_err(|e| {
-        ObjectError::new(
-            Reason::BytecodeUnavailable,
-            format!("reading bytecode {}: {e}", real.display()),
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     fn spec(yaml: &str) -> BpfObjectSpec {

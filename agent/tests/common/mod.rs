@@ -3,6 +3,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod cgroup;
+pub mod elf;
 pub mod hostile;
 pub mod registry;
 

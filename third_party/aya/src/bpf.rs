@@ -133,6 +133,11 @@ pub struct EbpfLoader<'a> {
     extensions: HashSet<&'a str>,
     verifier_log_level: VerifierLogLevel,
     allow_unsupported_maps: bool,
+    // bpfpin patch: when set, only these programs (and the .text functions they call) are
+    // relocated and returned; the others are dropped right after parsing. Relocation visits every
+    // function once per relocation of its section, and every program is cloned into the result,
+    // so an object with thousands of programs costs time and memory even when one is wanted.
+    only_programs: Option<HashSet<&'a str>>,
 }
 
 /// Builder style API for advanced loading of eBPF programs.
@@ -173,6 +178,7 @@ impl<'a> EbpfLoader<'a> {
             extensions: HashSet::new(),
             verifier_log_level: VerifierLogLevel::default(),
             allow_unsupported_maps: false,
+            only_programs: None,
         }
     }
 
@@ -406,6 +412,16 @@ impl<'a> EbpfLoader<'a> {
         })?)
     }
 
+    /// bpfpin patch: only the programs named here are relocated and returned by
+    /// [`EbpfLoader::load`]; the object's other programs are dropped after parsing (the `.text`
+    /// functions programs call are kept). Without this call every program is kept.
+    pub fn programs<I: IntoIterator<Item = &'a str>>(&mut self, names: I) -> &mut Self {
+        self.only_programs
+            .get_or_insert_with(HashSet::new)
+            .extend(names);
+        self
+    }
+
     /// Loads eBPF bytecode from a buffer.
     ///
     /// The buffer needs to be 4-bytes aligned. If you are bundling the bytecode statically
@@ -433,8 +449,12 @@ impl<'a> EbpfLoader<'a> {
             verifier_log_level,
             allow_unsupported_maps,
             map_pin_path_by_name,
+            only_programs,
         } = self;
         let mut obj = Object::parse(data)?;
+        if let Some(wanted) = only_programs {
+            obj.retain_programs(|name| wanted.contains(name));
+        }
         obj.patch_map_data(globals.clone())?;
 
         let btf_fd = if let Some(features) = &FEATURES.btf() {
