@@ -36,6 +36,9 @@ pub enum Reason {
     Unsupported,
     /// The bytecode source kind is not supported in this mode.
     UnsupportedSource,
+    /// The object's new maps would not fit the headroom of the agent's memory cgroup (map memory
+    /// is charged to it and stays charged while the maps are pinned).
+    InsufficientMemory,
 }
 
 impl Reason {
@@ -57,6 +60,7 @@ impl Reason {
             Reason::PinFailed => "PinFailed",
             Reason::Unsupported => "Unsupported",
             Reason::UnsupportedSource => "UnsupportedSource",
+            Reason::InsufficientMemory => "InsufficientMemory",
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod fsops;
 pub mod layout;
 pub mod loader;
 pub mod local;
+pub mod map_memory;
 pub mod mounts;
 pub mod oci;
 pub mod reconcile;

@@ -17,6 +17,7 @@ use crate::error::{AgentError, ObjectError, Reason};
 use crate::fsops;
 use crate::layout::{Layout, SHARED_DIR, STAGING_DIR, VERSIONS_DIR};
 use crate::loader::{self, BuildRequest, PinnedVersion};
+use crate::map_memory;
 use crate::mounts;
 use bpfpin_crds::validation::validate_object_name;
 
@@ -72,12 +73,21 @@ pub struct PassReport {
     pub removed: Vec<String>,
     /// Pins unlinked by the sweep (removed objects, stale versions, unknown entries, shared maps).
     pub unpinned: usize,
+    /// Estimated bytes of the maps pinned for the objects of this pass (each shared map once):
+    /// memory charged to the agent's memory cgroup (see [`crate::map_memory`]).
+    pub map_memory: u64,
+    /// What the agent's memory cgroup has left after the pass, if it has a limit.
+    pub memory_headroom: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
 struct Current {
     version: String,
     state: PinnedVersion,
+    /// Estimated bytes of its maps: private ones (and those no pin holds but its programs), and
+    /// each shared one by path.
+    private_bytes: u64,
+    shared_bytes: Vec<(PathBuf, u64)>,
 }
 
 /// The reconciler of one managed root.
@@ -193,7 +203,25 @@ impl Reconciler {
             }
             report.unpinned += self.sweep_shared(&keep);
         }
+        self.account_memory(&mut report);
         report
+    }
+
+    /// Fills in the pass's map memory (objects pinned now, each shared map once) and headroom.
+    fn account_memory(&self, report: &mut PassReport) {
+        let mut shared: HashMap<&Path, u64> = HashMap::new();
+        let mut private = 0;
+        for r in report.objects.iter().filter(|r| r.pinned.is_some()) {
+            if let Some(c) = self.known.get(&r.name) {
+                private += c.private_bytes;
+                for (path, bytes) in &c.shared_bytes {
+                    shared.insert(path, *bytes);
+                }
+            }
+        }
+        report.map_memory = private + shared.values().sum::<u64>();
+        report.memory_headroom = map_memory::headroom().map(|h| h.left());
+        tracing::debug!(map_memory = report.map_memory, headroom = ?report.memory_headroom, "map memory");
     }
 
     fn current_version(&self, object: &str) -> Option<String> {
@@ -259,11 +287,17 @@ impl Reconciler {
                 tracing::info!(object = %obj.name, path = %path.display(), version, "adopted");
                 Action::Adopted
             };
+            let (private_bytes, shared_bytes) = match self.known.get(&obj.name) {
+                Some(c) if &c.version == version => (c.private_bytes, c.shared_bytes.clone()),
+                _ => self.memory_of(obj, &bytes),
+            };
             self.known.insert(
                 obj.name.clone(),
                 Current {
                     version: version.clone(),
                     state: state.clone(),
+                    private_bytes,
+                    shared_bytes,
                 },
             );
             return ObjectReport {
@@ -280,6 +314,9 @@ impl Reconciler {
         let version = format!("{key}-{nanos:x}");
         let previous = current.as_ref().map(|v| self.layout.version(&obj.name, v));
         if let Err(error) = self.check_shared_paths(obj, &bytes, all) {
+            return self.failed(obj, base, current, error);
+        }
+        if let Err(error) = self.check_map_memory(obj, &bytes, previous.as_deref()) {
             return self.failed(obj, base, current, error);
         }
         let req = BuildRequest {
@@ -312,11 +349,14 @@ impl Reconciler {
             Action::Created
         };
         tracing::info!(object = %obj.name, path = %path.display(), version, ?action, programs = built.programs.len(), maps = built.maps.len(), links = built.links.len(), "object pinned");
+        let (private_bytes, shared_bytes) = self.memory_of(obj, &bytes);
         self.known.insert(
             obj.name.clone(),
             Current {
                 version,
                 state: built.clone(),
+                private_bytes,
+                shared_bytes,
             },
         );
         ObjectReport {
@@ -438,6 +478,76 @@ impl Reconciler {
             1 => format!("object {}", list[0]),
             _ => format!("objects {}", list.join(", ")),
         }
+    }
+
+    /// The estimated memory of an object's maps: `(private and unpinned, shared by path)`.
+    fn memory_of(&self, obj: &DesiredObject, bytes: &[u8]) -> (u64, Vec<(PathBuf, u64)>) {
+        let Ok(elf) = aya_obj::Object::parse(bytes) else {
+            return (0, Vec::new());
+        };
+        let shared = loader::plan_maps(&self.layout, &obj.spec, &elf)
+            .map(|p| p.shared)
+            .unwrap_or_default();
+        let mut private = 0;
+        let mut by_path = Vec::new();
+        for m in map_memory::estimate(&obj.spec, &elf, |_| true) {
+            match shared.get(&m.name) {
+                Some(path) => by_path.push((path.clone(), m.bytes)),
+                None => private += m.bytes,
+            }
+        }
+        (private, by_path)
+    }
+
+    /// Refuses an object whose new maps (not the shared maps already pinned, not the private maps
+    /// the previous version hands over) would not fit what the agent's memory cgroup has left,
+    /// less [`map_memory::RESERVE`]: map memory is charged to that cgroup and stays charged while
+    /// pinned, so a map that does not fit would get the agent OOM-killed.
+    fn check_map_memory(
+        &self,
+        obj: &DesiredObject,
+        bytes: &[u8],
+        previous: Option<&Path>,
+    ) -> Result<(), ObjectError> {
+        let Ok(elf) = aya_obj::Object::parse(bytes) else {
+            return Ok(());
+        };
+        let Ok(plan) = loader::plan_maps(&self.layout, &obj.spec, &elf) else {
+            return Ok(());
+        };
+        let new = map_memory::estimate(&obj.spec, &elf, |name| {
+            if let Some(path) = plan.shared.get(name) {
+                return std::fs::symlink_metadata(path).is_err();
+            }
+            !previous.is_some_and(|prev| Layout::map_in(prev, name).exists())
+        });
+        let need: u64 = new.iter().map(|m| m.bytes).sum();
+        let Some(room) = map_memory::headroom() else {
+            return Ok(());
+        };
+        let left = room.left().saturating_sub(map_memory::RESERVE);
+        if need <= left {
+            return Ok(());
+        }
+        let largest: Vec<String> = new
+            .iter()
+            .take(3)
+            .map(|m| format!("{} {}", m.name, map_memory::human(m.bytes)))
+            .collect();
+        Err(ObjectError::new(
+            Reason::InsufficientMemory,
+            format!(
+                "object {}: its new maps need about {} ({}), but the agent's memory cgroup {} has {} left (limit {}, used {}, {} kept for the agent); map memory is charged to the agent's cgroup and stays charged while pinned: raise the agent's memory limit or lower spec.maps[].maxEntries",
+                obj.name,
+                map_memory::human(need),
+                largest.join(", "),
+                room.cgroup.display(),
+                map_memory::human(room.left()),
+                map_memory::human(room.limit),
+                map_memory::human(room.usage),
+                map_memory::human(map_memory::RESERVE),
+            ),
+        ))
     }
 
     /// Reports a failure; a previous version, if any, stays pinned.

@@ -518,3 +518,256 @@ fn the_root_and_internal_directories_are_private() {
         assert_eq!(mode & 0o7777, 0o700, "{}", dir.display());
     }
 }
+
+/// A memory cgroup of its own below this process's (v1 where the memory controller is there, as
+/// on hybrid hosts, else v2), with a limit; removed on drop.
+struct MemoryCgroup {
+    dir: PathBuf,
+    v1: bool,
+}
+
+impl MemoryCgroup {
+    fn new(name: &str, limit: u64) -> Self {
+        let cgroups = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+        let v1 = cgroups.lines().find_map(|l| {
+            let f: Vec<&str> = l.splitn(3, ':').collect();
+            f[1].split(',')
+                .any(|c| c == "memory")
+                .then(|| f[2].to_owned())
+        });
+        let (dir, v1) = match v1 {
+            Some(p) => (
+                Path::new("/sys/fs/cgroup/memory")
+                    .join(p.trim_start_matches('/'))
+                    .join(name),
+                true,
+            ),
+            None => {
+                let p = cgroups
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .expect("a cgroup v2 path");
+                let parent = common::cgroup::cgroup2_mount().join(p.trim_start_matches('/'));
+                let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory");
+                (parent.join(name), false)
+            }
+        };
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let file = if v1 {
+            "memory.limit_in_bytes"
+        } else {
+            "memory.max"
+        };
+        std::fs::write(dir.join(file), limit.to_string()).expect("set the memory limit");
+        Self { dir, v1 }
+    }
+
+    fn usage(&self) -> u64 {
+        let file = if self.v1 {
+            "memory.usage_in_bytes"
+        } else {
+            "memory.current"
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .expect("usage")
+            .trim()
+            .parse()
+            .expect("a number")
+    }
+
+    /// How many processes of the cgroup the OOM killer killed.
+    fn oom_kills(&self) -> u64 {
+        let file = if self.v1 {
+            "memory.oom_control"
+        } else {
+            "memory.events"
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .expect("oom counters")
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .map_or(0, |n| n.trim().parse().expect("a number"))
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // Freed maps leave the cgroup a little later (RCU): try for a while.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+fn manifest(name: &str, counts_max_entries: u64) -> String {
+    format!(
+        "apiVersion: bpfpin.io/v1alpha1\nkind: BpfObject\nmetadata:\n  name: {name}\nspec:\n  bytecode:\n    path: counter.bpf.o\n  maps:\n  - name: counts\n    maxEntries: {counts_max_entries}\n  - name: packets\n    pinPath: team/packets\n  programs:\n  - name: count_getpid\n    attach:\n      tracepoint: {{category: syscalls, name: sys_enter_getpid}}\n"
+    )
+}
+
+#[test]
+fn maps_that_would_not_fit_the_agents_memory_cgroup_are_refused_before_the_oom_killer() {
+    const LIMIT: u64 = 128 << 20;
+    // 5M u64 slots: about 38 MiB each, charged to the agent's cgroup for as long as pinned.
+    const ENTRIES: u64 = 5_000_000;
+    let fs = Bpffs::new();
+    let manifests = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        bpf_object("counter"),
+        manifests.path().join("counter.bpf.o"),
+    )
+    .expect("copy");
+    std::fs::write(manifests.path().join("a-good.yaml"), manifest("a-good", 4)).expect("write");
+    let bigs: Vec<String> = (1..=4).map(|i| format!("big-{i}")).collect();
+    for b in &bigs {
+        std::fs::write(
+            manifests.path().join(format!("{b}.yaml")),
+            manifest(b, ENTRIES),
+        )
+        .expect("write");
+    }
+    // And one that alone is far bigger than the limit: 400 MiB.
+    std::fs::write(
+        manifests.path().join("huge.yaml"),
+        manifest("huge", 50_000_000),
+    )
+    .expect("write");
+    let cg = MemoryCgroup::new("bpfpin-hostile-root-maps", LIMIT);
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&cg.dir)
+        .arg(env!("CARGO_BIN_EXE_bpfpin-agent"))
+        .args(["local", "--once", "--manifests"])
+        .arg(manifests.path())
+        .arg("--bpffs")
+        .arg(fs.path())
+        .arg("--cache-dir")
+        .arg(manifests.path().join("cache"))
+        .output()
+        .expect("run the agent");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the agent ends its pass (not killed) and reports failures: {stdout}\n{stderr}"
+    );
+    assert_eq!(cg.oom_kills(), 0, "the OOM killer never acted");
+    let root = fs.root();
+    assert!(stdout.contains("a-good: pinned at"), "{stdout}\n{stderr}");
+    let refused = |name: &str| {
+        stderr
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "{name}: FAILED InsufficientMemory: object {name}: its new maps need about "
+                ))
+            })
+            .map(str::to_owned)
+    };
+    // Pinned while they fit, then refused: the cgroup fills object by object.
+    let pinned: Vec<&String> = bigs.iter().filter(|b| root.join(b).exists()).collect();
+    assert!(
+        !pinned.is_empty() && pinned.len() < bigs.len(),
+        "{stdout}\n{stderr}"
+    );
+    for (i, b) in bigs.iter().enumerate() {
+        if i < pinned.len() {
+            assert_eq!(pinned[i], b, "{stdout}\n{stderr}");
+            assert!(stdout.contains(&format!("{b}: pinned at")), "{stdout}");
+            continue;
+        }
+        let line = refused(b).unwrap_or_else(|| panic!("{b} refused: {stderr}"));
+        assert!(
+            line.contains("need about 38.2 MiB (counts 38.2 MiB")
+                && line.contains(&format!("the agent's memory cgroup {}", cg.dir.display()))
+                && line.contains("limit 128.0 MiB")
+                && line.contains("16.0 MiB kept for the agent")
+                && line.contains("raise the agent's memory limit or lower spec.maps[].maxEntries"),
+            "{line}"
+        );
+        assert!(!root.join(b).exists() && tree(&root.join("_versions").join(b)).is_empty());
+    }
+    let huge = refused("huge").unwrap_or_else(|| panic!("huge refused: {stderr}"));
+    assert!(huge.contains("need about 381.5 MiB"), "{huge}");
+    eprintln!("{huge}");
+    assert!(!root.join("huge").exists());
+    // The charge of the pinned maps stays with the cgroup after the agent has exited.
+    let usage = cg.usage();
+    let pinned_bytes = pinned.len() as u64 * ENTRIES * 8;
+    assert!(
+        usage >= pinned_bytes,
+        "{} pinned maps of {ENTRIES} u64 still charged: usage {usage}",
+        pinned.len()
+    );
+    eprintln!(
+        "{} of {} objects of {ENTRIES} u64 pinned under a {LIMIT}-byte limit, the rest refused; {usage} bytes still charged after the agent exited",
+        pinned.len(),
+        bigs.len()
+    );
+    drop(fs);
+}
+
+/// The kernel's own figure for a map (`memlock` in its fdinfo).
+fn kernel_memlock(path: &Path) -> u64 {
+    use std::os::fd::{AsFd, AsRawFd};
+    let data = MapData::from_pin(path).expect("open map");
+    let fd = data.fd().as_fd().as_raw_fd();
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .expect("fdinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .expect("memlock in fdinfo")
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+#[test]
+fn the_estimate_covers_what_the_kernel_allocates() {
+    let fs = Bpffs::new();
+    let spec_yaml = COUNTER.replace(
+        "- name: counts\n",
+        "- name: counts\n  maxEntries: 1000000\n",
+    );
+    let obj = desired("sized", &spec_yaml, "counter");
+    let mut r = Reconciler::new(fs.path()).expect("reconciler");
+    let report = r.reconcile(std::slice::from_ref(&obj), &BTreeSet::new());
+    assert!(
+        report.objects[0].is_ready(),
+        "{:?}",
+        report.objects[0].error
+    );
+    let root = fs.root();
+    let elf = aya_obj::Object::parse(&bytes("counter")).expect("elf");
+    let estimates = bpfpin_agent::map_memory::estimate(&obj.spec, &elf, |_| true);
+    let of = |name: &str| {
+        estimates
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("{name} in {estimates:?}"))
+            .bytes
+    };
+    for (name, pin) in [
+        ("counts", root.join("sized/maps/counts")),
+        ("packets", root.join("shared/team/packets")),
+        ("last_pid", root.join("shared/last_pid")),
+    ] {
+        let kernel = kernel_memlock(&pin);
+        let ours = of(name);
+        eprintln!("{name}: kernel {kernel} bytes, estimate {ours} bytes");
+        assert!(
+            ours >= kernel && ours <= kernel + kernel / 4 + 8192,
+            "{name}: estimate {ours} vs the kernel's {kernel}"
+        );
+    }
+    // The pass reports them, each shared map once.
+    let total: u64 = estimates.iter().map(|e| e.bytes).sum();
+    assert_eq!(report.map_memory, total);
+}
