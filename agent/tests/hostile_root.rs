@@ -444,26 +444,111 @@ fn a_root_that_is_a_symlink_is_refused() {
 }
 
 #[test]
-fn the_agent_refuses_a_foreign_root_at_start_in_local_mode() {
+fn the_agent_refuses_a_foreign_root_at_start_in_both_modes() {
     let fs = Bpffs::new();
     let root = fs.root();
     std::fs::create_dir(&root).expect("mkdir");
     chown(&root, 65534);
     let manifests = tempfile::tempdir().expect("tempdir");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bpfpin-agent"))
-        .args(["local", "--once", "--manifests"])
-        .arg(manifests.path())
-        .arg("--bpffs")
-        .arg(fs.path())
-        .arg("--cache-dir")
-        .arg(manifests.path().join("cache"))
-        .output()
-        .expect("run the agent");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    // Cluster mode checks the root before it connects to any API server (none is here).
+    for mode in [
+        vec![
+            "local",
+            "--once",
+            "--manifests",
+            manifests.path().to_str().expect("utf-8"),
+        ],
+        vec![
+            "cluster",
+            "--node-name",
+            "hostile-root",
+            "--metrics-addr",
+            "none",
+        ],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bpfpin-agent"))
+            .args(&mode)
+            .arg("--bpffs")
+            .arg(fs.path())
+            .arg("--cache-dir")
+            .arg(manifests.path().join("cache"))
+            .env("KUBECONFIG", manifests.path().join("no-such-kubeconfig"))
+            .output()
+            .expect("run the agent");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{mode:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "the managed root {} is owned by uid 65534, not by the agent's uid 0",
+                root.display()
+            )),
+            "{mode:?}: {stderr}"
+        );
+        assert_eq!(std::fs::read_dir(&root).expect("ls").count(), 0);
+    }
+}
+
+#[test]
+fn internal_directories_swapped_for_symlinks_are_replaced_not_followed() {
+    let mut w = World::new();
+    let before = w.snapshot();
+    let root = w.root();
+    let outside = tempfile::tempdir().expect("tempdir");
+    let canary = outside.path().join("canary");
+    std::fs::create_dir(outside.path().join("team")).expect("mkdir");
+    std::fs::write(&canary, b"root's data").expect("write");
+    // The staging folder, an unknown entry, a version folder and a folder among the shared maps
+    // are symlinks to a folder outside the root.
+    std::fs::remove_dir(root.join("_staging")).expect("rmdir");
+    for link in [
+        "_staging",
+        "evil",
+        "_versions/evil",
+        "shared/evil",
+        "shared/team/evil",
+    ] {
+        std::os::unix::fs::symlink(outside.path(), root.join(link)).expect("symlink");
+    }
+    for pass in 0..2 {
+        let report =
+            w.r.reconcile(std::slice::from_ref(&w.good), &BTreeSet::new());
+        assert!(report.objects[0].is_ready(), "pass {pass}");
+        assert_eq!(report.unpinned, 0, "pass {pass}");
+        assert!(canary.exists() && outside.path().join("team").exists());
+        assert!(
+            std::fs::symlink_metadata(root.join("_staging")).is_ok_and(|m| m.is_dir()),
+            "_staging is a directory again"
+        );
+        assert_eq!(w.snapshot(), before, "pass {pass}");
+        w.assert_counting(4242);
+    }
+    // A new object whose pinPath passes through a symlinked folder is refused, never pinned
+    // outside; the sweep unlinks the symlink, and the next pass pins it in a real folder.
+    std::os::unix::fs::symlink(outside.path(), root.join("shared/elsewhere")).expect("symlink");
+    let other = desired(
+        "other",
+        &COUNTER.replace("pinPath: team/packets", "pinPath: elsewhere/packets"),
+        "counter",
+    );
+    let report =
+        w.r.reconcile(&[w.good.clone(), other.clone()], &BTreeSet::new());
+    let err = report_of(&report, "other").error.clone().expect("refused");
+    assert_eq!(err.reason.as_str(), "InvalidSpec", "{err}");
     assert!(
-        stderr.contains("is owned by uid 65534, not by the agent's uid 0"),
-        "{stderr}"
+        err.message
+            .contains("shared/elsewhere/packets passes through a symlink"),
+        "{err}"
+    );
+    assert!(!root.join("other").exists());
+    let report = w.r.reconcile(&[w.good.clone(), other], &BTreeSet::new());
+    let o = report_of(&report, "other");
+    assert!(o.is_ready(), "{:?}", o.error);
+    assert!(root.join("shared/elsewhere/packets").exists());
+    assert!(std::fs::symlink_metadata(root.join("shared/elsewhere")).is_ok_and(|m| m.is_dir()));
+    assert_eq!(
+        std::fs::read_dir(outside.path()).expect("ls").count(),
+        2,
+        "nothing created outside"
     );
 }
 
