@@ -3,6 +3,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod cgroup;
+pub mod memory_cgroup;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
