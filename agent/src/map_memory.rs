@@ -235,11 +235,15 @@ fn memory_cgroup() -> Option<(PathBuf, PathBuf, bool)> {
 /// `memory.limit_in_bytes - memory.usage_in_bytes`, the tightest of it and its ancestors), or
 /// `None` when there is no limit or no cgroup to read.
 pub fn headroom() -> Option<Headroom> {
-    let (dir, top, v1) = memory_cgroup()?;
+    // A process's cgroup does not change under it: find it once, read its counters each time.
+    static WHERE: std::sync::OnceLock<Option<(PathBuf, PathBuf, bool)>> =
+        std::sync::OnceLock::new();
+    let (dir, top, v1) = WHERE.get_or_init(memory_cgroup).as_ref()?;
+    let (dir, top, v1) = (dir.as_path(), top.as_path(), *v1);
     if v1 {
-        headroom_from(&dir, &top, "memory.limit_in_bytes", "memory.usage_in_bytes")
+        headroom_from(dir, top, "memory.limit_in_bytes", "memory.usage_in_bytes")
     } else {
-        headroom_from(&dir, &top, "memory.max", "memory.current")
+        headroom_from(dir, top, "memory.max", "memory.current")
     }
 }
 
