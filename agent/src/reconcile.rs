@@ -97,6 +97,8 @@ pub struct Reconciler {
     btf: loader::KernelBtf,
     /// What this process knows is pinned, so steady-state passes make no BPF syscalls.
     known: HashMap<String, Current>,
+    /// The map memory of the last pass, to log when it changes.
+    last_map_memory: u64,
 }
 
 impl Reconciler {
@@ -128,6 +130,7 @@ impl Reconciler {
             layout,
             btf,
             known: HashMap::new(),
+            last_map_memory: 0,
         })
     }
 
@@ -208,7 +211,7 @@ impl Reconciler {
     }
 
     /// Fills in the pass's map memory (objects pinned now, each shared map once) and headroom.
-    fn account_memory(&self, report: &mut PassReport) {
+    fn account_memory(&mut self, report: &mut PassReport) {
         let mut shared: HashMap<&Path, u64> = HashMap::new();
         let mut private = 0;
         for r in report.objects.iter().filter(|r| r.pinned.is_some()) {
@@ -221,7 +224,14 @@ impl Reconciler {
         }
         report.map_memory = private + shared.values().sum::<u64>();
         report.memory_headroom = map_memory::headroom().map(|h| h.left());
-        tracing::debug!(map_memory = report.map_memory, headroom = ?report.memory_headroom, "map memory");
+        if report.map_memory != self.last_map_memory {
+            self.last_map_memory = report.map_memory;
+            tracing::info!(
+                map_memory = report.map_memory,
+                headroom = ?report.memory_headroom,
+                "map memory pinned (estimated; charged to the agent's memory cgroup)"
+            );
+        }
     }
 
     fn current_version(&self, object: &str) -> Option<String> {
