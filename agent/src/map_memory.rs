@@ -247,11 +247,15 @@ pub fn headroom() -> Option<Headroom> {
     }
 }
 
-/// `12.3 MiB`.
+/// `12.3 MiB`, or `8.0 KiB` below a MiB.
 pub fn human(bytes: u64) -> String {
     #[expect(clippy::cast_precision_loss, reason = "a size for a message")]
-    let mib = bytes as f64 / f64::from(1u32 << 20);
-    format!("{mib:.1} MiB")
+    let b = bytes as f64;
+    if bytes < 1 << 20 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{:.1} MiB", b / f64::from(1u32 << 20))
+    }
 }
 
 #[cfg(test)]
@@ -302,5 +306,6 @@ mod tests {
     fn human_sizes() {
         assert_eq!(human(3 << 20), "3.0 MiB");
         assert_eq!(human(1536 << 10), "1.5 MiB");
+        assert_eq!(human(8192), "8.0 KiB");
     }
 }
