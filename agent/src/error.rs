@@ -42,6 +42,9 @@ pub enum Reason {
     /// A url, registry, token service or redirect resolves to an address `--source-allow` does
     /// not allow.
     SourceNotAllowed,
+    /// The object's new maps would not fit the headroom of the agent's memory cgroup (map memory
+    /// is charged to it and stays charged while the maps are pinned).
+    InsufficientMemory,
 }
 
 impl Reason {
@@ -65,6 +68,7 @@ impl Reason {
             Reason::UnsupportedSource => "UnsupportedSource",
             Reason::DigestRequired => "DigestRequired",
             Reason::SourceNotAllowed => "SourceNotAllowed",
+            Reason::InsufficientMemory => "InsufficientMemory",
         }
     }
 }

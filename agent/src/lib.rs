@@ -20,6 +20,7 @@ pub mod layout;
 pub mod loader;
 pub mod local;
 pub mod manifest;
+pub mod map_memory;
 pub mod mounts;
 pub mod oci;
 pub mod reconcile;

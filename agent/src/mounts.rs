@@ -5,6 +5,8 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use rustix::mount::MountFlags;
+
 use crate::error::AgentError;
 
 /// `BPF_FS_MAGIC` from `linux/magic.h`.
@@ -30,23 +32,22 @@ fn fs_magic(path: &Path) -> std::io::Result<i64> {
     Ok(i64::from(f_type))
 }
 
-fn mount(fstype: &str, target: &Path) -> std::io::Result<()> {
-    let source = CString::new(fstype).expect("no NUL");
-    let target = CString::new(target.as_os_str().as_bytes())
+/// Mount options of a bpffs the agent mounts itself, as the chart's init container has them:
+/// only root may enter it (a bpffs is mode 1777 by default, where any user could create the
+/// managed root first), and nothing on it is a device, setuid or executable.
+pub const BPFFS_OPTIONS: &str = "mode=0700";
+
+fn mount(
+    fstype: &str,
+    target: &Path,
+    flags: MountFlags,
+    data: Option<&str>,
+) -> std::io::Result<()> {
+    let data = data
+        .map(CString::new)
+        .transpose()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: every pointer is a valid NUL-terminated string; data may be NULL.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            source.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    rustix::mount::mount(fstype, target, fstype, flags, data.as_deref())?;
     Ok(())
 }
 
@@ -69,13 +70,14 @@ pub fn ensure_bpffs(mountpoint: &Path) -> Result<(), AgentError> {
         std::fs::create_dir_all(mountpoint)
             .map_err(|e| err(format!("does not exist and could not be created: {e}")))?;
     }
-    mount("bpf", mountpoint).map_err(|e| {
+    let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    mount("bpf", mountpoint, flags, Some(BPFFS_OPTIONS)).map_err(|e| {
         err(format!(
             "is not a bpffs and mounting one failed ({e}); mount it with `mount -t bpf bpf {}` or give the agent CAP_SYS_ADMIN",
             mountpoint.display()
         ))
     })?;
-    tracing::info!(path = %mountpoint.display(), "mounted bpffs");
+    tracing::info!(path = %mountpoint.display(), options = BPFFS_OPTIONS, "mounted bpffs (nosuid,nodev,noexec)");
     Ok(())
 }
 
@@ -91,7 +93,7 @@ pub fn ensure_tracefs() -> Result<(), AgentError> {
             return Ok(());
         }
     }
-    mount("tracefs", primary).map_err(|e| AgentError::Bpffs {
+    mount("tracefs", primary, MountFlags::empty(), None).map_err(|e| AgentError::Bpffs {
         path: primary.to_path_buf(),
         message: format!(
             "tracefs is not mounted and mounting it failed ({e}); tracepoint attachments need `mount -t tracefs tracefs /sys/kernel/tracing`"

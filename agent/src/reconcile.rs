@@ -17,7 +17,9 @@ use crate::error::{AgentError, ObjectError, Reason};
 use crate::fsops;
 use crate::layout::{Layout, SHARED_DIR, STAGING_DIR, VERSIONS_DIR};
 use crate::loader::{self, BuildRequest, PinnedVersion};
+use crate::map_memory;
 use crate::mounts;
+use bpfpin_crds::validation::validate_object_name;
 
 /// What a pass did with one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,12 +73,21 @@ pub struct PassReport {
     pub removed: Vec<String>,
     /// Pins unlinked by the sweep (removed objects, stale versions, unknown entries, shared maps).
     pub unpinned: usize,
+    /// Estimated bytes of the maps pinned for the objects of this pass (each shared map once):
+    /// memory charged to the agent's memory cgroup (see [`crate::map_memory`]).
+    pub map_memory: u64,
+    /// What the agent's memory cgroup has left after the pass, if it has a limit.
+    pub memory_headroom: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
 struct Current {
     version: String,
     state: PinnedVersion,
+    /// Estimated bytes of its maps: private ones (and those no pin holds but its programs), and
+    /// each shared one by path.
+    private_bytes: u64,
+    shared_bytes: Vec<(PathBuf, u64)>,
 }
 
 /// The reconciler of one managed root.
@@ -86,6 +97,8 @@ pub struct Reconciler {
     btf: loader::KernelBtf,
     /// What this process knows is pinned, so steady-state passes make no BPF syscalls.
     known: HashMap<String, Current>,
+    /// The map memory of the last pass, to log when it changes.
+    last_map_memory: u64,
 }
 
 impl Reconciler {
@@ -94,19 +107,22 @@ impl Reconciler {
         mounts::ensure_bpffs(bpffs)?;
         let layout = Layout::new(bpffs);
         let root = layout.root();
-        if std::fs::symlink_metadata(root).is_ok_and(|m| !m.is_dir()) {
-            return Err(AgentError::Bpffs {
-                path: root.to_path_buf(),
-                message: "the managed root exists and is not a directory (a symlink?); refusing to use it".into(),
-            });
+        if std::fs::symlink_metadata(root).is_err() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(fsops::DIR_MODE)
+                .create(root)
+                .map_err(|e| AgentError::io("creating", root, e))?;
         }
-        for dir in [
-            root.to_path_buf(),
-            root.join(VERSIONS_DIR),
-            layout.staging(),
-            layout.shared(),
-        ] {
-            std::fs::create_dir_all(&dir).map_err(|e| AgentError::io("creating", &dir, e))?;
+        fsops::check_root(root).map_err(|message| AgentError::Bpffs {
+            path: root.to_path_buf(),
+            message,
+        })?;
+        for dir in [root.join(VERSIONS_DIR), layout.staging(), layout.shared()] {
+            fsops::create_dirs(root, &dir).map_err(|e| AgentError::Bpffs {
+                path: dir.clone(),
+                message: e.message,
+            })?;
         }
         // The kernel's BTF is parsed once per process, not once per load.
         let btf = loader::KernelBtf::default();
@@ -114,6 +130,7 @@ impl Reconciler {
             layout,
             btf,
             known: HashMap::new(),
+            last_map_memory: 0,
         })
     }
 
@@ -129,16 +146,36 @@ impl Reconciler {
         let mut report = PassReport::default();
         let root = self.layout.root().to_path_buf();
         report.unpinned += fsops::remove_tree(&root, &self.layout.staging());
-        let _ = std::fs::create_dir_all(self.layout.staging());
-        let _ = std::fs::create_dir_all(self.layout.shared());
-        let _ = std::fs::create_dir_all(root.join(VERSIONS_DIR));
+        for dir in [
+            self.layout.staging(),
+            self.layout.shared(),
+            root.join(VERSIONS_DIR),
+        ] {
+            if let Err(e) = fsops::create_dirs(&root, &dir) {
+                tracing::error!(path = %dir.display(), error = %e, "cannot create an internal directory of the managed root");
+            }
+        }
 
-        let mut sorted: Vec<&DesiredObject> = desired.iter().collect();
+        // An object whose name is not a valid object name is refused before anything touches a
+        // path: its name could be an internal directory (`shared`, `_versions`) or another
+        // object's path (`good/`, `_versions/good`). It takes no part in the sweep either.
+        let mut sorted: Vec<&DesiredObject> = Vec::with_capacity(desired.len());
+        for obj in desired {
+            match validate_object_name(&obj.name) {
+                Ok(()) => sorted.push(obj),
+                Err(e) => report.objects.push(self.refused_name(obj, &e.to_string())),
+            }
+        }
+        let hold: BTreeSet<&str> = hold
+            .iter()
+            .map(String::as_str)
+            .filter(|h| validate_object_name(h).is_ok())
+            .collect();
         sorted.sort_by(|a, b| a.name.cmp(&b.name));
         sorted.dedup_by(|a, b| a.name == b.name);
         let mut shared_known = hold.is_empty();
         for obj in &sorted {
-            let r = self.reconcile_object(obj);
+            let r = self.reconcile_object(obj, &sorted);
             if r.pinned.is_none() && self.current_version(&obj.name).is_some() {
                 // Something is pinned that this pass could not describe: its shared maps are
                 // unknown, so the shared sweep must wait.
@@ -150,7 +187,7 @@ impl Reconciler {
         let wanted: BTreeSet<&str> = sorted
             .iter()
             .map(|o| o.name.as_str())
-            .chain(hold.iter().map(String::as_str))
+            .chain(hold.iter().copied())
             .collect();
         self.sweep_objects(&wanted, &mut report);
         if shared_known {
@@ -169,7 +206,32 @@ impl Reconciler {
             }
             report.unpinned += self.sweep_shared(&keep);
         }
+        self.account_memory(&mut report);
         report
+    }
+
+    /// Fills in the pass's map memory (objects pinned now, each shared map once) and headroom.
+    fn account_memory(&mut self, report: &mut PassReport) {
+        let mut shared: HashMap<&Path, u64> = HashMap::new();
+        let mut private = 0;
+        for r in report.objects.iter().filter(|r| r.pinned.is_some()) {
+            if let Some(c) = self.known.get(&r.name) {
+                private += c.private_bytes;
+                for (path, bytes) in &c.shared_bytes {
+                    shared.insert(path, *bytes);
+                }
+            }
+        }
+        report.map_memory = private + shared.values().sum::<u64>();
+        report.memory_headroom = map_memory::headroom().map(|h| h.left());
+        if report.map_memory != self.last_map_memory {
+            self.last_map_memory = report.map_memory;
+            tracing::info!(
+                map_memory = report.map_memory,
+                headroom = ?report.memory_headroom,
+                "map memory pinned (estimated; charged to the agent's memory cgroup)"
+            );
+        }
     }
 
     fn current_version(&self, object: &str) -> Option<String> {
@@ -177,7 +239,25 @@ impl Reconciler {
         Layout::version_from_target(object, &target)
     }
 
-    fn reconcile_object(&mut self, obj: &DesiredObject) -> ObjectReport {
+    /// The report of an object refused for its name: nothing was read, built or removed for it.
+    fn refused_name(&self, obj: &DesiredObject, why: &str) -> ObjectReport {
+        let error = ObjectError::new(
+            Reason::InvalidSpec,
+            format!("{why}; nothing was pinned or removed for this object"),
+        );
+        tracing::warn!(object = %obj.name, reason = %error.reason, error = %error.message, "object refused");
+        ObjectReport {
+            name: obj.name.clone(),
+            uid: obj.uid.clone(),
+            generation: obj.generation,
+            action: Action::Failed,
+            error: Some(error),
+            pinned: None,
+            path: self.layout.root().to_path_buf(),
+        }
+    }
+
+    fn reconcile_object(&mut self, obj: &DesiredObject, all: &[&DesiredObject]) -> ObjectReport {
         let path = self.layout.object(&obj.name);
         let base = ObjectReport {
             name: obj.name.clone(),
@@ -217,11 +297,19 @@ impl Reconciler {
                 tracing::info!(object = %obj.name, path = %path.display(), version, "adopted");
                 Action::Adopted
             };
+            let (private_bytes, shared_bytes) = match self.known.get(&obj.name) {
+                Some(c) if &c.version == version => (c.private_bytes, c.shared_bytes.clone()),
+                _ => loader::parse_elf(&bytes)
+                    .map(|elf| self.memory_of(obj, &elf))
+                    .unwrap_or_default(),
+            };
             self.known.insert(
                 obj.name.clone(),
                 Current {
                     version: version.clone(),
                     state: state.clone(),
+                    private_bytes,
+                    shared_bytes,
                 },
             );
             return ObjectReport {
@@ -237,6 +325,17 @@ impl Reconciler {
             .unwrap_or_default();
         let version = format!("{key}-{nanos:x}");
         let previous = current.as_ref().map(|v| self.layout.version(&obj.name, v));
+        // Parsed once for the checks before the build (the loader parses what it loads itself).
+        let elf = match loader::parse_elf(&bytes) {
+            Ok(elf) => elf,
+            Err(error) => return self.failed(obj, base, current, error),
+        };
+        if let Err(error) = self.check_shared_paths(obj, &elf, all) {
+            return self.failed(obj, base, current, error);
+        }
+        if let Err(error) = self.check_map_memory(obj, &elf, previous.as_deref()) {
+            return self.failed(obj, base, current, error);
+        }
         let req = BuildRequest {
             object: &obj.name,
             spec: &obj.spec,
@@ -267,11 +366,14 @@ impl Reconciler {
             Action::Created
         };
         tracing::info!(object = %obj.name, path = %path.display(), version, ?action, programs = built.programs.len(), maps = built.maps.len(), links = built.links.len(), "object pinned");
+        let (private_bytes, shared_bytes) = self.memory_of(obj, &elf);
         self.known.insert(
             obj.name.clone(),
             Current {
                 version,
                 state: built.clone(),
+                private_bytes,
+                shared_bytes,
             },
         );
         ObjectReport {
@@ -302,6 +404,158 @@ impl Reconciler {
             ));
         }
         Ok((bytes, version_key(&obj.spec, &digest)))
+    }
+
+    /// Refuses an object one of whose shared maps would be pinned at a directory holding other
+    /// shared maps (it is the parent of their pin paths) or below a pinned map (a child of its
+    /// pin path): building it would unlink those maps, or fail halfway.
+    fn check_shared_paths(
+        &self,
+        obj: &DesiredObject,
+        elf: &aya_obj::Object,
+        all: &[&DesiredObject],
+    ) -> Result<(), ObjectError> {
+        // A spec the loader refuses is reported by the loader, with its own reason.
+        let Ok(plan) = loader::plan_maps(&self.layout, &obj.spec, elf) else {
+            return Ok(());
+        };
+        let shared = self.layout.shared();
+        for (map, path) in &plan.shared {
+            let Ok(rel) = path.strip_prefix(&shared) else {
+                continue;
+            };
+            let parts: Vec<_> = rel.components().collect();
+            let mut here = shared.clone();
+            for (i, part) in parts.iter().enumerate() {
+                here.push(part);
+                let Ok(meta) = std::fs::symlink_metadata(&here) else {
+                    break;
+                };
+                let last = i + 1 == parts.len();
+                let refuse = |what: String| {
+                    Err(ObjectError::new(
+                        Reason::MapConflict,
+                        format!(
+                            "map {map} of object {} would be pinned at {}, {what}; choose another pinPath",
+                            obj.name,
+                            path.display()
+                        ),
+                    ))
+                };
+                if !last && !meta.is_dir() {
+                    let pins = [here.clone()];
+                    return refuse(format!(
+                        "below {}, where {} has a map pinned",
+                        here.display(),
+                        self.owners(&pins, obj, all)
+                    ));
+                }
+                if last && meta.is_dir() {
+                    let pins = fsops::pins_under(self.layout.root(), &here);
+                    let listed: Vec<String> =
+                        pins.iter().map(|p| p.display().to_string()).collect();
+                    return refuse(format!(
+                        "which is a directory holding the shared map(s) {} of {}",
+                        listed.join(", "),
+                        self.owners(&pins, obj, all)
+                    ));
+                }
+                if last && aya::maps::MapInfo::from_pin(&here).is_err() {
+                    return refuse("where something that is not a map is pinned".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Which objects own shared pins, for a message: `object a`, `objects a, b`.
+    fn owners(&self, pins: &[PathBuf], asking: &DesiredObject, all: &[&DesiredObject]) -> String {
+        let mut names: BTreeSet<&str> = BTreeSet::new();
+        for (name, current) in &self.known {
+            if current.state.shared.iter().any(|s| pins.contains(s)) {
+                names.insert(name);
+            }
+        }
+        for o in all {
+            if o.spec.maps.iter().any(|m| {
+                m.pin_path
+                    .as_ref()
+                    .is_some_and(|p| pins.contains(&self.layout.shared_map(p)))
+            }) && o.name != asking.name
+            {
+                names.insert(&o.name);
+            }
+        }
+        let list: Vec<&str> = names.into_iter().collect();
+        match list.len() {
+            0 => "no object this agent knows of (an orphan the sweep removes)".to_owned(),
+            1 => format!("object {}", list[0]),
+            _ => format!("objects {}", list.join(", ")),
+        }
+    }
+
+    /// The estimated memory of an object's maps: `(private and unpinned, shared by path)`.
+    fn memory_of(&self, obj: &DesiredObject, elf: &aya_obj::Object) -> (u64, Vec<(PathBuf, u64)>) {
+        let shared = loader::plan_maps(&self.layout, &obj.spec, elf)
+            .map(|p| p.shared)
+            .unwrap_or_default();
+        let mut private = 0;
+        let mut by_path = Vec::new();
+        for m in map_memory::estimate(&obj.spec, &elf, |_| true) {
+            match shared.get(&m.name) {
+                Some(path) => by_path.push((path.clone(), m.bytes)),
+                None => private += m.bytes,
+            }
+        }
+        (private, by_path)
+    }
+
+    /// Refuses an object whose new maps (not the shared maps already pinned, not the private maps
+    /// the previous version hands over) would not fit what the agent's memory cgroup has left,
+    /// less [`map_memory::RESERVE`]: map memory is charged to that cgroup and stays charged while
+    /// pinned, so a map that does not fit would get the agent OOM-killed.
+    fn check_map_memory(
+        &self,
+        obj: &DesiredObject,
+        elf: &aya_obj::Object,
+        previous: Option<&Path>,
+    ) -> Result<(), ObjectError> {
+        let Ok(plan) = loader::plan_maps(&self.layout, &obj.spec, elf) else {
+            return Ok(());
+        };
+        let new = map_memory::estimate(&obj.spec, &elf, |name| {
+            if let Some(path) = plan.shared.get(name) {
+                return std::fs::symlink_metadata(path).is_err();
+            }
+            !previous.is_some_and(|prev| Layout::map_in(prev, name).exists())
+        });
+        let need: u64 = new.iter().map(|m| m.bytes).sum();
+        let Some(room) = map_memory::headroom() else {
+            return Ok(());
+        };
+        let left = room.left().saturating_sub(map_memory::RESERVE);
+        if need <= left {
+            return Ok(());
+        }
+        let largest: Vec<String> = new
+            .iter()
+            .take(3)
+            .map(|m| format!("{} {}", m.name, map_memory::human(m.bytes)))
+            .collect();
+        Err(ObjectError::new(
+            Reason::InsufficientMemory,
+            format!(
+                "object {}: its new maps need about {} ({}), but the agent's memory cgroup {} has {} left (limit {}, used {}, {} kept for the agent); map memory is charged to the agent's cgroup and stays charged while pinned: raise the agent's memory limit or lower spec.maps[].maxEntries",
+                obj.name,
+                map_memory::human(need),
+                largest.join(", "),
+                room.cgroup.display(),
+                map_memory::human(room.left()),
+                map_memory::human(room.limit),
+                map_memory::human(room.usage),
+                map_memory::human(map_memory::RESERVE),
+            ),
+        ))
     }
 
     /// Reports a failure; a previous version, if any, stays pinned.
@@ -356,7 +610,7 @@ impl Reconciler {
             let info = ProgramInfo::from_pin(Layout::prog_in(&dir, &p.name)).ok()?;
             programs.push((p.name.clone(), info.id()));
         }
-        let elf = aya_obj::Object::parse(bytes).ok()?;
+        let elf = loader::parse_elf(bytes).ok()?;
         let plan = loader::plan_maps(&self.layout, &obj.spec, &elf).ok()?;
         let mut maps = Vec::new();
         for name in &plan.private {
@@ -399,77 +653,63 @@ impl Reconciler {
     /// Removes objects nobody wants, unknown entries, and versions that are not current.
     fn sweep_objects(&mut self, wanted: &BTreeSet<&str>, report: &mut PassReport) {
         let root = self.layout.root().to_path_buf();
-        if let Ok(entries) = std::fs::read_dir(&root) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if [SHARED_DIR, VERSIONS_DIR, STAGING_DIR].contains(&name.as_str())
-                    || wanted.contains(name.as_str())
-                {
-                    continue;
-                }
-                let n = fsops::remove_tree(&root, &entry.path());
-                report.unpinned += n;
-                if self.known.remove(&name).is_some()
-                    || entry.file_type().is_ok_and(|t| t.is_symlink())
-                {
-                    tracing::info!(object = %name, path = %entry.path().display(), "object unpinned");
-                    report.removed.push(name);
-                } else {
-                    tracing::info!(path = %entry.path().display(), pins = n, "removed an unknown entry from the managed root");
-                }
+        for (name, kind) in fsops::list(&root, &root) {
+            if [SHARED_DIR, VERSIONS_DIR, STAGING_DIR].contains(&name.as_str())
+                || wanted.contains(name.as_str())
+            {
+                continue;
+            }
+            let path = root.join(&name);
+            let n = fsops::remove_tree(&root, &path);
+            report.unpinned += n;
+            if self.known.remove(&name).is_some() || kind == fsops::EntryKind::Symlink {
+                tracing::info!(object = %name, path = %path.display(), "object unpinned");
+                report.removed.push(name);
+            } else {
+                tracing::info!(path = %path.display(), pins = n, "removed an unknown entry from the managed root");
             }
         }
         let versions = root.join(VERSIONS_DIR);
-        if let Ok(entries) = std::fs::read_dir(&versions) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let current = wanted
-                    .contains(name.as_str())
-                    .then(|| self.current_version(&name))
-                    .flatten();
-                let Ok(vers) = std::fs::read_dir(entry.path()) else {
-                    report.unpinned += fsops::remove_tree(&root, &entry.path());
+        for (name, kind) in fsops::list(&root, &versions) {
+            let dir = versions.join(&name);
+            if kind != fsops::EntryKind::Dir {
+                report.unpinned += fsops::remove_tree(&root, &dir);
+                continue;
+            }
+            let current = wanted
+                .contains(name.as_str())
+                .then(|| self.current_version(&name))
+                .flatten();
+            let mut any = false;
+            for (v, _) in fsops::list(&root, &dir) {
+                if Some(v.as_str()) == current.as_deref() {
+                    any = true;
                     continue;
-                };
-                let mut any = false;
-                for v in vers.flatten() {
-                    if Some(v.file_name().to_string_lossy().as_ref()) == current.as_deref() {
-                        any = true;
-                        continue;
-                    }
-                    let n = fsops::remove_tree(&root, &v.path());
-                    tracing::info!(object = %name, path = %v.path().display(), pins = n, "removed a stale version");
-                    report.unpinned += n;
                 }
-                if !any {
-                    let _ = std::fs::remove_dir(entry.path());
-                }
+                let path = dir.join(&v);
+                let n = fsops::remove_tree(&root, &path);
+                tracing::info!(object = %name, path = %path.display(), pins = n, "removed a stale version");
+                report.unpinned += n;
+            }
+            if !any {
+                fsops::remove_tree(&root, &dir);
             }
         }
     }
 
     /// Unlinks shared pins not in `keep`, then empty directories.
     fn sweep_shared(&self, keep: &BTreeSet<PathBuf>) -> usize {
-        fn walk(dir: &Path, keep: &BTreeSet<PathBuf>, root: &Path, count: &mut usize) {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                return;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-                if is_dir {
-                    walk(&path, keep, root, count);
-                } else if !keep.contains(&path) {
-                    let n = fsops::remove_tree(root, &path);
-                    tracing::info!(path = %path.display(), "unpinned a shared map no object names");
-                    *count += n;
-                }
+        let root = self.layout.root();
+        let shared = self.layout.shared();
+        let mut count = 0;
+        for (path, _) in fsops::files_under(root, &shared) {
+            if !keep.contains(&path) {
+                let n = fsops::remove_tree(root, &path);
+                tracing::info!(path = %path.display(), "unpinned a shared map no object names");
+                count += n;
             }
         }
-        let mut count = 0;
-        let shared = self.layout.shared();
-        walk(&shared, keep, self.layout.root(), &mut count);
-        fsops::prune_empty_dirs(self.layout.root(), &shared);
+        fsops::prune_empty_dirs(root, &shared);
         count
     }
 }

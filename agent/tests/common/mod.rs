@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod elf;
 pub mod hostile;
+pub mod memory_cgroup;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
