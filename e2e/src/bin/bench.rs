@@ -49,12 +49,23 @@ struct Args {
     /// Objects of the GC figure (100 by definition).
     gc_objects: usize,
     logs: PathBuf,
+    /// `--fleet N`: the fleet bench with N simulated nodes instead (fleet.rs).
+    fleet: Option<usize>,
+    /// `--procs N`: simulated-agent processes of the fleet bench.
+    procs: Option<usize>,
+    /// `--load-ms X`: the stand-in's time per load (default: the measured median of a real one).
+    load_ms: Option<f64>,
+    /// `--steady-s X`: how long the fleet bench observes the steady state (default 65 s).
+    steady_s: Option<f64>,
+    /// `--heartbeat-s X`: the simulated agents' heartbeat interval (default 30 s, the agent's).
+    heartbeat_s: Option<f64>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: e2e/bench [--nodes N] [--objects N] [--runs N] [--micro-runs N] [--smoke] [--local-only]\n\
-         defaults: 10 nodes, 100 objects, 3 runs; --smoke: 2 nodes, 5 objects, 3 runs"
+         \x20      e2e/bench --fleet N [--objects M] [--procs P] [--load-ms X] [--steady-s S] [--heartbeat-s S] [--smoke]\n\
+         defaults: 10 nodes, 100 objects, 3 runs; --smoke: 2 nodes, 5 objects, 3 runs; --fleet: 100 objects"
     );
     std::process::exit(2)
 }
@@ -66,6 +77,8 @@ fn parse_args() -> Args {
     let mut micro = None;
     let mut smoke = false;
     let mut local_only = false;
+    let (mut fleet, mut procs, mut load_ms, mut steady_s, mut heartbeat_s) =
+        (None, None, None, None, None);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let num = |it: &mut dyn Iterator<Item = String>| -> usize {
@@ -81,6 +94,19 @@ fn parse_args() -> Args {
             "--micro-runs" => micro = Some(num(&mut it)),
             "--smoke" => smoke = true,
             "--local-only" => local_only = true,
+            "--fleet" => fleet = Some(num(&mut it)),
+            "--procs" => procs = Some(num(&mut it)),
+            "--load-ms" | "--steady-s" | "--heartbeat-s" => {
+                let v = match it.next().and_then(|v| v.parse::<f64>().ok()) {
+                    Some(v) if v >= 0.0 => v,
+                    _ => usage(),
+                };
+                match a.as_str() {
+                    "--load-ms" => load_ms = Some(v),
+                    "--steady-s" => steady_s = Some(v),
+                    _ => heartbeat_s = Some(v),
+                }
+            }
             "-h" | "--help" => usage(),
             _ => usage(),
         }
@@ -98,6 +124,11 @@ fn parse_args() -> Args {
         logs: std::env::var_os("BPFPIN_BENCH_LOGS")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/tmp/bpfpin-bench-logs")),
+        fleet,
+        procs,
+        load_ms,
+        steady_s,
+        heartbeat_s,
     }
 }
 
@@ -192,8 +223,7 @@ impl Results {
     }
 
     fn print(&self, args: &Args, elapsed: Duration) {
-        println!();
-        println!(
+        let head = format!(
             "bpfpin benchmark: {} nodes, {} objects, {} cluster runs, {} local runs{} ({:.0} s)",
             args.nodes,
             args.objects,
@@ -202,6 +232,18 @@ impl Results {
             if args.smoke { ", smoke" } else { "" },
             elapsed.as_secs_f64()
         );
+        self.print_with(
+            &head,
+            &format!("bench: nodes={} objects={}", args.nodes, args.objects),
+            &[],
+        );
+    }
+
+    /// The table under `head`, then one line `line key=value ...`: the keys in `order` first
+    /// (every one of them, NaN if not measured), then the other keys in row order.
+    fn print_with(&self, head: &str, line: &str, order: &[&'static str]) {
+        println!();
+        println!("{head}");
         let mut section = "";
         println!(
             "{:<58} {:>10} {:>10} {:>10}  {:<10} key",
@@ -226,19 +268,29 @@ impl Results {
         for n in &self.notes {
             println!("note: {n}");
         }
-        let mut line = format!("bench: nodes={} objects={}", args.nodes, args.objects);
+        let mut line = line.to_owned();
         let mut seen = BTreeSet::new();
+        let value = |r: &Row| {
+            let v = r.figure.median();
+            let digits = if r.decimals == 0 && v.fract() == 0.0 {
+                0
+            } else {
+                r.decimals.max(1)
+            };
+            format!("{v:.digits$}")
+        };
+        for k in order {
+            seen.insert(*k);
+            match self.rows.iter().find(|r| r.key == Some(k)) {
+                Some(r) => line.push_str(&format!(" {k}={}", value(r))),
+                None => line.push_str(&format!(" {k}=NaN")),
+            }
+        }
         for r in &self.rows {
             if let Some(k) = r.key
                 && seen.insert(k)
             {
-                let v = r.figure.median();
-                let digits = if r.decimals == 0 && v.fract() == 0.0 {
-                    0
-                } else {
-                    r.decimals.max(1)
-                };
-                line.push_str(&format!(" {k}={v:.digits$}"));
+                line.push_str(&format!(" {k}={}", value(r)));
             }
         }
         println!("{line}");
@@ -1606,7 +1658,24 @@ impl Cluster<'_> {
 
 // ---------------------------------------------------------------------------------------------
 
+// Beside this file, not in src/bin/ itself, where cargo would take them for binaries.
+#[path = "bench/fleet.rs"]
+mod fleet;
+#[path = "bench/sim.rs"]
+mod sim;
+
 fn main() -> std::process::ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("__fleet-agents") {
+        // A simulated-agent process of the fleet bench (sim.rs), started by the bench itself.
+        return match sim::SimArgs::parse(&argv[2..]).and_then(sim::main) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench __fleet-agents: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let args = parse_args();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1637,6 +1706,28 @@ async fn bench(args: &Args) -> Result<()> {
     )?;
     let _ = std::fs::remove_dir_all(&args.logs);
     std::fs::create_dir_all(&args.logs)?;
+    if let Some(nodes) = args.fleet {
+        let fa = fleet::FleetArgs {
+            nodes,
+            objects: args.objects,
+            procs: args
+                .procs
+                .unwrap_or(if nodes >= 1000 { 2 } else { 1 })
+                .min(nodes),
+            load: args.load_ms.map(|v| Duration::from_secs_f64(v / 1000.0)),
+            heartbeat: Duration::from_secs_f64(args.heartbeat_s.unwrap_or(if args.smoke {
+                2.0
+            } else {
+                30.0
+            })),
+            steady: Duration::from_secs_f64(args.steady_s.unwrap_or(if args.smoke {
+                5.0
+            } else {
+                65.0
+            })),
+        };
+        return fleet::bench(args, fa, work.path(), &bytecode).await;
+    }
     let mut res = Results::default();
 
     // Local figures first, while the machine is quiet.
