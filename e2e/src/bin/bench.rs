@@ -619,6 +619,9 @@ impl Local<'_> {
         let mut cold_tool = Figure::default();
         let manifests = self.work.join("cold-manifests");
         std::fs::create_dir_all(&manifests)?;
+        let empty = self.work.join("idle-manifests");
+        std::fs::create_dir_all(&empty)?;
+        let mut idle = Figure::default();
         std::fs::write(
             manifests.join("many.yaml"),
             spec_yaml(
@@ -689,7 +692,16 @@ impl Local<'_> {
             let r = self.bpftool(&fresh.join("many"));
             umount(&fresh);
             cold_tool.push(ms(r?));
+
+            // Idle: a whole `--once` process with nothing to do (no manifests) on a fresh bpffs.
+            let fresh = self.work.join(format!("idle-{i}"));
+            mount_bpffs(&fresh)?;
+            let r = self.once(&empty, &fresh);
+            umount(&fresh);
+            idle.push(ms(r?));
         }
+        let mut cold_ratio = Figure::default();
+        cold_ratio.push(cold.median() / cold_tool.median());
         let sec = "load overhead: many.bpf.o (24 programs, 1 map, no attachments)";
         let mut f = Figure::default();
         f.push(new_ms);
@@ -742,6 +754,22 @@ impl Local<'_> {
             None,
             cold_tool,
             "",
+            1,
+        );
+        res.add(
+            sec,
+            "cold_ratio = median(cold --once) / median(cold bpftool)",
+            Some("cold_ratio"),
+            cold_ratio,
+            "<= 1.25",
+            2,
+        );
+        res.add(
+            sec,
+            "idle: bpfpin-agent local --once, no manifests, fresh bpffs (ms)",
+            Some("idle_once_ms"),
+            idle,
+            "<= 1.5",
             1,
         );
         Ok(())
@@ -1478,8 +1506,82 @@ impl Cluster<'_> {
         Ok(())
     }
 
+    /// One object selecting 3 nodes (fewer if the bench has fewer), applied alone: create
+    /// response -> Ready on them, `SINGLE_RUNS` times, each deleted (and gone) before the next.
+    async fn single(&mut self, res: &mut Results) -> Result<()> {
+        const SINGLE: &str = "bpfpin-bench-single";
+        const SINGLE_RUNS: usize = 11;
+        let n = self.nodes.len().min(3);
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        for node in &self.nodes[..n] {
+            nodes
+                .patch(
+                    &node.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"metadata": {"labels": {SINGLE: "yes"}}})),
+                )
+                .await?;
+        }
+        let objects_api: Api<BpfObject> = Api::all(self.client.clone());
+        let (mut rx, task) = spawn_watch!(
+            objects_api.clone(),
+            watcher::Config::default().labels(&format!("{LABEL}=yes")),
+        );
+        wait_init(&mut rx).await?;
+        let mut lat = Vec::new();
+        for i in 0..SINGLE_RUNS {
+            let name = format!("bench-single-{i}");
+            let mut body = object_json(&name, &self.bytecode)?;
+            body.spec.node_selector = Some(serde_json::from_value(
+                serde_json::json!({"matchLabels": {SINGLE: "yes"}}),
+            )?);
+            objects_api.create(&PostParams::default(), &body).await?;
+            let created = Instant::now();
+            let deadline = tokio::time::Instant::now() + TIMEOUT;
+            let at = loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some((at, watcher::Event::Apply(o))))
+                        if o.name_any() == name && all_ready(&o, n) =>
+                    {
+                        break at;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => bail!("the BpfObject watch ended"),
+                    Err(_) => bail!("{name} was not Ready on {n} nodes within {TIMEOUT:?}"),
+                }
+            };
+            lat.push(ms(at.saturating_duration_since(created)));
+            objects_api.delete(&name, &DeleteParams::default()).await?;
+            loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some((_, watcher::Event::Delete(o)))) if o.name_any() == name => break,
+                    Ok(Some(_)) => {}
+                    Ok(None) => bail!("the BpfObject watch ended"),
+                    Err(_) => bail!("{name} was not deleted within {TIMEOUT:?}"),
+                }
+            }
+        }
+        task.abort();
+        let mut f = Figure::default();
+        f.push(percentile(&lat, 50.0));
+        let mut max = Figure::default();
+        max.push(percentile(&lat, 100.0));
+        let sec = "cluster: one object alone (create response -> Ready on 3 nodes, 11 times)";
+        res.add(
+            sec,
+            format!("single object on {n} nodes: ready p50 (ms)"),
+            Some("single_ready_p50_ms"),
+            f,
+            "<= 150",
+            0,
+        );
+        res.add(sec, "single object: ready max (ms)", None, max, "", 0);
+        Ok(())
+    }
+
     async fn scenario(&mut self, res: &mut Results) -> Result<()> {
         self.setup().await?;
+        self.single(res).await?;
         let foreign = foreign_processes(&self.ours());
         if !foreign.is_empty() {
             res.notes.push(format!(

@@ -270,7 +270,6 @@ pub fn main(args: SimArgs) -> Result<()> {
         // Every agent's pass runs on the blocking pool, as in the real agent; the stand-in
         // sleeps there, so each agent needs a thread of its own during a rollout.
         .max_blocking_threads(agents + 16)
-        .thread_stack_size(256 * 1024)
         .enable_all()
         .build()
         .context("tokio runtime")?;
