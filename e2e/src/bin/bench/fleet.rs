@@ -360,7 +360,7 @@ impl Fleet<'_> {
             .collect();
         if !left.is_empty() {
             eprintln!(
-                "bench: removing {} fleet nodes left by an earlier run",
+                "bench: fleet: removing {} fleet Node objects (and with them their BpfNodeStates and Leases)",
                 left.len()
             );
             each(&left, |n| {
