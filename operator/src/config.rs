@@ -36,8 +36,9 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Wait this long for a quiet moment before reconciling an object, so a burst of node reports
-    /// becomes one status write. 0s reconciles at once.
+    /// Reconcile an object at most once per this interval for node reports: the first report
+    /// after a quiet interval reconciles at once, later ones fold into one at the interval's end,
+    /// so a burst of node reports becomes few status writes. 0s reconciles on every report.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub debounce: Duration,
 }

@@ -39,7 +39,7 @@ const RETRY: Duration = Duration::from_secs(10);
 pub struct Config {
     /// A node whose agent's heartbeat is older than this is not live.
     pub stale_after: Duration,
-    /// Quiet time before a reconcile.
+    /// At most one reconcile of an object per this interval for node reports (the first at once).
     pub debounce: Duration,
     /// Where the agents' heartbeat Leases are (the `--lease-namespace`).
     pub lease_namespace: String,
@@ -334,7 +334,9 @@ pub async fn run(
         watches::objects(Api::all(client.clone()), objects_writer, sync.clone()),
         objects,
     )
-    .with_config(controller::Config::default().debounce(config.debounce));
+    // No debounce in the controller's scheduler: it would delay every first reconcile, and push
+    // a pending one back on every node report. Node reports are throttled instead (throttle.rs).
+    .with_config(controller::Config::default().debounce(Duration::ZERO));
     let (tx, rx) = futures::channel::mpsc::unbounded();
     let resolver = Resolver {
         objects: stores.objects.clone(),
@@ -379,7 +381,7 @@ pub async fn run(
 
     tracing::info!("controller started");
     controller
-        .reconcile_on(rx)
+        .reconcile_on(crate::throttle::spawn(rx, ctx.config.debounce))
         .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -18,6 +18,7 @@ mod metrics;
 mod node_report;
 mod selector;
 mod shutdown;
+mod throttle;
 mod triggers;
 mod watches;
 

@@ -89,6 +89,7 @@ pub fn objects(
 ) -> impl Stream<Item = Result<BpfObject, watcher::Error>> + Send + 'static {
     watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
+        .map_ok(|event| event.modify(project_object))
         .reflect(writer)
         .inspect(move |event| {
             if let Ok(watcher::Event::InitDone) = event {
@@ -156,6 +157,20 @@ pub fn project(state: &mut BpfNodeState) {
             e.links = Vec::new();
         }
         status.objects.shrink_to_fit();
+    }
+}
+
+/// Drops of a cached `BpfObject` what the operator never reads: `managedFields` (one entry per
+/// writer, with the tree of every field it owns: the creator's, the finalizer's and the status
+/// apply's) and kubectl's last-applied copy of the whole object. Status writes are server-side
+/// applies and the finalizer patch tests only `finalizers`, so neither needs them.
+pub fn project_object(obj: &mut BpfObject) {
+    obj.metadata.managed_fields = None;
+    if let Some(a) = &mut obj.metadata.annotations {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        if a.is_empty() {
+            obj.metadata.annotations = None;
+        }
     }
 }
 
@@ -343,6 +358,50 @@ mod tests {
         assert_eq!(s.metadata.managed_fields, None);
         assert_eq!(s.status.as_ref().map(|st| st.failed), Some(1));
         assert_eq!(s.metadata.name.as_deref(), Some("n1"));
+    }
+
+    #[test]
+    fn object_projection_keeps_what_the_reconciler_reads() {
+        let mut o: BpfObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "bpfpin.io/v1alpha1", "kind": "BpfObject",
+            "metadata": {
+                "name": "a", "uid": "u", "generation": 2, "resourceVersion": "9",
+                "finalizers": ["bpfpin.io/unpin"],
+                "labels": {"team": "x"},
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{...}",
+                    "note": "kept"
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Apply",
+                                   "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]
+            },
+            "spec": {"bytecode": {"path": "/b/a.o"}, "programs": [{"name": "p"}]},
+            "status": {"observedGeneration": 2}
+        }))
+        .expect("object");
+        let before = o.clone();
+        project_object(&mut o);
+        assert_eq!(o.metadata.managed_fields, None);
+        assert_eq!(
+            o.metadata.annotations,
+            Some(BTreeMap::from([("note".into(), "kept".into())]))
+        );
+        assert_eq!(o.spec, before.spec);
+        assert_eq!(o.status, before.status);
+        assert_eq!(
+            (
+                o.metadata.uid,
+                o.metadata.generation,
+                o.metadata.finalizers,
+                o.metadata.labels
+            ),
+            (
+                before.metadata.uid,
+                before.metadata.generation,
+                before.metadata.finalizers,
+                before.metadata.labels
+            )
+        );
     }
 
     #[tokio::test]

@@ -25,6 +25,15 @@ pub enum Write {
     Heartbeat,
 }
 
+/// A watch of the agent, for `bpfpin_agent_watch_events_total{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watched {
+    /// This node's `Node`.
+    Node,
+    /// Every `BpfObject`.
+    Object,
+}
+
 #[derive(Debug, Default)]
 struct State {
     passes: u64,
@@ -34,6 +43,9 @@ struct State {
     buckets: [u64; BUCKETS.len()],
     duration_sum: f64,
     writes: [u64; 3],
+    /// Watch events received after the initial lists, and those that changed what a pass reads.
+    events: [u64; 2],
+    changes: [u64; 2],
 }
 
 /// Metrics of one agent, shared by the pass loop and the HTTP server.
@@ -77,6 +89,29 @@ impl Metrics {
     pub fn count_write(&self, kind: Write) {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         s.writes[kind as usize] += 1;
+    }
+
+    /// Counts one watch event; `changed`: it changed what a pass reads (and woke a pass).
+    pub fn count_event(&self, watch: Watched, changed: bool) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.events[watch as usize] += 1;
+        if changed {
+            s.changes[watch as usize] += 1;
+        }
+    }
+
+    /// Watch events received so far: `(events, of which changed the inputs)` per watch.
+    pub fn events(&self, watch: Watched) -> (u64, u64) {
+        let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        (s.events[watch as usize], s.changes[watch as usize])
+    }
+
+    /// API writes so far: `[object, status, heartbeat]`.
+    pub fn writes(&self) -> [u64; 3] {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .writes
     }
 
     /// Marks the agent ready (after its first pass).
@@ -158,6 +193,27 @@ impl Metrics {
             "Writes to the API server (the BpfNodeState object, its status, the heartbeat Lease), by kind.",
             &writes,
         );
+        let mut events = Vec::new();
+        for (i, kind) in ["node", "bpfobject"].iter().enumerate() {
+            events.push((format!("{{kind=\"{kind}\"}}"), s.events[i].to_string()));
+        }
+        family(
+            "bpfpin_agent_watch_events_total",
+            "counter",
+            "Watch events received after the initial list (added, modified, deleted), by watched kind.",
+            &events,
+        );
+        let changes: Vec<_> = ["node", "bpfobject"]
+            .iter()
+            .zip(s.changes)
+            .map(|(kind, n)| (format!("{{kind=\"{kind}\"}}"), n.to_string()))
+            .collect();
+        family(
+            "bpfpin_agent_watch_changes_total",
+            "counter",
+            "Watch events that changed what a pass reads (the others, e.g. status writes, wake nothing), by watched kind.",
+            &changes,
+        );
         out
     }
 }
@@ -203,6 +259,10 @@ mod tests {
         let m = Metrics::default();
         m.observe_pass(&report(), Duration::from_millis(20));
         m.count_write(Write::Status);
+        m.count_event(Watched::Object, true);
+        m.count_event(Watched::Object, false);
+        assert_eq!(m.events(Watched::Object), (2, 1));
+        assert_eq!(m.writes(), [0, 1, 0]);
         let text = m.render();
         for line in [
             "bpfpin_agent_reconcile_passes_total 1",
@@ -216,6 +276,8 @@ mod tests {
             "bpfpin_agent_reconcile_duration_seconds_bucket{le=\"+Inf\"} 1",
             "bpfpin_agent_reconcile_duration_seconds_count 1",
             "bpfpin_agent_api_writes_total{kind=\"status\"} 1",
+            "bpfpin_agent_watch_events_total{kind=\"bpfobject\"} 2",
+            "bpfpin_agent_watch_changes_total{kind=\"bpfobject\"} 1",
             "# TYPE bpfpin_agent_reconcile_duration_seconds histogram",
         ] {
             assert!(

@@ -1,8 +1,8 @@
 //! Cluster mode: watch this node's `Node`, every `BpfObject` and the ConfigMaps their bytecode
 //! comes from; reconcile on every change; report in this node's `BpfNodeState`.
 //!
-//! - Event-driven: a change wakes one pass after a short debounce (bursts coalesce); the only
-//!   timers are the retry backoff of objects whose bytecode is unavailable or whose attach point
+//! - Event-driven: a change wakes a pass at once, and changes that follow within a short debounce
+//!   wait for one more pass (bursts coalesce); the only timers are the retry backoff of objects whose bytecode is unavailable or whose attach point
 //!   is missing, and the heartbeat (a small Lease, [`heartbeat`]; the `BpfNodeState` is written
 //!   only when something changed).
 //! - Passes run on the blocking pool, one at a time, only once the Node and the `BpfObject`s have
@@ -22,8 +22,10 @@ pub mod node_state;
 pub mod selector;
 pub mod watch;
 
+use std::collections::BTreeSet;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,12 +41,13 @@ use self::metrics::Metrics;
 use self::node_state::StatusWriter;
 use self::watch::{SharedInputs, Trigger};
 use crate::backoff::{Retries, sleep_until};
+use crate::desired::DesiredObject;
 use crate::reconcile::{Action, PassReport, Reconciler};
 
 /// Where bytecode files may be read from when no `--bytecode-dir` is given.
 pub const DEFAULT_BYTECODE_DIR: &str = "/var/lib/bpfpin/bytecode";
 
-/// How long a change waits for more changes before the pass starts.
+/// Passes start at most this often while changes keep coming (the first one starts at once).
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// First retry of an object whose bytecode or attach point is unavailable; doubles up to [`RETRY_MAX`].
 const RETRY_BASE: Duration = Duration::from_secs(5);
@@ -68,6 +71,26 @@ pub struct ClusterConfig {
     pub fetcher: crate::fetch::Fetcher,
 }
 
+/// What cluster mode needs of the core: [`Reconciler`] in the agent; the fleet bench
+/// (`e2e/bench --fleet`) runs many agents in one process with a stand-in that pins nothing, so
+/// everything above this seam (watches, selection, planning, status writes, heartbeats) is the
+/// real code.
+pub trait Core: Send + 'static {
+    /// The managed root, as reported in the `BpfNodeState`.
+    fn root(&self) -> &Path;
+    /// One pass; see [`Reconciler::reconcile`].
+    fn reconcile(&mut self, desired: &[DesiredObject], hold: &BTreeSet<String>) -> PassReport;
+}
+
+impl Core for Reconciler {
+    fn root(&self) -> &Path {
+        self.layout().root()
+    }
+    fn reconcile(&mut self, desired: &[DesiredObject], hold: &BTreeSet<String>) -> PassReport {
+        Reconciler::reconcile(self, desired, hold)
+    }
+}
+
 /// Runs cluster mode until SIGTERM/SIGINT. Pins stay in place when it returns.
 pub async fn run(reconciler: Reconciler, config: ClusterConfig) -> anyhow::Result<()> {
     let span = tracing::info_span!("agent", node = %config.node_name);
@@ -75,10 +98,32 @@ pub async fn run(reconciler: Reconciler, config: ClusterConfig) -> anyhow::Resul
         let client = Client::try_default()
             .await
             .context("connecting to the API server (KUBECONFIG, ~/.kube/config or in-cluster)")?;
-        Agent::new(client, reconciler, config).run().await
+        let metrics = Arc::new(Metrics::default());
+        run_with(
+            client,
+            reconciler,
+            config,
+            metrics,
+            crate::shutdown::signal(),
+        )
+        .await
     }
     .instrument(span)
     .await
+}
+
+/// Runs cluster mode with `core` until `shutdown` resolves: what [`run`] does after connecting,
+/// for callers that bring their own client, metrics and stop signal (the fleet bench).
+pub async fn run_with<C: Core>(
+    client: Client,
+    core: C,
+    config: ClusterConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    Agent::new(client, core, config, metrics)
+        .run(shutdown)
+        .await
 }
 
 /// Fails with a sentence when the CRDs are missing; other errors (the API server is down) are
@@ -108,11 +153,11 @@ async fn check_crds(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Agent {
+struct Agent<C> {
     client: Client,
     config: ClusterConfig,
     /// `None` only while a pass runs on the blocking pool.
-    reconciler: Option<Reconciler>,
+    reconciler: Option<C>,
     root: PathBuf,
     inputs: SharedInputs,
     trigger: Trigger,
@@ -129,16 +174,22 @@ struct Agent {
     earlier: Option<BpfNodeStateStatus>,
     /// Why the last pass could not run, so it is logged once, not on every event.
     waiting: Option<String>,
+    /// When the last pass started (the debounce of the next one counts from it).
+    last_pass: Option<std::time::Instant>,
 }
 
-impl Agent {
-    fn new(client: Client, reconciler: Reconciler, mut config: ClusterConfig) -> Self {
+impl<C: Core> Agent<C> {
+    fn new(
+        client: Client,
+        reconciler: C,
+        mut config: ClusterConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         if config.bytecode_dirs.is_empty() {
             config
                 .bytecode_dirs
                 .push(PathBuf::from(DEFAULT_BYTECODE_DIR));
         }
-        let metrics = Arc::new(Metrics::default());
         if let Some(addr) = config.metrics_addr {
             // Pinning matters more than metrics: a taken port is reported, not fatal (several
             // agents on one host, as in e2e, must each pass their own --metrics-addr).
@@ -162,7 +213,7 @@ impl Agent {
             metrics.clone(),
         );
         Self {
-            root: reconciler.layout().root().to_path_buf(),
+            root: reconciler.root().to_path_buf(),
             reconciler: Some(reconciler),
             client,
             config,
@@ -177,10 +228,11 @@ impl Agent {
             status: None,
             earlier: None,
             waiting: None,
+            last_pass: None,
         }
     }
 
-    async fn run(mut self) -> anyhow::Result<()> {
+    async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         check_crds(&self.client).await?;
         self.earlier = match Api::<BpfNodeState>::all(self.client.clone())
             .get_opt(&self.config.node_name)
@@ -206,14 +258,16 @@ impl Agent {
                 &self.config.node_name,
                 self.inputs.clone(),
                 self.trigger.clone(),
+                self.metrics.clone(),
             ),
             watch::spawn_object_watch(
                 self.client.clone(),
                 self.inputs.clone(),
                 self.trigger.clone(),
+                self.metrics.clone(),
             ),
         ];
-        let result = self.serve().await;
+        let result = self.serve(shutdown).await;
         for task in &watches {
             task.abort();
         }
@@ -222,8 +276,8 @@ impl Agent {
         result
     }
 
-    async fn serve(&mut self) -> anyhow::Result<()> {
-        let mut shutdown = std::pin::pin!(crate::shutdown::signal());
+    async fn serve(&mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let mut shutdown = std::pin::pin!(shutdown);
         loop {
             let retry = self.retries.next_due();
             let write = self.writer.next_due();
@@ -231,8 +285,16 @@ impl Agent {
             let run_pass = tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 Some(()) = self.wake.recv() => {
-                    // Let a burst (a kubectl apply of many objects, a relist) settle into one pass.
-                    tokio::time::sleep(DEBOUNCE).await;
+                    // Leading edge: the first change after a quiet [`DEBOUNCE`] starts a pass at
+                    // once (one object reaches Ready without waiting); changes within DEBOUNCE of
+                    // the last pass wait for its end, so a burst (a kubectl apply of many
+                    // objects, a relist) still coalesces into one more pass.
+                    if let Some(wait) = self
+                        .last_pass
+                        .and_then(|t| DEBOUNCE.checked_sub(t.elapsed()))
+                    {
+                        tokio::time::sleep(wait).await;
+                    }
                     while self.wake.try_recv().is_ok() {}
                     true
                 }
@@ -241,6 +303,7 @@ impl Agent {
                 _ = sleep_until(beat) => false,
             };
             if run_pass {
+                self.last_pass = Some(std::time::Instant::now());
                 self.pass().await?;
             }
             if let Some((status, node_uid)) = &self.status {

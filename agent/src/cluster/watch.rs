@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::configmaps::ConfigMapCache;
 use super::index::{Index, IndexEvent};
+use super::metrics::{Metrics, Watched};
 
 /// What the agent knows of its `Node`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -109,13 +110,19 @@ pub fn spawn_node_watch(
     node_name: &str,
     inputs: SharedInputs,
     trigger: Trigger,
+    metrics: Arc<Metrics>,
 ) -> tokio::task::JoinHandle<()> {
     let api: Api<PartialObjectMeta<Node>> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("metadata.name={node_name}"));
     let stream = watcher(api, config).default_backoff();
+    let sink = Sink {
+        kind: Watched::Node,
+        inputs,
+        trigger,
+        metrics,
+    };
     tokio::spawn(
-        feed(stream, "Node", inputs, trigger, |i| &mut i.node, node_entry)
-            .instrument(tracing::Span::current()),
+        feed(stream, sink, |i| &mut i.node, node_entry).instrument(tracing::Span::current()),
     )
 }
 
@@ -124,41 +131,60 @@ pub fn spawn_object_watch(
     client: Client,
     inputs: SharedInputs,
     trigger: Trigger,
+    metrics: Arc<Metrics>,
 ) -> tokio::task::JoinHandle<()> {
     let api: Api<BpfObject> = Api::all(client);
     let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let sink = Sink {
+        kind: Watched::Object,
+        inputs,
+        trigger,
+        metrics,
+    };
     tokio::spawn(
-        feed(
-            stream,
-            "BpfObject",
-            inputs,
-            trigger,
-            |i| &mut i.objects,
-            object_entry,
-        )
-        .instrument(tracing::Span::current()),
+        feed(stream, sink, |i| &mut i.objects, object_entry).instrument(tracing::Span::current()),
     )
+}
+
+/// Where a watch's events go.
+struct Sink {
+    kind: Watched,
+    inputs: SharedInputs,
+    trigger: Trigger,
+    metrics: Arc<Metrics>,
 }
 
 async fn feed<K, V, S>(
     stream: S,
-    kind: &'static str,
-    inputs: SharedInputs,
-    trigger: Trigger,
+    sink: Sink,
     index: fn(&mut Inputs) -> &mut Index<V>,
     project: fn(&K) -> (String, V),
 ) where
     S: futures::Stream<Item = watcher::Result<watcher::Event<K>>>,
     V: PartialEq,
 {
+    let Sink {
+        kind: watched,
+        inputs,
+        trigger,
+        metrics,
+    } = sink;
+    let kind = match watched {
+        Watched::Node => "Node",
+        Watched::Object => "BpfObject",
+    };
     let mut stream = std::pin::pin!(stream);
     let mut failing = false;
     while let Some(event) = stream.next().await {
         match event {
             Ok(event) => {
                 let done = matches!(event, watcher::Event::InitDone);
+                let live = matches!(event, watcher::Event::Apply(_) | watcher::Event::Delete(_));
                 let changed =
                     index(&mut inputs.lock()).apply(IndexEvent::from_watch(event, project));
+                if live {
+                    metrics.count_event(watched, changed);
+                }
                 if done {
                     if failing {
                         tracing::info!(kind, "watch recovered");

@@ -49,12 +49,23 @@ struct Args {
     /// Objects of the GC figure (100 by definition).
     gc_objects: usize,
     logs: PathBuf,
+    /// `--fleet N`: the fleet bench with N simulated nodes instead (fleet.rs).
+    fleet: Option<usize>,
+    /// `--procs N`: simulated-agent processes of the fleet bench.
+    procs: Option<usize>,
+    /// `--load-ms X`: the stand-in's time per load (default: the measured median of a real one).
+    load_ms: Option<f64>,
+    /// `--steady-s X`: how long the fleet bench observes the steady state (default 65 s).
+    steady_s: Option<f64>,
+    /// `--heartbeat-s X`: the simulated agents' heartbeat interval (default 30 s, the agent's).
+    heartbeat_s: Option<f64>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: e2e/bench [--nodes N] [--objects N] [--runs N] [--micro-runs N] [--smoke] [--local-only]\n\
-         defaults: 10 nodes, 100 objects, 3 runs; --smoke: 2 nodes, 5 objects, 3 runs"
+         \x20      e2e/bench --fleet N [--objects M] [--procs P] [--load-ms X] [--steady-s S] [--heartbeat-s S] [--smoke]\n\
+         defaults: 10 nodes, 100 objects, 3 runs; --smoke: 2 nodes, 5 objects, 3 runs; --fleet: 100 objects"
     );
     std::process::exit(2)
 }
@@ -66,6 +77,8 @@ fn parse_args() -> Args {
     let mut micro = None;
     let mut smoke = false;
     let mut local_only = false;
+    let (mut fleet, mut procs, mut load_ms, mut steady_s, mut heartbeat_s) =
+        (None, None, None, None, None);
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let num = |it: &mut dyn Iterator<Item = String>| -> usize {
@@ -81,6 +94,19 @@ fn parse_args() -> Args {
             "--micro-runs" => micro = Some(num(&mut it)),
             "--smoke" => smoke = true,
             "--local-only" => local_only = true,
+            "--fleet" => fleet = Some(num(&mut it)),
+            "--procs" => procs = Some(num(&mut it)),
+            "--load-ms" | "--steady-s" | "--heartbeat-s" => {
+                let v = match it.next().and_then(|v| v.parse::<f64>().ok()) {
+                    Some(v) if v >= 0.0 => v,
+                    _ => usage(),
+                };
+                match a.as_str() {
+                    "--load-ms" => load_ms = Some(v),
+                    "--steady-s" => steady_s = Some(v),
+                    _ => heartbeat_s = Some(v),
+                }
+            }
             "-h" | "--help" => usage(),
             _ => usage(),
         }
@@ -98,6 +124,11 @@ fn parse_args() -> Args {
         logs: std::env::var_os("BPFPIN_BENCH_LOGS")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/tmp/bpfpin-bench-logs")),
+        fleet,
+        procs,
+        load_ms,
+        steady_s,
+        heartbeat_s,
     }
 }
 
@@ -192,8 +223,7 @@ impl Results {
     }
 
     fn print(&self, args: &Args, elapsed: Duration) {
-        println!();
-        println!(
+        let head = format!(
             "bpfpin benchmark: {} nodes, {} objects, {} cluster runs, {} local runs{} ({:.0} s)",
             args.nodes,
             args.objects,
@@ -202,6 +232,18 @@ impl Results {
             if args.smoke { ", smoke" } else { "" },
             elapsed.as_secs_f64()
         );
+        self.print_with(
+            &head,
+            &format!("bench: nodes={} objects={}", args.nodes, args.objects),
+            &[],
+        );
+    }
+
+    /// The table under `head`, then one line `line key=value ...`: the keys in `order` first
+    /// (every one of them, NaN if not measured), then the other keys in row order.
+    fn print_with(&self, head: &str, line: &str, order: &[&'static str]) {
+        println!();
+        println!("{head}");
         let mut section = "";
         println!(
             "{:<58} {:>10} {:>10} {:>10}  {:<10} key",
@@ -226,19 +268,29 @@ impl Results {
         for n in &self.notes {
             println!("note: {n}");
         }
-        let mut line = format!("bench: nodes={} objects={}", args.nodes, args.objects);
+        let mut line = line.to_owned();
         let mut seen = BTreeSet::new();
+        let value = |r: &Row| {
+            let v = r.figure.median();
+            let digits = if r.decimals == 0 && v.fract() == 0.0 {
+                0
+            } else {
+                r.decimals.max(1)
+            };
+            format!("{v:.digits$}")
+        };
+        for k in order {
+            seen.insert(*k);
+            match self.rows.iter().find(|r| r.key == Some(k)) {
+                Some(r) => line.push_str(&format!(" {k}={}", value(r))),
+                None => line.push_str(&format!(" {k}=NaN")),
+            }
+        }
         for r in &self.rows {
             if let Some(k) = r.key
                 && seen.insert(k)
             {
-                let v = r.figure.median();
-                let digits = if r.decimals == 0 && v.fract() == 0.0 {
-                    0
-                } else {
-                    r.decimals.max(1)
-                };
-                line.push_str(&format!(" {k}={v:.digits$}"));
+                line.push_str(&format!(" {k}={}", value(r)));
             }
         }
         println!("{line}");
@@ -567,6 +619,9 @@ impl Local<'_> {
         let mut cold_tool = Figure::default();
         let manifests = self.work.join("cold-manifests");
         std::fs::create_dir_all(&manifests)?;
+        let empty = self.work.join("idle-manifests");
+        std::fs::create_dir_all(&empty)?;
+        let mut idle = Figure::default();
         std::fs::write(
             manifests.join("many.yaml"),
             spec_yaml(
@@ -637,7 +692,16 @@ impl Local<'_> {
             let r = self.bpftool(&fresh.join("many"));
             umount(&fresh);
             cold_tool.push(ms(r?));
+
+            // Idle: a whole `--once` process with nothing to do (no manifests) on a fresh bpffs.
+            let fresh = self.work.join(format!("idle-{i}"));
+            mount_bpffs(&fresh)?;
+            let r = self.once(&empty, &fresh);
+            umount(&fresh);
+            idle.push(ms(r?));
         }
+        let mut cold_ratio = Figure::default();
+        cold_ratio.push(cold.median() / cold_tool.median());
         let sec = "load overhead: many.bpf.o (24 programs, 1 map, no attachments)";
         let mut f = Figure::default();
         f.push(new_ms);
@@ -690,6 +754,22 @@ impl Local<'_> {
             None,
             cold_tool,
             "",
+            1,
+        );
+        res.add(
+            sec,
+            "cold_ratio = median(cold --once) / median(cold bpftool)",
+            Some("cold_ratio"),
+            cold_ratio,
+            "<= 1.25",
+            2,
+        );
+        res.add(
+            sec,
+            "idle: bpfpin-agent local --once, no manifests, fresh bpffs (ms)",
+            Some("idle_once_ms"),
+            idle,
+            "<= 1.5",
             1,
         );
         Ok(())
@@ -1426,8 +1506,82 @@ impl Cluster<'_> {
         Ok(())
     }
 
+    /// One object selecting 3 nodes (fewer if the bench has fewer), applied alone: create
+    /// response -> Ready on them, `SINGLE_RUNS` times, each deleted (and gone) before the next.
+    async fn single(&mut self, res: &mut Results) -> Result<()> {
+        const SINGLE: &str = "bpfpin-bench-single";
+        const SINGLE_RUNS: usize = 11;
+        let n = self.nodes.len().min(3);
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        for node in &self.nodes[..n] {
+            nodes
+                .patch(
+                    &node.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"metadata": {"labels": {SINGLE: "yes"}}})),
+                )
+                .await?;
+        }
+        let objects_api: Api<BpfObject> = Api::all(self.client.clone());
+        let (mut rx, task) = spawn_watch!(
+            objects_api.clone(),
+            watcher::Config::default().labels(&format!("{LABEL}=yes")),
+        );
+        wait_init(&mut rx).await?;
+        let mut lat = Vec::new();
+        for i in 0..SINGLE_RUNS {
+            let name = format!("bench-single-{i}");
+            let mut body = object_json(&name, &self.bytecode)?;
+            body.spec.node_selector = Some(serde_json::from_value(
+                serde_json::json!({"matchLabels": {SINGLE: "yes"}}),
+            )?);
+            objects_api.create(&PostParams::default(), &body).await?;
+            let created = Instant::now();
+            let deadline = tokio::time::Instant::now() + TIMEOUT;
+            let at = loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some((at, watcher::Event::Apply(o))))
+                        if o.name_any() == name && all_ready(&o, n) =>
+                    {
+                        break at;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => bail!("the BpfObject watch ended"),
+                    Err(_) => bail!("{name} was not Ready on {n} nodes within {TIMEOUT:?}"),
+                }
+            };
+            lat.push(ms(at.saturating_duration_since(created)));
+            objects_api.delete(&name, &DeleteParams::default()).await?;
+            loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some((_, watcher::Event::Delete(o)))) if o.name_any() == name => break,
+                    Ok(Some(_)) => {}
+                    Ok(None) => bail!("the BpfObject watch ended"),
+                    Err(_) => bail!("{name} was not deleted within {TIMEOUT:?}"),
+                }
+            }
+        }
+        task.abort();
+        let mut f = Figure::default();
+        f.push(percentile(&lat, 50.0));
+        let mut max = Figure::default();
+        max.push(percentile(&lat, 100.0));
+        let sec = "cluster: one object alone (create response -> Ready on 3 nodes, 11 times)";
+        res.add(
+            sec,
+            format!("single object on {n} nodes: ready p50 (ms)"),
+            Some("single_ready_p50_ms"),
+            f,
+            "<= 150",
+            0,
+        );
+        res.add(sec, "single object: ready max (ms)", None, max, "", 0);
+        Ok(())
+    }
+
     async fn scenario(&mut self, res: &mut Results) -> Result<()> {
         self.setup().await?;
+        self.single(res).await?;
         let foreign = foreign_processes(&self.ours());
         if !foreign.is_empty() {
             res.notes.push(format!(
@@ -1606,7 +1760,24 @@ impl Cluster<'_> {
 
 // ---------------------------------------------------------------------------------------------
 
+// Beside this file, not in src/bin/ itself, where cargo would take them for binaries.
+#[path = "bench/fleet.rs"]
+mod fleet;
+#[path = "bench/sim.rs"]
+mod sim;
+
 fn main() -> std::process::ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("__fleet-agents") {
+        // A simulated-agent process of the fleet bench (sim.rs), started by the bench itself.
+        return match sim::SimArgs::parse(&argv[2..]).and_then(sim::main) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench __fleet-agents: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let args = parse_args();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -1637,6 +1808,28 @@ async fn bench(args: &Args) -> Result<()> {
     )?;
     let _ = std::fs::remove_dir_all(&args.logs);
     std::fs::create_dir_all(&args.logs)?;
+    if let Some(nodes) = args.fleet {
+        let fa = fleet::FleetArgs {
+            nodes,
+            objects: args.objects,
+            procs: args
+                .procs
+                .unwrap_or(if nodes >= 1000 { 2 } else { 1 })
+                .min(nodes),
+            load: args.load_ms.map(|v| Duration::from_secs_f64(v / 1000.0)),
+            heartbeat: Duration::from_secs_f64(args.heartbeat_s.unwrap_or(if args.smoke {
+                2.0
+            } else {
+                30.0
+            })),
+            steady: Duration::from_secs_f64(args.steady_s.unwrap_or(if args.smoke {
+                5.0
+            } else {
+                65.0
+            })),
+        };
+        return fleet::bench(args, fa, work.path(), &bytecode).await;
+    }
     let mut res = Results::default();
 
     // Local figures first, while the machine is quiet.
