@@ -3,14 +3,6 @@
 
 use tokio::signal::unix::{Signal, SignalKind, signal as unix_signal};
 
-/// Resolves on the first SIGTERM or SIGINT; a second one exits the process with status 130.
-pub async fn signal() {
-    Shutdown::install()
-        .expect("installing the SIGTERM and SIGINT handlers")
-        .requested()
-        .await;
-}
-
 /// SIGTERM and SIGINT handlers, installed when this is made: made before the first pass, a signal
 /// that arrives during it asks for a clean stop instead of killing the process.
 #[derive(Debug)]

@@ -95,18 +95,14 @@ impl Core for Reconciler {
 pub async fn run(reconciler: Reconciler, config: ClusterConfig) -> anyhow::Result<()> {
     let span = tracing::info_span!("agent", node = %config.node_name);
     async move {
+        // Before anything else: a SIGTERM during the first pass is a clean stop, not a kill.
+        let stop = crate::shutdown::Shutdown::install()
+            .context("installing the SIGTERM and SIGINT handlers")?;
         let client = Client::try_default()
             .await
             .context("connecting to the API server (KUBECONFIG, ~/.kube/config or in-cluster)")?;
         let metrics = Arc::new(Metrics::default());
-        run_with(
-            client,
-            reconciler,
-            config,
-            metrics,
-            crate::shutdown::signal(),
-        )
-        .await
+        run_with(client, reconciler, config, metrics, stop.requested()).await
     }
     .instrument(span)
     .await
@@ -204,6 +200,12 @@ impl<C: Core> Agent<C> {
             }
         }
         let (trigger, wake) = Trigger::new();
+        {
+            // A download that a pass stopped waiting for triggers a pass when it ends, rather
+            // than waiting for the object's next retry.
+            let trigger = trigger.clone();
+            config.fetcher.downloads.on_done(move || trigger.poke());
+        }
         let writer = StatusWriter::new(client.clone(), &config.node_name, metrics.clone());
         let heartbeat = Heartbeat::new(
             client.clone(),
