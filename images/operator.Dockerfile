@@ -2,6 +2,10 @@
 # bpfpin-operator: distroless, non-root (uid 65532). Build from the repository root:
 #   docker build -f images/operator.Dockerfile -t bpfpin-operator:dev .
 # The context is filtered by .dockerignore (the Cargo workspace and images/ only).
+# hack/images assembles the same image without Docker: it reads this file's final stage (only
+# COPY --from=build /out/X DEST, USER, LABEL, EXPOSE, ENTRYPOINT and CMD are understood there),
+# builds /out/X as the build stage does, and replaces the distroless base by the Debian 12
+# packages it is made of (libc6, libgcc-s1, ca-certificates, distroless' users).
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
