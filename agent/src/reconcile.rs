@@ -501,7 +501,7 @@ impl Reconciler {
             .unwrap_or_default();
         let mut private = 0;
         let mut by_path = Vec::new();
-        for m in map_memory::estimate(&obj.spec, &elf, |_| true) {
+        for m in map_memory::estimate(&obj.spec, elf, |_| true) {
             match shared.get(&m.name) {
                 Some(path) => by_path.push((path.clone(), m.bytes)),
                 None => private += m.bytes,
@@ -523,7 +523,7 @@ impl Reconciler {
         let Ok(plan) = loader::plan_maps(&self.layout, &obj.spec, elf) else {
             return Ok(());
         };
-        let new = map_memory::estimate(&obj.spec, &elf, |name| {
+        let new = map_memory::estimate(&obj.spec, elf, |name| {
             if let Some(path) = plan.shared.get(name) {
                 return std::fs::symlink_metadata(path).is_err();
             }
