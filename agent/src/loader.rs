@@ -641,7 +641,8 @@ fn pin_error(kind: &str, name: &str, path: &Path, err: &dyn std::error::Error) -
 /// Checks each `globalData` override against the variable's type in the object's BTF: it must
 /// exist and the bytes must be exactly its size. Without BTF, aya's check (the ELF symbol's size)
 /// is all there is.
-fn check_globals_against_btf(
+#[doc(hidden)] // public for the fuzz targets (fuzz/fuzz_targets/elf_plan.rs)
+pub fn check_globals_against_btf(
     elf: &aya_obj::Object,
     globals: &[(&str, Vec<u8>)],
 ) -> Result<(), ObjectError> {
