@@ -1,4 +1,5 @@
-//! A manifest file as local mode reads it: YAML bytes → documents → `BpfObject` → the spec's
+//! A manifest file as local mode reads it: YAML bytes → the strict parser (`manifest::parse`:
+//! bounds, schema, unknown fields) → `BpfObject` → the spec's
 //! validation → what the reconciler derives from a valid spec before it touches bpffs (shared pin
 //! paths confined to the root, the version key, the attachment names).
 //!
@@ -14,36 +15,9 @@ use bpfpin_agent::fsops;
 use bpfpin_agent::layout::Layout;
 use bpfpin_crds::BpfObject;
 use libfuzzer_sys::fuzz_target;
-use serde::Deserialize;
 
 /// A bpffs that does not exist: `confine` looks for symlinks under it and must find none.
 const BPFFS: &str = "/nonexistent/bpfpin-fuzz/bpffs";
-
-/// The documents of a manifest file, parsed the way `local::read_manifests` parses them today.
-/// One difference: it stops at the first YAML syntax error, because serde_yaml's document iterator
-/// never ends after one (`seeds/manifest/regress-yaml-error-loop`: the agent's loop collects errors
-/// until it is OOM-killed). `manifest::parse` replaces this function once it is merged.
-fn documents(bytes: &[u8]) -> Vec<Result<BpfObject, String>> {
-    let Ok(text) = std::str::from_utf8(bytes) else {
-        return vec![Err("not UTF-8".into())];
-    };
-    let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        let value = match serde_yaml::Value::deserialize(doc) {
-            Ok(serde_yaml::Value::Null) => continue,
-            Ok(v) => v,
-            Err(e) => {
-                out.push(Err(format!("not YAML: {e}")));
-                break;
-            }
-        };
-        if value.get("kind").and_then(|k| k.as_str()) != Some("BpfObject") {
-            continue;
-        }
-        out.push(serde_yaml::from_value::<BpfObject>(value).map_err(|e| e.to_string()));
-    }
-    out
-}
 
 /// One bpffs file name: not empty, no `/`, no `.` (bpffs refuses dots). A NUL is not checked
 /// here: pinning refuses it with an error, it cannot reach another path.
@@ -101,7 +75,7 @@ fn check(obj: &BpfObject) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let results = documents(data);
+    let results = bpfpin_agent::manifest::parse(data);
     // Every result is at least one byte of the file: no parser may report more.
     assert!(
         results.len() <= data.len() + 1,
