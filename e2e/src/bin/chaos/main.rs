@@ -1196,7 +1196,12 @@ impl Chaos {
         for (k, n) in self.nodes.iter().enumerate() {
             let st = call(states.get(&n.name)).await?;
             let delta = |o: &str| {
-                n.log.pinned.get(o).copied().unwrap_or(0) - before[k].get(o).copied().unwrap_or(0)
+                n.log
+                    .pinned
+                    .get(o)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(before[k].get(o).copied().unwrap_or(0))
             };
             for &(i, _, _) in &content {
                 let o = &self.slots[i].name;
