@@ -56,10 +56,9 @@ pub fn selector(variant: usize) -> Value {
 /// The spec of a churned object.
 pub fn churn_spec(bytecode: &str, content: usize, selector_variant: usize) -> Value {
     let (increment, max_entries, tail) = CONTENTS[content % CONTENTS.len()];
-    let mut programs = vec![json!({
-        "name": "count_getpid",
-        "attach": {"tracepoint": {"category": "syscalls", "name": "sys_enter_getpid"}},
-    })];
+    // Loaded and pinned, not attached: the kernel lets at most 64 programs attach to one
+    // tracepoint, and every simulated node shares this machine's kernel.
+    let mut programs = vec![json!({"name": "count_getpid"})];
     if tail {
         programs.push(json!({"name": "tail_target"}));
     }
@@ -72,16 +71,19 @@ pub fn churn_spec(bytecode: &str, content: usize, selector_variant: usize) -> Va
     })
 }
 
-/// The spec of a stable object: never changed during the run; selects every chaos node.
-pub fn stable_spec(bytecode: &str) -> Value {
+/// The spec of a stable object: never changed during the run; selects every chaos node. A
+/// `counting` one attaches to `sys_enter_getpid` (a few only: see [`churn_spec`]).
+pub fn stable_spec(bytecode: &str, counting: bool) -> Value {
+    let mut program = json!({"name": "count_getpid"});
+    if counting {
+        program["attach"] =
+            json!({"tracepoint": {"category": "syscalls", "name": "sys_enter_getpid"}});
+    }
     json!({
         "nodeSelector": {"matchLabels": {NODE_LABEL: "true"}},
         "bytecode": {"path": bytecode},
         "maps": [{"name": "counts"}],
-        "programs": [{
-            "name": "count_getpid",
-            "attach": {"tracepoint": {"category": "syscalls", "name": "sys_enter_getpid"}},
-        }],
+        "programs": [program],
     })
 }
 
