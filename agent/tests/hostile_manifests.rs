@@ -98,8 +98,9 @@ struct Agent {
     start: Instant,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
-    /// The highest VmHWM seen while it ran.
-    hwm_kib: i64,
+    /// The highest VmHWM seen while it ran (sampled whenever the test looks at the agent: a
+    /// watch-mode agent may exit on SIGTERM before `wait` polls it once).
+    hwm_kib: std::cell::Cell<i64>,
 }
 
 /// The peak resident memory of a running process (VmHWM), KiB.
@@ -141,32 +142,38 @@ impl Agent {
             start: Instant::now(),
             stdout,
             stderr,
-            hwm_kib: 0,
+            hwm_kib: std::cell::Cell::new(0),
+        }
+    }
+
+    fn sample(&self) {
+        if let Some(kib) = vm_hwm_kib(self.pid) {
+            self.hwm_kib.set(self.hwm_kib.get().max(kib));
         }
     }
 
     fn stderr(&self) -> String {
+        self.sample();
         self.stderr.lock().expect("lock").clone()
     }
 
     fn signal(&self, sig: i32) {
+        self.sample();
         // SAFETY: kill with our child's pid and a valid signal.
         unsafe { libc::kill(self.pid, sig) };
     }
 
     /// Waits for the exit (reaping it with wait4 for its peak RSS); kills it and fails the test
     /// after `limit`.
-    fn wait(mut self, limit: Duration) -> Run {
+    fn wait(self, limit: Duration) -> Run {
         loop {
             let mut status = 0;
             // SAFETY: a zeroed rusage is a valid out-parameter.
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
             // SAFETY: our child's pid, valid pointers.
             let r = unsafe { libc::wait4(self.pid, &mut status, libc::WNOHANG, &mut usage) };
-            if r != self.pid
-                && let Some(kib) = vm_hwm_kib(self.pid)
-            {
-                self.hwm_kib = self.hwm_kib.max(kib);
+            if r != self.pid {
+                self.sample();
             }
             if r == self.pid {
                 // Let the pipe readers finish.
@@ -176,7 +183,7 @@ impl Agent {
                     stdout: self.stdout.lock().expect("lock").clone(),
                     stderr: self.stderr.lock().expect("lock").clone(),
                     elapsed: self.start.elapsed(),
-                    max_rss_kib: self.hwm_kib,
+                    max_rss_kib: self.hwm_kib.get(),
                     ru_maxrss_kib: usage.ru_maxrss,
                 };
             }
