@@ -74,11 +74,13 @@ impl std::fmt::Display for Run {
     }
 }
 
-/// Collects a pipe in the background.
-fn drain(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+/// Collects a pipe in the background, until its end (joined by `Agent::wait`).
+fn drain(
+    mut pipe: impl Read + Send + 'static,
+) -> (Arc<Mutex<String>>, std::thread::JoinHandle<()>) {
     let out = Arc::new(Mutex::new(String::new()));
     let sink = out.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = pipe.read(&mut buf) {
             if n == 0 {
@@ -89,7 +91,7 @@ fn drain(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
                 .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
-    out
+    (out, reader)
 }
 
 /// A running agent with its output collected.
@@ -98,6 +100,9 @@ struct Agent {
     start: Instant,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    /// The threads reading stdout and stderr: joined once the agent exited, so a run holds all
+    /// it printed.
+    readers: Vec<std::thread::JoinHandle<()>>,
     /// The highest VmHWM seen while it ran (sampled whenever the test looks at the agent: a
     /// watch-mode agent may exit on SIGTERM before `wait` polls it once).
     hwm_kib: std::cell::Cell<i64>,
@@ -135,13 +140,14 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn the agent");
-        let stdout = drain(child.stdout.take().expect("stdout"));
-        let stderr = drain(child.stderr.take().expect("stderr"));
+        let (stdout, out_reader) = drain(child.stdout.take().expect("stdout"));
+        let (stderr, err_reader) = drain(child.stderr.take().expect("stderr"));
         Self {
             pid: child.id() as i32,
             start: Instant::now(),
             stdout,
             stderr,
+            readers: vec![out_reader, err_reader],
             hwm_kib: std::cell::Cell::new(0),
         }
     }
@@ -165,7 +171,7 @@ impl Agent {
 
     /// Waits for the exit (reaping it with wait4 for its peak RSS); kills it and fails the test
     /// after `limit`.
-    fn wait(self, limit: Duration) -> Run {
+    fn wait(mut self, limit: Duration) -> Run {
         loop {
             let mut status = 0;
             // SAFETY: a zeroed rusage is a valid out-parameter.
@@ -176,8 +182,10 @@ impl Agent {
                 self.sample();
             }
             if r == self.pid {
-                // Let the pipe readers finish.
-                std::thread::sleep(Duration::from_millis(50));
+                // The pipes end when the agent exited: read everything it printed.
+                for reader in self.readers.drain(..) {
+                    reader.join().expect("the pipe reader panicked");
+                }
                 return Run {
                     code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
                     stdout: self.stdout.lock().expect("lock").clone(),
