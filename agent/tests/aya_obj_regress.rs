@@ -188,3 +188,31 @@ fn btf_string_offset_past_the_strings() {
         "invalid BTF string offset: 189",
     );
 }
+
+/// relocation.rs:393 (`FunctionLinker::relocate`, found by a later fuzz run): a call relocation
+/// whose text symbol has no section. The steps are aya's load after the BTF fix-up: map
+/// relocation (with made-up fds), then call relocation.
+#[test]
+fn call_to_symbol_without_section() {
+    let name = "regress-call-to-symbol-without-section";
+    let mut obj = Object::parse(&seed(name)).unwrap_or_else(|e| panic!("{name}: parse: {e}"));
+    let text_sections: std::collections::HashSet<usize> =
+        obj.functions.keys().map(|(section, _)| *section).collect();
+    let maps: Vec<(String, aya_obj::Map)> = obj
+        .maps
+        .iter()
+        .map(|(n, m)| (n.clone(), m.clone()))
+        .collect();
+    obj.relocate_maps(
+        maps.iter()
+            .enumerate()
+            .map(|(i, (n, m))| (n.as_str(), 100 + i as i32, m)),
+        &text_sections,
+    )
+    .unwrap_or_else(|e| panic!("{name}: map relocation: {e}"));
+    let e = obj
+        .relocate_calls(&text_sections)
+        .expect_err("call relocation accepted a call to a symbol without a section");
+    let msg = format!("{e}: {}", source_chain(&e));
+    assert!(msg.contains("not found while relocating"), "{name}: {msg}");
+}

@@ -390,7 +390,15 @@ impl<'a> FunctionLinker<'a> {
                     #[expect(clippy::todo, reason = "TODO")]
                     kind => todo!("FIXME: return an error here for kind={kind:?}"),
                 };
-                (sym.section_index.unwrap(), address)
+                // bpfpin patch: a text symbol without a section is an error (upstream
+                // unwrapped).
+                let section_index =
+                    sym.section_index
+                        .ok_or_else(|| RelocationError::UnknownFunction {
+                            address,
+                            caller_name: fun.name.clone(),
+                        })?;
+                (section_index, address)
             } else {
                 // The caller and the callee are in the same ELF section and this is a pc-relative
                 // call. Resolve the pc-relative imm to an absolute address.
