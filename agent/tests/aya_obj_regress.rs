@@ -216,3 +216,29 @@ fn call_to_symbol_without_section() {
     let msg = format!("{e}: {}", source_chain(&e));
     assert!(msg.contains("not found while relocating"), "{name}: {msg}");
 }
+
+/// obj.rs:604 (`Object::patch_map_data`, found by a later fuzz run): a global variable whose symbol
+/// address + size overflows. Each variable the object's BTF declares is patched with bytes of its
+/// size, as the agent does for `globalData`.
+#[test]
+fn global_data_symbol_address_overflow() {
+    let name = "regress-global-data-symbol-address-overflow";
+    let obj = Object::parse(&seed(name)).unwrap_or_else(|e| panic!("{name}: parse: {e}"));
+    let btf = obj.btf.as_ref().expect("the reproducer has BTF");
+    let vars = bpfpin_agent::btf_vars::global_vars(&btf.to_bytes()).unwrap_or_default();
+    let mut refused = Vec::new();
+    for (var, v) in vars.iter().filter(|(_, v)| v.size <= 1 << 20) {
+        let data = vec![0x5a; v.size as usize];
+        let mut obj = obj.clone();
+        if let Err(e) = obj.patch_map_data([(var.as_str(), (data.as_slice(), true))].into()) {
+            refused.push(e.to_string());
+        }
+    }
+    assert!(
+        // The sizes agree: what is refused is the range the address and size give.
+        refused
+            .iter()
+            .any(|m| m == "symbol INCREMENT has size `8`, but provided data is of size `8`"),
+        "{name}: no variable was refused: {refused:?}"
+    );
+}
