@@ -194,7 +194,18 @@ fn btf_string_offset_past_the_strings() {
 /// relocation (with made-up fds), then call relocation.
 #[test]
 fn call_to_symbol_without_section() {
-    let name = "regress-call-to-symbol-without-section";
+    call_relocation_refused("regress-call-to-symbol-without-section");
+}
+
+/// relocation.rs:391 (`FunctionLinker::relocate`, upstream's `todo!`): a call relocation to a
+/// symbol of another kind (TLS).
+#[test]
+fn call_to_tls_symbol() {
+    call_relocation_refused("regress-call-to-tls-symbol");
+}
+
+/// Map relocation (with made-up fds) accepts the reproducer and call relocation refuses it.
+fn call_relocation_refused(name: &str) {
     let mut obj = Object::parse(&seed(name)).unwrap_or_else(|e| panic!("{name}: parse: {e}"));
     let text_sections: std::collections::HashSet<usize> =
         obj.functions.keys().map(|(section, _)| *section).collect();
