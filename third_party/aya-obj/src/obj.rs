@@ -601,7 +601,9 @@ impl Object {
                         index: symbol.section_index.unwrap_or(0),
                     })?;
                 let start = symbol.address as usize;
-                let end = start + symbol.size as usize;
+                // bpfpin patch: checked (upstream's `start + size` overflowed for a symbol at the
+                // end of the address space).
+                let end = start.checked_add(symbol.size as usize).unwrap_or(usize::MAX);
                 if start > end || end > map.data().len() {
                     return Err(ParseError::InvalidGlobalData {
                         name: name.to_string(),

@@ -387,10 +387,23 @@ impl<'a> FunctionLinker<'a> {
                     }
                     // R_BPF_64_64 this is a ld_imm64 text relocation
                     SymbolKind::Section if rel.size == 64 => sym.address + ins.imm as u64,
-                    #[expect(clippy::todo, reason = "TODO")]
-                    kind => todo!("FIXME: return an error here for kind={kind:?}"),
+                    // bpfpin patch: an error for any other symbol kind (upstream: `todo!`).
+                    _ => {
+                        return Err(RelocationError::UnknownFunction {
+                            address: sym.address,
+                            caller_name: fun.name.clone(),
+                        });
+                    }
                 };
-                (sym.section_index.unwrap(), address)
+                // bpfpin patch: a text symbol without a section is an error (upstream
+                // unwrapped).
+                let section_index =
+                    sym.section_index
+                        .ok_or_else(|| RelocationError::UnknownFunction {
+                            address,
+                            caller_name: fun.name.clone(),
+                        })?;
+                (section_index, address)
             } else {
                 // The caller and the callee are in the same ELF section and this is a pc-relative
                 // call. Resolve the pc-relative imm to an absolute address.

@@ -18,7 +18,7 @@ use crate::{
         info::{FuncSecInfo, LineSecInfo},
         relocation::Relocation,
     },
-    generated::{btf_ext_header, btf_header},
+    generated::{bpf_core_relo, bpf_func_info, bpf_line_info, btf_ext_header, btf_header},
     util::{HashMap, bytes_of},
 };
 
@@ -172,6 +172,43 @@ pub enum BtfError {
     InvalidValuesSpec {
         /// The name of the map with the invalid definition.
         name: String,
+    },
+
+    /// bpfpin patch: a `.BTF.ext` subsection's records run past the end of its data.
+    #[error(
+        "invalid BTF.ext {kind} subsection at offset {offset}: {num_info} records of {rec_size} bytes run past its {data_len} bytes"
+    )]
+    InvalidSecInfo {
+        /// `func_info`, `line_info` or `core_relo`.
+        kind: &'static str,
+        /// The offset of the subsection's header in the info data.
+        offset: usize,
+        /// The number of records the header claims.
+        num_info: u32,
+        /// The record size.
+        rec_size: usize,
+        /// The length of the info data.
+        data_len: usize,
+    },
+
+    /// bpfpin patch: a `.BTF.ext` info record size is smaller than the record it holds.
+    #[error("invalid BTF.ext {kind} record size {rec_size}: a record is at least {min} bytes")]
+    InvalidInfoRecordSize {
+        /// `func_info`, `line_info` or `core_relo`.
+        kind: &'static str,
+        /// The record size the section gives.
+        rec_size: usize,
+        /// The size of the record's fields that are read.
+        min: usize,
+    },
+
+    /// bpfpin patch: a DATASEC entry's offset in bits does not fit in a struct member offset.
+    #[error("DATASEC `{section_name}`: entry offset {offset} is too large")]
+    InvalidDatasecEntryOffset {
+        /// The name of the DATASEC.
+        section_name: String,
+        /// The entry's offset in bytes.
+        offset: u32,
     },
 }
 
@@ -411,16 +448,23 @@ impl Btf {
             str_len,
             ..
         } = self.header;
-        str_off += hdr_len;
-        if offset >= str_off + str_len {
+        // bpfpin patch: saturating, and the offset checked against the strings themselves
+        // (upstream compared it with the end of the string section in the file, so an offset
+        // past the strings but before that end panicked on the slice below).
+        str_off = str_off.saturating_add(hdr_len);
+        if offset >= str_off.saturating_add(str_len) {
             return Err(BtfError::InvalidStringOffset {
                 offset: offset as usize,
             });
         }
 
         let offset = offset as usize;
+        let strings = self
+            .strings
+            .get(offset..)
+            .ok_or(BtfError::InvalidStringOffset { offset })?;
 
-        let s = CStr::from_bytes_until_nul(&self.strings[offset..])
+        let s = CStr::from_bytes_until_nul(strings)
             .map_err(|FromBytesUntilNulError { .. }| BtfError::InvalidStringOffset { offset })?;
 
         Ok(s.to_string_lossy())
@@ -536,7 +580,8 @@ impl Btf {
 
                     // STRUCT aren't allowed to have "." in their name, fixup this if needed.
                     let mut name_offset = d.name_offset;
-                    let name = self.string_at(name_offset)?;
+                    // bpfpin patch: owned, for the error below.
+                    let name = self.string_at(name_offset)?.into_owned();
 
                     // Handle any "." characters in struct names.
                     // Example: ".maps"
@@ -547,17 +592,25 @@ impl Btf {
 
                     let entries = mem::take(&mut d.entries);
 
+                    // bpfpin patch: an entry of an unknown type or with an offset whose bit
+                    // offset overflows is an error (upstream unwrapped and multiplied unchecked).
                     let members = entries
                         .iter()
                         .map(|e| {
-                            let mt = types.type_by_id(e.btf_type).unwrap();
-                            BtfMember {
+                            let mt = types.type_by_id(e.btf_type)?;
+                            let offset = e.offset.checked_mul(8).ok_or_else(|| {
+                                BtfError::InvalidDatasecEntryOffset {
+                                    section_name: name.clone(),
+                                    offset: e.offset,
+                                }
+                            })?;
+                            Ok(BtfMember {
                                 name_offset: mt.name_offset(),
                                 btf_type: e.btf_type,
-                                offset: e.offset * 8,
-                            }
+                                offset,
+                            })
                         })
-                        .collect();
+                        .collect::<Result<_, BtfError>>()?;
 
                     // Must reborrow here because we borrow `types` immutably above.
                     let t = &mut types.types[i];
@@ -961,13 +1014,18 @@ impl BtfExt {
 
         let func_info_rec_size = ext.func_info_rec_size;
         ext.func_info.data.extend(
-            SecInfoIter::new(ext.func_info_data(), ext.func_info_rec_size, endianness)
+            SecInfoIter::new(
+                ext.func_info_data(),
+                ext.func_info_rec_size,
+                endianness,
+                "func_info",
+                size_of::<bpf_func_info>(),
+            )
                 .map(move |sec| {
-                    let name = btf
-                        .string_at(sec.name_offset)
-                        .ok()
-                        .map(String::from)
-                        .unwrap();
+                    // bpfpin patch: a name outside the string table is an error (upstream
+                    // unwrapped).
+                    let sec = sec?;
+                    let name = btf.string_at(sec.name_offset)?.into_owned();
                     let info = FuncSecInfo::parse(
                         sec.name_offset,
                         sec.num_info,
@@ -982,13 +1040,18 @@ impl BtfExt {
 
         let line_info_rec_size = ext.line_info_rec_size;
         ext.line_info.data.extend(
-            SecInfoIter::new(ext.line_info_data(), ext.line_info_rec_size, endianness)
+            SecInfoIter::new(
+                ext.line_info_data(),
+                ext.line_info_rec_size,
+                endianness,
+                "line_info",
+                size_of::<bpf_line_info>(),
+            )
                 .map(move |sec| {
-                    let name = btf
-                        .string_at(sec.name_offset)
-                        .ok()
-                        .map(String::from)
-                        .unwrap();
+                    // bpfpin patch: a name outside the string table is an error (upstream
+                    // unwrapped).
+                    let sec = sec?;
+                    let name = btf.string_at(sec.name_offset)?.into_owned();
                     let info = LineSecInfo::parse(
                         sec.name_offset,
                         sec.num_info,
@@ -1003,8 +1066,15 @@ impl BtfExt {
 
         let rec_size = ext.core_relo_rec_size;
         ext.relocations.extend(
-            SecInfoIter::new(ext.core_relo_data(), ext.core_relo_rec_size, endianness)
-                .map(move |sec| {
+            SecInfoIter::new(
+                ext.core_relo_data(),
+                ext.core_relo_rec_size,
+                endianness,
+                "core_relo",
+                size_of::<bpf_core_relo>(),
+            )
+            .map(move |sec| {
+                let sec = sec?;
                     let relos = sec
                         .data
                         .chunks(rec_size)
@@ -1060,21 +1130,35 @@ pub(crate) struct SecInfoIter<'a> {
     offset: usize,
     rec_size: usize,
     endianness: Endianness,
+    // bpfpin patch: for errors.
+    kind: &'static str,
+    // bpfpin patch: the size of the record's fields that the parser reads.
+    min_rec_size: usize,
 }
 
 impl<'a> SecInfoIter<'a> {
-    const fn new(data: &'a [u8], rec_size: usize, endianness: Endianness) -> Self {
+    const fn new(
+        data: &'a [u8],
+        rec_size: usize,
+        endianness: Endianness,
+        kind: &'static str,
+        min_rec_size: usize,
+    ) -> Self {
         Self {
             data,
             rec_size,
             offset: 0,
             endianness,
+            kind,
+            min_rec_size,
         }
     }
 }
 
 impl<'a> Iterator for SecInfoIter<'a> {
-    type Item = SecInfo<'a>;
+    // bpfpin patch: an error when a subsection's records run past the data (upstream sliced
+    // past the end and panicked). The iterator ends after an error.
+    type Item = Result<SecInfo<'a>, BtfError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let data = self.data;
@@ -1087,19 +1171,47 @@ impl<'a> Iterator for SecInfoIter<'a> {
         } else {
             u32::from_be_bytes
         };
+        // bpfpin patch: a subsection whose record size is smaller than the record is an error,
+        // as in libbpf (upstream split the data into chunks of 0 bytes, which panics, or indexed
+        // past short records). Without a subsection the record size is not used, as upstream.
+        if self.rec_size < self.min_rec_size {
+            self.offset = data.len();
+            return Some(Err(BtfError::InvalidInfoRecordSize {
+                kind: self.kind,
+                rec_size: self.rec_size,
+                min: self.min_rec_size,
+            }));
+        }
+        let header_offset = self.offset;
         let name_offset = read_u32(data[self.offset..self.offset + 4].try_into().unwrap());
         self.offset += 4;
         let num_info = u32::from_ne_bytes(data[self.offset..self.offset + 4].try_into().unwrap());
         self.offset += 4;
 
-        let data = &data[self.offset..self.offset + (self.rec_size * num_info as usize)];
-        self.offset += self.rec_size * num_info as usize;
+        let Some(end) = self
+            .rec_size
+            .checked_mul(num_info as usize)
+            .and_then(|len| self.offset.checked_add(len))
+            .filter(|&end| end <= data.len())
+        else {
+            let error = BtfError::InvalidSecInfo {
+                kind: self.kind,
+                offset: header_offset,
+                num_info,
+                rec_size: self.rec_size,
+                data_len: data.len(),
+            };
+            self.offset = data.len();
+            return Some(Err(error));
+        };
+        let data = &data[self.offset..end];
+        self.offset = end;
 
-        Some(SecInfo {
+        Some(Ok(SecInfo {
             name_offset,
             num_info,
             data,
-        })
+        }))
     }
 }
 
