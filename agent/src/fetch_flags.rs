@@ -11,7 +11,7 @@ use crate::source_policy::SourcePolicy;
 pub struct FetchFlags {
     /// The time bound of one object's url download or image pull, every request and retry
     /// included (500ms, 30s, 2m). Other objects never wait for it.
-    #[arg(long, default_value = "60s", value_parser = bpfpin_crds::duration::parse_positive)]
+    #[arg(long, default_value = "60s", value_parser = bpfpin_runtime::duration::parse_positive)]
     pub fetch_timeout: Duration,
     /// Where url and image sources may connect, checked on the address of every connection
     /// (after DNS; redirects and token services included): a CIDR (10.0.0.0/8), an IP or a host

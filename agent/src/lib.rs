@@ -24,7 +24,8 @@ pub mod map_memory;
 pub mod mounts;
 pub mod oci;
 pub mod reconcile;
-pub mod shutdown;
+// One shutdown signal for both modes (shared with the operator).
+pub use bpfpin_runtime::shutdown;
 pub mod source_policy;
 
 pub use desired::DesiredObject;

@@ -14,6 +14,8 @@ use bpfpin_agent::fetch_flags::FetchFlags;
 use bpfpin_agent::local::{self, LocalConfig};
 use bpfpin_agent::oci::RegistryAuth;
 use bpfpin_agent::{Reconciler, mounts};
+use bpfpin_runtime::duration::parse_positive;
+use bpfpin_runtime::logs::{self, LogFormat};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -23,8 +25,8 @@ use bpfpin_agent::{Reconciler, mounts};
 )]
 struct Cli {
     /// Log format.
-    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -69,7 +71,7 @@ enum Mode {
         bytecode_dirs: Vec<PathBuf>,
         /// How often the heartbeat Lease `bpfpin-agent-<node>` is renewed (500ms, 30s, 5m). The
         /// BpfNodeState is written only when something changed.
-        #[arg(long, default_value = "30s", value_parser = flags::parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = parse_positive)]
         heartbeat_interval: Duration,
         /// Namespace of the heartbeat Lease: the operator's --lease-namespace, where it watches
         /// the agents' Leases.
@@ -90,22 +92,9 @@ enum Mode {
     },
 }
 
-fn init_logs(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(&cli.log_format);
+    logs::init(cli.log_format);
     match cli.mode {
         Mode::Local {
             manifests,

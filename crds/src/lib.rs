@@ -1,6 +1,8 @@
-//! The bpfpin API (group `bpfpin.io`, version `v1alpha1`): the `BpfObject` and `BpfNodeState`
-//! custom resources, the validation of the names that become bpffs paths, and the CRD YAML that
-//! `kubectl apply -f crds/` installs.
+//! The bpfpin API (group `bpfpin.io`, version `v1alpha1`) and the whole contract between the
+//! agent and the operator: the `BpfObject` and `BpfNodeState` custom resources, the validation of
+//! the names that become bpffs paths, how `spec.nodeSelector` selects nodes ([`selector`]), the
+//! agents' heartbeat Lease ([`heartbeat`]), and the CRD YAML that `kubectl apply -f crds/`
+//! installs.
 //!
 //! Every bpfpin crate takes kube, k8s-openapi and schemars through the re-exports here, so the
 //! workspace builds against one version of each.
@@ -8,8 +10,9 @@
 #![deny(missing_docs)]
 
 pub mod bpf_object;
-pub mod duration;
+pub mod heartbeat;
 pub mod node_state;
+pub mod selector;
 pub mod validation;
 
 pub use bpf_object::{

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bpfpin_agent::cluster::heartbeat::lease_name;
+use bpfpin_crds::heartbeat::lease_name;
 use bpfpin_crds::{BpfNodeState, BpfObject, NodeObjectState};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;

@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::conditions::{self, DEGRADED, Desired, PROGRESSING, READY};
 use crate::messages;
 use crate::node_report::{self, Liveness};
-use crate::selector::{InvalidSelector, Selector};
+use bpfpin_crds::selector::{InvalidSelector, Selector};
 
 /// At most this many per-node explanations in a `Progressing` message.
 const MAX_PENDING_DETAILS: usize = 5;

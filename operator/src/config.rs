@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use bpfpin_runtime::duration::parse as parse_duration;
+use bpfpin_runtime::logs::LogFormat;
+use clap::Parser;
 
 /// bpfpin operator: selects nodes for each BpfObject, aggregates what their agents report into
 /// the object's status and conditions, and holds the `bpfpin.io/unpin` finalizer until every live
@@ -43,39 +45,9 @@ pub struct Args {
     pub debounce: Duration,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Parses `90s`, `2m`, `1m30s`, `1h`, `500ms`; a bare number is seconds (one parser for the
-/// agent's and the operator's flags: [`bpfpin_crds::duration`]).
-pub use bpfpin_crds::duration::parse as parse_duration;
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(
-            parse_duration("5d")
-                .expect_err("days")
-                .contains("unknown unit")
-        );
-    }
 
     #[test]
     fn flags() {

@@ -19,7 +19,6 @@ use crate::aggregate::{self, Input, NodeInfo};
 use crate::cleanup;
 use crate::error::Error;
 use crate::events::{self, Notice};
-use crate::health::Health;
 use crate::messages;
 use crate::metrics::Metrics;
 use crate::node_report::{Heartbeats, now_seconds};
@@ -315,11 +314,11 @@ pub async fn run(
     client: Client,
     config: Config,
     metrics: Arc<Metrics>,
-    health: Arc<Health>,
     instance: String,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let sync = CacheSync::default();
+    let admin = metrics.admin().clone();
     let (objects, objects_writer) = reflector::store::<BpfObject>();
     let (node_states, node_states_writer) = reflector::store::<BpfNodeState>();
     let (nodes, nodes_writer) = reflector::store::<NodeMeta>();
@@ -362,7 +361,7 @@ pub async fn run(
         tokio::spawn(async move {
             sync.wait().await;
             tracing::info!("caches synced: BpfObjects, BpfNodeStates, heartbeat Leases, Nodes");
-            health.set_ready(true);
+            admin.set_ready(true);
         }),
     ];
 

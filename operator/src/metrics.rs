@@ -1,181 +1,145 @@
-//! Prometheus metrics, kept in atomics and rendered in the text exposition format (0.0.4). Small
-//! enough that a metrics crate would cost more compile time than it saves.
+//! The operator's Prometheus metrics, in a `prometheus-client` registry that the admin endpoint
+//! ([`bpfpin_runtime::admin`]) serves with the operator's readiness (as controller-rs does).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use bpfpin_runtime::admin::Admin;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds of the reconcile duration histogram, in seconds.
 const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// A histogram with fixed buckets.
-#[derive(Debug, Default)]
-struct Histogram {
-    /// Non-cumulative counts per bucket; the last slot is `+Inf`.
-    counts: [AtomicU64; BUCKETS.len() + 1],
-    sum_nanos: AtomicU64,
-    count: AtomicU64,
+/// `/readyz` while not ready: a leader is ready once its caches are synced, a standby once started.
+const NOT_READY: &str = "not ready: caches not synced yet";
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
 }
 
-impl Histogram {
-    fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let slot = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
-        self.counts[slot].fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str) {
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += self.counts[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.counts[BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        #[expect(
-            clippy::cast_precision_loss,
-            reason = "a sum of nanoseconds fits f64 well enough for a metric"
-        )]
-        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {}", self.count.load(Ordering::Relaxed));
-    }
-}
-
-/// The operator's metrics.
-#[derive(Debug, Default)]
+/// The operator's metrics and readiness.
+#[derive(Debug)]
 pub struct Metrics {
-    reconciles: AtomicU64,
-    errors: Mutex<BTreeMap<&'static str, u64>>,
+    reconciles: Counter,
+    errors: Family<Reason, Counter>,
     duration: Histogram,
-    status_patches: AtomicU64,
-    events: AtomicU64,
-    is_leader: AtomicBool,
+    status_patches: Counter,
+    events: Counter,
+    is_leader: Gauge,
+    admin: Admin,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let reconciles = Counter::default();
+        let errors = Family::<Reason, Counter>::default();
+        let duration = Histogram::new(BUCKETS);
+        let (status_patches, events) = (Counter::default(), Counter::default());
+        let is_leader = Gauge::default();
+        let mut r = Registry::default();
+        r.register(
+            "bpfpin_operator_reconciles",
+            "BpfObject reconciliations started",
+            reconciles.clone(),
+        );
+        r.register(
+            "bpfpin_operator_reconcile_errors",
+            "BpfObject reconciliations that failed, by reason",
+            errors.clone(),
+        );
+        r.register(
+            "bpfpin_operator_reconcile_duration_seconds",
+            "Time spent in one BpfObject reconciliation",
+            duration.clone(),
+        );
+        r.register(
+            "bpfpin_operator_status_patches",
+            "BpfObject status writes (server-side apply)",
+            status_patches.clone(),
+        );
+        r.register(
+            "bpfpin_operator_events",
+            "Kubernetes Events published",
+            events.clone(),
+        );
+        r.register(
+            "bpfpin_operator_is_leader",
+            "1 when this replica holds the leader lease and runs the controller",
+            is_leader.clone(),
+        );
+        Self {
+            reconciles,
+            errors,
+            duration,
+            status_patches,
+            events,
+            is_leader,
+            admin: Admin::new(r, NOT_READY),
+        }
+    }
 }
 
 /// Measures one reconcile; records its duration when dropped.
 #[derive(Debug)]
-pub struct ReconcileTimer<'a> {
-    metrics: &'a Metrics,
+pub struct ReconcileTimer {
+    duration: Histogram,
     start: Instant,
 }
 
-impl Drop for ReconcileTimer<'_> {
+impl Drop for ReconcileTimer {
     fn drop(&mut self) {
-        self.metrics.duration.observe(self.start.elapsed());
+        self.duration.observe(self.start.elapsed().as_secs_f64());
     }
 }
 
 impl Metrics {
     /// Counts a reconcile and times it until the returned guard is dropped.
-    pub fn reconcile(&self) -> ReconcileTimer<'_> {
-        self.reconciles.fetch_add(1, Ordering::Relaxed);
+    pub fn reconcile(&self) -> ReconcileTimer {
+        self.reconciles.inc();
         ReconcileTimer {
-            metrics: self,
+            duration: self.duration.clone(),
             start: Instant::now(),
         }
     }
 
     /// Counts a failed reconcile by reason (`Error::metric_label`).
     pub fn reconcile_error(&self, reason: &'static str) {
-        let mut errors = self
-            .errors
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *errors.entry(reason).or_default() += 1;
+        self.errors.get_or_create(&Reason { reason }).inc();
     }
 
     /// Counts a status write.
     pub fn status_patch(&self) {
-        self.status_patches.fetch_add(1, Ordering::Relaxed);
+        self.status_patches.inc();
     }
 
     /// Counts a published Kubernetes Event.
     pub fn event(&self) {
-        self.events.fetch_add(1, Ordering::Relaxed);
+        self.events.inc();
     }
 
     /// Sets whether this replica holds the lease.
     pub fn set_leader(&self, leader: bool) {
-        self.is_leader.store(leader, Ordering::Relaxed);
+        self.is_leader.set(i64::from(leader));
     }
 
-    /// The text exposition format.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        counter(
-            &mut out,
-            "bpfpin_operator_reconciles_total",
-            "BpfObject reconciliations started.",
-            self.reconciles.load(Ordering::Relaxed),
-        );
-
-        let _ = writeln!(
-            out,
-            "# HELP bpfpin_operator_reconcile_errors_total BpfObject reconciliations that failed, by reason.\n\
-             # TYPE bpfpin_operator_reconcile_errors_total counter"
-        );
-        let errors = self
-            .errors
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        for (reason, n) in errors {
-            let _ = writeln!(
-                out,
-                "bpfpin_operator_reconcile_errors_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
-
-        let _ = writeln!(
-            out,
-            "# HELP bpfpin_operator_reconcile_duration_seconds Time spent in one BpfObject reconciliation.\n\
-             # TYPE bpfpin_operator_reconcile_duration_seconds histogram"
-        );
-        self.duration
-            .render(&mut out, "bpfpin_operator_reconcile_duration_seconds");
-
-        counter(
-            &mut out,
-            "bpfpin_operator_status_patches_total",
-            "BpfObject status writes (server-side apply).",
-            self.status_patches.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "bpfpin_operator_events_total",
-            "Kubernetes Events published.",
-            self.events.load(Ordering::Relaxed),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP bpfpin_operator_is_leader 1 when this replica holds the leader lease and runs the controller.\n\
-             # TYPE bpfpin_operator_is_leader gauge\n\
-             bpfpin_operator_is_leader {}",
-            u8::from(self.is_leader.load(Ordering::Relaxed))
-        );
-        out
+    /// The admin endpoint's view of these metrics; its readiness is set by `main` and the
+    /// controller.
+    pub fn admin(&self) -> &Admin {
+        &self.admin
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -190,9 +154,10 @@ mod tests {
         m.reconcile_error("add_finalizer");
         m.status_patch();
         m.set_leader(true);
-        let text = m.render();
+        let text = m.admin().render();
         for line in [
-            "# TYPE bpfpin_operator_reconciles_total counter",
+            // OpenMetrics names the counter family without its `_total` sample suffix.
+            "# TYPE bpfpin_operator_reconciles counter",
             "bpfpin_operator_reconciles_total 2",
             "bpfpin_operator_reconcile_errors_total{reason=\"patch_status\"} 2",
             "bpfpin_operator_reconcile_errors_total{reason=\"add_finalizer\"} 1",
@@ -211,18 +176,58 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative() {
-        let h = Histogram::default();
-        h.observe(Duration::from_micros(500));
-        h.observe(Duration::from_millis(30));
-        h.observe(Duration::from_secs(10));
-        let mut out = String::new();
-        h.render(&mut out, "x");
-        assert!(out.contains("x_bucket{le=\"0.001\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"0.025\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"0.05\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"5\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
-        assert!(out.contains("x_count 3\n"), "{out}");
-        assert!(out.contains("x_sum 10.0305\n"), "{out}");
+        let m = Metrics::default();
+        for d in [
+            Duration::from_micros(500),
+            Duration::from_millis(30),
+            Duration::from_secs(10),
+        ] {
+            m.duration.observe(d.as_secs_f64());
+        }
+        let out = m.admin().render();
+        let x = "bpfpin_operator_reconcile_duration_seconds";
+        assert!(
+            out.contains(&format!("{x}_bucket{{le=\"0.001\"}} 1\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{x}_bucket{{le=\"0.025\"}} 1\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{x}_bucket{{le=\"0.05\"}} 2\n")),
+            "{out}"
+        );
+        // OpenMetrics writes bounds as floats.
+        assert!(
+            out.contains(&format!("{x}_bucket{{le=\"5.0\"}} 2\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{x}_bucket{{le=\"+Inf\"}} 3\n")),
+            "{out}"
+        );
+        assert!(out.contains(&format!("{x}_count 3\n")), "{out}");
+        assert!(out.contains(&format!("{x}_sum 10.0305\n")), "{out}");
+    }
+
+    /// The operator's answers on the admin endpoint (the routes are tested in bpfpin-runtime).
+    #[test]
+    fn routes() {
+        use bpfpin_runtime::admin::route;
+        let m = Metrics::default();
+        let a = m.admin();
+        assert_eq!(
+            route("GET /readyz HTTP/1.1\r\n\r\n", a).status,
+            "503 Service Unavailable"
+        );
+        a.set_ready(true);
+        assert_eq!(
+            route("GET /readyz?verbose HTTP/1.1\r\n\r\n", a).status,
+            "200 OK"
+        );
+        let r = route("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", a);
+        assert!(r.content_type.contains("version=1.0.0"));
+        assert!(r.body.contains("bpfpin_operator_reconciles_total 0"));
     }
 }

@@ -16,7 +16,7 @@ use bpfpin_crds::{BpfNodeState, BpfObject, NodeObjectState, ObjectPhase};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::node_report::{self, Heartbeats, Liveness};
-use crate::selector::Selector;
+use bpfpin_crds::selector::Selector;
 
 /// The objects to reconcile, as names or as criteria resolved against the current stores.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -1,5 +1,5 @@
-//! The secondary watches: `BpfNodeState`s, the agents' heartbeat Leases (label selector
-//! `bpfpin.io/agent-heartbeat=true`, one namespace) and Nodes (metadata only), each reflected
+//! The secondary watches: `BpfNodeState`s, the agents' heartbeat Leases (the label selector of
+//! [`bpfpin_crds::heartbeat`], one namespace) and Nodes (metadata only), each reflected
 //! into what the reconciler reads, and turned into reconcile requests through the indexes of
 //! [`crate::triggers`]. No polling: the only timer is an in-memory check for agents whose
 //! heartbeat just went stale.
@@ -9,6 +9,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bpfpin_crds::heartbeat::{self, lease_selector};
 use bpfpin_crds::{BpfNodeState, BpfObject};
 use futures::channel::mpsc::UnboundedSender;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -23,9 +24,6 @@ use tokio::sync::watch;
 
 use crate::node_report::Heartbeats;
 use crate::triggers::{self, NodeIndex, NodeStateIndex, Trigger};
-
-/// The label of the agents' heartbeat Leases (`bpfpin-agent-<node>`, `holderIdentity: <node>`).
-pub const AGENT_LEASE_LABEL: &str = "bpfpin.io/agent-heartbeat";
 
 /// How often agents' liveness is re-judged in memory.
 const LIVENESS_TICK: Duration = Duration::from_secs(1);
@@ -174,13 +172,6 @@ pub fn project_object(obj: &mut BpfObject) {
     }
 }
 
-/// The node whose agent holds `lease`, and when it last renewed it.
-fn heartbeat_of(lease: &Lease) -> Option<(String, Option<Timestamp>)> {
-    let spec = lease.spec.as_ref()?;
-    let node = spec.holder_identity.clone()?;
-    Some((node, spec.renew_time.as_ref().map(|t| t.0)))
-}
-
 /// Watches `BpfNodeState`s into `writer` and the agents' heartbeat Leases (in `leases`' namespace)
 /// into `heartbeats` (through the liveness index, which keeps them there), until dropped. One task for both, so that the index judging liveness sees
 /// them in order.
@@ -204,7 +195,7 @@ pub async fn node_states(
         watcher(
             leases,
             watcher::Config::default()
-                .labels(&format!("{AGENT_LEASE_LABEL}=true"))
+                .labels(&lease_selector())
                 .any_semantic()
         )
         .default_backoff()
@@ -237,12 +228,12 @@ pub async fn node_states(
             event = lease_events.next() => match event {
                 Some(Ok(event)) => (match event {
                     watcher::Event::Apply(l) | watcher::Event::InitApply(l) => {
-                        match heartbeat_of(&l) {
+                        match heartbeat::holder(&l) {
                             Some((node, renewed)) => index.heartbeat(&node, renewed, Timestamp::now()),
                             None => Trigger::default(),
                         }
                     }
-                    watcher::Event::Delete(l) => match heartbeat_of(&l) {
+                    watcher::Event::Delete(l) => match heartbeat::holder(&l) {
                         Some((node, _)) => index.heartbeat(&node, None, Timestamp::now()),
                         None => Trigger::default(),
                     },

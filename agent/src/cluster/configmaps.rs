@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bpfpin_crds::ConfigMapBytecode;
 use futures::StreamExt;
@@ -16,14 +17,14 @@ use tokio::task::AbortHandle;
 use tracing::Instrument;
 
 use super::index::{Index, IndexEvent};
-use super::watch::{SharedInputs, Trigger};
+use super::trigger::Trigger;
 
-/// A ConfigMap by namespace and name.
+/// A ConfigMap by namespace and name (shown as `namespace/name`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConfigMapRef {
-    /// Namespace.
+    /// The ConfigMap's namespace (`bytecode.configMap.namespace`).
     pub namespace: String,
-    /// Name.
+    /// The ConfigMap's name (`bytecode.configMap.name`).
     pub name: String,
 }
 
@@ -103,6 +104,18 @@ impl ConfigMapCache {
     }
 }
 
+/// The [`ConfigMapCache`] shared between the ConfigMap watches and the pass loop. Held only
+/// briefly, never across an await.
+#[derive(Debug, Clone, Default)]
+pub struct SharedConfigMaps(Arc<Mutex<ConfigMapCache>>);
+
+impl SharedConfigMaps {
+    /// Locks the cache (a panicked holder leaves consistent data: every update is one call).
+    pub fn lock(&self) -> MutexGuard<'_, ConfigMapCache> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The running ConfigMap watches.
 #[derive(Debug, Default)]
 pub struct ConfigMapWatches {
@@ -116,7 +129,7 @@ impl ConfigMapWatches {
         &mut self,
         wanted: &BTreeSet<ConfigMapRef>,
         client: &Client,
-        inputs: &SharedInputs,
+        cache: &SharedConfigMaps,
         trigger: &Trigger,
     ) {
         let stale: Vec<ConfigMapRef> = self
@@ -129,7 +142,7 @@ impl ConfigMapWatches {
             if let Some(task) = self.running.remove(&cm) {
                 task.abort();
             }
-            inputs.lock().configmaps.entries.remove(&cm);
+            cache.lock().entries.remove(&cm);
             tracing::debug!(configmap = %cm, "stopped watching a ConfigMap no selected object uses");
         }
         for cm in wanted {
@@ -138,9 +151,8 @@ impl ConfigMapWatches {
             }
             self.next_token += 1;
             let token = self.next_token;
-            inputs
+            cache
                 .lock()
-                .configmaps
                 .entries
                 .insert(cm.clone(), (token, ConfigMapState::Syncing));
             let task = tokio::spawn(
@@ -148,7 +160,7 @@ impl ConfigMapWatches {
                     client.clone(),
                     cm.clone(),
                     token,
-                    inputs.clone(),
+                    cache.clone(),
                     trigger.clone(),
                 )
                 .instrument(tracing::Span::current()),
@@ -170,7 +182,7 @@ async fn watch_one(
     client: Client,
     cm: ConfigMapRef,
     token: u64,
-    inputs: SharedInputs,
+    cache: SharedConfigMaps,
     trigger: Trigger,
 ) {
     let api: Api<ConfigMap> = Api::namespaced(client, &cm.namespace);
@@ -200,7 +212,7 @@ async fn watch_one(
                 ConfigMapState::Unavailable(error.to_string())
             }
         };
-        if inputs.lock().configmaps.set(&cm, token, state) {
+        if cache.lock().set(&cm, token, state) {
             trigger.poke();
         }
     }

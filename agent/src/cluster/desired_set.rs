@@ -6,10 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use bpfpin_crds::BpfObjectSpec;
+use bpfpin_crds::selector;
 
 use super::bytecode::{self, Source};
 use super::configmaps::{ConfigMapCache, ConfigMapRef};
-use super::selector;
 use super::watch::ObjectEntry;
 use crate::desired::DesiredObject;
 use crate::downloads::{Batch, Remote, check_digest_required};

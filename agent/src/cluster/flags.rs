@@ -1,11 +1,7 @@
-//! Parsers for the cluster-mode flags whose values are not plain strings: durations (`30s`) and
-//! the metrics address (`0.0.0.0:8081`, or `none` to serve nothing).
+//! The cluster-mode flag whose value is not a plain string: the metrics address (`0.0.0.0:8081`,
+//! or `none` to serve nothing). Durations are [`bpfpin_runtime::duration`]'s.
 
 use std::net::SocketAddr;
-
-/// Parses `500ms`, `30s`, `5m`, `1h`, `1m30s`, or a bare number of seconds; zero is refused (one
-/// parser for the agent's and the operator's flags: [`bpfpin_crds::duration`]).
-pub use bpfpin_crds::duration::parse_positive as parse_duration;
 
 /// Where the health and metrics endpoints listen; `None` serves nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,22 +20,7 @@ pub fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("10d").is_err());
-        assert!(parse_duration("s").is_err());
-    }
 
     #[test]
     fn metrics_addresses() {

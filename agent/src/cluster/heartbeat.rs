@@ -3,39 +3,24 @@
 //! the `BpfNodeState` would write every object's entry (≈ 225 KB at 500 objects): at 5,000 nodes
 //! that is the difference between ≈ 70 KB/s and ≈ 37 MB/s into etcd.
 //!
-//! The Lease is named `bpfpin-agent-<node>` (in `--lease-namespace`), carries the label
-//! [`LEASE_LABEL`] and `spec.holderIdentity: <node>`, and is owned by the Node, so it goes with
-//! the Node. It is first renewed once the first pass has been reported in the `BpfNodeState`:
+//! The Lease's name, label and holder are the contract of [`bpfpin_crds::heartbeat`]; it lives in
+//! `--lease-namespace` and is owned by the Node, so it goes with the Node. It is first renewed once the first pass has been reported in the `BpfNodeState`:
 //! a renewed Lease means "the agent lives and its `BpfNodeState` is current".
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bpfpin_crds::heartbeat::{LEASE_LABEL, lease_name};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource};
-use sha2::{Digest, Sha256};
 
 use super::metrics::{Metrics, Write};
 use super::node_state::{FIELD_MANAGER, node_owner};
 
-/// The label every agent heartbeat Lease carries; the operator watches Leases with it.
-pub const LEASE_LABEL: &str = "bpfpin.io/agent-heartbeat";
-
 /// After a failed renewal, the next attempt waits at most this long.
 const RENEW_RETRY: Duration = Duration::from_secs(5);
-
-/// The Lease name for `node`: `bpfpin-agent-<node>`, or a digest of the node name when that
-/// would exceed the 253 characters of a name.
-pub fn lease_name(node: &str) -> String {
-    let name = format!("bpfpin-agent-{node}");
-    if name.len() <= 253 {
-        return name;
-    }
-    let digest = hex::encode(Sha256::digest(node.as_bytes()));
-    format!("bpfpin-agent-{}", &digest[..32])
-}
 
 /// Renews this node's heartbeat Lease.
 #[derive(Debug)]
@@ -126,22 +111,5 @@ impl Heartbeat {
             .await?;
         self.metrics.count_write(Write::Heartbeat);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lease_names_fit() {
-        assert_eq!(lease_name("n1"), "bpfpin-agent-n1");
-        let long = "n".repeat(253);
-        let name = lease_name(&long);
-        assert!(
-            name.len() <= 253 && name.starts_with("bpfpin-agent-"),
-            "{name}"
-        );
-        assert_ne!(lease_name(&long), lease_name(&"m".repeat(253)));
     }
 }

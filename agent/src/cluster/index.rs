@@ -2,6 +2,12 @@
 //! the contents atomically once it is complete. While a re-list is in progress (or the watch is
 //! failing) the last complete contents stay visible, so an API server outage never looks like
 //! "nothing is wanted any more".
+//!
+//! Kept instead of `kube::runtime::reflector` (which the operator uses, and which also swaps a
+//! re-list in atomically): a pass is woken, and `bpfpin_agent_watch_changes_total` counted, only
+//! when an event changes what the agent keeps of an object, and a reflector's `Store` cannot say
+//! that (it replaces the whole `Arc<K>` and reports nothing). The index also keeps only the
+//! projection ([`super::watch::ObjectEntry`], a ConfigMap's keys), not the whole object.
 
 use std::collections::BTreeMap;
 

@@ -1,11 +1,15 @@
-//! The agent's Prometheus metrics and readiness, rendered in the text exposition format by hand
-//! (a handful of series do not justify a metrics crate).
+//! The agent's Prometheus metrics, in a `prometheus-client` registry that the admin endpoint
+//! ([`bpfpin_runtime::admin`]) serves with the agent's readiness.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+
+use bpfpin_runtime::admin::Admin;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::reconcile::PassReport;
 
@@ -13,6 +17,9 @@ use crate::reconcile::PassReport;
 const BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// `/readyz` until the first pass has run.
+const NOT_READY: &str = "the first reconcile pass has not run yet";
 
 /// A kind of API write, for `bpfpin_agent_api_writes_total{kind}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +32,20 @@ pub enum Write {
     Heartbeat,
 }
 
+impl Write {
+    const ALL: [Self; 3] = [Self::Object, Self::Status, Self::Heartbeat];
+
+    fn label(self) -> Kind {
+        Kind {
+            kind: match self {
+                Self::Object => "object",
+                Self::Status => "status",
+                Self::Heartbeat => "heartbeat",
+            },
+        }
+    }
+}
+
 /// A watch of the agent, for `bpfpin_agent_watch_events_total{kind}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Watched {
@@ -34,187 +55,187 @@ pub enum Watched {
     Object,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    passes: u64,
-    errors: BTreeMap<String, u64>,
-    pinned_objects: u64,
-    pins: [u64; 3],
-    buckets: [u64; BUCKETS.len()],
-    duration_sum: f64,
-    writes: [u64; 3],
-    /// Watch events received after the initial lists, and those that changed what a pass reads.
-    events: [u64; 2],
-    changes: [u64; 2],
+impl Watched {
+    fn label(self) -> Kind {
+        Kind {
+            kind: match self {
+                Self::Node => "node",
+                Self::Object => "bpfobject",
+            },
+        }
+    }
 }
 
-/// Metrics of one agent, shared by the pass loop and the HTTP server.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+/// Metrics of one agent, shared by the pass loop and the admin endpoint.
+#[derive(Debug)]
 pub struct Metrics {
-    state: Mutex<State>,
-    ready: AtomicBool,
+    passes: Counter,
+    errors: Family<Reason, Counter>,
+    pinned_objects: Gauge,
+    pins: Family<Kind, Gauge>,
+    duration: Histogram,
+    writes: Family<Kind, Counter>,
+    events: Family<Kind, Counter>,
+    changes: Family<Kind, Counter>,
+    admin: Admin,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let passes = Counter::default();
+        let errors = Family::<Reason, Counter>::default();
+        let pinned_objects = Gauge::default();
+        let pins = Family::<Kind, Gauge>::default();
+        let duration = Histogram::new(BUCKETS);
+        let (writes, events, changes) = (Family::default(), Family::default(), Family::default());
+        // Every kind is shown from the start, at zero.
+        for kind in ["program", "map", "link"] {
+            drop(pins.get_or_create(&Kind { kind }));
+        }
+        for w in Write::ALL {
+            drop(writes.get_or_create(&w.label()));
+        }
+        for w in [Watched::Node, Watched::Object] {
+            drop(events.get_or_create(&w.label()));
+            drop(changes.get_or_create(&w.label()));
+        }
+        let mut r = Registry::default();
+        r.register(
+            "bpfpin_agent_reconcile_passes",
+            "Reconcile passes run",
+            passes.clone(),
+        );
+        r.register(
+            "bpfpin_agent_reconcile_errors",
+            "Objects that failed in a pass, by reason",
+            errors.clone(),
+        );
+        r.register(
+            "bpfpin_agent_pinned_objects",
+            "Objects with a version pinned after the last pass",
+            pinned_objects.clone(),
+        );
+        r.register(
+            "bpfpin_agent_pins",
+            "Pins of the pinned objects after the last pass, by kind",
+            pins.clone(),
+        );
+        r.register(
+            "bpfpin_agent_reconcile_duration_seconds",
+            "Duration of reconcile passes",
+            duration.clone(),
+        );
+        r.register(
+            "bpfpin_agent_api_writes",
+            "Writes to the API server (the BpfNodeState object, its status, the heartbeat Lease), by kind",
+            writes.clone(),
+        );
+        r.register(
+            "bpfpin_agent_watch_events",
+            "Watch events received after the initial list (added, modified, deleted), by watched kind",
+            events.clone(),
+        );
+        r.register(
+            "bpfpin_agent_watch_changes",
+            "Watch events that changed what a pass reads (the others, e.g. status writes, wake nothing), by watched kind",
+            changes.clone(),
+        );
+        Self {
+            passes,
+            errors,
+            pinned_objects,
+            pins,
+            duration,
+            writes,
+            events,
+            changes,
+            admin: Admin::new(r, NOT_READY),
+        }
+    }
 }
 
 impl Metrics {
     /// Records a finished pass.
     pub fn observe_pass(&self, report: &PassReport, elapsed: Duration) {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        s.passes += 1;
-        for r in &report.objects {
-            if let Some(e) = &r.error {
-                *s.errors.entry(e.reason.as_str().to_owned()).or_default() += 1;
-            }
+        self.passes.inc();
+        for e in report.objects.iter().filter_map(|r| r.error.as_ref()) {
+            self.errors
+                .get_or_create(&Reason {
+                    reason: e.reason.as_str(),
+                })
+                .inc();
         }
         let pinned: Vec<_> = report
             .objects
             .iter()
             .filter_map(|r| r.pinned.as_ref())
             .collect();
-        s.pinned_objects = pinned.len() as u64;
-        s.pins = [
-            pinned.iter().map(|p| p.programs.len() as u64).sum(),
-            pinned.iter().map(|p| p.maps.len() as u64).sum(),
-            pinned.iter().map(|p| p.links.len() as u64).sum(),
-        ];
-        let secs = elapsed.as_secs_f64();
-        s.duration_sum += secs;
-        for (bucket, le) in s.buckets.iter_mut().zip(BUCKETS) {
-            if secs <= le {
-                *bucket += 1;
-            }
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.pinned_objects.set(count(pinned.len()));
+        for (kind, n) in [
+            ("program", pinned.iter().map(|p| p.programs.len()).sum()),
+            ("map", pinned.iter().map(|p| p.maps.len()).sum()),
+            ("link", pinned.iter().map(|p| p.links.len()).sum()),
+        ] {
+            self.pins.get_or_create(&Kind { kind }).set(count(n));
         }
+        self.duration.observe(elapsed.as_secs_f64());
     }
 
     /// Counts one API write.
     pub fn count_write(&self, kind: Write) {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        s.writes[kind as usize] += 1;
+        self.writes.get_or_create(&kind.label()).inc();
     }
 
     /// Counts one watch event; `changed`: it changed what a pass reads (and woke a pass).
     pub fn count_event(&self, watch: Watched, changed: bool) {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        s.events[watch as usize] += 1;
+        self.events.get_or_create(&watch.label()).inc();
         if changed {
-            s.changes[watch as usize] += 1;
+            self.changes.get_or_create(&watch.label()).inc();
         }
     }
 
     /// Watch events received so far: `(events, of which changed the inputs)` per watch.
     pub fn events(&self, watch: Watched) -> (u64, u64) {
-        let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        (s.events[watch as usize], s.changes[watch as usize])
+        (
+            self.events.get_or_create(&watch.label()).get(),
+            self.changes.get_or_create(&watch.label()).get(),
+        )
     }
 
     /// API writes so far: `[object, status, heartbeat]`.
     pub fn writes(&self) -> [u64; 3] {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .writes
+        Write::ALL.map(|w| self.writes.get_or_create(&w.label()).get())
     }
 
     /// Marks the agent ready (after its first pass).
     pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Relaxed);
+        self.admin.set_ready(true);
     }
 
     /// Whether the first pass has run.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.admin.is_ready()
     }
 
-    /// The Prometheus text exposition.
+    /// The admin endpoint's view of these metrics and the readiness.
+    pub fn admin(&self) -> &Admin {
+        &self.admin
+    }
+
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
-        let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (suffix_labels, value) in samples {
-                let _ = writeln!(out, "{name}{suffix_labels} {value}");
-            }
-        };
-        family(
-            "bpfpin_agent_reconcile_passes_total",
-            "counter",
-            "Reconcile passes run.",
-            &[(String::new(), s.passes.to_string())],
-        );
-        let errors: Vec<_> = s
-            .errors
-            .iter()
-            .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), n.to_string()))
-            .collect();
-        family(
-            "bpfpin_agent_reconcile_errors_total",
-            "counter",
-            "Objects that failed in a pass, by reason.",
-            &errors,
-        );
-        family(
-            "bpfpin_agent_pinned_objects",
-            "gauge",
-            "Objects with a version pinned after the last pass.",
-            &[(String::new(), s.pinned_objects.to_string())],
-        );
-        let pins: Vec<_> = ["program", "map", "link"]
-            .iter()
-            .zip(s.pins)
-            .map(|(kind, n)| (format!("{{kind=\"{kind}\"}}"), n.to_string()))
-            .collect();
-        family(
-            "bpfpin_agent_pins",
-            "gauge",
-            "Pins of the pinned objects after the last pass, by kind.",
-            &pins,
-        );
-        let mut duration: Vec<_> = BUCKETS
-            .iter()
-            .zip(s.buckets)
-            .map(|(le, n)| (format!("_bucket{{le=\"{le}\"}}"), n.to_string()))
-            .collect();
-        duration.push(("_bucket{le=\"+Inf\"}".into(), s.passes.to_string()));
-        duration.push(("_sum".into(), s.duration_sum.to_string()));
-        duration.push(("_count".into(), s.passes.to_string()));
-        family(
-            "bpfpin_agent_reconcile_duration_seconds",
-            "histogram",
-            "Duration of reconcile passes.",
-            &duration,
-        );
-        let writes: Vec<_> = ["object", "status", "heartbeat"]
-            .iter()
-            .zip(s.writes)
-            .map(|(kind, n)| (format!("{{kind=\"{kind}\"}}"), n.to_string()))
-            .collect();
-        family(
-            "bpfpin_agent_api_writes_total",
-            "counter",
-            "Writes to the API server (the BpfNodeState object, its status, the heartbeat Lease), by kind.",
-            &writes,
-        );
-        let mut events = Vec::new();
-        for (i, kind) in ["node", "bpfobject"].iter().enumerate() {
-            events.push((format!("{{kind=\"{kind}\"}}"), s.events[i].to_string()));
-        }
-        family(
-            "bpfpin_agent_watch_events_total",
-            "counter",
-            "Watch events received after the initial list (added, modified, deleted), by watched kind.",
-            &events,
-        );
-        let changes: Vec<_> = ["node", "bpfobject"]
-            .iter()
-            .zip(s.changes)
-            .map(|(kind, n)| (format!("{{kind=\"{kind}\"}}"), n.to_string()))
-            .collect();
-        family(
-            "bpfpin_agent_watch_changes_total",
-            "counter",
-            "Watch events that changed what a pass reads (the others, e.g. status writes, wake nothing), by watched kind.",
-            &changes,
-        );
-        out
+        self.admin.render()
     }
 }
 
@@ -288,5 +309,33 @@ mod tests {
         assert!(!m.is_ready());
         m.set_ready();
         assert!(m.is_ready());
+    }
+
+    /// The agent's answers on the admin endpoint (the routes are tested in bpfpin-runtime).
+    #[test]
+    fn routes() {
+        use bpfpin_runtime::admin::route;
+        let m = Metrics::default();
+        assert_eq!(route("GET /healthz HTTP/1.1", m.admin()).status, "200 OK");
+        let unready = route("GET /readyz HTTP/1.1", m.admin());
+        assert_eq!(unready.status, "503 Service Unavailable");
+        assert_eq!(unready.body, "the first reconcile pass has not run yet\n");
+        m.set_ready();
+        assert_eq!(route("GET /readyz HTTP/1.1", m.admin()).status, "200 OK");
+        let metrics = route("GET /metrics HTTP/1.1", m.admin());
+        assert_eq!(metrics.status, "200 OK");
+        assert!(
+            metrics
+                .body
+                .contains("bpfpin_agent_reconcile_passes_total 0")
+        );
+        assert_eq!(
+            route("POST /metrics HTTP/1.1", m.admin()).status,
+            "405 Method Not Allowed"
+        );
+        assert_eq!(
+            route("GET /nope HTTP/1.1", m.admin()).status,
+            "404 Not Found"
+        );
     }
 }

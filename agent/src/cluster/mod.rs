@@ -15,11 +15,10 @@ pub mod configmaps;
 pub mod desired_set;
 pub mod flags;
 pub mod heartbeat;
-pub mod http;
 pub mod index;
 pub mod metrics;
 pub mod node_state;
-pub mod selector;
+pub mod trigger;
 pub mod watch;
 
 use std::collections::BTreeSet;
@@ -30,16 +29,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bpfpin_crds::{BpfNodeState, BpfNodeStateStatus, BpfObject};
+use bpfpin_crds::{BpfNodeState, BpfNodeStateStatus};
+use bpfpin_runtime::crd_check::{CrdCheckError, check_crds};
 use kube::Client;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use tracing::Instrument;
 
-use self::configmaps::ConfigMapWatches;
+use self::configmaps::{ConfigMapWatches, SharedConfigMaps};
 use self::heartbeat::Heartbeat;
 use self::metrics::Metrics;
 use self::node_state::StatusWriter;
-use self::watch::{SharedInputs, Trigger};
+use self::trigger::Trigger;
+use self::watch::SharedInputs;
 use crate::backoff::{Retries, sleep_until};
 use crate::desired::DesiredObject;
 use crate::reconcile::{Action, PassReport, Reconciler};
@@ -96,7 +97,7 @@ pub async fn run(reconciler: Reconciler, config: ClusterConfig) -> anyhow::Resul
     let span = tracing::info_span!("agent", node = %config.node_name);
     async move {
         // Before anything else: a SIGTERM during the first pass is a clean stop, not a kill.
-        let stop = crate::shutdown::Shutdown::install()
+        let stop = bpfpin_runtime::shutdown::Shutdown::install()
             .context("installing the SIGTERM and SIGINT handlers")?;
         let client = Client::try_default()
             .await
@@ -124,29 +125,15 @@ pub async fn run_with<C: Core>(
 
 /// Fails with a sentence when the CRDs are missing; other errors (the API server is down) are
 /// only logged: the watches retry, and pins stay as they are meanwhile.
-async fn check_crds(client: &Client) -> anyhow::Result<()> {
-    let probe = ListParams::default().limit(1);
-    let objects = Api::<BpfObject>::all(client.clone())
-        .list_metadata(&probe)
-        .await;
-    let states = Api::<BpfNodeState>::all(client.clone())
-        .list_metadata(&probe)
-        .await;
-    for (result, crd) in [
-        (objects.map(|_| ()), "bpfobjects.bpfpin.io"),
-        (states.map(|_| ()), "bpfnodestates.bpfpin.io"),
-    ] {
-        match result {
-            Ok(()) => {}
-            Err(kube::Error::Api(s)) if s.is_not_found() => anyhow::bail!(
-                "the CRD {crd} is not installed in this cluster; install it with `kubectl apply -f crds/` (or the Helm chart)"
-            ),
-            Err(error) => {
-                tracing::warn!(%error, crd, "cannot check the CRD yet; the watches will retry")
-            }
+async fn check_crds_installed(client: &Client) -> anyhow::Result<()> {
+    match check_crds(client, "bpfpin-agent").await {
+        Err(missing @ CrdCheckError::NotInstalled { .. }) => Err(missing.into()),
+        Err(CrdCheckError::Unknown { crd, source }) => {
+            tracing::warn!(error = %source, crd, "cannot check the CRD yet; the watches will retry");
+            Ok(())
         }
+        Ok(()) => Ok(()),
     }
-    Ok(())
 }
 
 struct Agent<C> {
@@ -156,6 +143,7 @@ struct Agent<C> {
     reconciler: Option<C>,
     root: PathBuf,
     inputs: SharedInputs,
+    configmap_cache: SharedConfigMaps,
     trigger: Trigger,
     wake: tokio::sync::mpsc::Receiver<()>,
     configmaps: ConfigMapWatches,
@@ -189,14 +177,11 @@ impl<C: Core> Agent<C> {
         if let Some(addr) = config.metrics_addr {
             // Pinning matters more than metrics: a taken port is reported, not fatal (several
             // agents on one host, as in e2e, must each pass their own --metrics-addr).
-            match http::serve(addr, metrics.clone()) {
-                Ok(bound) => {
-                    tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics")
-                }
-                Err(error) => tracing::error!(
+            if let Err(error) = metrics.admin().serve(addr) {
+                tracing::error!(
                     %addr, %error,
                     "cannot serve /healthz, /readyz and /metrics; continuing without them (use --metrics-addr HOST:0 or none)"
-                ),
+                );
             }
         }
         let (trigger, wake) = Trigger::new();
@@ -220,6 +205,7 @@ impl<C: Core> Agent<C> {
             client,
             config,
             inputs: SharedInputs::default(),
+            configmap_cache: SharedConfigMaps::default(),
             trigger,
             wake,
             configmaps: ConfigMapWatches::default(),
@@ -235,7 +221,7 @@ impl<C: Core> Agent<C> {
     }
 
     async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        check_crds(&self.client).await?;
+        check_crds_installed(&self.client).await?;
         self.earlier = match Api::<BpfNodeState>::all(self.client.clone())
             .get_opt(&self.config.node_name)
             .await
@@ -357,12 +343,15 @@ impl<C: Core> Agent<C> {
                 .collect();
             (node.uid.unwrap_or_default(), owned, configmaps)
         };
-        self.configmaps
-            .sync(&configmaps, &self.client, &self.inputs, &self.trigger);
+        self.configmaps.sync(
+            &configmaps,
+            &self.client,
+            &self.configmap_cache,
+            &self.trigger,
+        );
         let mut planned = {
-            let inputs = self.inputs.lock();
             let selected: Vec<_> = selected.iter().map(|(n, o)| (n, o)).collect();
-            desired_set::plan(&selected, &inputs.configmaps)
+            desired_set::plan(&selected, &self.configmap_cache.lock())
         };
         desired_set::read_pull_secrets(&mut planned, &self.client).await;
 

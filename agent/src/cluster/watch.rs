@@ -11,12 +11,11 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::configmaps::ConfigMapCache;
 use super::index::{Index, IndexEvent};
 use super::metrics::{Metrics, Watched};
+use super::trigger::Trigger;
 
 /// What the agent knows of its `Node`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -64,15 +63,14 @@ pub fn object_entry(obj: &BpfObject) -> (String, ObjectEntry) {
     )
 }
 
-/// Everything the watches feed; a pass reads a snapshot of it.
+/// What the Node and `BpfObject` watches feed; a pass reads a snapshot of it (the ConfigMaps are
+/// in [`super::configmaps::SharedConfigMaps`]).
 #[derive(Debug, Default)]
 pub struct Inputs {
     /// This node (at most one entry: the watch selects it by name).
     pub node: Index<NodeEntry>,
     /// Every `BpfObject`.
     pub objects: Index<ObjectEntry>,
-    /// The ConfigMaps selected objects take their bytecode from.
-    pub configmaps: ConfigMapCache,
 }
 
 /// [`Inputs`] shared between the watch tasks and the pass loop. Held only briefly, never across
@@ -84,23 +82,6 @@ impl SharedInputs {
     /// Locks the inputs (a panicked holder leaves consistent data: every update is one call).
     pub fn lock(&self) -> MutexGuard<'_, Inputs> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Wakes the pass loop. Capacity one: a burst of events while a pass is pending is one wake-up.
-#[derive(Debug, Clone)]
-pub struct Trigger(mpsc::Sender<()>);
-
-impl Trigger {
-    /// A trigger and the receiver the pass loop waits on.
-    pub fn new() -> (Self, mpsc::Receiver<()>) {
-        let (tx, rx) = mpsc::channel(1);
-        (Self(tx), rx)
-    }
-
-    /// Asks for a pass (no-op when one is already asked for).
-    pub fn poke(&self) {
-        let _ = self.0.try_send(());
     }
 }
 

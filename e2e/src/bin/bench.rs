@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use bpfpin_agent::cluster::heartbeat::lease_name;
 use bpfpin_agent::{DesiredObject, Reconciler};
+use bpfpin_crds::heartbeat::lease_name;
 use bpfpin_crds::{BpfNodeState, BpfObject, BpfObjectSpec, ObjectPhase};
 use bpfpin_e2e::Proc;
 use bpfpin_e2e::{LEASE_NAMESPACE, ready_is, repo};

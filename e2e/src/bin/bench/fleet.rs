@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use bpfpin_agent::cluster::heartbeat::LEASE_LABEL;
 use bpfpin_agent::{DesiredObject, Reconciler};
+use bpfpin_crds::heartbeat::LEASE_LABEL;
 use bpfpin_crds::{BpfNodeState, BpfObject, ObjectPhase};
 use bpfpin_e2e::{LEASE_NAMESPACE, Proc};
 use futures::StreamExt;
@@ -439,7 +439,7 @@ impl Fleet<'_> {
         let ours: BTreeSet<String> = self
             .nodes
             .iter()
-            .map(|n| bpfpin_agent::cluster::heartbeat::lease_name(n))
+            .map(|n| bpfpin_crds::heartbeat::lease_name(n))
             .collect();
         let deadline = Instant::now() + TIMEOUT;
         loop {

@@ -82,4 +82,32 @@ mod tests {
         assert!(parse_positive("0s").is_err());
         assert_eq!(parse_positive("30s"), Ok(Duration::from_secs(30)));
     }
+
+    /// The agent's intervals (`--heartbeat-interval`, `--fetch-timeout`): zero is refused.
+    #[test]
+    fn positive_durations() {
+        assert_eq!(parse_positive("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_positive("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_positive("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_positive("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_positive("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_positive("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_positive("0s").is_err());
+        assert!(parse_positive("10d").is_err());
+        assert!(parse_positive("s").is_err());
+    }
+
+    /// The operator's `--stale-after` and `--debounce` (where `0s` is allowed).
+    #[test]
+    fn operator_durations() {
+        assert_eq!(parse("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse("").is_err());
+        assert!(parse("s").is_err());
+        assert!(parse("5d").expect_err("days").contains("unknown unit"));
+    }
 }

@@ -1,6 +1,8 @@
 //! `spec.nodeSelector`: a Kubernetes `LabelSelector` evaluated against Node labels, with the same
 //! semantics as apimachinery (`matchLabels` and every `matchExpressions` entry must hold; an empty
-//! or absent selector selects every node).
+//! or absent selector selects every node). The agent and the operator both decide with this code,
+//! so they always agree on which nodes an object selects; a selector that cannot be evaluated
+//! (unknown operator, `In` without values) selects no node, and the operator reports why.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,11 +14,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("spec.nodeSelector.matchExpressions[{index}] (key {key:?}): {reason}")]
 pub struct InvalidSelector {
-    /// Index in `matchExpressions`.
+    /// Position of the faulty requirement in `matchExpressions`.
     pub index: usize,
-    /// The requirement's key.
+    /// The label key that requirement tests.
     pub key: String,
-    /// What is wrong with it.
+    /// What is wrong with it, as a phrase (`unknown operator "Gt"; ...`).
     pub reason: String,
 }
 
@@ -34,7 +36,7 @@ struct Requirement {
     op: Op,
 }
 
-/// A parsed node selector.
+/// A parsed node selector: parse once per object, then match it against many nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Selector {
     requirements: Vec<Requirement>,
@@ -104,6 +106,14 @@ impl Selector {
             }
         })
     }
+}
+
+/// Whether `selector` selects a node with `labels` (parse and match in one call).
+pub fn matches(
+    selector: Option<&LabelSelector>,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, InvalidSelector> {
+    Ok(Selector::parse(selector)?.matches(labels))
 }
 
 #[cfg(test)]
@@ -216,5 +226,94 @@ mod tests {
             );
             assert!(text.contains(why), "{text}");
         }
+    }
+}
+
+/// The agent's cases, through [`matches`].
+#[cfg(test)]
+mod one_call {
+    use super::*;
+
+    fn selector(yaml: &str) -> LabelSelector {
+        serde_yaml::from_str(yaml).expect("selector")
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn absent_and_empty_select_everything() {
+        assert_eq!(matches(None, &labels(&[])), Ok(true));
+        assert_eq!(matches(Some(&selector("{}")), &labels(&[])), Ok(true));
+    }
+
+    #[test]
+    fn match_labels_must_all_hold() {
+        let s = selector("matchLabels: {role: edge, zone: a}");
+        assert_eq!(
+            matches(Some(&s), &labels(&[("role", "edge"), ("zone", "a")])),
+            Ok(true)
+        );
+        assert_eq!(matches(Some(&s), &labels(&[("role", "edge")])), Ok(false));
+        assert_eq!(
+            matches(Some(&s), &labels(&[("role", "core"), ("zone", "a")])),
+            Ok(false)
+        );
+    }
+
+    #[test]
+    fn expressions() {
+        let s = selector(
+            r#"
+matchExpressions:
+- {key: role, operator: In, values: [edge, gw]}
+- {key: zone, operator: NotIn, values: [b]}
+- {key: bpf, operator: Exists}
+- {key: drain, operator: DoesNotExist}
+"#,
+        );
+        let ok = labels(&[("role", "gw"), ("bpf", ""), ("zone", "a")]);
+        assert_eq!(matches(Some(&s), &ok), Ok(true));
+        // NotIn holds when the label is absent.
+        assert_eq!(
+            matches(Some(&s), &labels(&[("role", "gw"), ("bpf", "")])),
+            Ok(true)
+        );
+        let mut bad = ok.clone();
+        bad.insert("zone".into(), "b".into());
+        assert_eq!(matches(Some(&s), &bad), Ok(false));
+        let mut bad = ok.clone();
+        bad.insert("drain".into(), "yes".into());
+        assert_eq!(matches(Some(&s), &bad), Ok(false));
+        let mut bad = ok.clone();
+        bad.remove("bpf");
+        assert_eq!(matches(Some(&s), &bad), Ok(false));
+        let mut bad = ok;
+        bad.insert("role".into(), "core".into());
+        assert_eq!(matches(Some(&s), &bad), Ok(false));
+    }
+
+    #[test]
+    fn invalid_selectors_say_why() {
+        let s = selector("matchExpressions: [{key: role, operator: Equals, values: [x]}]");
+        assert!(
+            matches(Some(&s), &labels(&[]))
+                .expect_err("fails")
+                .to_string()
+                .contains("unknown operator")
+        );
+        let s = selector("matchExpressions: [{key: role, operator: In}]");
+        assert!(
+            matches(Some(&s), &labels(&[]))
+                .expect_err("fails")
+                .to_string()
+                .contains("at least one value")
+        );
+        let s = selector("matchExpressions: [{key: role, operator: Exists, values: [x]}]");
+        assert!(matches(Some(&s), &labels(&[])).is_err());
     }
 }

@@ -1,9 +1,12 @@
-//! One shared shutdown signal: the first SIGTERM or SIGINT starts a graceful shutdown (the
-//! controller finishes running reconciles, the lease is released); a second one exits at once.
+//! One shutdown signal per process: the first SIGTERM or SIGINT asks for a clean stop (the
+//! operator finishes running reconciles and releases its lease; the agent finishes its pass and
+//! leaves every pin in place), a second one exits at once.
 
 use tokio::sync::watch;
 
-/// Resolves when shutdown was requested. Cheap to clone.
+/// Resolves when shutdown was requested. Cheap to clone; the handlers are installed when it is
+/// made, so a signal that arrives before anyone waits (e.g. during the agent's first pass) still
+/// asks for a clean stop instead of killing the process.
 #[derive(Debug, Clone)]
 pub struct Shutdown(watch::Receiver<bool>);
 
@@ -11,7 +14,7 @@ pub struct Shutdown(watch::Receiver<bool>);
 const FORCED_EXIT: i32 = 130;
 
 impl Shutdown {
-    /// Installs the signal handlers.
+    /// Installs the signal handlers (inside a Tokio runtime).
     pub fn install() -> std::io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
@@ -37,15 +40,14 @@ impl Shutdown {
         Ok(Self(rx))
     }
 
-    /// A signal that never fires, for tests.
-    #[cfg(test)]
-    pub fn never() -> (watch::Sender<bool>, Self) {
+    /// A signal that fires only when the returned sender says so, for tests.
+    pub fn manual() -> (watch::Sender<bool>, Self) {
         let (tx, rx) = watch::channel(false);
         (tx, Self(rx))
     }
 
     /// Resolves once shutdown is requested.
-    pub async fn wait(mut self) {
+    pub async fn requested(mut self) {
         // An Err means the sender is gone, which only happens when the process is exiting.
         let _ = self.0.wait_for(|requested| *requested).await;
     }
@@ -57,8 +59,8 @@ mod tests {
 
     #[tokio::test]
     async fn wait_resolves_on_request() {
-        let (tx, s) = Shutdown::never();
-        let waiter = tokio::spawn(s.wait());
+        let (tx, s) = Shutdown::manual();
+        let waiter = tokio::spawn(s.requested());
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         tx.send_replace(true);
