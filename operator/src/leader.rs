@@ -1,5 +1,9 @@
 //! Leader election with a `coordination.k8s.io/v1` Lease, so two replicas can run and only one
-//! reconciles. kube 5 ships no elector, so this is client-go's algorithm, reduced:
+//! reconciles. kube 5 ships no elector. Kept instead of `kube-lease-manager` 0.13 (maintained, on
+//! kube 5): that crate judges expiry by comparing the holder's `renewTime` with this replica's
+//! wall clock (safe only while skew stays under its `grace`), and reports only held / not held,
+//! while this one needs no clock agreement and tells a lost lease apart (the process exits).
+//! `kube-leader-election` is still on kube 4. This is client-go's algorithm, reduced:
 //!
 //! - Every write is a `replace` carrying the `resourceVersion` that was read (optimistic
 //!   concurrency): of two replicas racing for an expired lease, one gets a 409 Conflict.
@@ -29,9 +33,7 @@ pub const LEASE_NAME: &str = "bpfpin-operator";
 /// Timing and identity of the elector.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Lease name.
     pub name: String,
-    /// Lease namespace.
     pub namespace: String,
     /// This replica's identity (`holderIdentity`).
     pub identity: String,
