@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use bpfpin_agent::cluster::flags::{self, MetricsAddr};
 use bpfpin_agent::cluster::{self, ClusterConfig};
@@ -47,15 +47,8 @@ enum Mode {
         /// One pass, then exit: 0 when every object is pinned, 1 otherwise.
         #[arg(long)]
         once: bool,
-        /// Where bytecode downloaded from a url or pulled from an image is kept, by digest.
-        #[arg(long, default_value = "/var/lib/bpfpin/cache")]
-        cache_dir: PathBuf,
-        /// A docker config.json with credentials for bytecode.image registries (default:
-        /// anonymous pulls).
-        #[arg(long)]
-        registry_auth: Option<PathBuf>,
         #[command(flatten)]
-        fetch: FetchFlags,
+        downloads: Downloads,
     },
     /// Watch the API server and pin the BpfObjects selected for this node; report in its
     /// BpfNodeState (KUBECONFIG, ~/.kube/config or the in-cluster service account).
@@ -80,16 +73,41 @@ enum Mode {
         /// Where /healthz, /readyz and /metrics listen (port 0: any free port; `none`: off).
         #[arg(long, default_value = "0.0.0.0:8081", value_parser = flags::parse_metrics_addr)]
         metrics_addr: MetricsAddr,
-        /// Where bytecode downloaded from a url or pulled from an image is kept, by digest.
-        #[arg(long, default_value = "/var/lib/bpfpin/cache")]
-        cache_dir: PathBuf,
-        /// A docker config.json with this node's credentials for bytecode.image registries
-        /// (default: anonymous pulls).
-        #[arg(long)]
-        registry_auth: Option<PathBuf>,
         #[command(flatten)]
-        fetch: FetchFlags,
+        downloads: Downloads,
     },
+}
+
+/// Where bytecode from urls and images comes from and is kept (both modes).
+#[derive(Args, Debug)]
+struct Downloads {
+    /// Where bytecode downloaded from a url or pulled from an image is kept, by digest.
+    #[arg(long, default_value = "/var/lib/bpfpin/cache")]
+    cache_dir: PathBuf,
+    /// A docker config.json with this node's credentials for bytecode.image registries
+    /// (default: anonymous pulls).
+    #[arg(long)]
+    registry_auth: Option<PathBuf>,
+    #[command(flatten)]
+    fetch: FetchFlags,
+}
+
+impl Downloads {
+    /// The fetcher of urls and images: its cache, and the registry credentials.
+    fn fetcher(self) -> Result<Fetcher, ExitCode> {
+        let mut fetcher = Fetcher::with_cache(Some(self.cache_dir));
+        self.fetch.apply(&mut fetcher).map_err(|e| {
+            eprintln!("bpfpin-agent: {e}");
+            ExitCode::from(2)
+        })?;
+        if let Some(path) = self.registry_auth {
+            fetcher.registry_auth = RegistryAuth::from_file(&path).map_err(|e| {
+                eprintln!("bpfpin-agent: --registry-auth {e}");
+                ExitCode::from(2)
+            })?;
+        }
+        Ok(fetcher)
+    }
 }
 
 fn main() -> ExitCode {
@@ -101,11 +119,9 @@ fn main() -> ExitCode {
             bpffs,
             bytecode_dirs,
             once,
-            cache_dir,
-            registry_auth,
-            fetch,
+            downloads,
         } => {
-            let mut fetcher = match fetcher(cache_dir, registry_auth.as_deref(), &fetch) {
+            let mut fetcher = match downloads.fetcher() {
                 Ok(f) => f,
                 Err(code) => return code,
             };
@@ -142,11 +158,9 @@ fn main() -> ExitCode {
             heartbeat_interval,
             lease_namespace,
             metrics_addr,
-            cache_dir,
-            registry_auth,
-            fetch,
+            downloads,
         } => {
-            let fetcher = match fetcher(cache_dir, registry_auth.as_deref(), &fetch) {
+            let fetcher = match downloads.fetcher() {
                 Ok(f) => f,
                 Err(code) => return code,
             };
@@ -163,26 +177,6 @@ fn main() -> ExitCode {
             )
         }
     }
-}
-
-/// The fetcher of urls and images: its cache, and the registry credentials of `registry_auth`.
-fn fetcher(
-    cache_dir: PathBuf,
-    registry_auth: Option<&std::path::Path>,
-    flags: &FetchFlags,
-) -> Result<Fetcher, ExitCode> {
-    let mut fetcher = Fetcher::with_cache(Some(cache_dir));
-    flags.apply(&mut fetcher).map_err(|e| {
-        eprintln!("bpfpin-agent: {e}");
-        ExitCode::from(2)
-    })?;
-    if let Some(path) = registry_auth {
-        fetcher.registry_auth = RegistryAuth::from_file(path).map_err(|e| {
-            eprintln!("bpfpin-agent: --registry-auth {e}");
-            ExitCode::from(2)
-        })?;
-    }
-    Ok(fetcher)
 }
 
 fn run_cluster(bpffs: &std::path::Path, config: ClusterConfig) -> ExitCode {
