@@ -43,9 +43,7 @@ pub struct Input<'a> {
 /// A Node as far as selection is concerned.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeInfo<'a> {
-    /// Node name.
     pub name: &'a str,
-    /// Node labels.
     pub labels: &'a BTreeMap<String, String>,
 }
 
@@ -69,9 +67,7 @@ pub enum Waiting {
 /// A selected node that is not done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingNode {
-    /// Node name.
     pub node: String,
-    /// Why.
     pub why: Waiting,
 }
 

@@ -17,7 +17,6 @@ const REQUEUE_SLACK: Duration = Duration::from_secs(1);
 /// A node that still lists the object and is live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocker {
-    /// Node name.
     pub node: String,
     /// When the node stops blocking unless its agent reports again.
     pub stale_at: Timestamp,

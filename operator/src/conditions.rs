@@ -14,11 +14,9 @@ pub const DEGRADED: &str = "Degraded";
 /// A condition as computed, before its transition time is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
-    /// Condition type.
     pub type_: &'static str,
     /// `True` or `False`.
     pub status: bool,
-    /// CamelCase reason.
     pub reason: String,
     /// What is going on, and where.
     pub message: String,

@@ -49,7 +49,6 @@ pub struct Config {
 pub struct Stores {
     /// `BpfObject`s (the controller's own store).
     pub objects: Store<BpfObject>,
-    /// `BpfNodeState`s.
     pub node_states: Store<BpfNodeState>,
     /// Nodes (metadata only).
     pub nodes: Store<NodeMeta>,
@@ -61,15 +60,11 @@ pub struct Stores {
 
 /// Everything a reconcile needs, shared by all of them.
 pub struct Context {
-    /// API client.
     pub client: Client,
     /// Who publishes Events on `BpfObject`s.
     pub reporter: Reporter,
-    /// Settings.
     pub config: Config,
-    /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Caches.
     pub stores: Stores,
     /// For each object being deleted (by uid), the nodes its last "waiting" event named, so the
     /// event is published only when that set changes.

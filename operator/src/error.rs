@@ -10,7 +10,6 @@ pub enum Error {
     /// Writing `status` failed.
     #[error("writing the status of BpfObject {object}: {source}")]
     PatchStatus {
-        /// The object.
         object: String,
         /// The API error.
         #[source]
@@ -23,7 +22,6 @@ pub enum Error {
         "BpfObject {object} is still pinned on live nodes {nodes}; checking again in {retry_in:?}"
     )]
     StillPinned {
-        /// The object.
         object: String,
         /// The blocking nodes, as a list for people.
         nodes: String,

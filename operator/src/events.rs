@@ -19,7 +19,6 @@ const MAX_NOTE: usize = 1024;
 pub struct Notice {
     /// Normal or Warning.
     pub type_: EventType,
-    /// CamelCase reason.
     pub reason: String,
     /// What happened, and where.
     pub note: String,

@@ -31,14 +31,11 @@ const LIVENESS_TICK: Duration = Duration::from_secs(1);
 /// Node metadata, as reflected.
 pub type NodeMeta = PartialObjectMeta<Node>;
 
-/// The caches.
+/// The caches whose first list the reconciler waits for (bits of [`CacheSync`]).
 #[derive(Debug, Clone, Copy)]
 pub enum Cache {
-    /// `BpfObject`s.
     Objects = 1,
-    /// `BpfNodeState`s.
     NodeStates = 2,
-    /// Nodes.
     Nodes = 4,
     /// The agents' heartbeat Leases. Until they are listed every agent would look dead.
     Heartbeats = 8,
@@ -106,7 +103,6 @@ pub fn objects(
 pub struct Resolver {
     /// The controller's store of `BpfObject`s.
     pub objects: Store<BpfObject>,
-    /// The Node store.
     pub nodes: Store<NodeMeta>,
     /// The controller's `reconcile_on` input.
     pub tx: UnboundedSender<ObjectRef<BpfObject>>,

@@ -23,7 +23,7 @@ pub struct Planned {
     pub uid: Option<String>,
     /// `metadata.generation`.
     pub generation: i64,
-    /// The spec.
+    /// The object's spec.
     pub spec: BpfObjectSpec,
     /// Its bytecode, or why there is none yet.
     pub source: Source,

@@ -106,7 +106,7 @@ impl<V: PartialEq> Index<V> {
         &self.items
     }
 
-    /// One object.
+    /// The object under `key`, as of the same contents as [`Index::items`].
     pub fn get(&self, key: &str) -> Option<&V> {
         self.items.get(key)
     }

@@ -26,7 +26,7 @@ const NOT_READY: &str = "the first reconcile pass has not run yet";
 pub enum Write {
     /// The `BpfNodeState` object itself (created once).
     Object,
-    /// Its status.
+    /// Its status (only when it changed).
     Status,
     /// A renewal of the heartbeat Lease.
     Heartbeat,

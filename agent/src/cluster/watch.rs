@@ -35,7 +35,7 @@ pub struct ObjectEntry {
     pub generation: i64,
     /// `metadata.deletionTimestamp` is set: unpin it and stop reporting it.
     pub deleting: bool,
-    /// The spec.
+    /// The whole spec: every field of it can change what a pass pins.
     pub spec: BpfObjectSpec,
 }
 
