@@ -10,16 +10,16 @@
 //!   outage changes no pin.
 //! - Shutdown (SIGTERM/SIGINT) stops the watches and leaves every pin in place.
 
-pub mod bytecode;
-pub mod configmaps;
-pub mod desired_set;
+pub(crate) mod bytecode;
+pub(crate) mod configmaps;
+pub(crate) mod desired_set;
 pub mod flags;
-pub mod heartbeat;
-pub mod index;
+pub(crate) mod heartbeat;
+pub(crate) mod index;
 pub mod metrics;
-pub mod node_state;
-pub mod trigger;
-pub mod watch;
+pub(crate) mod node_state;
+pub(crate) mod trigger;
+pub(crate) mod watch;
 
 use std::collections::BTreeSet;
 use std::future::Future;
