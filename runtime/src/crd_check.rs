@@ -51,3 +51,24 @@ where
         Err(source) => Err(CrdCheckError::Unknown { crd, source }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_crd_is_one_sentence_that_says_how_to_install_it() {
+        let e = CrdCheckError::NotInstalled {
+            crd: "bpfobjects.bpfpin.io".into(),
+            binary: "bpfpin-agent",
+        };
+        assert_eq!(
+            e.to_string(),
+            "the CustomResourceDefinition bpfobjects.bpfpin.io is not installed in this cluster; install the bpfpin CRDs with `kubectl apply -f crds/` (or the Helm chart) and start bpfpin-agent again"
+        );
+        assert_eq!(
+            format!("{}.{}", BpfNodeState::plural(&()), BpfNodeState::group(&())),
+            "bpfnodestates.bpfpin.io"
+        );
+    }
+}
