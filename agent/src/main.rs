@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use bpfpin_agent::bytecode::Fetcher;
+use bpfpin_agent::bytecode::flags::FetchFlags;
+use bpfpin_agent::bytecode::image::RegistryAuth;
 use bpfpin_agent::cluster::flags::{self, MetricsAddr};
 use bpfpin_agent::cluster::{self, ClusterConfig};
-use bpfpin_agent::fetch::Fetcher;
-use bpfpin_agent::fetch_flags::FetchFlags;
 use bpfpin_agent::local::{self, LocalConfig};
-use bpfpin_agent::oci::RegistryAuth;
 use bpfpin_agent::{Reconciler, mounts};
 
 #[derive(Parser, Debug)]

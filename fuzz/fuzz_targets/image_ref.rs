@@ -3,7 +3,7 @@
 //! to itself from its canonical form, and gets plain HTTP only for loopback.
 #![no_main]
 
-use bpfpin_agent::oci::ImageRef;
+use bpfpin_agent::bytecode::image::ImageRef;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

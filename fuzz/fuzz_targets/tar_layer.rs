@@ -3,7 +3,7 @@
 //! and an accepted layer gives one `*.o` within the limit.
 #![no_main]
 
-use bpfpin_agent::oci::{check_labels, extract_object};
+use bpfpin_agent::bytecode::image::{check_labels, extract_object};
 use libfuzzer_sys::fuzz_target;
 
 /// Small, so the bound is what a run meets (the agent's is `--max-bytecode-bytes`).

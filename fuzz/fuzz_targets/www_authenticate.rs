@@ -3,7 +3,7 @@
 //! non-empty parameter names.
 #![no_main]
 
-use bpfpin_agent::oci::parse_challenge;
+use bpfpin_agent::bytecode::image::parse_challenge;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
