@@ -9,23 +9,23 @@ pub enum ConfigMapError {
     /// The ConfigMap has no such key (in `binaryData` or `data`).
     #[error("configMap {configmap} has no key {key}")]
     MissingKey {
-        /// `namespace/name`.
+        /// The ConfigMap, as `namespace/name`.
         configmap: String,
-        /// `bytecode.configMap.key`.
+        /// The key `bytecode.configMap.key` names.
         key: String,
     },
     /// The ConfigMap does not exist.
     #[error("configMap {configmap} does not exist")]
     Absent {
-        /// `namespace/name`.
+        /// The ConfigMap, as `namespace/name`.
         configmap: String,
     },
     /// The watch of the ConfigMap fails (RBAC, API errors).
     #[error("configMap {configmap} cannot be read: {error}")]
     Unreadable {
-        /// `namespace/name`.
+        /// The ConfigMap, as `namespace/name`.
         configmap: String,
-        /// What the API said.
+        /// What the API server answered its watch.
         error: String,
     },
 }

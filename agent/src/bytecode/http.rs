@@ -127,7 +127,7 @@ pub(crate) enum Attempt<E> {
 
 /// Why [`retry`] gave up on a request that kept failing retryably.
 pub(crate) struct GaveUp {
-    /// Requests made.
+    /// How many requests were made.
     pub(crate) tries: u32,
     /// The last failure, in words.
     pub(crate) last: String,

@@ -24,19 +24,19 @@ pub enum PathError {
         list(dirs)
     )]
     NoFolder {
-        /// `bytecode.path`.
+        /// `bytecode.path` as written in the spec.
         path: String,
-        /// The folders looked for.
+        /// The bytecode folders that were looked for.
         dirs: Vec<PathBuf>,
     },
     /// Opening, inspecting or reading the file failed.
     #[error("bytecode {}: {step}{source}", path.display())]
     Io {
-        /// The path opened.
+        /// The path that was opened (the folder joined with `bytecode.path`).
         path: PathBuf,
         /// What was being done (`fstat: `), empty for the open itself.
         step: String,
-        /// The error.
+        /// The error the system call returned.
         source: std::io::Error,
     },
     /// The file resolves outside every allowed folder.
@@ -47,21 +47,21 @@ pub enum PathError {
         list(allowed)
     )]
     NotAllowed {
-        /// `bytecode.path`.
+        /// `bytecode.path` as written in the spec.
         path: PathBuf,
-        /// Where it resolves to.
+        /// The real path of the opened descriptor.
         real: PathBuf,
-        /// The allowed folders.
+        /// The real paths of the folders it may resolve into.
         allowed: Vec<PathBuf>,
     },
     /// The file is a directory, a FIFO, a device or a socket.
     #[error("bytecode {}: is {kind}{}, not a regular file", path.display(), resolves(path, real))]
     NotRegular {
-        /// The path opened.
+        /// The path that was opened (the folder joined with `bytecode.path`).
         path: PathBuf,
-        /// Where it resolves to.
+        /// The real path of the opened descriptor.
         real: PathBuf,
-        /// What it is.
+        /// What kind of file it is, in words (`a FIFO`).
         kind: &'static str,
     },
     /// The file is over [`MAX_BYTES`].
@@ -72,11 +72,11 @@ pub enum PathError {
         MAX_BYTES >> 20
     )]
     TooLarge {
-        /// The path opened.
+        /// The path that was opened (the folder joined with `bytecode.path`).
         path: PathBuf,
-        /// Where it resolves to.
+        /// The real path of the opened descriptor.
         real: PathBuf,
-        /// Its size, as far as it was read.
+        /// Its size by `fstat`, or the bytes read when it grew since.
         size: u64,
     },
 }

@@ -82,11 +82,11 @@ pub enum SourceError {
         seconds(*bound)
     )]
     StillDownloading {
-        /// The url, or `image <reference>`.
+        /// What is downloaded: the url, or `image <reference>`.
         what: String,
-        /// When it started.
+        /// When the download started, for the message's elapsed time.
         started: Instant,
-        /// `--fetch-timeout`.
+        /// The bound of the download, `--fetch-timeout`.
         bound: std::time::Duration,
     },
 }
@@ -141,16 +141,16 @@ impl Source {
 pub enum Remote {
     /// `bytecode.url` with `spec.sha256`.
     Url {
-        /// The URL.
+        /// `bytecode.url` as written in the spec.
         url: String,
-        /// `spec.sha256`.
+        /// The SHA-256 `spec.sha256` asks for, if any.
         sha256: Option<String>,
     },
     /// `bytecode.image`.
     Image {
-        /// The reference.
+        /// `bytecode.image` as written in the spec.
         reference: String,
-        /// `spec.sha256`.
+        /// The SHA-256 `spec.sha256` asks for, if any.
         sha256: Option<String>,
         /// The credentials to pull with.
         auth: RegistryAuth,
@@ -233,7 +233,7 @@ pub struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
-    /// An empty batch.
+    /// A batch that defers nothing yet, fetching with `fetcher`.
     pub fn new(fetcher: &'a Fetcher) -> Self {
         Self {
             fetcher,

@@ -19,17 +19,17 @@ pub enum UrlError {
     /// The object names no `spec.sha256`.
     #[error("spec.sha256 is required when the bytecode comes from a url")]
     NoDigest {
-        /// The URL.
+        /// `bytecode.url` as written in the spec.
         url: String,
     },
     /// The download's SHA-256 is not `spec.sha256`.
     #[error("{url} has sha256 {got}, spec.sha256 says {want}")]
     DigestMismatch {
-        /// The URL.
+        /// `bytecode.url` as written in the spec.
         url: String,
-        /// The download's digest.
+        /// The SHA-256 the downloaded bytes have.
         got: String,
-        /// `spec.sha256`.
+        /// The SHA-256 `spec.sha256` asks for.
         want: String,
     },
     /// `--fetch-timeout` ran out before a complete answer.
@@ -38,48 +38,48 @@ pub enum UrlError {
         seconds(*bound)
     )]
     TimedOut {
-        /// The URL.
+        /// `bytecode.url` as written in the spec.
         url: String,
-        /// `--fetch-timeout`.
+        /// The bound that ran out, `--fetch-timeout`.
         bound: Duration,
-        /// Requests made.
+        /// How many requests were made before giving up.
         tries: u32,
-        /// The last failure.
+        /// What the last request failed with, in words.
         last: String,
     },
     /// Every attempt failed retryably.
     #[error("downloading {url} failed {tries} times; last error: {last}")]
     Failed {
-        /// The URL.
+        /// `bytecode.url` as written in the spec.
         url: String,
-        /// Requests made.
+        /// How many requests were made before giving up.
         tries: u32,
-        /// The last failure.
+        /// What the last request failed with, in words.
         last: String,
     },
     /// A failure that trying again would not mend: a refused address, a redirect loop, a
     /// redirect off https.
     #[error("downloading {url}: {}", describe(source))]
     Refused {
-        /// The URL.
+        /// `bytecode.url` as written in the spec.
         url: String,
-        /// What ureq said.
+        /// The transport or redirect error ureq reported.
         source: ureq::Error,
     },
     /// The server answered a redirect it was not allowed to follow or a client error.
     #[error("downloading {url}: HTTP {status}")]
     Status {
-        /// The URL.
+        /// `bytecode.url` as written in the spec.
         url: String,
-        /// The status code.
+        /// The HTTP status code the server answered.
         status: u16,
     },
     /// The body is over the size limit.
     #[error("{url} is larger than the {} MiB limit for bytecode", limit >> 20)]
     TooLarge {
-        /// The URL.
+        /// `bytecode.url` as written in the spec.
         url: String,
-        /// The limit in bytes.
+        /// The size limit that was passed, in bytes.
         limit: u64,
     },
 }

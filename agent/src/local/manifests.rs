@@ -21,9 +21,9 @@ pub const MAX_FILES: usize = 1000;
 pub struct ManifestError {
     /// The object's name, when the document has one.
     pub object: Option<String>,
-    /// The file.
+    /// The manifest file the document is in.
     pub file: PathBuf,
-    /// What is wrong.
+    /// What is wrong, naming the document or the field.
     pub message: String,
     /// The reason printed: `InvalidManifest`, or `InvalidSpec` for a rule of the CRD's CEL
     /// validations.
@@ -53,7 +53,7 @@ pub struct ManifestMemory {
 /// The folder could not be listed: nothing is reconciled (every pin stays).
 #[derive(Debug, Clone)]
 pub struct FolderError {
-    /// The manifests folder.
+    /// The manifests folder that could not be listed.
     pub folder: PathBuf,
     /// Why it cannot be read.
     pub message: String,

@@ -8,25 +8,25 @@ pub enum ImageError {
     /// The reference does not parse.
     #[error("bytecode.image {reference:?}: {why}")]
     InvalidReference {
-        /// `bytecode.image` as written.
+        /// `bytecode.image` as written in the spec.
         reference: String,
-        /// What is wrong with it.
+        /// What the parser found wrong with it.
         why: String,
     },
     /// The image's `.o` is not the one `spec.sha256` pins.
     #[error("the .o of image {image} has sha256 {got}, spec.sha256 says {want}")]
     ObjectDigest {
-        /// The reference.
+        /// `bytecode.image` as written in the spec.
         image: String,
-        /// The `.o`'s digest.
+        /// The SHA-256 the image's `.o` has.
         got: String,
-        /// `spec.sha256`.
+        /// The SHA-256 `spec.sha256` asks for.
         want: String,
     },
     /// The registry, its token service or the image's content failed a request or a check.
     #[error("image {image}: {message}")]
     Pull {
-        /// The reference.
+        /// `bytecode.image` as written in the spec.
         image: String,
         /// The reason status reports (`DigestMismatch` for a blob or manifest with another
         /// digest, `SourceNotAllowed` for a refused address).

@@ -26,7 +26,7 @@ pub(crate) const MAX_INDEX_DEPTH: u32 = 2;
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
-    /// The media type.
+    /// The media type of the content it points to.
     #[serde(default)]
     pub media_type: String,
     /// `sha256:<hex>`.
