@@ -1,4 +1,4 @@
-//! `WWW-Authenticate` challenges from a registry (`oci::parse_challenge`): whatever the server
+//! `WWW-Authenticate` challenges from a registry (`bytecode::image::parse_challenge`): whatever the server
 //! sends, no panic, and a parsed challenge has a lowercase scheme without spaces and lowercase,
 //! non-empty parameter names.
 #![no_main]

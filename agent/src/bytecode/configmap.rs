@@ -5,29 +5,16 @@ use crate::error::{ObjectError, Reason};
 
 /// Why a `bytecode.configMap` gave no bytecode.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ConfigMapError {
+pub(crate) enum ConfigMapError {
     /// The ConfigMap has no such key (in `binaryData` or `data`).
     #[error("configMap {configmap} has no key {key}")]
-    MissingKey {
-        /// The ConfigMap, as `namespace/name`.
-        configmap: String,
-        /// The key `bytecode.configMap.key` names.
-        key: String,
-    },
+    MissingKey { configmap: String, key: String },
     /// The ConfigMap does not exist.
     #[error("configMap {configmap} does not exist")]
-    Absent {
-        /// The ConfigMap, as `namespace/name`.
-        configmap: String,
-    },
+    Absent { configmap: String },
     /// The watch of the ConfigMap fails (RBAC, API errors).
     #[error("configMap {configmap} cannot be read: {error}")]
-    Unreadable {
-        /// The ConfigMap, as `namespace/name`.
-        configmap: String,
-        /// What the API server answered its watch.
-        error: String,
-    },
+    Unreadable { configmap: String, error: String },
 }
 
 impl From<ConfigMapError> for ObjectError {

@@ -23,4 +23,5 @@ pub use crate::fd::MAX_BYTES;
 pub use downloads::{Downloads, MAX_PARALLEL};
 pub use fetcher::Fetcher;
 pub use path::BytecodeDirs;
-pub use resolve::{Batch, ImagePull, Remote, Source, SourceError, check_digest_required};
+pub(crate) use resolve::SourceError;
+pub use resolve::{Batch, ImagePull, Source, check_digest_required};

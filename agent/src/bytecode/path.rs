@@ -17,26 +17,18 @@ use crate::fd::{MAX_BYTES, describe_type, fd_path, open_path};
 
 /// Why a `bytecode.path` gave no bytecode.
 #[derive(Debug, thiserror::Error)]
-pub enum PathError {
+pub(crate) enum PathError {
     /// None of the bytecode folders exists on this node.
     #[error(
         "bytecode {path}: no bytecode folder exists on this node ({})",
         list(dirs)
     )]
-    NoFolder {
-        /// `bytecode.path` as written in the spec.
-        path: String,
-        /// The bytecode folders that were looked for.
-        dirs: Vec<PathBuf>,
-    },
+    NoFolder { path: String, dirs: Vec<PathBuf> },
     /// Opening, inspecting or reading the file failed.
     #[error("bytecode {}: {step}{source}", path.display())]
     Io {
-        /// The path that was opened (the folder joined with `bytecode.path`).
         path: PathBuf,
-        /// What was being done (`fstat: `), empty for the open itself.
         step: String,
-        /// The error the system call returned.
         source: std::io::Error,
     },
     /// The file resolves outside every allowed folder.
@@ -47,21 +39,15 @@ pub enum PathError {
         list(allowed)
     )]
     NotAllowed {
-        /// `bytecode.path` as written in the spec.
         path: PathBuf,
-        /// The real path of the opened descriptor.
         real: PathBuf,
-        /// The real paths of the folders it may resolve into.
         allowed: Vec<PathBuf>,
     },
     /// The file is a directory, a FIFO, a device or a socket.
     #[error("bytecode {}: is {kind}{}, not a regular file", path.display(), resolves(path, real))]
     NotRegular {
-        /// The path that was opened (the folder joined with `bytecode.path`).
         path: PathBuf,
-        /// The real path of the opened descriptor.
         real: PathBuf,
-        /// What kind of file it is, in words (`a FIFO`).
         kind: &'static str,
     },
     /// The file is over [`MAX_BYTES`].
@@ -72,11 +58,8 @@ pub enum PathError {
         MAX_BYTES >> 20
     )]
     TooLarge {
-        /// The path that was opened (the folder joined with `bytecode.path`).
         path: PathBuf,
-        /// The real path of the opened descriptor.
         real: PathBuf,
-        /// Its size by `fstat`, or the bytes read when it grew since.
         size: u64,
     },
 }
@@ -143,7 +126,7 @@ impl BytecodeDirs {
     }
 
     /// Reads `path` from these folders.
-    pub fn read(&self, path: &str) -> Result<Vec<u8>, PathError> {
+    pub(crate) fn read(&self, path: &str) -> Result<Vec<u8>, PathError> {
         if let Some(base) = &self.base {
             return read_checked(Path::new(path), base, &self.allowed);
         }

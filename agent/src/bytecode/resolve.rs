@@ -49,21 +49,15 @@ pub struct ImagePull {
 
 /// Why an object's source gives no bytecode, before any byte is read.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum SourceError {
+pub(crate) enum SourceError {
     /// `--require-digest` is set and the image reference pins no digest.
     #[error(
         "bytecode.image {image} names no digest and --require-digest is set: write it as registry/repository@sha256:<digest>"
     )]
-    ImageDigestRequired {
-        /// `bytecode.image`.
-        image: String,
-    },
+    ImageDigestRequired { image: String },
     /// `--require-digest` is set and `spec.sha256` is missing.
     #[error("spec.sha256 is missing and --require-digest is set: every {kind} source needs it")]
-    DigestRequired {
-        /// `bytecode.path`, `bytecode.url` or `bytecode.configMap`.
-        kind: &'static str,
-    },
+    DigestRequired { kind: &'static str },
     /// A ConfigMap source in local mode.
     #[error(
         "bytecode.configMap is not available in local mode; use bytecode.path, bytecode.url or bytecode.image"
@@ -82,11 +76,8 @@ pub enum SourceError {
         seconds(*bound)
     )]
     StillDownloading {
-        /// What is downloaded: the url, or `image <reference>`.
         what: String,
-        /// When the download started, for the message's elapsed time.
         started: Instant,
-        /// The bound of the download, `--fetch-timeout`.
         bound: std::time::Duration,
     },
 }
@@ -138,21 +129,13 @@ impl Source {
 
 /// A url or image source to fetch.
 #[derive(Debug, Clone)]
-pub enum Remote {
+enum Remote {
     /// `bytecode.url` with `spec.sha256`.
-    Url {
-        /// `bytecode.url` as written in the spec.
-        url: String,
-        /// The SHA-256 `spec.sha256` asks for, if any.
-        sha256: Option<String>,
-    },
+    Url { url: String, sha256: Option<String> },
     /// `bytecode.image`.
     Image {
-        /// `bytecode.image` as written in the spec.
         reference: String,
-        /// The SHA-256 `spec.sha256` asks for, if any.
         sha256: Option<String>,
-        /// The credentials to pull with.
         auth: RegistryAuth,
     },
 }
@@ -183,7 +166,7 @@ impl Remote {
 
     fn run(self, fetcher: &Fetcher) -> Outcome {
         match self {
-            Remote::Url { url, sha256 } => fetcher.fetch(&url, sha256.as_deref()),
+            Remote::Url { url, sha256 } => Ok(fetcher.fetch(&url, sha256.as_deref())?),
             Remote::Image {
                 reference,
                 sha256,
@@ -275,7 +258,7 @@ impl<'a> Batch<'a> {
     }
 
     /// Defers `remote` for `object`; returns the placeholder for its `bytecode`.
-    pub fn add(&mut self, object: &str, remote: Remote) -> Outcome {
+    fn add(&mut self, object: &str, remote: Remote) -> Outcome {
         self.deferred.push((object.to_owned(), remote));
         Self::pending()
     }

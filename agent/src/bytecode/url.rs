@@ -15,21 +15,15 @@ use crate::error::{ObjectError, Reason};
 
 /// Why a `bytecode.url` gave no bytecode.
 #[derive(Debug, thiserror::Error)]
-pub enum UrlError {
+pub(crate) enum UrlError {
     /// The object names no `spec.sha256`.
     #[error("spec.sha256 is required when the bytecode comes from a url")]
-    NoDigest {
-        /// `bytecode.url` as written in the spec.
-        url: String,
-    },
+    NoDigest,
     /// The download's SHA-256 is not `spec.sha256`.
     #[error("{url} has sha256 {got}, spec.sha256 says {want}")]
     DigestMismatch {
-        /// `bytecode.url` as written in the spec.
         url: String,
-        /// The SHA-256 the downloaded bytes have.
         got: String,
-        /// The SHA-256 `spec.sha256` asks for.
         want: String,
     },
     /// `--fetch-timeout` ran out before a complete answer.
@@ -38,57 +32,35 @@ pub enum UrlError {
         seconds(*bound)
     )]
     TimedOut {
-        /// `bytecode.url` as written in the spec.
         url: String,
-        /// The bound that ran out, `--fetch-timeout`.
         bound: Duration,
-        /// How many requests were made before giving up.
         tries: u32,
-        /// What the last request failed with, in words.
         last: String,
     },
     /// Every attempt failed retryably.
     #[error("downloading {url} failed {tries} times; last error: {last}")]
     Failed {
-        /// `bytecode.url` as written in the spec.
         url: String,
-        /// How many requests were made before giving up.
         tries: u32,
-        /// What the last request failed with, in words.
         last: String,
     },
     /// A failure that trying again would not mend: a refused address, a redirect loop, a
     /// redirect off https.
     #[error("downloading {url}: {}", describe(source))]
-    Refused {
-        /// `bytecode.url` as written in the spec.
-        url: String,
-        /// The transport or redirect error ureq reported.
-        source: ureq::Error,
-    },
+    Refused { url: String, source: ureq::Error },
     /// The server answered a redirect it was not allowed to follow or a client error.
     #[error("downloading {url}: HTTP {status}")]
-    Status {
-        /// `bytecode.url` as written in the spec.
-        url: String,
-        /// The HTTP status code the server answered.
-        status: u16,
-    },
+    Status { url: String, status: u16 },
     /// The body is over the size limit.
     #[error("{url} is larger than the {} MiB limit for bytecode", limit >> 20)]
-    TooLarge {
-        /// `bytecode.url` as written in the spec.
-        url: String,
-        /// The size limit that was passed, in bytes.
-        limit: u64,
-    },
+    TooLarge { url: String, limit: u64 },
 }
 
 impl UrlError {
     /// The reason status reports.
-    pub fn reason(&self) -> Reason {
+    pub(crate) fn reason(&self) -> Reason {
         match self {
-            UrlError::NoDigest { .. } => Reason::InvalidSpec,
+            UrlError::NoDigest => Reason::InvalidSpec,
             UrlError::DigestMismatch { .. } => Reason::DigestMismatch,
             UrlError::Refused { source, .. } => final_reason(source),
             _ => Reason::BytecodeUnavailable,
@@ -104,13 +76,9 @@ impl From<UrlError> for ObjectError {
 
 impl Fetcher {
     /// The bytes at `url`, which must have digest `sha256`.
-    pub fn fetch(&self, url: &str, sha256: Option<&str>) -> Result<Vec<u8>, ObjectError> {
-        Ok(self.fetch_url(url, sha256)?)
-    }
-
-    fn fetch_url(&self, url: &str, sha256: Option<&str>) -> Result<Vec<u8>, UrlError> {
+    pub(crate) fn fetch(&self, url: &str, sha256: Option<&str>) -> Result<Vec<u8>, UrlError> {
         let Some(want) = sha256 else {
-            return Err(UrlError::NoDigest { url: url.into() });
+            return Err(UrlError::NoDigest);
         };
         let cache = self.cache_dir.as_deref().map(Cache);
         if let Some(bytes) = cache.and_then(|c| c.object(want)) {

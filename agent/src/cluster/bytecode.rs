@@ -9,9 +9,10 @@ use bpfpin_crds::BpfObjectSpec;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::configmaps::{ConfigMapCache, ConfigMapRef, ConfigMapState};
+use crate::bytecode::SourceError;
 use crate::bytecode::configmap::ConfigMapError;
 use crate::bytecode::image::RegistryAuth;
-pub use crate::bytecode::{ImagePull, Source, SourceError};
+pub use crate::bytecode::{ImagePull, Source};
 
 /// The registry credentials of a `kubernetes.io/dockerconfigjson` (or legacy
 /// `kubernetes.io/dockercfg`) Secret.

@@ -11,8 +11,7 @@ use super::credentials::Credential;
 use super::error::ImageError;
 use super::reference::is_loopback_host;
 use super::session::Session;
-use crate::bytecode::http::{describe, final_reason, is_final};
-use crate::error::Reason;
+use crate::bytecode::http::{describe, final_reason};
 
 /// The largest token service answer accepted.
 const MAX_TOKEN: u64 = 1 << 20;
@@ -29,7 +28,7 @@ impl Session<'_> {
                 self.image.registry
             ),
         };
-        self.error(Reason::BytecodeUnavailable, message)
+        self.fail(message)
     }
 
     /// The `Authorization` header answering a challenge.
@@ -49,9 +48,7 @@ impl Session<'_> {
             "basic" => credential.map(basic).ok_or_else(|| self.unauthorized()),
             "bearer" => {
                 let Some(realm) = challenge.params.get("realm") else {
-                    return Err(self.error(
-                        Reason::BytecodeUnavailable,
-                        format!(
+                    return Err(self.fail(format!(
                             "registry {} sent a bearer challenge without a realm",
                             self.image.registry
                         ),
@@ -72,9 +69,7 @@ impl Session<'_> {
                             )
                         });
                 if !realm_ok {
-                    return Err(self.error(
-                        Reason::BytecodeUnavailable,
-                        format!("the token service {realm} is not https"),
+                    return Err(self.fail(format!("the token service {realm} is not https"),
                     ));
                 }
                 let scope = challenge
@@ -92,9 +87,7 @@ impl Session<'_> {
                 }
                 self.token(&url, credential.map(basic))
             }
-            other => Err(self.error(
-                Reason::BytecodeUnavailable,
-                format!(
+            other => Err(self.fail(format!(
                     "registry {} asks for {other} authentication, which is not supported (basic and bearer are)",
                     self.image.registry
                 ),
@@ -123,15 +116,9 @@ impl Session<'_> {
             .build()
             .call()
             .map_err(|e| {
-                let reason = if is_final(&e) {
-                    final_reason(&e)
-                } else {
-                    Reason::BytecodeUnavailable
-                };
-                self.error(
-                    reason,
-                    format!("token service {service} unreachable: {}", describe(&e)),
-                )
+                // A refused address is `SourceNotAllowed`; anything else is retried later.
+                let message = format!("token service {service} unreachable: {}", describe(&e));
+                self.error(final_reason(&e), message)
             })?;
         let status = response.status().as_u16();
         let mut body = Vec::new();
@@ -140,33 +127,21 @@ impl Session<'_> {
             .into_reader()
             .take(MAX_TOKEN + 1)
             .read_to_end(&mut body)
-            .map_err(|e| {
-                self.error(
-                    Reason::BytecodeUnavailable,
-                    format!("reading from token service {service}: {e}"),
-                )
-            })?;
+            .map_err(|e| self.fail(format!("reading from token service {service}: {e}")))?;
         if body.len() as u64 > MAX_TOKEN {
-            return Err(self.error(
-                Reason::BytecodeUnavailable,
-                format!(
-                    "token service {service} answered more than {} MiB",
-                    MAX_TOKEN >> 20
-                ),
-            ));
+            return Err(self.fail(format!(
+                "token service {service} answered more than {} MiB",
+                MAX_TOKEN >> 20
+            )));
         }
         if status == 401 || status == 403 {
             return Err(match self.auth.for_registry(&self.image.registry) {
-                Some(c) => self.error(
-                    Reason::BytecodeUnavailable,
-                    format!(
+                Some(c) => self.fail(format!(
                         "token service {service} refused the credentials of {:?} (HTTP {status})",
                         c.username
                     ),
                 ),
-                None => self.error(
-                    Reason::BytecodeUnavailable,
-                    format!(
+                None => self.fail(format!(
                         "token service {service} requires credentials (HTTP {status}) and none are configured for registry {}",
                         self.image.registry
                     ),
@@ -174,23 +149,16 @@ impl Session<'_> {
             });
         }
         if !(200..300).contains(&status) {
-            return Err(self.error(
-                Reason::BytecodeUnavailable,
-                format!("token service {service} answered HTTP {status}"),
-            ));
+            return Err(self.fail(format!("token service {service} answered HTTP {status}")));
         }
         let token: Token = serde_json::from_slice(&body).map_err(|e| {
-            self.error(
-                Reason::BytecodeUnavailable,
-                format!("token service {service} answered no JSON token: {e}"),
-            )
+            self.fail(format!(
+                "token service {service} answered no JSON token: {e}"
+            ))
         })?;
         match token.token.or(token.access_token) {
             Some(t) if !t.is_empty() => Ok(format!("Bearer {t}")),
-            _ => Err(self.error(
-                Reason::BytecodeUnavailable,
-                format!("token service {service} answered no token"),
-            )),
+            _ => Err(self.fail(format!("token service {service} answered no token"))),
         }
     }
 }

@@ -25,32 +25,25 @@ pub(crate) const MAX_INDEX_DEPTH: u32 = 2;
 /// An OCI content descriptor.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    /// The media type of the content it points to.
+pub(crate) struct Descriptor {
     #[serde(default)]
-    pub media_type: String,
-    /// `sha256:<hex>`.
-    pub digest: String,
-    /// The size in bytes.
+    pub(crate) media_type: String,
+    pub(crate) digest: String,
     #[serde(default)]
-    pub size: u64,
-    /// For index entries: the platform.
+    pub(crate) size: u64,
     #[serde(default)]
-    pub platform: Option<Platform>,
-    /// Annotations (index entries: buildx marks attestations with them).
+    pub(crate) platform: Option<Platform>,
     #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
+    pub(crate) annotations: BTreeMap<String, String>,
 }
 
 /// An index entry's platform.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct Platform {
-    /// `amd64`, `arm64`, ...
+pub(crate) struct Platform {
     #[serde(default)]
-    pub architecture: String,
-    /// `linux`.
+    pub(crate) architecture: String,
     #[serde(default)]
-    pub os: String,
+    pub(crate) os: String,
 }
 
 /// A manifest or an index, as far as pulling needs.
@@ -86,7 +79,7 @@ pub fn node_architecture() -> &'static str {
 }
 
 /// The entry of an index to follow: `linux/<arch>`, or the only one (attestations aside).
-pub fn select_platform<'a>(
+pub(crate) fn select_platform<'a>(
     manifests: &'a [Descriptor],
     architecture: &str,
 ) -> Result<&'a Descriptor, String> {

@@ -34,7 +34,6 @@ mod session;
 
 pub use challenge::{Challenge, parse_challenge};
 pub use credentials::RegistryAuth;
-pub use error::ImageError;
 pub use layer::extract_object;
 pub use manifest::{check_labels, node_architecture};
 pub use pull::pull;

@@ -65,15 +65,17 @@ impl<'a> Session<'a> {
             .remaining()
             .map(|left| left.min(self.fetcher.timeout))
             .ok_or_else(|| {
-                self.error(
-                    Reason::BytecodeUnavailable,
-                    format!(
-                        "registry {} timed out: the {what} did not arrive within {} (--fetch-timeout)",
-                        self.image.registry,
-                        seconds(self.deadline.bound())
-                    ),
-                )
+                self.fail(format!(
+                    "registry {} timed out: the {what} did not arrive within {} (--fetch-timeout)",
+                    self.image.registry,
+                    seconds(self.deadline.bound())
+                ))
             })
+    }
+
+    /// A failure of this pull that is retried later (`BytecodeUnavailable`).
+    pub(crate) fn fail(&self, message: impl fmt::Display) -> ImageError {
+        self.error(Reason::BytecodeUnavailable, message)
     }
 
     pub(crate) fn error(&self, reason: Reason, message: impl fmt::Display) -> ImageError {
@@ -101,12 +103,8 @@ impl<'a> Session<'a> {
                 format!("the registry served a manifest with digest {digest}, the reference pins {pinned}"),
             ));
         }
-        let manifest: ManifestOrIndex = serde_json::from_slice(&got.body).map_err(|e| {
-            self.error(
-                Reason::BytecodeUnavailable,
-                format!("its manifest is not JSON: {e}"),
-            )
-        })?;
+        let manifest: ManifestOrIndex = serde_json::from_slice(&got.body)
+            .map_err(|e| self.fail(format!("its manifest is not JSON: {e}")))?;
         let media_type = manifest
             .media_type
             .clone()
@@ -115,9 +113,7 @@ impl<'a> Session<'a> {
         if manifest.schema_version == Some(1)
             || media_type.starts_with("application/vnd.docker.distribution.manifest.v1")
         {
-            return Err(self.error(
-                Reason::BytecodeUnavailable,
-                "it is a Docker schema 1 manifest, which is not supported; push it again as an OCI or Docker schema 2 image",
+            return Err(self.fail("it is a Docker schema 1 manifest, which is not supported; push it again as an OCI or Docker schema 2 image",
             ));
         }
         Ok((digest, manifest))
@@ -133,13 +129,13 @@ impl<'a> Session<'a> {
             return Ok(manifest);
         };
         if depth >= MAX_INDEX_DEPTH {
-            return Err(self.error(Reason::BytecodeUnavailable, "its indexes nest too deep"));
+            return Err(self.fail("its indexes nest too deep"));
         }
         let entry = select_platform(entries, node_architecture())
-            .map_err(|why| self.error(Reason::BytecodeUnavailable, why))?
+            .map_err(|why| self.fail(why))?
             .clone();
-        let digest = parse_digest(&entry.digest)
-            .map_err(|why| self.error(Reason::BytecodeUnavailable, format!("its index: {why}")))?;
+        let digest =
+            parse_digest(&entry.digest).map_err(|why| self.fail(format!("its index: {why}")))?;
         let (_, next) = self.manifest(&digest, Some(&digest))?;
         self.follow_index(next, depth + 1)
     }
@@ -152,16 +148,13 @@ impl<'a> Session<'a> {
         what: &str,
     ) -> Result<Vec<u8>, ImageError> {
         let digest = parse_digest(&descriptor.digest)
-            .map_err(|why| self.error(Reason::BytecodeUnavailable, format!("its {what}: {why}")))?;
+            .map_err(|why| self.fail(format!("its {what}: {why}")))?;
         if descriptor.size > limit {
-            return Err(self.error(
-                Reason::BytecodeUnavailable,
-                format!(
-                    "its {what} is {} bytes, over the {} MiB limit",
-                    descriptor.size,
-                    limit >> 20
-                ),
-            ));
+            return Err(self.fail(format!(
+                "its {what} is {} bytes, over the {} MiB limit",
+                descriptor.size,
+                limit >> 20
+            )));
         }
         let url = format!("{}/blobs/{digest}", self.base);
         let got = self.get(&url, "*/*", limit, what)?;
@@ -197,9 +190,7 @@ impl<'a> Session<'a> {
                         .and_then(|c| c.params.get("error").cloned())
                         .is_some_and(|e| e == "insufficient_scope");
                     return Err(match self.auth.for_registry(&self.image.registry) {
-                        Some(c) if insufficient_scope => self.error(
-                            Reason::BytecodeUnavailable,
-                            format!(
+                        Some(c) if insufficient_scope => self.fail(format!(
                                 "registry {} denied {:?} access to repository {} (HTTP 401, insufficient_scope: the token service granted no pull)",
                                 self.image.registry, c.username, self.image.repository
                             ),
@@ -208,34 +199,25 @@ impl<'a> Session<'a> {
                     });
                 }
                 403 => {
-                    return Err(self.error(
-                        Reason::BytecodeUnavailable,
-                        format!(
-                            "registry {} denied access to the {what} (HTTP 403{})",
-                            self.image.registry,
-                            registry_error(&got.body)
-                        ),
-                    ));
+                    return Err(self.fail(format!(
+                        "registry {} denied access to the {what} (HTTP 403{})",
+                        self.image.registry,
+                        registry_error(&got.body)
+                    )));
                 }
                 404 => {
-                    return Err(self.error(
-                        Reason::BytecodeUnavailable,
-                        format!(
-                            "{what} not found in registry {} (HTTP 404{})",
-                            self.image.registry,
-                            registry_error(&got.body)
-                        ),
-                    ));
+                    return Err(self.fail(format!(
+                        "{what} not found in registry {} (HTTP 404{})",
+                        self.image.registry,
+                        registry_error(&got.body)
+                    )));
                 }
                 status => {
-                    return Err(self.error(
-                        Reason::BytecodeUnavailable,
-                        format!(
-                            "registry {} answered HTTP {status} for the {what}{}",
-                            self.image.registry,
-                            registry_error(&got.body)
-                        ),
-                    ));
+                    return Err(self.fail(format!(
+                        "registry {} answered HTTP {status} for the {what}{}",
+                        self.image.registry,
+                        registry_error(&got.body)
+                    )));
                 }
             }
         }
@@ -264,9 +246,7 @@ impl<'a> Session<'a> {
         self.unreachable = true;
         let last = gave_up.last;
         if gave_up.timed_out {
-            return Err(self.error(
-                Reason::BytecodeUnavailable,
-                format!(
+            return Err(self.fail(format!(
                     "registry {} timed out: the {what} did not arrive within {} (--fetch-timeout); last error: {last}",
                     self.image.registry,
                     seconds(self.deadline.bound())
@@ -278,13 +258,10 @@ impl<'a> Session<'a> {
         } else {
             "failing"
         };
-        Err(self.error(
-            Reason::BytecodeUnavailable,
-            format!(
-                "registry {} {state}: fetching the {what} failed {} times; last error: {last}",
-                self.image.registry, gave_up.tries
-            ),
-        ))
+        Err(self.fail(format!(
+            "registry {} {state}: fetching the {what} failed {} times; last error: {last}",
+            self.image.registry, gave_up.tries
+        )))
     }
 
     fn once(
@@ -305,9 +282,7 @@ impl<'a> Session<'a> {
             .build()
             .call()
             .map_err(|e| match e {
-                ureq::Error::RequireHttpsOnly(_) => Attempt::Fatal(self.error(
-                    Reason::BytecodeUnavailable,
-                    format!("registry {} redirected the {what} to plain http, which is only allowed for loopback registries", self.image.registry),
+                ureq::Error::RequireHttpsOnly(_) => Attempt::Fatal(self.fail(format!("registry {} redirected the {what} to plain http, which is only allowed for loopback registries", self.image.registry),
                 )),
                 e if is_final(&e) => Attempt::Fatal(self.error(
                     final_reason(&e),
@@ -330,14 +305,11 @@ impl<'a> Session<'a> {
         let challenge = header("www-authenticate");
         let declared = header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
         if (200..300).contains(&status) && declared.is_some_and(|n| n > limit) {
-            return Err(Attempt::Fatal(self.error(
-                Reason::BytecodeUnavailable,
-                format!(
-                    "its {what} is over the {} MiB limit (Content-Length {})",
-                    limit >> 20,
-                    declared.unwrap_or_default()
-                ),
-            )));
+            return Err(Attempt::Fatal(self.fail(format!(
+                "its {what} is over the {} MiB limit (Content-Length {})",
+                limit >> 20,
+                declared.unwrap_or_default()
+            ))));
         }
         // Error bodies are short: read little of them.
         let limit = if (200..300).contains(&status) {
@@ -356,10 +328,9 @@ impl<'a> Session<'a> {
                 transport: true,
             })?;
         if (200..300).contains(&status) && body.len() as u64 > limit {
-            return Err(Attempt::Fatal(self.error(
-                Reason::BytecodeUnavailable,
-                format!("its {what} is over the {} MiB limit", limit >> 20),
-            )));
+            return Err(Attempt::Fatal(
+                self.fail(format!("its {what} is over the {} MiB limit", limit >> 20)),
+            ));
         }
         Ok(Got {
             status,
