@@ -1,5 +1,5 @@
-//! The layer of a bytecode image (`bytecode::image::extract_object`): a tar, gzipped or not, that the
-//! registry sends. No panic, memory bounded by the size limit (a gzip bomb stops at the bound),
+//! The layer of a bytecode image (`bytecode::image::extract_object`): a tar, gzipped or not, that
+//! the registry sends. No panic, memory bounded by the size limit (a gzip bomb stops at the bound),
 //! and an accepted layer gives one `*.o` within the limit.
 #![no_main]
 

@@ -1,6 +1,6 @@
-//! `WWW-Authenticate` challenges from a registry (`bytecode::image::parse_challenge`): whatever the server
-//! sends, no panic, and a parsed challenge has a lowercase scheme without spaces and lowercase,
-//! non-empty parameter names.
+//! `WWW-Authenticate` challenges from a registry (`bytecode::image::parse_challenge`): whatever the
+//! server sends, no panic, and a parsed challenge has a lowercase scheme without spaces and
+//! lowercase, non-empty parameter names.
 #![no_main]
 
 use bpfpin_agent::bytecode::image::parse_challenge;

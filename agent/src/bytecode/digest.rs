@@ -11,6 +11,11 @@ pub(crate) fn is_sha256_hex(hex: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// The OCI digest of `bytes`: `sha256:<hex>`.
+pub(crate) fn of(bytes: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(bytes))
+}
+
 /// `Err(actual digest)` when `bytes` do not have the digest `want`.
 pub(crate) fn check(bytes: &[u8], want: &str) -> Result<(), String> {
     let got = sha256_hex(bytes);

@@ -7,7 +7,7 @@
 //! Nothing of the kernel core imports from here: the core gets bytes.
 
 mod cache;
-pub mod configmap;
+pub(crate) mod configmap;
 mod digest;
 mod downloads;
 mod fetcher;
@@ -17,7 +17,7 @@ pub mod image;
 pub mod path;
 pub mod policy;
 mod resolve;
-pub mod url;
+mod url;
 
 pub use crate::fd::MAX_BYTES;
 pub use downloads::{Downloads, MAX_PARALLEL};

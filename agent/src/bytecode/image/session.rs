@@ -16,9 +16,9 @@ use super::manifest::{
     select_platform,
 };
 use super::reference::{ImageRef, parse_digest};
+use crate::bytecode::digest;
 use crate::bytecode::fetcher::Fetcher;
 use crate::bytecode::http::{self, Attempt, Deadline, describe, final_reason, is_final, seconds};
-use crate::desired::sha256_hex;
 use crate::error::Reason;
 
 /// One response, read whole.
@@ -94,7 +94,7 @@ impl<'a> Session<'a> {
     ) -> Result<(String, ManifestOrIndex), ImageError> {
         let url = format!("{}/manifests/{reference}", self.base);
         let got = self.get(&url, MANIFEST_TYPES, MAX_JSON, "manifest")?;
-        let digest = format!("sha256:{}", sha256_hex(&got.body));
+        let digest = digest::of(&got.body);
         if let Some(pinned) = pinned
             && digest != pinned
         {
@@ -158,7 +158,7 @@ impl<'a> Session<'a> {
         }
         let url = format!("{}/blobs/{digest}", self.base);
         let got = self.get(&url, "*/*", limit, what)?;
-        let actual = format!("sha256:{}", sha256_hex(&got.body));
+        let actual = digest::of(&got.body);
         if actual != digest {
             return Err(self.error(
                 Reason::DigestMismatch,
