@@ -426,7 +426,7 @@ fn attach_generic(
                 None
             };
             let target_path = match &checked {
-                Some(file) => crate::bytecode_path::fd_path(file),
+                Some(file) => crate::fd::fd_path(file),
                 None => PathBuf::from(target),
             };
             link!(prog, prog.attach(location, &target_path, scope))
@@ -519,7 +519,7 @@ fn check_tracepoint(
         .join(category)
         .join(tracepoint)
         .join("id");
-    let (file, meta) = crate::bytecode_path::open_path(&id)
+    let (file, meta) = crate::fd::open_path(&id)
         .map_err(|e| target_error(program, point, format!("{}: {e}", id.display())))?;
     let magic = fs_magic(&file)
         .map_err(|e| target_error(program, point, format!("{}: fstatfs: {e}", id.display())))?;
@@ -541,7 +541,7 @@ fn check_tracepoint(
             format!(
                 "{} is {}, not a tracefs file",
                 id.display(),
-                crate::bytecode_path::describe_type(meta.file_type())
+                crate::fd::describe_type(meta.file_type())
             ),
         ));
     }
@@ -564,7 +564,7 @@ fn open_cgroup(
             let what = match e.raw_os_error() {
                 Some(libc::ENOTDIR) => {
                     let kind = std::fs::metadata(cgroup)
-                        .map(|m| crate::bytecode_path::describe_type(m.file_type()))
+                        .map(|m| crate::fd::describe_type(m.file_type()))
                         .unwrap_or("not a directory");
                     format!("cgroup {cgroup} is {kind}, not a cgroup v2 directory")
                 }
@@ -592,7 +592,7 @@ fn open_uprobe_target(
     point: &AttachPoint,
     target: &str,
 ) -> Result<std::fs::File, ObjectError> {
-    let (file, meta) = crate::bytecode_path::open_path(Path::new(target))
+    let (file, meta) = crate::fd::open_path(Path::new(target))
         .map_err(|e| target_error(program, point, format!("uprobe target {target}: {e}")))?;
     if !meta.file_type().is_file() {
         return Err(target_error(
@@ -600,7 +600,7 @@ fn open_uprobe_target(
             point,
             format!(
                 "uprobe target {target} is {}, not a regular file",
-                crate::bytecode_path::describe_type(meta.file_type())
+                crate::fd::describe_type(meta.file_type())
             ),
         ));
     }

@@ -8,25 +8,20 @@
 pub mod attach;
 pub mod backoff;
 pub mod btf_vars;
-pub mod bytecode_path;
+pub mod bytecode;
 pub mod cluster;
 pub mod desired;
-pub mod downloads;
 pub mod error;
-pub mod fetch;
-pub mod fetch_flags;
+pub mod fd;
 pub mod fsops;
 pub mod layout;
 pub mod loader;
 pub mod local;
-pub mod manifest;
 pub mod map_memory;
 pub mod mounts;
-pub mod oci;
 pub mod reconcile;
 // One shutdown signal for both modes (shared with the operator).
 pub use bpfpin_runtime::shutdown;
-pub mod source_policy;
 
 pub use desired::DesiredObject;
 pub use reconcile::{Action, ObjectReport, PassReport, Reconciler};

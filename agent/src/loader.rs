@@ -275,13 +275,13 @@ fn build_inner(
     rollback: &mut Rollback,
 ) -> Result<PinnedVersion, ObjectError> {
     let spec = req.spec;
-    if req.bytecode.len() as u64 > crate::bytecode_path::MAX_BYTES {
+    if req.bytecode.len() as u64 > crate::fd::MAX_BYTES {
         return Err(ObjectError::new(
             Reason::InvalidElf,
             format!(
                 "the bytecode is {} bytes, larger than the {} MiB limit for bytecode",
                 req.bytecode.len(),
-                crate::bytecode_path::MAX_BYTES >> 20
+                crate::fd::MAX_BYTES >> 20
             ),
         ));
     }

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use bpfpin_agent::bytecode::Fetcher;
+use bpfpin_agent::bytecode::flags::FetchFlags;
+use bpfpin_agent::bytecode::image::RegistryAuth;
 use bpfpin_agent::cluster::flags::{self, MetricsAddr};
 use bpfpin_agent::cluster::{self, ClusterConfig};
-use bpfpin_agent::fetch::Fetcher;
-use bpfpin_agent::fetch_flags::FetchFlags;
 use bpfpin_agent::local::{self, LocalConfig};
-use bpfpin_agent::oci::RegistryAuth;
 use bpfpin_agent::{Reconciler, mounts};
 use bpfpin_runtime::duration::parse_positive;
 use bpfpin_runtime::logs::{self, LogFormat};

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, Map, MapData};
-use bpfpin_agent::bytecode_path;
+use bpfpin_agent::bytecode::path as bytecode_path;
 use bpfpin_agent::error::Reason;
 use common::*;
 

@@ -510,7 +510,7 @@ fn index_of(d: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2, "mediaType": OCI_INDEX,
         "manifests": [{"mediaType": OCI_INDEX, "digest": d, "size": 1,
-            "platform": {"architecture": bpfpin_agent::oci::node_architecture(), "os": "linux"}}],
+            "platform": {"architecture": bpfpin_agent::bytecode::image::node_architecture(), "os": "linux"}}],
     }))
     .expect("index")
 }

@@ -158,7 +158,7 @@ fn an_index_leads_to_this_platform_and_plain_tar_layers_work() {
         &gzip(&tar(&[("bpf.o", b"not elf")])),
         counter_labels(),
     );
-    let other_arch = if bpfpin_agent::oci::node_architecture() == "s390x" {
+    let other_arch = if bpfpin_agent::bytecode::image::node_architecture() == "s390x" {
         "amd64"
     } else {
         "s390x"
@@ -170,7 +170,7 @@ fn an_index_leads_to_this_platform_and_plain_tar_layers_work() {
             {"mediaType": OCI_MANIFEST, "digest": other, "size": other_size,
              "platform": {"architecture": other_arch, "os": "linux"}},
             {"mediaType": OCI_MANIFEST, "digest": native, "size": native_size,
-             "platform": {"architecture": bpfpin_agent::oci::node_architecture(), "os": "linux"}},
+             "platform": {"architecture": bpfpin_agent::bytecode::image::node_architecture(), "os": "linux"}},
         ],
     }))
     .expect("index");

@@ -73,7 +73,7 @@ fn a_wrong_digest_a_missing_file_and_an_oversized_file_fail_clearly() {
     let served = tempfile::tempdir().expect("tempdir");
     std::fs::copy(bpf_object("counter"), served.path().join("counter.bpf.o")).expect("copy");
     let big = std::fs::File::create(served.path().join("big.bpf.o")).expect("create");
-    big.set_len(bpfpin_agent::fetch::MAX_BYTES + 1)
+    big.set_len(bpfpin_agent::bytecode::MAX_BYTES + 1)
         .expect("size");
     let server = HttpServer::serve(served.path());
     let manifests = tempfile::tempdir().expect("tempdir");

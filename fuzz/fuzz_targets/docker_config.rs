@@ -3,7 +3,7 @@
 //! panics, and its `Debug` form names registries, never a secret.
 #![no_main]
 
-use bpfpin_agent::oci::RegistryAuth;
+use bpfpin_agent::bytecode::image::RegistryAuth;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,9 +1,9 @@
-//! `bytecode.image` references (`oci::ImageRef::parse`): no panic, and an accepted reference
-//! builds a registry URL with no room for anything but a host and a repository path, parses again
-//! to itself from its canonical form, and gets plain HTTP only for loopback.
+//! `bytecode.image` references (`bytecode::image::ImageRef::parse`): no panic, and an accepted
+//! reference builds a registry URL with no room for anything but a host and a repository path,
+//! parses again to itself from its canonical form, and gets plain HTTP only for loopback.
 #![no_main]
 
-use bpfpin_agent::oci::ImageRef;
+use bpfpin_agent::bytecode::image::ImageRef;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -75,7 +75,7 @@ fn check(obj: &BpfObject) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let results = bpfpin_agent::manifest::parse(data);
+    let results = bpfpin_agent::local::manifest::parse(data);
     // Every result is at least one byte of the file: no parser may report more.
     assert!(
         results.len() <= data.len() + 1,

@@ -1,9 +1,9 @@
-//! The layer of a bytecode image (`oci::extract_object`): a tar, gzipped or not, that the
-//! registry sends. No panic, memory bounded by the size limit (a gzip bomb stops at the bound),
+//! The layer of a bytecode image (`bytecode::image::extract_object`): a tar, gzipped or not, that
+//! the registry sends. No panic, memory bounded by the size limit (a gzip bomb stops at the bound),
 //! and an accepted layer gives one `*.o` within the limit.
 #![no_main]
 
-use bpfpin_agent::oci::{check_labels, extract_object};
+use bpfpin_agent::bytecode::image::{check_labels, extract_object};
 use libfuzzer_sys::fuzz_target;
 
 /// Small, so the bound is what a run meets (the agent's is `--max-bytecode-bytes`).

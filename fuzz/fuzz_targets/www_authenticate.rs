@@ -1,9 +1,9 @@
-//! `WWW-Authenticate` challenges from a registry (`oci::parse_challenge`): whatever the server
-//! sends, no panic, and a parsed challenge has a lowercase scheme without spaces and lowercase,
-//! non-empty parameter names.
+//! `WWW-Authenticate` challenges from a registry (`bytecode::image::parse_challenge`): whatever the
+//! server sends, no panic, and a parsed challenge has a lowercase scheme without spaces and
+//! lowercase, non-empty parameter names.
 #![no_main]
 
-use bpfpin_agent::oci::parse_challenge;
+use bpfpin_agent::bytecode::image::parse_challenge;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,46 +2,17 @@
 //! `--bytecode-dir`, a key of a watched ConfigMap, a URL (downloaded with a digest check, cached
 //! by digest) or an OCI bytecode image (pulled with the node's `--registry-auth` credentials or
 //! anonymously, cached by digest). An object whose bytecode is missing reports why; every other
-//! object is unaffected.
+//! object is unaffected. The sources themselves are [`crate::bytecode`]'s; this is what only
+//! cluster mode knows: the watched ConfigMaps and the pull Secrets.
 
-use bpfpin_crds::{BpfObjectSpec, SecretReference};
+use bpfpin_crds::BpfObjectSpec;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::configmaps::{ConfigMapCache, ConfigMapRef, ConfigMapState};
-pub use crate::bytecode_path::read_path;
-use crate::error::{ObjectError, Reason};
-use crate::oci::RegistryAuth;
-
-/// The bytecode of one object, as far as the (non-blocking) planning step can tell.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// A file to read (on the blocking pool, with the pass).
-    Path(String),
-    /// The bytes, from a ConfigMap.
-    Bytes(Vec<u8>),
-    /// A URL to download (on the blocking pool, with the pass), with the digest it must have.
-    Url(String, Option<String>),
-    /// An OCI bytecode image to pull (on the blocking pool, with the pass).
-    Image(ImagePull),
-    /// Why there is no bytecode.
-    Failed(ObjectError),
-    /// The ConfigMap's watch has not listed it yet: leave the object as it is for now.
-    Waiting,
-}
-
-/// An image to pull, with the digest its `.o` must have and the credentials to pull it with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImagePull {
-    /// `bytecode.image`.
-    pub reference: String,
-    /// `spec.sha256`.
-    pub sha256: Option<String>,
-    /// `bytecode.imagePullSecret`.
-    pub pull_secret: Option<SecretReference>,
-    /// The pull secret's credentials once read; `None` pulls with the node's `--registry-auth`
-    /// (or anonymously).
-    pub auth: Option<RegistryAuth>,
-}
+pub(crate) use crate::bytecode::Source;
+use crate::bytecode::SourceError;
+use crate::bytecode::configmap::ConfigMapError;
+use crate::bytecode::image::RegistryAuth;
 
 /// The registry credentials of a `kubernetes.io/dockerconfigjson` (or legacy
 /// `kubernetes.io/dockercfg`) Secret.
@@ -61,49 +32,39 @@ pub fn registry_auth_of(secret: &Secret) -> Result<RegistryAuth, String> {
 
 /// The source of `spec`'s bytecode, looking ConfigMaps up in `configmaps`.
 pub fn source_of(spec: &BpfObjectSpec, configmaps: &ConfigMapCache) -> Source {
-    let bytecode = &spec.bytecode;
-    if let Some(path) = &bytecode.path {
-        return Source::Path(path.clone());
+    let Some(source) = &spec.bytecode.config_map else {
+        return Source::of(spec).unwrap_or_else(|| Source::Failed(SourceError::NoSource.into()));
+    };
+    let cm = ConfigMapRef::of(source);
+    let configmap = cm.to_string();
+    let failed = |e: ConfigMapError| Source::Failed(e.into());
+    match configmaps.state(&cm) {
+        None | Some(ConfigMapState::Syncing) => Source::Waiting,
+        Some(ConfigMapState::Present(keys)) => match keys.get(&source.key) {
+            Some(bytes) => Source::Bytes(bytes.clone()),
+            None => failed(ConfigMapError::MissingKey {
+                configmap,
+                key: source.key.clone(),
+            }),
+        },
+        Some(ConfigMapState::Absent) => failed(ConfigMapError::Absent { configmap }),
+        Some(ConfigMapState::Unavailable(error)) => failed(ConfigMapError::Unreadable {
+            configmap,
+            error: error.to_string(),
+        }),
     }
-    if let Some(source) = &bytecode.config_map {
-        let cm = ConfigMapRef::of(source);
-        let unavailable = |message: String| {
-            Source::Failed(ObjectError::new(Reason::BytecodeUnavailable, message))
-        };
-        return match configmaps.state(&cm) {
-            None | Some(ConfigMapState::Syncing) => Source::Waiting,
-            Some(ConfigMapState::Present(keys)) => match keys.get(&source.key) {
-                Some(bytes) => Source::Bytes(bytes.clone()),
-                None => unavailable(format!("configMap {cm} has no key {}", source.key)),
-            },
-            Some(ConfigMapState::Absent) => unavailable(format!("configMap {cm} does not exist")),
-            Some(ConfigMapState::Unavailable(error)) => {
-                unavailable(format!("configMap {cm} cannot be read: {error}"))
-            }
-        };
-    }
-    if let Some(url) = &bytecode.url {
-        return Source::Url(url.clone(), spec.sha256.clone());
-    }
-    if let Some(image) = &bytecode.image {
-        return Source::Image(ImagePull {
-            reference: image.clone(),
-            sha256: spec.sha256.clone(),
-            pull_secret: bytecode.image_pull_secret.clone(),
-            auth: None,
-        });
-    }
-    Source::Failed(ObjectError::new(
-        Reason::InvalidSpec,
-        "spec.bytecode names no source; set one of path, configMap, url, image",
-    ))
 }
 
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
 
+    use bpfpin_crds::SecretReference;
+
     use super::*;
+    use crate::bytecode::ImagePull;
+    use crate::bytecode::path::read_path;
+    use crate::error::Reason;
 
     fn spec(yaml: &str) -> BpfObjectSpec {
         serde_yaml::from_str(yaml).expect("spec")

@@ -11,8 +11,8 @@ use bpfpin_crds::selector;
 use super::bytecode::{self, Source};
 use super::configmaps::{ConfigMapCache, ConfigMapRef};
 use super::watch::ObjectEntry;
+use crate::bytecode::{Batch, BytecodeDirs};
 use crate::desired::DesiredObject;
-use crate::downloads::{Batch, Remote, check_digest_required};
 
 /// One selected object, with where its bytecode comes from.
 #[derive(Debug, Clone)]
@@ -79,7 +79,7 @@ pub fn plan(selected: &[(&String, &ObjectEntry)], configmaps: &ConfigMapCache) -
 /// [`ImagePull::auth`](bytecode::ImagePull). An object whose Secret cannot be read fails with
 /// `BytecodeUnavailable` (retried): the agent needs `get` on Secrets in that namespace.
 pub async fn read_pull_secrets(planned: &mut [Planned], client: &kube::Client) {
-    let mut read: BTreeMap<(String, String), Result<crate::oci::RegistryAuth, String>> =
+    let mut read: BTreeMap<(String, String), Result<crate::bytecode::image::RegistryAuth, String>> =
         BTreeMap::new();
     for p in planned.iter_mut() {
         let Source::Image(pull) = &mut p.source else {
@@ -124,30 +124,16 @@ pub type Held = BTreeMap<String, Option<String>>;
 pub fn materialize(
     planned: Vec<Planned>,
     bytecode_dirs: &[PathBuf],
-    fetcher: &crate::fetch::Fetcher,
+    fetcher: &crate::bytecode::Fetcher,
 ) -> (Vec<DesiredObject>, Held) {
     let mut desired = Vec::with_capacity(planned.len());
     let mut held = Held::new();
     let mut remote = Batch::new(fetcher);
+    let dirs = BytecodeDirs::cluster(bytecode_dirs);
     for p in planned {
-        if matches!(p.source, Source::Waiting) {
+        let Some(bytecode) = remote.bytecode(&p.name, &p.spec, p.source, &dirs) else {
             held.insert(p.name, p.uid);
             continue;
-        }
-        let bytecode = match (check_digest_required(fetcher, &p.spec), p.source) {
-            (_, Source::Failed(error)) | (Err(error), _) => Err(error),
-            (Ok(()), Source::Waiting) => continue,
-            (Ok(()), Source::Path(path)) => bytecode::read_path(&path, bytecode_dirs),
-            (Ok(()), Source::Bytes(bytes)) => Ok(bytes),
-            (Ok(()), Source::Url(url, sha256)) => remote.add(&p.name, Remote::Url { url, sha256 }),
-            (Ok(()), Source::Image(pull)) => remote.add(
-                &p.name,
-                Remote::Image {
-                    auth: pull.auth.unwrap_or_else(|| fetcher.registry_auth.clone()),
-                    reference: pull.reference,
-                    sha256: pull.sha256,
-                },
-            ),
         };
         desired.push(DesiredObject {
             name: p.name,
@@ -266,7 +252,7 @@ mod tests {
             spec: serde_yaml::from_str("bytecode: {url: x}\nprograms: [{name: p}]").expect("spec"),
             source,
         };
-        let fetcher = crate::fetch::Fetcher {
+        let fetcher = crate::bytecode::Fetcher {
             pass_wait: Some(std::time::Duration::from_millis(300)),
             deadline: std::time::Duration::from_secs(20),
             ..Default::default()
@@ -315,7 +301,7 @@ mod tests {
         let (desired, held) = materialize(
             planned,
             &[PathBuf::from("/nonexistent")],
-            &crate::fetch::Fetcher::default(),
+            &crate::bytecode::Fetcher::default(),
         );
         assert_eq!(
             held,

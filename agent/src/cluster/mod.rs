@@ -69,7 +69,7 @@ pub struct ClusterConfig {
     /// Where `/healthz`, `/readyz` and `/metrics` are served; `None` serves nothing.
     pub metrics_addr: Option<SocketAddr>,
     /// Downloads `bytecode.url`.
-    pub fetcher: crate::fetch::Fetcher,
+    pub fetcher: crate::bytecode::Fetcher,
 }
 
 /// What cluster mode needs of the core: [`Reconciler`] in the agent; the fleet bench

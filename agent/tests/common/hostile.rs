@@ -296,7 +296,7 @@ pub fn image_routes(
 /// The image config of a bytecode image with the counter's labels.
 pub fn bytecode_config() -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
-        "architecture": bpfpin_agent::oci::node_architecture(),
+        "architecture": bpfpin_agent::bytecode::image::node_architecture(),
         "os": "linux",
         "config": {"Labels": super::registry::counter_labels()},
         "rootfs": {"type": "layers", "diff_ids": []},

@@ -261,7 +261,7 @@ impl Registry {
         labels: serde_json::Value,
     ) -> (String, usize) {
         let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": bpfpin_agent::oci::node_architecture(),
+            "architecture": bpfpin_agent::bytecode::image::node_architecture(),
             "os": "linux",
             "config": {"Labels": labels},
             "rootfs": {"type": "layers", "diff_ids": []},

@@ -296,7 +296,7 @@ pub fn main(args: SimArgs) -> Result<()> {
                 heartbeat_interval: args.heartbeat,
                 lease_namespace: args.lease_namespace.clone(),
                 metrics_addr: None,
-                fetcher: bpfpin_agent::fetch::Fetcher::default(),
+                fetcher: bpfpin_agent::bytecode::Fetcher::default(),
             };
             let core = StandIn::new(args.load, template.clone(), loads.clone());
             let m = metrics[k].clone();

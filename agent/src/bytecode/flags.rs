@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::fetch::Fetcher;
-use crate::source_policy::SourcePolicy;
+use super::fetcher::Fetcher;
+use super::policy::SourcePolicy;
 
 /// Flags of the url and image sources.
 #[derive(Debug, Clone, clap::Args)]

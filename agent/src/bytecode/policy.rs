@@ -148,18 +148,18 @@ fn is_link_local(ip: IpAddr) -> bool {
 }
 
 /// The start of the message of a refused connection, so callers tell it from transport errors.
-pub const REFUSED: &str = "not allowed by --source-allow";
+pub(crate) const REFUSED: &str = "not allowed by --source-allow";
 
 /// A resolver that keeps only the allowed addresses of a name: ureq connects only to what the
 /// resolver returns, redirects and token services included, so nothing reaches a refused address.
 #[derive(Debug, Clone)]
-pub struct PolicyResolver {
+pub(crate) struct PolicyResolver {
     policy: Arc<SourcePolicy>,
 }
 
 impl PolicyResolver {
     /// A resolver enforcing `policy`.
-    pub fn new(policy: Arc<SourcePolicy>) -> Self {
+    pub(crate) fn new(policy: Arc<SourcePolicy>) -> Self {
         Self { policy }
     }
 }
