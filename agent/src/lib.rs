@@ -25,6 +25,7 @@ pub mod mounts;
 pub mod oci;
 pub mod reconcile;
 pub mod shutdown;
+pub mod signature;
 pub mod source_policy;
 
 pub use desired::DesiredObject;

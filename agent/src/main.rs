@@ -13,6 +13,7 @@ use bpfpin_agent::fetch::Fetcher;
 use bpfpin_agent::fetch_flags::FetchFlags;
 use bpfpin_agent::local::{self, LocalConfig};
 use bpfpin_agent::oci::RegistryAuth;
+use bpfpin_agent::signature::flags::VerificationFlags;
 use bpfpin_agent::{Reconciler, mounts};
 
 #[derive(Parser, Debug)]
@@ -54,6 +55,8 @@ enum Mode {
         registry_auth: Option<PathBuf>,
         #[command(flatten)]
         fetch: FetchFlags,
+        #[command(flatten)]
+        verification: VerificationFlags,
     },
     /// Watch the API server and pin the BpfObjects selected for this node; report in its
     /// BpfNodeState (KUBECONFIG, ~/.kube/config or the in-cluster service account).
@@ -87,6 +90,8 @@ enum Mode {
         registry_auth: Option<PathBuf>,
         #[command(flatten)]
         fetch: FetchFlags,
+        #[command(flatten)]
+        verification: VerificationFlags,
     },
 }
 
@@ -115,7 +120,12 @@ fn main() -> ExitCode {
             cache_dir,
             registry_auth,
             fetch,
+            verification,
         } => {
+            if let Err(e) = verification.install() {
+                eprintln!("bpfpin-agent: {e}");
+                return ExitCode::from(2);
+            }
             let mut fetcher = match fetcher(cache_dir, registry_auth.as_deref(), &fetch) {
                 Ok(f) => f,
                 Err(code) => return code,
@@ -156,7 +166,12 @@ fn main() -> ExitCode {
             cache_dir,
             registry_auth,
             fetch,
+            verification,
         } => {
+            if let Err(e) = verification.install() {
+                eprintln!("bpfpin-agent: {e}");
+                return ExitCode::from(2);
+            }
             let fetcher = match fetcher(cache_dir, registry_auth.as_deref(), &fetch) {
                 Ok(f) => f,
                 Err(code) => return code,

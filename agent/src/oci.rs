@@ -710,6 +710,13 @@ pub fn pull(
         && let Some(bytes) = cache.object_of(digest)
     {
         tracing::debug!(image = %image, "bytecode from the cache");
+        let mut session = Session::new(fetcher, auth, &image);
+        crate::signature::check(
+            fetcher.cache_dir.as_deref(),
+            reference,
+            digest,
+            &mut session,
+        )?;
         return check_object(&image, bytes, sha256);
     }
     let mut session = Session::new(fetcher, auth, &image);
@@ -725,11 +732,23 @@ pub fn pull(
                 && let Some(bytes) = cache.object_of(&digest)
             {
                 tracing::warn!(image = %image, %digest, error = %e, "registry unreachable: using the digest of the tag's last pull");
+                crate::signature::check(
+                    fetcher.cache_dir.as_deref(),
+                    reference,
+                    &digest,
+                    &mut session,
+                )?;
                 return check_object(&image, bytes, sha256);
             }
             return Err(e);
         }
     };
+    crate::signature::check(
+        fetcher.cache_dir.as_deref(),
+        reference,
+        &digest,
+        &mut session,
+    )?;
     if let Some(cache) = &cache
         && let Some(bytes) = cache.object_of(&digest)
     {
@@ -1413,6 +1432,43 @@ impl<'a> Session<'a> {
             challenge,
             body,
         })
+    }
+}
+
+/// The signature of an image is fetched by the session that pulls it (crate::signature).
+impl crate::signature::SignatureStore for Session<'_> {
+    fn signature_manifest(
+        &mut self,
+        tag: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, ObjectError> {
+        let url = format!("{}/manifests/{tag}", self.base);
+        match self.get(&url, MANIFEST_TYPES, limit, "signature manifest") {
+            Ok(got) => Ok(Some(got.body)),
+            Err(e)
+                if e.message
+                    .contains("signature manifest not found in registry") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn signature_payload(
+        &mut self,
+        digest: &str,
+        size: u64,
+        limit: u64,
+    ) -> Result<Vec<u8>, ObjectError> {
+        let descriptor = Descriptor {
+            media_type: String::new(),
+            digest: digest.to_owned(),
+            size,
+            platform: None,
+            annotations: BTreeMap::new(),
+        };
+        self.blob(&descriptor, limit, "signature payload")
     }
 }
 
