@@ -236,9 +236,28 @@ fn unsigned_wrong_key_copied_and_malformed_signatures_fail_only_their_object() {
         &serde_json::to_vec(&big).expect("json"),
     );
 
+    // A payload of 2 MiB behind a well-formed signature: refused by its size, never downloaded.
+    let (hugepayload, hugepayload_digest) = push(&registry, "hugepayload", "v1", "hugepayload");
+    trusted.sign(&hugepayload);
+    let big_payload = vec![b' '; 2 << 20];
+    let big_digest = registry.push_blob("hugepayload", &big_payload);
+    let tag = sig_tag(&hugepayload_digest);
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&get_manifest(&registry, "hugepayload", &tag)).expect("json");
+    manifest["layers"][0]["digest"] = big_digest.into();
+    manifest["layers"][0]["size"] = big_payload.len().into();
+    registry.push_manifest(
+        "hugepayload",
+        &tag,
+        OCI_MANIFEST,
+        &serde_json::to_vec(&manifest).expect("json"),
+    );
+    let blobs_before = registry.blob_gets("hugepayload");
+
     let manifests = tempfile::tempdir().expect("tempdir");
     let cache = tempfile::tempdir().expect("tempdir");
     for (name, image) in [
+        ("hugepayload", &hugepayload),
         ("good", &good),
         ("unsigned", &unsigned),
         ("wrongkey", &wrongkey),
@@ -259,7 +278,14 @@ fn unsigned_wrong_key_copied_and_malformed_signatures_fail_only_their_object() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(fs.root().join("good/progs/count_getpid").exists(), "{err}");
-    for name in ["unsigned", "wrongkey", "copied", "badsig", "huge"] {
+    for name in [
+        "unsigned",
+        "wrongkey",
+        "copied",
+        "badsig",
+        "huge",
+        "hugepayload",
+    ] {
         assert!(
             !fs.root().join(name).exists(),
             "{name} is not pinned: {err}"
@@ -296,6 +322,11 @@ fn unsigned_wrong_key_copied_and_malformed_signatures_fail_only_their_object() {
             "BytecodeUnavailable",
             format!("image {huge}: its signature manifest is over the 1 MiB limit"),
         ),
+        (
+            "hugepayload",
+            "SignatureInvalid",
+            "signature 1: its payload is 2097152 bytes, over the 1 MiB limit".to_owned(),
+        ),
     ];
     for (name, reason, text) in &expect {
         let line = err
@@ -307,6 +338,11 @@ fn unsigned_wrong_key_copied_and_malformed_signatures_fail_only_their_object() {
             "{name}: expected {reason} with {text:?}, got: {line}"
         );
     }
+    assert_eq!(
+        registry.blob_gets("hugepayload"),
+        blobs_before,
+        "neither the huge payload nor the image's blobs were downloaded"
+    );
     // Nothing failed was cached as verified.
     let verified = std::fs::read_dir(cache.path())
         .expect("cache")
