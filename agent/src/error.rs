@@ -45,6 +45,10 @@ pub enum Reason {
     /// The object's new maps would not fit the headroom of the agent's memory cgroup (map memory
     /// is charged to it and stays charged while the maps are pinned).
     InsufficientMemory,
+    /// `--image-verification-policy enforce`: the image has no cosign signature that verifies
+    /// with a configured public key for its manifest digest (unsigned, wrong key, a signature of
+    /// another image, a malformed signature or key).
+    SignatureInvalid,
 }
 
 impl Reason {
@@ -69,6 +73,7 @@ impl Reason {
             Reason::DigestRequired => "DigestRequired",
             Reason::SourceNotAllowed => "SourceNotAllowed",
             Reason::InsufficientMemory => "InsufficientMemory",
+            Reason::SignatureInvalid => "SignatureInvalid",
         }
     }
 }
@@ -153,6 +158,19 @@ impl AgentError {
             path: path.into(),
             source,
         }
+    }
+}
+
+// Image signature verification (agent/src/signature/): what a failed check reports.
+impl From<crate::signature::SignatureError> for ObjectError {
+    fn from(e: crate::signature::SignatureError) -> Self {
+        use crate::signature::SignatureError;
+        let reason = match &e {
+            // The registry could not be asked: its own reason (unreachable, denied, too large).
+            SignatureError::Fetch { source, .. } => source.reason,
+            _ => Reason::SignatureInvalid,
+        };
+        ObjectError::new(reason, e.to_string())
     }
 }
 

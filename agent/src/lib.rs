@@ -22,6 +22,7 @@ pub mod mounts;
 pub mod reconcile;
 // One shutdown signal for both modes (shared with the operator).
 pub use bpfpin_runtime::shutdown;
+pub mod signature;
 
 pub use desired::DesiredObject;
 pub use reconcile::{Action, ObjectReport, PassReport, Reconciler};

@@ -13,6 +13,7 @@ use bpfpin_agent::bytecode::image::RegistryAuth;
 use bpfpin_agent::cluster::flags::{self, MetricsAddr};
 use bpfpin_agent::cluster::{self, ClusterConfig};
 use bpfpin_agent::local::{self, LocalConfig};
+use bpfpin_agent::signature::flags::VerificationFlags;
 use bpfpin_agent::{Reconciler, mounts};
 use bpfpin_runtime::duration::parse_positive;
 use bpfpin_runtime::logs::{self, LogFormat};
@@ -90,11 +91,18 @@ struct Downloads {
     registry_auth: Option<PathBuf>,
     #[command(flatten)]
     fetch: FetchFlags,
+    #[command(flatten)]
+    verification: VerificationFlags,
 }
 
 impl Downloads {
     /// The fetcher of urls and images: its cache, and the registry credentials.
     fn fetcher(self) -> Result<Fetcher, ExitCode> {
+        // The image signature policy of every pull of this process (crate::signature).
+        if let Err(e) = self.verification.install() {
+            eprintln!("bpfpin-agent: {e}");
+            return Err(ExitCode::from(2));
+        }
         let mut fetcher = Fetcher::with_cache(Some(self.cache_dir));
         self.fetch.apply(&mut fetcher).map_err(|e| {
             eprintln!("bpfpin-agent: {e}");

@@ -22,6 +22,9 @@ pub(crate) enum ImageError {
         reason: Reason,
         message: String,
     },
+    /// The signature policy refused the image ([`crate::signature`]): its reason and message.
+    #[error("{}", .0.message)]
+    Signature(ObjectError),
 }
 
 impl ImageError {
@@ -31,6 +34,7 @@ impl ImageError {
             ImageError::InvalidReference { .. } => Reason::InvalidSpec,
             ImageError::ObjectDigest { .. } => Reason::DigestMismatch,
             ImageError::Pull { reason, .. } => *reason,
+            ImageError::Signature(e) => e.reason,
         }
     }
 }

@@ -39,10 +39,15 @@ fn pull_image(
     })?;
     let cache = fetcher.cache_dir.as_deref().map(Cache);
     let tag = tag_key(&image);
+    let verify = |session: &mut Session, digest: &str| {
+        crate::signature::check(fetcher.cache_dir.as_deref(), reference, digest, session)
+            .map_err(ImageError::Signature)
+    };
     if let (Some(cache), Some(digest)) = (&cache, &image.digest)
         && let Some(bytes) = cache.object_of_image(digest)
     {
         tracing::debug!(image = %image, "bytecode from the cache");
+        verify(&mut Session::new(fetcher, auth, &image), digest)?;
         return check_object(&image, bytes, sha256);
     }
     let mut session = Session::new(fetcher, auth, &image);
@@ -59,11 +64,14 @@ fn pull_image(
                 && let Some(bytes) = cache.object_of_image(&digest)
             {
                 tracing::warn!(image = %image, %digest, error = %e, "registry unreachable: using the digest of the tag's last pull");
+                verify(&mut session, &digest)?;
                 return check_object(&image, bytes, sha256);
             }
             return Err(e);
         }
     };
+    // Before any blob: a refused image downloads nothing more.
+    verify(&mut session, &digest)?;
     let known = |cache: &Cache| {
         let bytes = cache.object_of_image(&digest)?;
         if let Some(tag) = &tag {

@@ -19,6 +19,7 @@ use super::reference::{ImageRef, parse_digest};
 use crate::bytecode::digest;
 use crate::bytecode::fetcher::Fetcher;
 use crate::bytecode::http::{self, Attempt, Deadline, describe, final_reason, is_final, seconds};
+use crate::error::ObjectError;
 use crate::error::Reason;
 
 /// One response, read whole.
@@ -338,6 +339,46 @@ impl<'a> Session<'a> {
             challenge,
             body,
         })
+    }
+}
+
+/// The signature of an image is fetched by the session that pulls it ([`crate::signature`]):
+/// the same credentials, time bound and retries.
+impl crate::signature::SignatureStore for Session<'_> {
+    fn signature_manifest(
+        &mut self,
+        tag: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, ObjectError> {
+        let url = format!("{}/manifests/{tag}", self.base);
+        match self.get(&url, MANIFEST_TYPES, limit, "signature manifest") {
+            Ok(got) => Ok(Some(got.body)),
+            // A 404 is "not signed", which the policy judges; every other failure is the
+            // registry's.
+            Err(e)
+                if e.to_string()
+                    .contains("signature manifest not found in registry") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn signature_payload(
+        &mut self,
+        digest: &str,
+        size: u64,
+        limit: u64,
+    ) -> Result<Vec<u8>, ObjectError> {
+        let descriptor = Descriptor {
+            media_type: String::new(),
+            digest: digest.to_owned(),
+            size,
+            platform: None,
+            annotations: Default::default(),
+        };
+        Ok(self.blob(&descriptor, limit, "signature payload")?)
     }
 }
 

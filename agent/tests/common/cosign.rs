@@ -1,0 +1,104 @@
+//! The real `cosign` CLI for the signature tests (built from its Go module by e2e/build-cosign,
+//! cached across runs): key pairs, and signatures stored in the registry as cosign does. Shared by
+//! the agent's tests (agent/tests/image_signatures.rs) and the e2e suite (e2e/tests/signatures.rs)
+//! with `#[path]`, so it uses only std and tempfile.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The password of every key pair made here (`COSIGN_PASSWORD`).
+pub const PASSWORD: &str = "bpfpin-test";
+
+/// The cosign binary, built once (e2e/build-cosign caches it across runs).
+pub fn cosign() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/build-cosign");
+        let out = Command::new(&script)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run e2e/build-cosign");
+        assert!(
+            out.status.success(),
+            "e2e/build-cosign failed (it needs go and the Go module proxy)"
+        );
+        let bin = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .map(PathBuf::from)
+            .expect("e2e/build-cosign prints the binary's path");
+        assert!(bin.is_file(), "{} is missing", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// Runs cosign in `dir` (also its HOME: no docker config or sigstore state of the machine).
+pub fn run_cosign(dir: &Path, args: &[&str]) -> Output {
+    let out = Command::new(cosign())
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env("COSIGN_PASSWORD", PASSWORD)
+        .env_remove("DOCKER_CONFIG")
+        .output()
+        .expect("cosign");
+    assert!(
+        out.status.success(),
+        "cosign {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A cosign key pair, `<prefix>.key` (encrypted with [`PASSWORD`]) and `<prefix>.pub`.
+pub struct KeyPair {
+    /// Where the files are.
+    pub dir: PathBuf,
+    /// `<prefix>.key`, `<prefix>.pub`.
+    pub prefix: String,
+}
+
+impl KeyPair {
+    pub fn generate(dir: &Path, prefix: &str) -> Self {
+        run_cosign(dir, &["generate-key-pair", "--output-key-prefix", prefix]);
+        Self {
+            dir: dir.to_owned(),
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn public(&self) -> PathBuf {
+        self.dir.join(format!("{}.pub", self.prefix))
+    }
+
+    /// `cosign sign` of `image` (a digest reference), offline: no transparency log upload.
+    pub fn sign(&self, image: &str) {
+        let key = format!("{}.key", self.prefix);
+        run_cosign(
+            &self.dir,
+            &[
+                "sign",
+                "--key",
+                &key,
+                "--tlog-upload=false",
+                "--allow-http-registry",
+                "--yes",
+                image,
+            ],
+        );
+    }
+}
+
+/// A folder holding `keys` as a mounted Secret would (one file per key).
+pub fn key_dir(keys: &[&KeyPair]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for key in keys {
+        std::fs::copy(key.public(), dir.path().join(format!("{}.pub", key.prefix)))
+            .expect("copy key");
+    }
+    dir
+}
