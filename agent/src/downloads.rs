@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use bpfpin_crds::BpfObjectSpec;
 
-use crate::desired::DesiredObject;
 use crate::error::{ObjectError, Reason};
 use crate::fetch::{Fetcher, seconds};
 use crate::oci::{ImageRef, RegistryAuth};
+use crate::pin::desired::DesiredObject;
 
 type Outcome = Result<Vec<u8>, ObjectError>;
 

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::desired::sha256_hex;
 use crate::downloads::Downloads;
 use crate::error::{ObjectError, Reason};
+use crate::pin::desired::sha256_hex;
 use crate::source_policy::{PolicyResolver, REFUSED, SourcePolicy};
 
 /// The largest bytecode accepted from a URL.

@@ -10,10 +10,10 @@ use bpfpin_crds::validation::validate_object_name;
 
 use crate::backoff::{Retries, sleep_until};
 pub use crate::bytecode_path::{allowed_dirs, read_bytecode};
-use crate::desired::DesiredObject;
 use crate::fetch::Fetcher;
 use crate::manifest::{self, Problem};
-use crate::reconcile::{Action, PassReport, Reconciler};
+use crate::pin::desired::DesiredObject;
+use crate::pin::reconcile::{Action, PassReport, Reconciler};
 
 /// Where local mode reads from.
 #[derive(Debug, Clone)]

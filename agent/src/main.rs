@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use bpfpin_agent::Reconciler;
 use bpfpin_agent::cluster::flags::{self, MetricsAddr};
 use bpfpin_agent::cluster::{self, ClusterConfig};
 use bpfpin_agent::fetch::Fetcher;
 use bpfpin_agent::fetch_flags::FetchFlags;
 use bpfpin_agent::local::{self, LocalConfig};
 use bpfpin_agent::oci::RegistryAuth;
-use bpfpin_agent::{Reconciler, mounts};
+use bpfpin_agent::pin::mounts;
 
 #[derive(Parser, Debug)]
 #[command(

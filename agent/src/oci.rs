@@ -25,9 +25,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::desired::sha256_hex;
 use crate::error::{ObjectError, Reason};
 use crate::fetch::{Deadline, Fetcher, describe, final_reason, is_final, seconds};
+use crate::pin::desired::sha256_hex;
 
 /// The label listing an image's programs (`{"name": "type", ...}`).
 pub const PROGRAMS_LABEL: &str = "io.ebpf.programs";

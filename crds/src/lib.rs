@@ -10,6 +10,7 @@
 pub mod bpf_object;
 pub mod duration;
 pub mod node_state;
+pub mod reason;
 pub mod validation;
 
 pub use bpf_object::{

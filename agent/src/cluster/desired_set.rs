@@ -11,8 +11,8 @@ use super::bytecode::{self, Source};
 use super::configmaps::{ConfigMapCache, ConfigMapRef};
 use super::selector;
 use super::watch::ObjectEntry;
-use crate::desired::DesiredObject;
 use crate::downloads::{Batch, Remote, check_digest_required};
+use crate::pin::desired::DesiredObject;
 
 /// One selected object, with where its bytecode comes from.
 #[derive(Debug, Clone)]
@@ -277,7 +277,7 @@ mod tests {
                 planned("slow", Source::Url(url("slow"), Some("1".repeat(64)))),
                 planned(
                     "good",
-                    Source::Url(url("good"), Some(crate::desired::sha256_hex(BODY))),
+                    Source::Url(url("good"), Some(crate::pin::desired::sha256_hex(BODY))),
                 ),
                 planned("cm", Source::Bytes(b"cm".to_vec())),
             ],

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::reconcile::PassReport;
+use crate::pin::reconcile::PassReport;
 
 /// Upper bounds of the pass duration histogram, in seconds.
 const BUCKETS: [f64; 11] = [
@@ -222,8 +222,8 @@ impl Metrics {
 mod tests {
     use super::*;
     use crate::error::{ObjectError, Reason};
-    use crate::loader::PinnedVersion;
-    use crate::reconcile::{Action, ObjectReport};
+    use crate::pin::loader::PinnedVersion;
+    use crate::pin::reconcile::{Action, ObjectReport};
 
     fn report() -> PassReport {
         let base = ObjectReport {

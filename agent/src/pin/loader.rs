@@ -13,10 +13,10 @@ use aya_obj::maps::PinningType;
 use base64::Engine as _;
 use bpfpin_crds::BpfObjectSpec;
 
-use crate::attach::{self, AttachPoint};
+use super::attach::{self, AttachPoint};
+use super::fsops;
+use super::layout::Layout;
 use crate::error::{ObjectError, Reason, verifier_log_tail};
-use crate::fsops;
-use crate::layout::Layout;
 
 /// The kernel's BTF, parsed on first use: only fentry/fexit programs and objects with CO-RE
 /// relocations need it, and parsing `/sys/kernel/btf/vmlinux` costs tens of ms and ~12 MiB.
@@ -652,7 +652,7 @@ pub fn check_globals_against_btf(
     let Some(vars) = elf
         .btf
         .as_ref()
-        .and_then(|btf| crate::btf_vars::global_vars(&btf.to_bytes()))
+        .and_then(|btf| super::btf_vars::global_vars(&btf.to_bytes()))
     else {
         return Ok(());
     };

@@ -11,14 +11,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aya::programs::ProgramInfo;
 
-use crate::attach::AttachPoint;
-use crate::desired::{DesiredObject, sha256_hex, version_key};
+use super::attach::AttachPoint;
+use super::desired::{DesiredObject, sha256_hex, version_key};
+use super::fsops;
+use super::layout::{Layout, SHARED_DIR, STAGING_DIR, VERSIONS_DIR};
+use super::loader::{self, BuildRequest, PinnedVersion};
+use super::map_memory;
+use super::mounts;
 use crate::error::{AgentError, ObjectError, Reason};
-use crate::fsops;
-use crate::layout::{Layout, SHARED_DIR, STAGING_DIR, VERSIONS_DIR};
-use crate::loader::{self, BuildRequest, PinnedVersion};
-use crate::map_memory;
-use crate::mounts;
 use bpfpin_crds::validation::validate_object_name;
 
 /// What a pass did with one object.
@@ -74,7 +74,7 @@ pub struct PassReport {
     /// Pins unlinked by the sweep (removed objects, stale versions, unknown entries, shared maps).
     pub unpinned: usize,
     /// Estimated bytes of the maps pinned for the objects of this pass (each shared map once):
-    /// memory charged to the agent's memory cgroup (see [`crate::map_memory`]).
+    /// memory charged to the agent's memory cgroup (see [`super::map_memory`]).
     pub map_memory: u64,
     /// What the agent's memory cgroup has left after the pass, if it has a limit.
     pub memory_headroom: Option<u64>,

@@ -14,8 +14,8 @@ use aya::programs::{
 };
 use bpfpin_crds::{Attach, Direction, LinkOrder as SpecOrder, XdpMode as SpecXdpMode};
 
+use super::layout::encode_name;
 use crate::error::{ObjectError, Reason};
-use crate::layout::encode_name;
 
 /// One attach point of a program (an `xdp` entry with three interfaces is three points).
 #[derive(Debug, Clone, PartialEq, Eq)]
