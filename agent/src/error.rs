@@ -33,6 +33,48 @@ impl fmt::Display for ObjectError {
 
 impl std::error::Error for ObjectError {}
 
+/// An error of the kernel core that is reported in status: its `Display` is the status message,
+/// and `reason` the reason. Each module's error enum implements it next to its variants, so the
+/// mapping to `(Reason, message)` is written once per error type.
+pub trait StatusError: std::error::Error {
+    /// The reason written in status for this error.
+    fn reason(&self) -> Reason;
+}
+
+impl<E: StatusError> From<E> for ObjectError {
+    fn from(e: E) -> Self {
+        ObjectError::new(e.reason(), e.to_string())
+    }
+}
+
+/// An error and every cause below it, joined with `: `.
+pub fn sources(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Like [`sources`], leaving out a cause whose text the message already holds (aya's messages
+/// often repeat their cause).
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// The last lines of a verifier log: the part that says why (the whole log can be megabytes).
 /// The statistics the verifier prints after its verdict are left out, so the verdict ends it.
 pub fn verifier_log_tail(log: &str, lines: usize) -> String {

@@ -15,12 +15,12 @@ use aya::programs::{
 use bpfpin_crds::{Attach, Direction, LinkOrder as SpecOrder, XdpMode as SpecXdpMode};
 
 use super::layout::encode_name;
-use crate::error::{ObjectError, Reason};
+use crate::error::{Reason, StatusError, sources};
 
 /// One attach point of a program (an `xdp` entry with three interfaces is three points).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttachPoint {
-    /// A tracepoint.
+    /// A kernel tracepoint, `<category>/<name>` under tracefs `events/`.
     Tracepoint {
         /// Category (`syscalls`).
         category: String,
@@ -29,53 +29,53 @@ pub enum AttachPoint {
     },
     /// XDP on one interface.
     Xdp {
-        /// Interface name.
+        /// The network interface, by name.
         interface: String,
-        /// Attach mode.
+        /// Generic, native or offloaded XDP; the kernel picks when unset.
         mode: Option<SpecXdpMode>,
     },
     /// tcx on one interface.
     Tc {
-        /// Interface name.
+        /// The network interface, by name.
         interface: String,
-        /// Ingress or egress.
+        /// Which way the packets go: ingress or egress.
         direction: Direction,
         /// First or last among the interface's tcx programs.
         first: bool,
     },
     /// kprobe / kretprobe.
     Kprobe {
-        /// Kernel function.
+        /// The kernel function probed.
         function: String,
-        /// Offset into it.
+        /// Bytes into the function where the probe sits (0: its entry).
         offset: u64,
     },
     /// uprobe / uretprobe.
     Uprobe {
-        /// Binary or library.
+        /// The binary or library probed: a path, or a bare library name the loader finds.
         target: String,
-        /// Symbol.
+        /// The function symbol probed in it.
         symbol: Option<String>,
         /// Offset (from the symbol, or absolute).
         offset: Option<u64>,
         /// Only this process.
         pid: Option<u32>,
     },
-    /// fentry.
+    /// fentry: runs at the entry of a kernel function (a BPF trampoline).
     Fentry {
-        /// Kernel function.
+        /// The kernel function, also named when the program is loaded.
         function: String,
     },
-    /// fexit.
+    /// fexit: runs when a kernel function returns (a BPF trampoline).
     Fexit {
-        /// Kernel function.
+        /// The kernel function, also named when the program is loaded.
         function: String,
     },
-    /// cgroup_skb.
+    /// cgroup_skb: packets entering or leaving the sockets of a cgroup.
     CgroupSkb {
         /// cgroup v2 directory.
         cgroup: String,
-        /// Ingress or egress.
+        /// Which way the packets go: ingress or egress.
         direction: Direction,
     },
 }
@@ -251,19 +251,390 @@ impl AttachPoint {
     }
 }
 
-fn attach_error(program: &str, point: &AttachPoint, err: &dyn std::error::Error) -> ObjectError {
-    let what = point.describe();
-    let mut msg = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
+/// Why a program could not be attached, or its link not pinned.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The program's type cannot attach at this kind of point.
+    #[error("program {program} has type {actual}; attaching it to {link} needs {wants}")]
+    WrongType {
+        /// The program.
+        program: String,
+        /// Its aya program type, as `Debug` prints it.
+        actual: String,
+        /// The link name of the point it was to attach to.
+        link: String,
+        /// What the point takes.
+        wants: &'static str,
+    },
+    /// The attach target (tracefs entry, cgroup, uprobe binary, kprobe support) is not usable.
+    #[error("attaching program {program} to {at}: {problem}")]
+    Target {
+        /// The program.
+        program: String,
+        /// The point, described.
+        at: String,
+        /// What is wrong with the target.
+        #[source]
+        problem: TargetError,
+    },
+    /// aya or the kernel refused the attachment.
+    #[error("attaching program {program} to {at}: {}", sources(&**.source))]
+    Kernel {
+        /// The program.
+        program: String,
+        /// The point, described.
+        at: String,
+        /// aya's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// XDP fell back to netlink, whose attachment cannot be pinned.
+    #[error(
+        "XDP on interface {interface} for program {program} was attached through netlink, not a bpf_link, so it cannot be pinned (the kernel is older than 5.9 or refused the link: {source})"
+    )]
+    NotALink {
+        /// The interface.
+        interface: String,
+        /// The program.
+        program: String,
+        /// aya's refusal to turn the link into an `FdLink`.
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    /// A uprobe names neither a symbol nor an offset.
+    #[error("uprobe of program {program}: set symbol, offset or both")]
+    UprobeLocation {
+        /// The program.
+        program: String,
+    },
+    /// The new link could not be pinned.
+    #[error("pinning the link of program {program} at {}: {source}", .path.display())]
+    Pin {
+        /// The program.
+        program: String,
+        /// Where the link was to be pinned.
+        path: PathBuf,
+        /// aya's error.
+        #[source]
+        source: aya::pin::PinError,
+    },
+    /// The previous version's link could not be pinned again in the new version.
+    #[error("pinning link {} at {}: {source}", .from.display(), .to.display())]
+    Repin {
+        /// The link pinned in the previous version.
+        from: PathBuf,
+        /// Its pin in the new version.
+        to: PathBuf,
+        /// aya's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StatusError for AttachError {
+    fn reason(&self) -> Reason {
+        match self {
+            AttachError::UprobeLocation { .. } => Reason::InvalidSpec,
+            AttachError::Pin { .. } | AttachError::Repin { .. } => Reason::PinFailed,
+            AttachError::WrongType { .. }
+            | AttachError::Target { .. }
+            | AttachError::Kernel { .. }
+            | AttachError::NotALink { .. } => Reason::AttachFailed,
+        }
     }
-    ObjectError::new(
-        Reason::AttachFailed,
-        format!("attaching program {program} to {what}: {msg}"),
-    )
+}
+
+/// What is wrong with an attach target; checked before aya is called, so that aya never reads a
+/// FIFO, a device or a file outside the filesystem the kind expects.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// Neither tracefs mount point holds a tracefs.
+    #[error("tracefs is not mounted (neither /sys/kernel/tracing nor /sys/kernel/debug/tracing)")]
+    NoTracefs,
+    /// The tracepoint's `id` file cannot be opened (the tracepoint does not exist).
+    #[error("{}: {source}", .path.display())]
+    TracepointId {
+        /// The `id` file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `fstatfs` on a tracepoint's `id` file failed.
+    #[error("{}: fstatfs: {source}", .path.display())]
+    TracepointStatfs {
+        /// The `id` file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The tracepoint's `id` file is on another filesystem than tracefs.
+    #[error("{} is not on tracefs (filesystem magic {magic:#x}); {} is not a tracefs mount", .path.display(), .tracefs.display())]
+    NotTracefs {
+        /// The `id` file.
+        path: PathBuf,
+        /// The filesystem type it is on.
+        magic: i64,
+        /// The directory taken for tracefs.
+        tracefs: PathBuf,
+    },
+    /// The tracepoint's `id` is not a regular file.
+    #[error("{} is {kind}, not a tracefs file", .path.display())]
+    TracepointNotFile {
+        /// The `id` file.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// The cgroup path is not a directory.
+    #[error("cgroup {cgroup} is {kind}, not a cgroup v2 directory")]
+    CgroupNotDir {
+        /// The cgroup path.
+        cgroup: String,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// The cgroup directory cannot be opened.
+    #[error("opening the cgroup: {source}")]
+    CgroupOpen {
+        /// The cgroup path.
+        cgroup: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `fstatfs` on the cgroup failed.
+    #[error("cgroup {cgroup}: fstatfs: {source}")]
+    CgroupStatfs {
+        /// The cgroup path.
+        cgroup: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cgroup is on cgroup v1 (or not a cgroup at all).
+    #[error("cgroup {cgroup} is not on a cgroup v2 filesystem (filesystem magic {magic:#x})")]
+    NotCgroup2 {
+        /// The cgroup path.
+        cgroup: String,
+        /// The filesystem type it is on.
+        magic: i64,
+    },
+    /// The uprobe target cannot be opened.
+    #[error("uprobe target {target}: {source}")]
+    UprobeOpen {
+        /// The target path.
+        target: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The uprobe target is not a regular file.
+    #[error("uprobe target {target} is {kind}, not a regular file")]
+    UprobeNotFile {
+        /// The target path.
+        target: String,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// The kernel has no kprobes.
+    #[error("this kernel has no kprobe support (built without CONFIG_KPROBES)")]
+    NoKprobes,
+}
+
+/// One program at one point: what every error of an attachment names.
+struct At<'a> {
+    program: &'a str,
+    point: &'a AttachPoint,
+}
+
+impl At<'_> {
+    fn kernel(&self, e: impl std::error::Error + Send + Sync + 'static) -> AttachError {
+        AttachError::Kernel {
+            program: self.program.to_owned(),
+            at: self.point.describe(),
+            source: Box::new(e),
+        }
+    }
+
+    fn target(&self, problem: TargetError) -> AttachError {
+        AttachError::Target {
+            program: self.program.to_owned(),
+            at: self.point.describe(),
+            problem,
+        }
+    }
+
+    /// The program as the type this kind of point takes.
+    fn typed<'p, T>(&self, program: &'p mut Program) -> Result<&'p mut T, AttachError>
+    where
+        &'p mut T: TryFrom<&'p mut Program>,
+    {
+        let actual = format!("{:?}", program.prog_type());
+        program.try_into().map_err(|_| AttachError::WrongType {
+            program: self.program.to_owned(),
+            actual,
+            link: self.point.link_name(),
+            wants: self.point.wants(),
+        })
+    }
+}
+
+/// The link of an attachment, made of what aya's `attach` returned: `$prog.take_link(id)` turned
+/// into an `FdLink` (every kind here attaches with a bpf_link). A macro, because aya gives each
+/// program type its own link type and no trait over `take_link`.
+macro_rules! fd_link {
+    ($at:expr, $prog:expr, $attached:expr) => {{
+        let id = $attached.map_err(|e| $at.kernel(e))?;
+        let link = $prog.take_link(id).map_err(|e| $at.kernel(e))?;
+        FdLink::try_from(link).map_err(|e| $at.kernel(e))
+    }};
+}
+
+/// A new link, and the previous version's XDP link it took over (whose program a failed build
+/// puts back).
+struct Linked {
+    link: FdLink,
+    replaced: Option<PathBuf>,
+}
+
+impl From<FdLink> for Linked {
+    fn from(link: FdLink) -> Self {
+        Linked {
+            link,
+            replaced: None,
+        }
+    }
+}
+
+impl AttachPoint {
+    /// The one attach step of every kind: check the target, call aya's attach for the program
+    /// type the kind takes, and return the link (not pinned yet).
+    fn link(
+        &self,
+        program: &mut Program,
+        at: &At<'_>,
+        previous_link: Option<&Path>,
+    ) -> Result<Linked, AttachError> {
+        let linked = match self {
+            AttachPoint::Tracepoint { category, name } => {
+                let prog: &mut TracePoint = at.typed(program)?;
+                check_tracepoint(category, name).map_err(|e| at.target(e))?;
+                fd_link!(at, prog, prog.attach(category, name))?.into()
+            }
+            AttachPoint::Xdp { interface, mode } => {
+                let prog: &mut Xdp = at.typed(program)?;
+                // An interface has one XDP link: the previous version's gets the new program.
+                if let Some(prev) = previous_link.filter(|p| p.exists()) {
+                    let old = PinnedLink::from_pin(prev).map_err(|e| at.kernel(e))?;
+                    let xdp_link =
+                        XdpLink::try_from(FdLink::from(old)).map_err(|e| at.kernel(e))?;
+                    let link = fd_link!(at, prog, prog.attach_to_link(xdp_link))?;
+                    tracing::info!(
+                        program = at.program,
+                        interface,
+                        "replaced the program of an XDP link"
+                    );
+                    return Ok(Linked {
+                        link,
+                        replaced: Some(prev.to_path_buf()),
+                    });
+                }
+                let mode = match mode {
+                    None => XdpMode::Default,
+                    Some(SpecXdpMode::Skb) => XdpMode::Skb,
+                    Some(SpecXdpMode::Drv) => XdpMode::Driver,
+                    Some(SpecXdpMode::Hw) => XdpMode::Hardware,
+                };
+                let id = prog.attach(interface, mode).map_err(|e| at.kernel(e))?;
+                let link = prog.take_link(id).map_err(|e| at.kernel(e))?;
+                FdLink::try_from(link)
+                    .map_err(|source| AttachError::NotALink {
+                        interface: interface.clone(),
+                        program: at.program.to_owned(),
+                        source,
+                    })?
+                    .into()
+            }
+            AttachPoint::Tc {
+                interface,
+                direction,
+                first,
+            } => {
+                let prog: &mut SchedClassifier = at.typed(program)?;
+                let order = if *first {
+                    LinkOrder::first()
+                } else {
+                    LinkOrder::last()
+                };
+                let kind = match direction {
+                    Direction::Ingress => TcAttachType::Ingress,
+                    Direction::Egress => TcAttachType::Egress,
+                };
+                let options = TcAttachOptions::TcxOrder(order);
+                fd_link!(at, prog, prog.attach_with_options(interface, kind, options))?.into()
+            }
+            AttachPoint::Kprobe { function, offset } => {
+                let prog: &mut KProbe = at.typed(program)?;
+                check_kprobes().map_err(|e| at.target(e))?;
+                fd_link!(at, prog, prog.attach(function, *offset))?.into()
+            }
+            AttachPoint::Uprobe {
+                target,
+                symbol,
+                offset,
+                pid,
+            } => {
+                let prog: &mut UProbe = at.typed(program)?;
+                let location = match (symbol, offset) {
+                    (Some(sym), Some(off)) => UProbeAttachLocation::SymbolOffset(sym, *off),
+                    (Some(sym), None) => UProbeAttachLocation::Symbol(sym),
+                    (None, Some(off)) => UProbeAttachLocation::AbsoluteOffset(*off),
+                    (None, None) => {
+                        return Err(AttachError::UprobeLocation {
+                            program: at.program.to_owned(),
+                        });
+                    }
+                };
+                let scope = match pid.and_then(NonZeroU32::new) {
+                    Some(pid) => UProbeScope::OneProcess(pid),
+                    None => UProbeScope::AllProcesses,
+                };
+                // A path is opened and checked here, and aya (symbol lookup) and the kernel (the
+                // probe) get the descriptor's /proc link: the file checked is the file probed. A
+                // bare library name is found by aya in the dynamic loader's cache (root-owned).
+                let checked = if target.contains('/') {
+                    Some(open_uprobe_target(target).map_err(|e| at.target(e))?)
+                } else {
+                    None
+                };
+                let target_path = match &checked {
+                    Some(file) => crate::bytecode_path::fd_path(file),
+                    None => PathBuf::from(target),
+                };
+                fd_link!(at, prog, prog.attach(location, &target_path, scope))?.into()
+            }
+            AttachPoint::Fentry { .. } => {
+                let prog: &mut FEntry = at.typed(program)?;
+                fd_link!(at, prog, prog.attach())?.into()
+            }
+            AttachPoint::Fexit { .. } => {
+                let prog: &mut FExit = at.typed(program)?;
+                fd_link!(at, prog, prog.attach())?.into()
+            }
+            AttachPoint::CgroupSkb { cgroup, direction } => {
+                let prog: &mut CgroupSkb = at.typed(program)?;
+                let file = open_cgroup(cgroup).map_err(|e| at.target(e))?;
+                let kind = match direction {
+                    Direction::Ingress => CgroupSkbAttachType::Ingress,
+                    Direction::Egress => CgroupSkbAttachType::Egress,
+                };
+                fd_link!(at, prog, prog.attach(&file, kind, CgroupAttachMode::Single))?.into()
+            }
+        };
+        Ok(linked)
+    }
 }
 
 /// Attaches `program` at `point` and pins the link at `path`. For XDP, when the previous version
@@ -276,182 +647,32 @@ pub fn attach_and_pin(
     point: &AttachPoint,
     path: &Path,
     previous_link: Option<&Path>,
-) -> Result<Option<PathBuf>, ObjectError> {
-    let err = |e: &dyn std::error::Error| attach_error(name, point, e);
-    let pin_err = |e: &dyn std::error::Error| {
-        ObjectError::new(
-            Reason::PinFailed,
-            format!(
-                "pinning the link of program {name} at {}: {e}",
-                path.display()
-            ),
-        )
+) -> Result<Option<PathBuf>, AttachError> {
+    let at = At {
+        program: name,
+        point,
     };
-    match point {
-        AttachPoint::Tracepoint { category, name: tp } => {
-            let actual = format!("{:?}", program.prog_type());
-            let prog: &mut TracePoint = program
-                .try_into()
-                .map_err(|_| wrong_type_named(name, point, &actual))?;
-            check_tracepoint(name, point, category, tp)?;
-            let id = prog.attach(category, tp).map_err(|e| err(&e))?;
-            let link = prog.take_link(id).map_err(|e| err(&e))?;
-            let fd_link = FdLink::try_from(link).map_err(|e| err(&e))?;
-            fd_link.pin(path).map_err(|e| pin_err(&e))?;
-            tracing::info!(program = name, link = %path.display(), "attached");
-            Ok(None)
-        }
-        AttachPoint::Xdp { interface, mode } => {
-            let actual = format!("{:?}", program.prog_type());
-            let prog: &mut Xdp = program
-                .try_into()
-                .map_err(|_| wrong_type_named(name, point, &actual))?;
-            if let Some(prev) = previous_link.filter(|p| p.exists()) {
-                let old = PinnedLink::from_pin(prev).map_err(|e| err(&e))?;
-                let xdp_link = XdpLink::try_from(FdLink::from(old)).map_err(|e| err(&e))?;
-                let id = prog.attach_to_link(xdp_link).map_err(|e| err(&e))?;
-                let link = prog.take_link(id).map_err(|e| err(&e))?;
-                let fd_link = FdLink::try_from(link).map_err(|e| err(&e))?;
-                fd_link.pin(path).map_err(|e| pin_err(&e))?;
-                tracing::info!(program = name, link = %path.display(), interface, "replaced the program of an XDP link");
-                return Ok(Some(prev.to_path_buf()));
-            }
-            let mode = match mode {
-                None => XdpMode::Default,
-                Some(SpecXdpMode::Skb) => XdpMode::Skb,
-                Some(SpecXdpMode::Drv) => XdpMode::Driver,
-                Some(SpecXdpMode::Hw) => XdpMode::Hardware,
-            };
-            let id = prog.attach(interface, mode).map_err(|e| err(&e))?;
-            let link = prog.take_link(id).map_err(|e| err(&e))?;
-            let fd_link = FdLink::try_from(link).map_err(|e| {
-                ObjectError::new(
-                    Reason::AttachFailed,
-                    format!("XDP on interface {interface} for program {name} was attached through netlink, not a bpf_link, so it cannot be pinned (the kernel is older than 5.9 or refused the link: {e})"),
-                )
-            })?;
-            fd_link.pin(path).map_err(|e| pin_err(&e))?;
-            tracing::info!(program = name, link = %path.display(), interface, "attached");
-            Ok(None)
-        }
-        other => {
-            let fd_link = attach_generic(program, name, other)?;
-            fd_link.pin(path).map_err(|e| pin_err(&e))?;
-            tracing::info!(program = name, link = %path.display(), at = %other.describe(), "attached");
-            Ok(None)
-        }
-    }
+    let Linked { link, replaced } = point.link(program, &at, previous_link)?;
+    link.pin(path).map_err(|source| AttachError::Pin {
+        program: name.to_owned(),
+        path: path.to_path_buf(),
+        source,
+    })?;
+    tracing::info!(program = name, link = %path.display(), at = %point.describe(), "attached");
+    Ok(replaced)
 }
 
-/// The attach kinds whose link is simply created and pinned.
-fn attach_generic(
-    program: &mut Program,
-    name: &str,
-    point: &AttachPoint,
-) -> Result<FdLink, ObjectError> {
-    let actual = format!("{:?}", program.prog_type());
-    let wrong = || wrong_type_named(name, point, &actual);
-    let err = |e: &dyn std::error::Error| attach_error(name, point, e);
-    macro_rules! link {
-        ($prog:expr, $id:expr) => {{
-            let id = $id.map_err(|e| err(&e))?;
-            let link = $prog.take_link(id).map_err(|e| err(&e))?;
-            FdLink::try_from(link).map_err(|e| err(&e))
-        }};
-    }
-    match point {
-        AttachPoint::Tc {
-            interface,
-            direction,
-            first,
-        } => {
-            let prog: &mut SchedClassifier = program.try_into().map_err(|_| wrong())?;
-            let order = if *first {
-                LinkOrder::first()
-            } else {
-                LinkOrder::last()
-            };
-            let kind = match direction {
-                Direction::Ingress => TcAttachType::Ingress,
-                Direction::Egress => TcAttachType::Egress,
-            };
-            link!(
-                prog,
-                prog.attach_with_options(interface, kind, TcAttachOptions::TcxOrder(order))
-            )
-        }
-        AttachPoint::Kprobe { function, offset } => {
-            let prog: &mut KProbe = program.try_into().map_err(|_| wrong())?;
-            if !std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
-                && !std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
-            {
-                return Err(ObjectError::new(
-                    Reason::AttachFailed,
-                    format!(
-                        "attaching program {name} to {}: this kernel has no kprobe support (built without CONFIG_KPROBES)",
-                        point.describe()
-                    ),
-                ));
-            }
-            link!(prog, prog.attach(function, *offset))
-        }
-        AttachPoint::Uprobe {
-            target,
-            symbol,
-            offset,
-            pid,
-        } => {
-            let prog: &mut UProbe = program.try_into().map_err(|_| wrong())?;
-            let location = match (symbol, offset) {
-                (Some(sym), Some(off)) => UProbeAttachLocation::SymbolOffset(sym, *off),
-                (Some(sym), None) => UProbeAttachLocation::Symbol(sym),
-                (None, Some(off)) => UProbeAttachLocation::AbsoluteOffset(*off),
-                (None, None) => {
-                    return Err(ObjectError::new(
-                        Reason::InvalidSpec,
-                        format!("uprobe of program {name}: set symbol, offset or both"),
-                    ));
-                }
-            };
-            let scope = match pid.and_then(NonZeroU32::new) {
-                Some(pid) => UProbeScope::OneProcess(pid),
-                None => UProbeScope::AllProcesses,
-            };
-            // A path is opened and checked here, and aya (symbol lookup) and the kernel (the
-            // probe) get the descriptor's /proc link: the file checked is the file probed. A bare
-            // library name is found by aya in the dynamic loader's cache (root-owned).
-            let checked = if target.contains('/') {
-                Some(open_uprobe_target(name, point, target)?)
-            } else {
-                None
-            };
-            let target_path = match &checked {
-                Some(file) => crate::bytecode_path::fd_path(file),
-                None => PathBuf::from(target),
-            };
-            link!(prog, prog.attach(location, &target_path, scope))
-        }
-        AttachPoint::Fentry { .. } => {
-            let prog: &mut FEntry = program.try_into().map_err(|_| wrong())?;
-            link!(prog, prog.attach())
-        }
-        AttachPoint::Fexit { .. } => {
-            let prog: &mut FExit = program.try_into().map_err(|_| wrong())?;
-            link!(prog, prog.attach())
-        }
-        AttachPoint::CgroupSkb { cgroup, direction } => {
-            let prog: &mut CgroupSkb = program.try_into().map_err(|_| wrong())?;
-            let file = open_cgroup(name, point, cgroup)?;
-            let kind = match direction {
-                Direction::Ingress => CgroupSkbAttachType::Ingress,
-                Direction::Egress => CgroupSkbAttachType::Egress,
-            };
-            link!(prog, prog.attach(&file, kind, CgroupAttachMode::Single))
-        }
-        AttachPoint::Tracepoint { .. } | AttachPoint::Xdp { .. } => {
-            unreachable!("handled by attach_and_pin")
-        }
-    }
+/// Pins the link pinned at `from` also at `to` (an unchanged program keeps its link across
+/// versions).
+pub fn repin_link(from: &Path, to: &Path) -> Result<(), AttachError> {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| AttachError::Repin {
+        from: from.to_path_buf(),
+        to: to.to_path_buf(),
+        source,
+    };
+    let link = PinnedLink::from_pin(from).map_err(|e| err(Box::new(e)))?;
+    FdLink::from(link).pin(to).map_err(|e| err(Box::new(e)))?;
+    Ok(())
 }
 
 /// Magic numbers of `statfs(2)`'s `f_type` (linux/magic.h).
@@ -476,16 +697,6 @@ fn fs_magic(file: &std::fs::File) -> std::io::Result<i64> {
     Ok(unsafe { buf.assume_init() }.f_type as i64)
 }
 
-fn target_error(program: &str, point: &AttachPoint, what: String) -> ObjectError {
-    ObjectError::new(
-        Reason::AttachFailed,
-        format!(
-            "attaching program {program} to {}: {what}",
-            point.describe()
-        ),
-    )
-}
-
 /// The tracefs aya reads tracepoint ids from: the first of its two candidates that is a
 /// non-empty directory (the same rule as aya's `find_tracefs_path`).
 fn tracefs_dir() -> Option<&'static Path> {
@@ -500,122 +711,94 @@ fn tracefs_dir() -> Option<&'static Path> {
 /// Checks that the tracepoint's `id` file aya is about to read is a regular file on tracefs: a
 /// FIFO there (a tracefs that is not one) would block the read forever. Files on tracefs are made
 /// by the kernel, so what is checked is what aya reads.
-fn check_tracepoint(
-    program: &str,
-    point: &AttachPoint,
-    category: &str,
-    tracepoint: &str,
-) -> Result<(), ObjectError> {
-    let Some(tracefs) = tracefs_dir() else {
-        return Err(target_error(
-            program,
-            point,
-            "tracefs is not mounted (neither /sys/kernel/tracing nor /sys/kernel/debug/tracing)"
-                .into(),
-        ));
-    };
-    let id = tracefs
+fn check_tracepoint(category: &str, tracepoint: &str) -> Result<(), TargetError> {
+    let tracefs = tracefs_dir().ok_or(TargetError::NoTracefs)?;
+    let path = tracefs
         .join("events")
         .join(category)
         .join(tracepoint)
         .join("id");
-    let (file, meta) = crate::bytecode_path::open_path(&id)
-        .map_err(|e| target_error(program, point, format!("{}: {e}", id.display())))?;
-    let magic = fs_magic(&file)
-        .map_err(|e| target_error(program, point, format!("{}: fstatfs: {e}", id.display())))?;
+    let (file, meta) = match crate::bytecode_path::open_path(&path) {
+        Ok(opened) => opened,
+        Err(source) => return Err(TargetError::TracepointId { path, source }),
+    };
+    let magic = match fs_magic(&file) {
+        Ok(magic) => magic,
+        Err(source) => return Err(TargetError::TracepointStatfs { path, source }),
+    };
     if magic != TRACEFS_MAGIC && magic != DEBUGFS_MAGIC {
-        return Err(target_error(
-            program,
-            point,
-            format!(
-                "{} is not on tracefs (filesystem magic {magic:#x}); {} is not a tracefs mount",
-                id.display(),
-                tracefs.display()
-            ),
-        ));
+        return Err(TargetError::NotTracefs {
+            path,
+            magic,
+            tracefs: tracefs.to_path_buf(),
+        });
     }
     if !meta.file_type().is_file() {
-        return Err(target_error(
-            program,
-            point,
-            format!(
-                "{} is {}, not a tracefs file",
-                id.display(),
-                crate::bytecode_path::describe_type(meta.file_type())
-            ),
-        ));
+        let kind = crate::bytecode_path::describe_type(meta.file_type());
+        return Err(TargetError::TracepointNotFile { path, kind });
     }
     Ok(())
 }
 
+/// Fails when the kernel was built without kprobes (aya's error would not say so).
+fn check_kprobes() -> Result<(), TargetError> {
+    let kprobe_pmu = Path::new("/sys/bus/event_source/devices/kprobe/type");
+    let kprobe_events = Path::new("/sys/kernel/tracing/kprobe_events");
+    if kprobe_pmu.exists() || kprobe_events.exists() {
+        Ok(())
+    } else {
+        Err(TargetError::NoKprobes)
+    }
+}
+
 /// Opens a cgroup for cgroup_skb: a directory on cgroup v2. `O_DIRECTORY` makes opening a FIFO
 /// or a device fail at once instead of blocking or reacting; the descriptor is what is attached.
-fn open_cgroup(
-    program: &str,
-    point: &AttachPoint,
-    cgroup: &str,
-) -> Result<std::fs::File, ObjectError> {
+fn open_cgroup(cgroup: &str) -> Result<std::fs::File, TargetError> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(cgroup)
-        .map_err(|e| {
-            let what = match e.raw_os_error() {
-                Some(libc::ENOTDIR) => {
-                    let kind = std::fs::metadata(cgroup)
-                        .map(|m| crate::bytecode_path::describe_type(m.file_type()))
-                        .unwrap_or("not a directory");
-                    format!("cgroup {cgroup} is {kind}, not a cgroup v2 directory")
-                }
-                _ => format!("opening the cgroup: {e}"),
-            };
-            target_error(program, point, what)
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::ENOTDIR) => TargetError::CgroupNotDir {
+                cgroup: cgroup.to_owned(),
+                kind: std::fs::metadata(cgroup)
+                    .map(|m| crate::bytecode_path::describe_type(m.file_type()))
+                    .unwrap_or("not a directory"),
+            },
+            _ => TargetError::CgroupOpen {
+                cgroup: cgroup.to_owned(),
+                source,
+            },
         })?;
-    let magic = fs_magic(&file)
-        .map_err(|e| target_error(program, point, format!("cgroup {cgroup}: fstatfs: {e}")))?;
+    let magic = fs_magic(&file).map_err(|source| TargetError::CgroupStatfs {
+        cgroup: cgroup.to_owned(),
+        source,
+    })?;
     if magic != CGROUP2_SUPER_MAGIC {
-        return Err(target_error(
-            program,
-            point,
-            format!(
-                "cgroup {cgroup} is not on a cgroup v2 filesystem (filesystem magic {magic:#x})"
-            ),
-        ));
+        return Err(TargetError::NotCgroup2 {
+            cgroup: cgroup.to_owned(),
+            magic,
+        });
     }
     Ok(file)
 }
 
 /// Opens a uprobe target path with `O_PATH` and checks it is a regular file.
-fn open_uprobe_target(
-    program: &str,
-    point: &AttachPoint,
-    target: &str,
-) -> Result<std::fs::File, ObjectError> {
-    let (file, meta) = crate::bytecode_path::open_path(Path::new(target))
-        .map_err(|e| target_error(program, point, format!("uprobe target {target}: {e}")))?;
+fn open_uprobe_target(target: &str) -> Result<std::fs::File, TargetError> {
+    let (file, meta) = crate::bytecode_path::open_path(Path::new(target)).map_err(|source| {
+        TargetError::UprobeOpen {
+            target: target.to_owned(),
+            source,
+        }
+    })?;
     if !meta.file_type().is_file() {
-        return Err(target_error(
-            program,
-            point,
-            format!(
-                "uprobe target {target} is {}, not a regular file",
-                crate::bytecode_path::describe_type(meta.file_type())
-            ),
-        ));
+        return Err(TargetError::UprobeNotFile {
+            target: target.to_owned(),
+            kind: crate::bytecode_path::describe_type(meta.file_type()),
+        });
     }
     Ok(file)
-}
-
-fn wrong_type_named(program: &str, point: &AttachPoint, actual: &str) -> ObjectError {
-    let want = point.wants();
-    ObjectError::new(
-        Reason::AttachFailed,
-        format!(
-            "program {program} has type {actual}; attaching it to {} needs {want}",
-            point.link_name()
-        ),
-    )
 }
 
 /// Puts the program pinned at `prog` back on the XDP link pinned at `link` (undo of an update).

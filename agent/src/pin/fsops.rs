@@ -13,7 +13,40 @@ use std::path::{Component, Path, PathBuf};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
-use crate::error::{ObjectError, Reason};
+use crate::error::{Reason, StatusError};
+
+/// Why a path under the managed root was refused or could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The path would leave the managed root (or is the root itself).
+    #[error("path {} {why}; the agent only writes under {}", .path.display(), .root.display())]
+    Escape {
+        /// The path refused.
+        path: PathBuf,
+        /// The managed root.
+        root: PathBuf,
+        /// How it would leave the root.
+        why: &'static str,
+    },
+    /// A directory below the root could not be created.
+    #[error("creating directory {}: {source}", .dir.display())]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StatusError for FsError {
+    fn reason(&self) -> Reason {
+        match self {
+            FsError::Escape { .. } => Reason::InvalidSpec,
+            FsError::CreateDir { .. } => Reason::PinFailed,
+        }
+    }
+}
 
 /// Mode of every directory the agent creates under the root: pins are root's business.
 pub const DIR_MODE: u32 = 0o700;
@@ -21,8 +54,8 @@ pub const DIR_MODE: u32 = 0o700;
 /// How deep a removal walks: the layout is at most ~12 levels deep; anything deeper is not ours.
 const MAX_DEPTH: usize = 32;
 
-/// Path resolution for every step below the root: no symlink, no `..` above the start, no other
-/// mount.
+/// Path resolution for every step below the root: no symlink, no `..` above the start, and no
+/// step onto another mount.
 const BENEATH: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_SYMLINKS)
     .union(ResolveFlags::NO_MAGICLINKS)
@@ -35,16 +68,11 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
 
 /// Refuses a path that is not strictly under `root`, that has `.`/`..` components, or whose
 /// directories between `root` and the last component include a symlink.
-pub fn confine(root: &Path, path: &Path) -> Result<(), ObjectError> {
-    let escape = |why: &str| {
-        ObjectError::new(
-            Reason::InvalidSpec,
-            format!(
-                "path {} {why}; the agent only writes under {}",
-                path.display(),
-                root.display()
-            ),
-        )
+pub fn confine(root: &Path, path: &Path) -> Result<(), FsError> {
+    let escape = |why: &'static str| FsError::Escape {
+        path: path.to_path_buf(),
+        root: root.to_path_buf(),
+        why,
     };
     let rest = path
         .strip_prefix(root)
@@ -135,15 +163,13 @@ fn open_parent(root: &Path, path: &Path) -> std::io::Result<(OwnedFd, CString)> 
     Ok((parent, name))
 }
 
-/// `mkdir -p` under the root, each directory mode 0700, each step opened below the last without
-/// following symlinks.
-pub fn create_dirs(root: &Path, dir: &Path) -> Result<(), ObjectError> {
+/// `mkdir -p` under the root: each directory gets mode 0700, and each step is opened below the
+/// last one without following a symlink.
+pub fn create_dirs(root: &Path, dir: &Path) -> Result<(), FsError> {
     confine(root, dir)?;
-    let fail = |e: std::io::Error| {
-        ObjectError::new(
-            Reason::PinFailed,
-            format!("creating directory {}: {e}", dir.display()),
-        )
+    let fail = |source: std::io::Error| FsError::CreateDir {
+        dir: dir.to_path_buf(),
+        source,
     };
     let rel = dir.strip_prefix(root).expect("confined");
     let mut fd = open_root(root).map_err(fail)?;
@@ -222,9 +248,9 @@ fn remove_at(dir: &OwnedFd, name: &CString, shown: &Path, depth: usize) -> usize
 /// What an entry of a directory is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum EntryKind {
-    /// A directory.
+    /// A directory (walked, never followed if it is a symlink).
     Dir,
-    /// A symlink.
+    /// A symbolic link: unlinked, never followed.
     Symlink,
     /// A pin (or anything else).
     Pin,

@@ -13,10 +13,10 @@ use aya_obj::maps::PinningType;
 use base64::Engine as _;
 use bpfpin_crds::BpfObjectSpec;
 
-use super::attach::{self, AttachPoint};
-use super::fsops;
+use super::attach::{self, AttachError, AttachPoint};
+use super::fsops::{self, FsError};
 use super::layout::Layout;
-use crate::error::{ObjectError, Reason, verifier_log_tail};
+use crate::error::{Reason, StatusError, chain, verifier_log_tail};
 
 /// The kernel's BTF, parsed on first use: only fentry/fexit programs and objects with CO-RE
 /// relocations need it, and parsing `/sys/kernel/btf/vmlinux` costs tens of ms and ~12 MiB.
@@ -54,20 +54,6 @@ pub struct MapPlan {
     pub shared: BTreeMap<String, PathBuf>,
 }
 
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
 /// Whether `name` is an ELF-internal map (`.rodata`, `.bss`, `.data`, ...): never pinned.
 fn is_internal_map(name: &str) -> bool {
     name.starts_with('.')
@@ -88,22 +74,326 @@ fn name_list(mut names: Vec<&str>) -> String {
     out
 }
 
+/// Why a version could not be built. Each variant names the program, map or path concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytecode is over the size limit of every source.
+    #[error("the bytecode is {bytes} bytes, larger than the {} MiB limit for bytecode", .limit >> 20)]
+    TooLarge {
+        /// Its size.
+        bytes: usize,
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// aya-obj refused the ELF.
+    #[error("the bytecode is not a valid eBPF ELF object: {}", chain(.source))]
+    Parse {
+        /// aya-obj's error.
+        #[source]
+        source: Box<aya_obj::ParseError>,
+    },
+    /// The ELF parser panicked on the object (`during` says which parse: ours or aya's load).
+    #[error("the bytecode is not a valid eBPF ELF object: {during} ({panic})")]
+    ParserPanic {
+        /// `the ELF parser failed on it`, or `loading failed on it`.
+        during: &'static str,
+        /// The panic's text.
+        panic: String,
+    },
+    /// A program the spec names is not in the ELF.
+    #[error("program {program} is not in the ELF object (it has: {have})")]
+    ProgramNotFound {
+        /// The program.
+        program: String,
+        /// The programs the ELF has, listed.
+        have: String,
+    },
+    /// A map the spec names is not in the ELF.
+    #[error("map {map} is not in the ELF object (it has: {have})")]
+    MapNotFound {
+        /// The map.
+        map: String,
+        /// The maps the ELF has, listed.
+        have: String,
+    },
+    /// A shared map is already pinned with another definition.
+    #[error("map {map} conflicts with the map already shared at {}: {why}", .path.display())]
+    MapConflict {
+        /// The map.
+        map: String,
+        /// The shared pin.
+        path: PathBuf,
+        /// Which fields differ.
+        why: String,
+    },
+    /// A `globalData` value is not base64.
+    #[error("globalData {name} is not valid base64: {source}")]
+    GlobalDataBase64 {
+        /// The variable.
+        name: String,
+        /// The decoder's error.
+        #[source]
+        source: base64::DecodeError,
+    },
+    /// A `globalData` variable is not declared, and the object declares none.
+    #[error("globalData {name}: the object declares no global variables")]
+    NoGlobals {
+        /// The variable.
+        name: String,
+    },
+    /// A `globalData` variable is not declared.
+    #[error("globalData {name}: the object declares no global variable {name} (it has: {known})")]
+    UnknownGlobal {
+        /// The variable.
+        name: String,
+        /// The variables the object declares, listed.
+        known: String,
+    },
+    /// A `globalData` value has another size than its variable.
+    #[error("globalData {name} is {len} byte{}, but {name} in {section} is a {type_name} of {size} bytes (from the object's BTF)", if *.len == 1 { "" } else { "s" })]
+    GlobalSize {
+        /// The variable.
+        name: String,
+        /// The value's size.
+        len: usize,
+        /// The variable's section.
+        section: String,
+        /// The variable's type.
+        type_name: String,
+        /// The variable's size.
+        size: u64,
+    },
+    /// aya refused to load the object (before any program is loaded).
+    #[error("{}", load_message(.source))]
+    Load {
+        /// aya's error.
+        #[source]
+        source: Box<EbpfError>,
+    },
+    /// A program is missing after aya's load.
+    #[error("program {program} is not in the ELF object")]
+    ProgramMissing {
+        /// The program.
+        program: String,
+    },
+    /// An fentry/fexit program whose spec names no kernel function.
+    #[error(
+        "program {program} is an fentry/fexit program: attach.fentry or attach.fexit must name its kernel function"
+    )]
+    NeedsFunction {
+        /// The program.
+        program: String,
+    },
+    /// A program needs the kernel's BTF, which the node lacks.
+    #[error(
+        "program {program} needs the kernel's BTF (/sys/kernel/btf/vmlinux), which this node lacks"
+    )]
+    NoKernelBtf {
+        /// The program.
+        program: String,
+    },
+    /// A program type bpfpin does not load.
+    #[error("program {program} has type {kind}, which bpfpin cannot load yet")]
+    UnsupportedType {
+        /// The program.
+        program: String,
+        /// Its type, as `Debug` prints it.
+        kind: String,
+    },
+    /// The verifier refused a program.
+    #[error("the verifier rejected program {program} ({io_error}); log tail:\n{log_tail}")]
+    Verifier {
+        /// The program.
+        program: String,
+        /// The `bpf(2)` error.
+        #[source]
+        io_error: std::io::Error,
+        /// The end of the verifier log.
+        log_tail: String,
+    },
+    /// A program could not be loaded for another reason.
+    #[error("loading program {program}: {}", chain(.source))]
+    ProgramLoad {
+        /// The program.
+        program: String,
+        /// aya's error.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// The kernel refused an fentry/fexit program with EPERM: trampolines are off.
+    #[error(
+        "{refused} (the kernel refused the fentry/fexit program: BPF trampolines are disabled or restricted on this node)"
+    )]
+    TrampolinesRefused {
+        /// The load error as the kernel gave it.
+        #[source]
+        refused: Box<LoadError>,
+    },
+    /// The id of a pinned program could not be read.
+    #[error("program {program}: {}", chain(.source))]
+    ProgramInfo {
+        /// The program.
+        program: String,
+        /// aya's error.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// A program or map could not be pinned.
+    #[error("pinning {kind} {name} at {}: {}", .path.display(), chain(.source))]
+    Pin {
+        /// `program` or `map`.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+        /// The pin path.
+        path: PathBuf,
+        /// aya's error.
+        #[source]
+        source: aya::pin::PinError,
+    },
+    /// A private map aya should have created is missing.
+    #[error("map {map} was not created")]
+    MapNotCreated {
+        /// The map.
+        map: String,
+    },
+    /// A tail call names a program that is not loaded.
+    #[error("tail call {map}[{index}]: program {program} is not loaded")]
+    TailCallProgram {
+        /// The program array.
+        map: String,
+        /// The index.
+        index: u32,
+        /// The program.
+        program: String,
+    },
+    /// A tail call's program has no descriptor.
+    #[error("tail call {map}[{index}] -> {program}: {}", chain(.source))]
+    TailCallFd {
+        /// The program array.
+        map: String,
+        /// The index.
+        index: u32,
+        /// The program.
+        program: String,
+        /// aya's error.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// A tail call's program descriptor could not be duplicated.
+    #[error("tail call {map}[{index}] -> {program}: {source}")]
+    TailCallDup {
+        /// The program array.
+        map: String,
+        /// The index.
+        index: u32,
+        /// The program.
+        program: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tail call names a map that is not in the ELF.
+    #[error("tail call map {map} is not in the ELF object")]
+    TailCallMapMissing {
+        /// The map.
+        map: String,
+    },
+    /// A tail call names a map that is not a program array.
+    #[error("tail call map {map}: {}", chain(.source))]
+    TailCallMapType {
+        /// The map.
+        map: String,
+        /// aya's error.
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    /// A tail call could not be set.
+    #[error("setting tail call {map}[{index}]: {}", chain(.source))]
+    TailCallSet {
+        /// The program array.
+        map: String,
+        /// The index.
+        index: u32,
+        /// aya's error.
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    /// A path under the managed root was refused or could not be made.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// A program could not be attached.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+}
+
+impl StatusError for LoadError {
+    fn reason(&self) -> Reason {
+        use LoadError as E;
+        match self {
+            E::TooLarge { .. } | E::Parse { .. } | E::ParserPanic { .. } => Reason::InvalidElf,
+            E::ProgramNotFound { .. } | E::ProgramMissing { .. } | E::TailCallProgram { .. } => {
+                Reason::ProgramNotFound
+            }
+            E::MapNotFound { .. } | E::MapNotCreated { .. } | E::TailCallMapMissing { .. } => {
+                Reason::MapNotFound
+            }
+            E::MapConflict { .. } => Reason::MapConflict,
+            E::GlobalDataBase64 { .. }
+            | E::NoGlobals { .. }
+            | E::UnknownGlobal { .. }
+            | E::GlobalSize { .. } => Reason::InvalidGlobalData,
+            E::Load { source } => match &**source {
+                EbpfError::ParseError(
+                    aya_obj::ParseError::InvalidGlobalData { .. }
+                    | aya_obj::ParseError::SymbolNotFound { .. },
+                ) => Reason::InvalidGlobalData,
+                EbpfError::ParseError(_) => Reason::InvalidElf,
+                _ => Reason::LoadFailed,
+            },
+            E::NeedsFunction { .. } | E::TailCallMapType { .. } => Reason::InvalidSpec,
+            E::NoKernelBtf { .. } | E::UnsupportedType { .. } => Reason::Unsupported,
+            E::Verifier { .. } => Reason::VerifierRejected,
+            E::ProgramLoad { .. }
+            | E::TrampolinesRefused { .. }
+            | E::ProgramInfo { .. }
+            | E::TailCallFd { .. }
+            | E::TailCallDup { .. }
+            | E::TailCallSet { .. } => Reason::LoadFailed,
+            E::Pin { .. } => Reason::PinFailed,
+            E::Fs(e) => e.reason(),
+            E::Attach(e) => e.reason(),
+        }
+    }
+}
+
+/// The message of an error of aya's object load, by what it concerns.
+fn load_message(err: &EbpfError) -> String {
+    match err {
+        EbpfError::ParseError(
+            aya_obj::ParseError::InvalidGlobalData { .. }
+            | aya_obj::ParseError::SymbolNotFound { .. },
+        ) => format!("globalData does not fit the ELF object: {}", chain(err)),
+        EbpfError::ParseError(_) => format!(
+            "the bytecode is not a valid eBPF ELF object: {}",
+            chain(err)
+        ),
+        _ => format!("loading the ELF object: {}", chain(err)),
+    }
+}
+
 /// Parses the ELF object; a panic inside the parser (a malformed object it does not check for) is
 /// an `InvalidElf` of this object, not the end of the agent.
-pub fn parse_elf(bytes: &[u8]) -> Result<aya_obj::Object, ObjectError> {
-    let invalid = |why: String| {
-        ObjectError::new(
-            Reason::InvalidElf,
-            format!("the bytecode is not a valid eBPF ELF object: {why}"),
-        )
-    };
+pub fn parse_elf(bytes: &[u8]) -> Result<aya_obj::Object, LoadError> {
     match std::panic::catch_unwind(|| aya_obj::Object::parse(bytes)) {
         Ok(Ok(obj)) => Ok(obj),
-        Ok(Err(e)) => Err(invalid(chain(&e))),
-        Err(panic) => Err(invalid(format!(
-            "the ELF parser failed on it ({})",
-            panic_text(&*panic)
-        ))),
+        Ok(Err(source)) => Err(LoadError::Parse {
+            source: Box::new(source),
+        }),
+        Err(panic) => Err(LoadError::ParserPanic {
+            during: "the ELF parser failed on it",
+            panic: panic_text(&*panic),
+        }),
     }
 }
 
@@ -121,18 +411,14 @@ pub fn plan_maps(
     layout: &Layout,
     spec: &BpfObjectSpec,
     elf: &aya_obj::Object,
-) -> Result<MapPlan, ObjectError> {
+) -> Result<MapPlan, LoadError> {
     for prog in &spec.programs {
         if !elf.programs.contains_key(&prog.name) {
             let have: Vec<&str> = elf.programs.keys().map(String::as_str).collect();
-            return Err(ObjectError::new(
-                Reason::ProgramNotFound,
-                format!(
-                    "program {} is not in the ELF object (it has: {})",
-                    prog.name,
-                    name_list(have)
-                ),
-            ));
+            return Err(LoadError::ProgramNotFound {
+                program: prog.name.clone(),
+                have: name_list(have),
+            });
         }
     }
     let mut plan = MapPlan::default();
@@ -149,13 +435,10 @@ pub fn plan_maps(
                 .map(String::as_str)
                 .filter(|n| !is_internal_map(n))
                 .collect();
-            return Err(ObjectError::new(
-                Reason::MapNotFound,
-                format!(
-                    "map {name} is not in the ELF object (it has: {})",
-                    name_list(have)
-                ),
-            ));
+            return Err(LoadError::MapNotFound {
+                map: (*name).to_owned(),
+                have: name_list(have),
+            });
         }
     }
     let mut names: Vec<&String> = elf.maps.keys().collect();
@@ -241,7 +524,7 @@ impl Rollback {
 pub struct BuildRequest<'a> {
     /// The object's name.
     pub object: &'a str,
-    /// The spec.
+    /// The object's spec: programs, maps, global data, tail calls and attach points.
     pub spec: &'a BpfObjectSpec,
     /// The ELF bytes (digest already checked).
     pub bytecode: &'a [u8],
@@ -257,230 +540,293 @@ pub fn build(
     layout: &Layout,
     btf: &KernelBtf,
     req: &BuildRequest<'_>,
-) -> Result<PinnedVersion, ObjectError> {
-    let mut rollback = Rollback::default();
-    match build_inner(layout, btf, req, &mut rollback) {
+) -> Result<PinnedVersion, LoadError> {
+    let mut attempt = Attempt {
+        layout,
+        req,
+        dir: layout.version(req.object, req.version),
+        rollback: Rollback::default(),
+    };
+    match attempt.run(btf) {
         Ok(v) => Ok(v),
         Err(e) => {
-            rollback.undo(layout.root());
+            attempt.rollback.undo(layout.root());
             Err(e)
         }
     }
 }
 
-fn build_inner(
-    layout: &Layout,
-    btf: &KernelBtf,
-    req: &BuildRequest<'_>,
-    rollback: &mut Rollback,
-) -> Result<PinnedVersion, ObjectError> {
-    let spec = req.spec;
-    if req.bytecode.len() as u64 > crate::bytecode_path::MAX_BYTES {
-        return Err(ObjectError::new(
-            Reason::InvalidElf,
-            format!(
-                "the bytecode is {} bytes, larger than the {} MiB limit for bytecode",
-                req.bytecode.len(),
-                crate::bytecode_path::MAX_BYTES >> 20
-            ),
-        ));
-    }
-    let elf = parse_elf(req.bytecode)?;
-    let plan = plan_maps(layout, spec, &elf)?;
+/// One build of one version, stage by stage; what it created outside its directory is in
+/// `rollback`.
+struct Attempt<'a> {
+    layout: &'a Layout,
+    req: &'a BuildRequest<'a>,
+    /// The new version directory.
+    dir: PathBuf,
+    rollback: Rollback,
+}
 
-    // Shared pins that exist must have this object's definition; the others this attempt creates
-    // (and removes again if it fails).
-    for (name, path) in &plan.shared {
-        fsops::confine(layout.root(), path)?;
-        match MapInfo::from_pin(path) {
-            Ok(info) => definition_matches(&info, &elf.maps[name], max_entries_of(spec, name))
-                .map_err(|why| {
-                    ObjectError::new(
-                        Reason::MapConflict,
-                        format!(
-                            "map {name} conflicts with the map already shared at {}: {why}",
-                            path.display()
-                        ),
-                    )
-                })?,
-            Err(_) => {
-                if let Some(parent) = path.parent() {
-                    fsops::create_dirs(layout.root(), parent)?;
+/// Programs identical to the previous version's, by name: that program object is kept (same id,
+/// same links) and the one just loaded is dropped.
+type Kept = BTreeMap<String, Program>;
+
+impl Attempt<'_> {
+    /// The stages, in order: everything that can fail without touching bpffs first, attaching
+    /// (the only stage running traffic sees) last.
+    fn run(&mut self, btf: &KernelBtf) -> Result<PinnedVersion, LoadError> {
+        let (elf, plan) = self.check_elf()?;
+        self.prepare_shared(&elf, &plan)?;
+        let globals = decode_globals(self.req.spec)?;
+        check_globals_against_btf(&elf, &globals)?;
+        let (mut ebpf, reused) = self.load(btf, &elf, &plan, &globals)?;
+        fsops::create_dirs(self.layout.root(), &self.dir)?;
+        self.rollback.version_dir = Some(self.dir.clone());
+        let (programs, mut kept) = self.pin_programs(&mut ebpf, btf)?;
+        fill_tail_calls(self.req.spec, &plan, &mut ebpf, &kept)?;
+        let mut maps = self.pin_maps(&ebpf, &plan)?;
+        let shared: Vec<PathBuf> = plan.shared.values().cloned().collect();
+        maps.extend(shared.iter().cloned());
+        let links = self.attach_all(&mut ebpf, &mut kept)?;
+        if !reused.is_empty() {
+            tracing::debug!(object = self.req.object, maps = ?reused, "kept the contents of unchanged maps");
+        }
+        Ok(PinnedVersion {
+            version: self.req.version.to_owned(),
+            programs,
+            maps,
+            links,
+            shared,
+        })
+    }
+
+    /// The size limit, the parse, and the spec's programs and maps against the ELF.
+    fn check_elf(&self) -> Result<(aya_obj::Object, MapPlan), LoadError> {
+        let limit = crate::bytecode_path::MAX_BYTES;
+        if self.req.bytecode.len() as u64 > limit {
+            return Err(LoadError::TooLarge {
+                bytes: self.req.bytecode.len(),
+                limit,
+            });
+        }
+        let elf = parse_elf(self.req.bytecode)?;
+        let plan = plan_maps(self.layout, self.req.spec, &elf)?;
+        Ok((elf, plan))
+    }
+
+    /// Shared pins that exist must have this object's definition; the others this attempt creates
+    /// (and removes again if it fails).
+    fn prepare_shared(&mut self, elf: &aya_obj::Object, plan: &MapPlan) -> Result<(), LoadError> {
+        let root = self.layout.root();
+        for (name, path) in &plan.shared {
+            fsops::confine(root, path)?;
+            match MapInfo::from_pin(path) {
+                Ok(info) => {
+                    let max = max_entries_of(self.req.spec, name);
+                    definition_matches(&info, &elf.maps[name], max).map_err(|why| {
+                        LoadError::MapConflict {
+                            map: name.clone(),
+                            path: path.clone(),
+                            why,
+                        }
+                    })?
                 }
-                rollback.created_shared.push(path.clone());
+                Err(_) => {
+                    if let Some(parent) = path.parent() {
+                        fsops::create_dirs(root, parent)?;
+                    }
+                    self.rollback.created_shared.push(path.clone());
+                }
             }
         }
+        Ok(())
     }
 
-    let globals: Vec<(&str, Vec<u8>)> = spec
-        .global_data
+    /// aya's load of the object (maps created or reused, nothing pinned yet), and the private
+    /// maps taken over from the previous version.
+    fn load(
+        &self,
+        btf: &KernelBtf,
+        elf: &aya_obj::Object,
+        plan: &MapPlan,
+        globals: &[(&str, Vec<u8>)],
+    ) -> Result<(aya::Ebpf, BTreeSet<String>), LoadError> {
+        let spec = self.req.spec;
+        let mut loader = EbpfLoader::new();
+        // Only the programs the spec names are relocated and loaded (the patched aya drops the
+        // others after parsing): an object with thousands of programs costs what the named ones do.
+        loader.programs(spec.programs.iter().map(|p| p.name.as_str()));
+        // Without relocations the kernel's BTF is not needed (the patched aya then reads none).
+        if elf.has_btf_relocations() {
+            loader.btf(btf.get());
+        }
+        loader.default_map_pin_directory(self.layout.shared());
+        for (name, bytes) in globals {
+            loader.override_global(name, bytes.as_slice(), true);
+        }
+        for (name, path) in &plan.shared {
+            loader.map_pin_path(name, path.as_path());
+        }
+        for m in &spec.maps {
+            if let Some(max) = m.max_entries {
+                loader.map_max_entries(&m.name, max);
+            }
+        }
+        // Keep the contents of maps whose definition did not change.
+        let mut reused = BTreeSet::new();
+        if let Some(prev) = self.req.previous {
+            for name in &plan.private {
+                let old = Layout::map_in(prev, name);
+                if let Ok(info) = MapInfo::from_pin(&old)
+                    && definition_matches(&info, &elf.maps[name], max_entries_of(spec, name))
+                        .is_ok()
+                {
+                    loader.map_pin_path(name, old);
+                    reused.insert(name.clone());
+                }
+            }
+        }
+        // aya parses the object again: the same panic guard as `parse_elf`.
+        let bytecode = self.req.bytecode;
+        let ebpf = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loader.load(bytecode)))
+            .map_err(|panic| LoadError::ParserPanic {
+                during: "loading failed on it",
+                panic: panic_text(&*panic),
+            })?
+            .map_err(|source| LoadError::Load {
+                source: Box::new(source),
+            })?;
+        Ok((ebpf, reused))
+    }
+
+    /// Loads each program into the kernel and pins it; an unchanged program keeps its previous
+    /// version's program object. Returns `(program, kernel id)` in spec order.
+    fn pin_programs(
+        &self,
+        ebpf: &mut aya::Ebpf,
+        btf: &KernelBtf,
+    ) -> Result<(Vec<(String, u32)>, Kept), LoadError> {
+        let spec = self.req.spec;
+        let mut programs = Vec::with_capacity(spec.programs.len());
+        let mut kept = Kept::new();
+        for prog_spec in &spec.programs {
+            let name = prog_spec.name.as_str();
+            let program = ebpf
+                .program_mut(name)
+                .ok_or_else(|| LoadError::ProgramMissing {
+                    program: name.to_owned(),
+                })?;
+            let btf_function = prog_spec
+                .attach
+                .as_ref()
+                .and_then(AttachPoint::btf_function);
+            load_program(name, program, btf, btf_function)?;
+            let path = Layout::prog_in(&self.dir, name);
+            fsops::create_dirs(self.layout.root(), path.parent().expect("progs/"))?;
+            let previous = self
+                .req
+                .previous
+                .and_then(|prev| same_as_previous(prev, name, program));
+            let target = match previous {
+                Some(old) => kept.entry(name.to_owned()).or_insert(old),
+                None => program,
+            };
+            target.pin(&path).map_err(|source| LoadError::Pin {
+                kind: "program",
+                name: name.to_owned(),
+                path: path.clone(),
+                source,
+            })?;
+            let info = target.info().map_err(|source| LoadError::ProgramInfo {
+                program: name.to_owned(),
+                source: Box::new(source),
+            })?;
+            programs.push((name.to_owned(), info.id()));
+        }
+        if !kept.is_empty() {
+            tracing::debug!(object = self.req.object, programs = ?kept.keys().collect::<Vec<_>>(), "kept unchanged programs");
+        }
+        Ok((programs, kept))
+    }
+
+    /// Pins the private maps; returns their public paths.
+    fn pin_maps(&self, ebpf: &aya::Ebpf, plan: &MapPlan) -> Result<Vec<PathBuf>, LoadError> {
+        let mut maps = Vec::new();
+        for name in &plan.private {
+            let path = Layout::map_in(&self.dir, name);
+            let map = ebpf
+                .map(name)
+                .ok_or_else(|| LoadError::MapNotCreated { map: name.clone() })?;
+            fsops::create_dirs(self.layout.root(), path.parent().expect("maps/"))?;
+            map.pin(&path).map_err(|source| LoadError::Pin {
+                kind: "map",
+                name: name.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            maps.push(self.layout.public_path(self.req.object, &self.dir, &path));
+        }
+        Ok(maps)
+    }
+
+    /// Attaches every program at every point and pins the links; returns their public paths.
+    fn attach_all(
+        &mut self,
+        ebpf: &mut aya::Ebpf,
+        kept: &mut Kept,
+    ) -> Result<Vec<PathBuf>, LoadError> {
+        let mut links = Vec::new();
+        for prog_spec in &self.req.spec.programs {
+            let Some(attach) = &prog_spec.attach else {
+                continue;
+            };
+            let name = prog_spec.name.as_str();
+            for point in AttachPoint::all(attach) {
+                let path = Layout::link_in(&self.dir, name, &point.link_name());
+                fsops::create_dirs(self.layout.root(), path.parent().expect("links/<program>/"))?;
+                let previous_link = self
+                    .req
+                    .previous
+                    .map(|p| Layout::link_in(p, name, &point.link_name()));
+                if let Some(program) = kept.get_mut(name) {
+                    // The same program at the same point: its link simply moves to the new version.
+                    match previous_link.as_deref().filter(|p| p.exists()) {
+                        Some(prev) => attach::repin_link(prev, &path)?,
+                        None => {
+                            attach::attach_and_pin(program, name, &point, &path, None)?;
+                        }
+                    }
+                } else {
+                    let program = ebpf.program_mut(name).expect("loaded above");
+                    let previous_link = previous_link.as_deref();
+                    if let Some(replaced) =
+                        attach::attach_and_pin(program, name, &point, &path, previous_link)?
+                    {
+                        let prev = self.req.previous.expect("replaced a previous link");
+                        let prev_prog = Layout::prog_in(prev, name);
+                        self.rollback.replaced_links.push((replaced, prev_prog));
+                    }
+                }
+                links.push(self.layout.public_path(self.req.object, &self.dir, &path));
+            }
+        }
+        Ok(links)
+    }
+}
+
+/// The spec's `globalData`, base64-decoded.
+fn decode_globals(spec: &BpfObjectSpec) -> Result<Vec<(&str, Vec<u8>)>, LoadError> {
+    spec.global_data
         .iter()
         .map(|(name, b64)| {
             base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .map(|bytes| (name.as_str(), bytes))
-                .map_err(|e| {
-                    ObjectError::new(
-                        Reason::InvalidGlobalData,
-                        format!("globalData {name} is not valid base64: {e}"),
-                    )
+                .map_err(|source| LoadError::GlobalDataBase64 {
+                    name: name.clone(),
+                    source,
                 })
         })
-        .collect::<Result<_, _>>()?;
-    check_globals_against_btf(&elf, &globals)?;
-
-    let mut loader = EbpfLoader::new();
-    // Only the programs the spec names are relocated and loaded (the patched aya drops the
-    // others after parsing): an object with thousands of programs costs what the named ones do.
-    loader.programs(spec.programs.iter().map(|p| p.name.as_str()));
-    // Without relocations the kernel's BTF is not needed (the patched aya then reads none).
-    if elf.has_btf_relocations() {
-        loader.btf(btf.get());
-    }
-    loader.default_map_pin_directory(layout.shared());
-    for (name, bytes) in &globals {
-        loader.override_global(name, bytes.as_slice(), true);
-    }
-    for (name, path) in &plan.shared {
-        loader.map_pin_path(name, path.as_path());
-    }
-    for m in &spec.maps {
-        if let Some(max) = m.max_entries {
-            loader.map_max_entries(&m.name, max);
-        }
-    }
-    // Keep the contents of maps whose definition did not change.
-    let mut reused = BTreeSet::new();
-    if let Some(prev) = req.previous {
-        for name in &plan.private {
-            let old = Layout::map_in(prev, name);
-            if let Ok(info) = MapInfo::from_pin(&old)
-                && definition_matches(&info, &elf.maps[name], max_entries_of(spec, name)).is_ok()
-            {
-                loader.map_pin_path(name, old);
-                reused.insert(name.clone());
-            }
-        }
-    }
-    // aya parses the object again: the same panic guard as `parse_elf`.
-    let mut ebpf =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loader.load(req.bytecode)))
-            .map_err(|panic| {
-                ObjectError::new(
-                    Reason::InvalidElf,
-                    format!(
-                        "the bytecode is not a valid eBPF ELF object: loading failed on it ({})",
-                        panic_text(&*panic)
-                    ),
-                )
-            })?
-            .map_err(|e| load_error(&e))?;
-
-    let dir = layout.version(req.object, req.version);
-    fsops::create_dirs(layout.root(), &dir)?;
-    rollback.version_dir = Some(dir.clone());
-
-    let mut programs = Vec::with_capacity(spec.programs.len());
-    // Programs identical to the previous version's: that program object is kept (same id, same
-    // links); the one just loaded is dropped.
-    let mut kept: BTreeMap<String, Program> = BTreeMap::new();
-    for prog_spec in &spec.programs {
-        let name = prog_spec.name.as_str();
-        let program = ebpf.program_mut(name).ok_or_else(|| {
-            ObjectError::new(
-                Reason::ProgramNotFound,
-                format!("program {name} is not in the ELF object"),
-            )
-        })?;
-        let btf_function = prog_spec
-            .attach
-            .as_ref()
-            .and_then(AttachPoint::btf_function);
-        load_program(name, program, btf, btf_function)?;
-        let path = Layout::prog_in(&dir, name);
-        fsops::create_dirs(layout.root(), path.parent().expect("progs/"))?;
-        let previous = req
-            .previous
-            .and_then(|prev| same_as_previous(prev, name, program));
-        let target = match previous {
-            Some(old) => kept.entry(name.to_owned()).or_insert(old),
-            None => program,
-        };
-        target
-            .pin(&path)
-            .map_err(|e| pin_error("program", name, &path, &e))?;
-        let id = target
-            .info()
-            .map_err(|e| {
-                ObjectError::new(Reason::LoadFailed, format!("program {name}: {}", chain(&e)))
-            })?
-            .id();
-        programs.push((name.to_owned(), id));
-    }
-    if !kept.is_empty() {
-        tracing::debug!(object = req.object, programs = ?kept.keys().collect::<Vec<_>>(), "kept unchanged programs");
-    }
-
-    fill_tail_calls(spec, &plan, &mut ebpf, &kept)?;
-
-    let mut maps = Vec::new();
-    for name in &plan.private {
-        let path = Layout::map_in(&dir, name);
-        let map = ebpf.map(name).ok_or_else(|| {
-            ObjectError::new(Reason::MapNotFound, format!("map {name} was not created"))
-        })?;
-        fsops::create_dirs(layout.root(), path.parent().expect("maps/"))?;
-        map.pin(&path)
-            .map_err(|e| pin_error("map", name, &path, &e))?;
-        maps.push(layout.public_path(req.object, &dir, &path));
-    }
-    let shared: Vec<PathBuf> = plan.shared.values().cloned().collect();
-    maps.extend(shared.iter().cloned());
-
-    // Attach last: everything that can fail without side effects on running traffic has passed.
-    let mut links = Vec::new();
-    for prog_spec in &spec.programs {
-        let Some(attach) = &prog_spec.attach else {
-            continue;
-        };
-        let name = prog_spec.name.as_str();
-        for point in AttachPoint::all(attach) {
-            let path = Layout::link_in(&dir, name, &point.link_name());
-            fsops::create_dirs(layout.root(), path.parent().expect("links/<program>/"))?;
-            let previous_link = req
-                .previous
-                .map(|p| Layout::link_in(p, name, &point.link_name()));
-            if let Some(program) = kept.get_mut(name) {
-                // The same program at the same point: its link simply moves to the new version.
-                match previous_link.as_deref().filter(|p| p.exists()) {
-                    Some(prev) => repin_link(prev, &path)?,
-                    None => {
-                        attach::attach_and_pin(program, name, &point, &path, None)?;
-                    }
-                }
-            } else {
-                let program = ebpf.program_mut(name).expect("loaded above");
-                if let Some(replaced) =
-                    attach::attach_and_pin(program, name, &point, &path, previous_link.as_deref())?
-                {
-                    let prev_prog =
-                        Layout::prog_in(req.previous.expect("replaced a previous link"), name);
-                    rollback.replaced_links.push((replaced, prev_prog));
-                }
-            }
-            links.push(layout.public_path(req.object, &dir, &path));
-        }
-    }
-    if !reused.is_empty() {
-        tracing::debug!(object = req.object, maps = ?reused, "kept the contents of unchanged maps");
-    }
-    Ok(PinnedVersion {
-        version: req.version.to_owned(),
-        programs,
-        maps,
-        links,
-        shared,
-    })
+        .collect()
 }
 
 /// The previous version's program `name` when the newly loaded one is the same program: same
@@ -520,20 +866,6 @@ fn same_as_previous(prev: &Path, name: &str, new: &Program) -> Option<Program> {
     Some(kept)
 }
 
-/// Pins the link pinned at `from` also at `to`.
-fn repin_link(from: &Path, to: &Path) -> Result<(), ObjectError> {
-    use aya::programs::links::{FdLink, PinnedLink};
-    let err = |e: &dyn std::error::Error| {
-        ObjectError::new(
-            Reason::PinFailed,
-            format!("pinning link {} at {}: {e}", from.display(), to.display()),
-        )
-    };
-    let link = PinnedLink::from_pin(from).map_err(|e| err(&e))?;
-    FdLink::from(link).pin(to).map_err(|e| err(&e))?;
-    Ok(())
-}
-
 fn max_entries_of(spec: &BpfObjectSpec, map: &str) -> Option<u32> {
     spec.maps
         .iter()
@@ -548,8 +880,8 @@ fn fill_tail_calls(
     spec: &BpfObjectSpec,
     plan: &MapPlan,
     ebpf: &mut aya::Ebpf,
-    kept: &BTreeMap<String, Program>,
-) -> Result<(), ObjectError> {
+    kept: &Kept,
+) -> Result<(), LoadError> {
     use aya::maps::ProgramArray;
     let mut by_map: BTreeMap<&str, Vec<(u32, &str)>> = BTreeMap::new();
     for name in &plan.private {
@@ -565,46 +897,42 @@ fn fill_tail_calls(
     }
     for (map, entries) in by_map {
         let mut fds = Vec::new();
-        for (index, program) in &entries {
+        for &(index, program) in &entries {
             // The pinned program: a kept one, or the one just loaded.
             let prog = kept
-                .get(*program)
+                .get(program)
                 .or_else(|| ebpf.program(program))
-                .ok_or_else(|| {
-                    ObjectError::new(
-                        Reason::ProgramNotFound,
-                        format!("tail call {map}[{index}]: program {program} is not loaded"),
-                    )
+                .ok_or_else(|| LoadError::TailCallProgram {
+                    map: map.to_owned(),
+                    index,
+                    program: program.to_owned(),
                 })?;
             let fd = prog
                 .fd()
-                .map_err(|e| {
-                    ObjectError::new(
-                        Reason::LoadFailed,
-                        format!("tail call {map}[{index}] -> {program}: {}", chain(&e)),
-                    )
+                .map_err(|source| LoadError::TailCallFd {
+                    map: map.to_owned(),
+                    index,
+                    program: program.to_owned(),
+                    source: Box::new(source),
                 })?
                 .try_clone()
-                .map_err(|e| {
-                    ObjectError::new(
-                        Reason::LoadFailed,
-                        format!("tail call {map}[{index}] -> {program}: {e}"),
-                    )
+                .map_err(|source| LoadError::TailCallDup {
+                    map: map.to_owned(),
+                    index,
+                    program: program.to_owned(),
+                    source,
                 })?;
-            fds.push((*index, fd));
+            fds.push((index, fd));
         }
-        let m = ebpf.map_mut(map).ok_or_else(|| {
-            ObjectError::new(
-                Reason::MapNotFound,
-                format!("tail call map {map} is not in the ELF object"),
-            )
-        })?;
+        let m = ebpf
+            .map_mut(map)
+            .ok_or_else(|| LoadError::TailCallMapMissing {
+                map: map.to_owned(),
+            })?;
         let mut array: ProgramArray<&mut aya::maps::MapData> =
-            ProgramArray::try_from(m).map_err(|e| {
-                ObjectError::new(
-                    Reason::InvalidSpec,
-                    format!("tail call map {map}: {}", chain(&e)),
-                )
+            ProgramArray::try_from(m).map_err(|source| LoadError::TailCallMapType {
+                map: map.to_owned(),
+                source: Box::new(source),
             })?;
         let wanted: BTreeSet<u32> = fds.iter().map(|(i, _)| *i).collect();
         let stale: Vec<u32> = array
@@ -616,26 +944,16 @@ fn fill_tail_calls(
             let _ = array.clear_index(&index);
         }
         for (index, fd) in &fds {
-            array.set(*index, fd, 0).map_err(|e| {
-                ObjectError::new(
-                    Reason::LoadFailed,
-                    format!("setting tail call {map}[{index}]: {}", chain(&e)),
-                )
-            })?;
+            array
+                .set(*index, fd, 0)
+                .map_err(|source| LoadError::TailCallSet {
+                    map: map.to_owned(),
+                    index: *index,
+                    source: Box::new(source),
+                })?;
         }
     }
     Ok(())
-}
-
-fn pin_error(kind: &str, name: &str, path: &Path, err: &dyn std::error::Error) -> ObjectError {
-    ObjectError::new(
-        Reason::PinFailed,
-        format!(
-            "pinning {kind} {name} at {}: {}",
-            path.display(),
-            chain(err)
-        ),
-    )
 }
 
 /// Checks each `globalData` override against the variable's type in the object's BTF: it must
@@ -645,7 +963,7 @@ fn pin_error(kind: &str, name: &str, path: &Path, err: &dyn std::error::Error) -
 pub fn check_globals_against_btf(
     elf: &aya_obj::Object,
     globals: &[(&str, Vec<u8>)],
-) -> Result<(), ObjectError> {
+) -> Result<(), LoadError> {
     if globals.is_empty() {
         return Ok(());
     }
@@ -659,72 +977,44 @@ pub fn check_globals_against_btf(
     for (name, bytes) in globals {
         let Some(var) = vars.get(*name) else {
             let known = vars.keys().map(String::as_str).collect::<Vec<_>>();
-            return Err(ObjectError::new(
-                Reason::InvalidGlobalData,
-                if known.is_empty() {
-                    format!("globalData {name}: the object declares no global variables")
-                } else {
-                    format!(
-                        "globalData {name}: the object declares no global variable {name} (it has: {})",
-                        known.join(", ")
-                    )
-                },
-            ));
+            let name = (*name).to_owned();
+            return Err(if known.is_empty() {
+                LoadError::NoGlobals { name }
+            } else {
+                LoadError::UnknownGlobal {
+                    name,
+                    known: known.join(", "),
+                }
+            });
         };
         if bytes.len() as u64 != var.size {
-            return Err(ObjectError::new(
-                Reason::InvalidGlobalData,
-                format!(
-                    "globalData {name} is {} byte{}, but {name} in {} is a {} of {} bytes (from the object's BTF)",
-                    bytes.len(),
-                    if bytes.len() == 1 { "" } else { "s" },
-                    var.section,
-                    var.type_name,
-                    var.size
-                ),
-            ));
+            return Err(LoadError::GlobalSize {
+                name: (*name).to_owned(),
+                len: bytes.len(),
+                section: var.section.clone(),
+                type_name: var.type_name.clone(),
+                size: var.size,
+            });
         }
     }
     Ok(())
 }
 
-fn load_error(err: &EbpfError) -> ObjectError {
-    match err {
-        EbpfError::ParseError(aya_obj::ParseError::InvalidGlobalData { .. })
-        | EbpfError::ParseError(aya_obj::ParseError::SymbolNotFound { .. }) => ObjectError::new(
-            Reason::InvalidGlobalData,
-            format!("globalData does not fit the ELF object: {}", chain(err)),
-        ),
-        EbpfError::ParseError(_) => ObjectError::new(
-            Reason::InvalidElf,
-            format!(
-                "the bytecode is not a valid eBPF ELF object: {}",
-                chain(err)
-            ),
-        ),
-        _ => ObjectError::new(
-            Reason::LoadFailed,
-            format!("loading the ELF object: {}", chain(err)),
-        ),
-    }
-}
-
-fn program_error(name: &str, err: ProgramError) -> ObjectError {
+/// The error of a program's load: the verifier's verdict, or aya's error.
+fn program_error(name: &str, err: ProgramError) -> LoadError {
     match err {
         ProgramError::LoadError {
             io_error,
             verifier_log,
-        } => ObjectError::new(
-            Reason::VerifierRejected,
-            format!(
-                "the verifier rejected program {name} ({io_error}); log tail:\n{}",
-                verifier_log_tail(&verifier_log.to_string(), 8)
-            ),
-        ),
-        other => ObjectError::new(
-            Reason::LoadFailed,
-            format!("loading program {name}: {}", chain(&other)),
-        ),
+        } => LoadError::Verifier {
+            program: name.to_owned(),
+            io_error,
+            log_tail: verifier_log_tail(&verifier_log.to_string(), 8),
+        },
+        source => LoadError::ProgramLoad {
+            program: name.to_owned(),
+            source: Box::new(source),
+        },
     }
 }
 
@@ -733,22 +1023,12 @@ fn load_program(
     program: &mut Program,
     btf: &KernelBtf,
     btf_function: Option<&str>,
-) -> Result<(), ObjectError> {
-    let needs_function = || {
-        ObjectError::new(
-            Reason::InvalidSpec,
-            format!(
-                "program {name} is an fentry/fexit program: attach.fentry or attach.fexit must name its kernel function"
-            ),
-        )
+) -> Result<(), LoadError> {
+    let needs_function = || LoadError::NeedsFunction {
+        program: name.to_owned(),
     };
-    let no_btf = || {
-        ObjectError::new(
-            Reason::Unsupported,
-            format!(
-                "program {name} needs the kernel's BTF (/sys/kernel/btf/vmlinux), which this node lacks"
-            ),
-        )
+    let no_btf = || LoadError::NoKernelBtf {
+        program: name.to_owned(),
     };
     let result = match program {
         Program::FEntry(p) => p.load(
@@ -771,23 +1051,22 @@ fn load_program(
         Program::SkMsg(p) => p.load(),
         Program::SockOps(p) => p.load(),
         other => {
-            return Err(ObjectError::new(
-                Reason::Unsupported,
-                format!(
-                    "program {name} has type {:?}, which bpfpin cannot load yet",
-                    other.prog_type()
-                ),
-            ));
+            return Err(LoadError::UnsupportedType {
+                program: name.to_owned(),
+                kind: format!("{:?}", other.prog_type()),
+            });
         }
     };
     let tracing = matches!(program, Program::FEntry(_) | Program::FExit(_));
     result.map_err(|e| {
-        let mut err = program_error(name, e);
-        if tracing && err.message.contains("os error 1)") {
+        let err = program_error(name, e);
+        if tracing && err.to_string().contains("os error 1)") {
             // EPERM with an empty log: the kernel refuses BPF trampolines (ftrace restricted).
-            err.reason = Reason::LoadFailed;
-            err.message.push_str(" (the kernel refused the fentry/fexit program: BPF trampolines are disabled or restricted on this node)");
+            LoadError::TrampolinesRefused {
+                refused: Box::new(err),
+            }
+        } else {
+            err
         }
-        err
     })
 }

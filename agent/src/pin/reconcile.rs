@@ -14,12 +14,128 @@ use aya::programs::ProgramInfo;
 use super::attach::AttachPoint;
 use super::desired::{DesiredObject, sha256_hex, version_key};
 use super::fsops;
+use super::fsops::FsError;
 use super::layout::{Layout, SHARED_DIR, STAGING_DIR, VERSIONS_DIR};
+use super::loader::LoadError;
 use super::loader::{self, BuildRequest, PinnedVersion};
 use super::map_memory;
 use super::mounts;
-use crate::error::{AgentError, ObjectError, Reason};
-use bpfpin_crds::validation::validate_object_name;
+use crate::error::{AgentError, ObjectError, Reason, StatusError};
+use bpfpin_crds::validation::{ValidationError, validate_object_name};
+
+/// Why a pass could not pin one object (besides a failed build, which is a [`LoadError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The object's name could become another path of the root: nothing is done for it.
+    #[error("{source}; nothing was pinned or removed for this object")]
+    RefusedName {
+        /// Why the name is refused.
+        #[source]
+        source: ValidationError,
+    },
+    /// The spec breaks a rule of the CRD.
+    #[error("{0}")]
+    InvalidSpec(#[source] ValidationError),
+    /// The bytecode could not be had (the source's error, as the mode reported it).
+    #[error(transparent)]
+    Bytecode(ObjectError),
+    /// The bytecode's digest is not the one the spec pins.
+    #[error("the bytecode's sha256 is {digest}, spec.sha256 says {want}")]
+    DigestMismatch {
+        /// The bytecode's digest.
+        digest: String,
+        /// `spec.sha256`.
+        want: String,
+    },
+    /// A shared map's pin path collides with other shared pins.
+    #[error("map {map} of object {object} would be pinned at {}, {problem}; choose another pinPath", .path.display())]
+    SharedPathTaken {
+        /// The map.
+        map: String,
+        /// The object.
+        object: String,
+        /// Where it would be pinned.
+        path: PathBuf,
+        /// What is in the way.
+        problem: Box<SharedPathProblem>,
+    },
+    /// The object's new maps do not fit the agent's memory cgroup.
+    #[error("object {object}: its new maps need about {} ({largest}), but the agent's memory cgroup {} has {} left (limit {}, used {}, {} kept for the agent); map memory is charged to the agent's cgroup and stays charged while pinned: raise the agent's memory limit or lower spec.maps[].maxEntries", map_memory::human(*.need), .cgroup.display(), map_memory::human(*.left), map_memory::human(*.limit), map_memory::human(*.usage), map_memory::human(map_memory::RESERVE))]
+    InsufficientMemory {
+        /// The object.
+        object: String,
+        /// Bytes its new maps need.
+        need: u64,
+        /// The largest new maps with their sizes, listed.
+        largest: String,
+        /// The agent's memory cgroup.
+        cgroup: PathBuf,
+        /// Bytes the cgroup has left.
+        left: u64,
+        /// Its limit.
+        limit: u64,
+        /// Its usage.
+        usage: u64,
+    },
+    /// The object's symlink could not be pointed at the new version.
+    #[error("{step} for object {object}: {source}")]
+    Swap {
+        /// `creating the version symlink` or `swapping in the new version`.
+        step: &'static str,
+        /// The object.
+        object: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A path under the root was refused or could not be made.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// The version could not be built.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// What is in the way of a shared map's pin path.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedPathProblem {
+    /// A directory on the way is a pinned map.
+    #[error("below {}, where {owners} has a map pinned", .pin.display())]
+    BelowPin {
+        /// The pinned map.
+        pin: PathBuf,
+        /// Who pinned it (`object a`, `objects a, b`).
+        owners: String,
+    },
+    /// The pin path is a directory of other shared maps.
+    #[error("which is a directory holding the shared map(s) {pins} of {owners}")]
+    HoldsPins {
+        /// The pins below it, listed.
+        pins: String,
+        /// Who pinned them.
+        owners: String,
+    },
+    /// Something that is not a map is pinned there.
+    #[error("where something that is not a map is pinned")]
+    NotAMap,
+}
+
+impl StatusError for ReconcileError {
+    fn reason(&self) -> Reason {
+        match self {
+            ReconcileError::RefusedName { .. } | ReconcileError::InvalidSpec(_) => {
+                Reason::InvalidSpec
+            }
+            ReconcileError::Bytecode(e) => e.reason,
+            ReconcileError::DigestMismatch { .. } => Reason::DigestMismatch,
+            ReconcileError::SharedPathTaken { .. } => Reason::MapConflict,
+            ReconcileError::InsufficientMemory { .. } => Reason::InsufficientMemory,
+            ReconcileError::Swap { .. } => Reason::PinFailed,
+            ReconcileError::Fs(e) => e.reason(),
+            ReconcileError::Load(e) => e.reason(),
+        }
+    }
+}
 
 /// What a pass did with one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +157,7 @@ pub enum Action {
 /// The outcome for one desired object.
 #[derive(Debug, Clone)]
 pub struct ObjectReport {
-    /// The object.
+    /// The object's name (`metadata.name`).
     pub name: String,
     /// Its uid, as given.
     pub uid: Option<String>,
@@ -121,7 +237,7 @@ impl Reconciler {
         for dir in [root.join(VERSIONS_DIR), layout.staging(), layout.shared()] {
             fsops::create_dirs(root, &dir).map_err(|e| AgentError::Bpffs {
                 path: dir.clone(),
-                message: e.message,
+                message: e.to_string(),
             })?;
         }
         // The kernel's BTF is parsed once per process, not once per load.
@@ -163,7 +279,9 @@ impl Reconciler {
         for obj in desired {
             match validate_object_name(&obj.name) {
                 Ok(()) => sorted.push(obj),
-                Err(e) => report.objects.push(self.refused_name(obj, &e.to_string())),
+                Err(source) => report
+                    .objects
+                    .push(self.refused_name(obj, ReconcileError::RefusedName { source })),
             }
         }
         let hold: BTreeSet<&str> = hold
@@ -240,11 +358,8 @@ impl Reconciler {
     }
 
     /// The report of an object refused for its name: nothing was read, built or removed for it.
-    fn refused_name(&self, obj: &DesiredObject, why: &str) -> ObjectReport {
-        let error = ObjectError::new(
-            Reason::InvalidSpec,
-            format!("{why}; nothing was pinned or removed for this object"),
-        );
+    fn refused_name(&self, obj: &DesiredObject, refused: ReconcileError) -> ObjectReport {
+        let error = ObjectError::from(refused);
         tracing::warn!(object = %obj.name, reason = %error.reason, error = %error.message, "object refused");
         ObjectReport {
             name: obj.name.clone(),
@@ -258,7 +373,6 @@ impl Reconciler {
     }
 
     fn reconcile_object(&mut self, obj: &DesiredObject, all: &[&DesiredObject]) -> ObjectReport {
-        let path = self.layout.object(&obj.name);
         let base = ObjectReport {
             name: obj.name.clone(),
             uid: obj.uid.clone(),
@@ -266,97 +380,120 @@ impl Reconciler {
             action: Action::Failed,
             error: None,
             pinned: None,
-            path: path.clone(),
+            path: self.layout.object(&obj.name),
         };
-        // Something at <root>/<object> that is not our symlink is garbage.
-        if let Ok(meta) = std::fs::symlink_metadata(&path)
-            && (!meta.file_type().is_symlink() || self.current_version(&obj.name).is_none())
-        {
-            tracing::warn!(object = %obj.name, path = %path.display(), "removing an unknown entry where the object's symlink belongs");
-            fsops::remove_tree(self.layout.root(), &path);
-        }
+        self.remove_foreign_entry(&obj.name);
         let current = self.current_version(&obj.name);
-
-        let prepared = self.prepare(obj);
-        let (bytes, key) = match prepared {
-            Ok(p) => p,
-            Err(error) => return self.failed(obj, base, current, error),
-        };
-
-        if let Some(version) = &current
-            && version.split('-').next() == Some(key.as_str())
-            && let Some(state) = self.adopt(obj, version, &bytes)
-        {
-            let action = if self
-                .known
-                .get(&obj.name)
-                .is_some_and(|c| &c.version == version)
-            {
-                Action::Unchanged
-            } else {
-                tracing::info!(object = %obj.name, path = %path.display(), version, "adopted");
-                Action::Adopted
-            };
-            let (private_bytes, shared_bytes) = match self.known.get(&obj.name) {
-                Some(c) if &c.version == version => (c.private_bytes, c.shared_bytes.clone()),
-                _ => loader::parse_elf(&bytes)
-                    .map(|elf| self.memory_of(obj, &elf))
-                    .unwrap_or_default(),
-            };
-            self.known.insert(
-                obj.name.clone(),
-                Current {
-                    version: version.clone(),
-                    state: state.clone(),
-                    private_bytes,
-                    shared_bytes,
-                },
-            );
-            return ObjectReport {
+        match self.pin_object(obj, all, current.as_deref()) {
+            Ok((action, state)) => ObjectReport {
                 action,
                 pinned: Some(state),
                 ..base
-            };
+            },
+            Err(error) => self.failed(obj, base, current, error.into()),
         }
+    }
 
+    /// Something at `<root>/<object>` that is not our symlink is garbage.
+    fn remove_foreign_entry(&self, object: &str) {
+        let path = self.layout.object(object);
+        if let Ok(meta) = std::fs::symlink_metadata(&path)
+            && (!meta.file_type().is_symlink() || self.current_version(object).is_none())
+        {
+            tracing::warn!(object, path = %path.display(), "removing an unknown entry where the object's symlink belongs");
+            fsops::remove_tree(self.layout.root(), &path);
+        }
+    }
+
+    /// Adopts the current version when it is the one the spec asks for, or builds a new one.
+    fn pin_object(
+        &mut self,
+        obj: &DesiredObject,
+        all: &[&DesiredObject],
+        current: Option<&str>,
+    ) -> Result<(Action, PinnedVersion), ReconcileError> {
+        let (bytes, key) = self.prepare(obj)?;
+        if let Some(version) = current
+            && version.split('-').next() == Some(key.as_str())
+            && let Some(adopted) = self.take_over(obj, version, &bytes)
+        {
+            return Ok(adopted);
+        }
+        self.build_version(obj, all, current, &key, &bytes)
+    }
+
+    /// Takes over the current version if every pin of it is there: `Unchanged` when this process
+    /// already knew it, `Adopted` when an earlier run pinned it.
+    fn take_over(
+        &mut self,
+        obj: &DesiredObject,
+        version: &str,
+        bytes: &[u8],
+    ) -> Option<(Action, PinnedVersion)> {
+        let state = self.adopt(obj, version, bytes)?;
+        let known = self.known.get(&obj.name).filter(|c| c.version == version);
+        let action = if known.is_some() {
+            Action::Unchanged
+        } else {
+            let path = self.layout.object(&obj.name);
+            tracing::info!(object = %obj.name, path = %path.display(), version, "adopted");
+            Action::Adopted
+        };
+        let (private_bytes, shared_bytes) = match known {
+            Some(c) => (c.private_bytes, c.shared_bytes.clone()),
+            None => loader::parse_elf(bytes)
+                .map(|elf| self.memory_of(obj, &elf))
+                .unwrap_or_default(),
+        };
+        self.known.insert(
+            obj.name.clone(),
+            Current {
+                version: version.to_owned(),
+                state: state.clone(),
+                private_bytes,
+                shared_bytes,
+            },
+        );
+        Some((action, state))
+    }
+
+    /// Builds a new version aside, checks first, and swaps it in; the previous version is removed
+    /// once the new one is in place.
+    fn build_version(
+        &mut self,
+        obj: &DesiredObject,
+        all: &[&DesiredObject],
+        current: Option<&str>,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<(Action, PinnedVersion), ReconcileError> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let version = format!("{key}-{nanos:x}");
-        let previous = current.as_ref().map(|v| self.layout.version(&obj.name, v));
+        let previous = current.map(|v| self.layout.version(&obj.name, v));
         // Parsed once for the checks before the build (the loader parses what it loads itself).
-        let elf = match loader::parse_elf(&bytes) {
-            Ok(elf) => elf,
-            Err(error) => return self.failed(obj, base, current, error),
-        };
-        if let Err(error) = self.check_shared_paths(obj, &elf, all) {
-            return self.failed(obj, base, current, error);
-        }
-        if let Err(error) = self.check_map_memory(obj, &elf, previous.as_deref()) {
-            return self.failed(obj, base, current, error);
-        }
+        let elf = loader::parse_elf(bytes)?;
+        self.check_shared_paths(obj, &elf, all)?;
+        self.check_map_memory(obj, &elf, previous.as_deref())?;
         let req = BuildRequest {
             object: &obj.name,
             spec: &obj.spec,
-            bytecode: &bytes,
+            bytecode: bytes,
             version: &version,
             previous: previous.as_deref(),
         };
-        let built = match loader::build(&self.layout, &self.btf, &req) {
-            Ok(b) => b,
-            Err(error) => return self.failed(obj, base, current, error),
-        };
+        let built = loader::build(&self.layout, &self.btf, &req)?;
         if let Err(error) = self.swap(&obj.name, &version) {
-            fsops::remove_tree(
-                self.layout.root(),
-                &self.layout.version(&obj.name, &version),
-            );
-            return self.failed(obj, base, current, error);
+            let dir = self.layout.version(&obj.name, &version);
+            fsops::remove_tree(self.layout.root(), &dir);
+            return Err(error);
         }
         if let Some(prev) = &previous {
             fsops::remove_tree(self.layout.root(), prev);
         }
+        let path = self.layout.object(&obj.name);
         for (program, id) in &built.programs {
             tracing::info!(object = %obj.name, program, id, path = %path.join("progs").join(program).display(), "pinned");
         }
@@ -376,32 +513,28 @@ impl Reconciler {
                 shared_bytes,
             },
         );
-        ObjectReport {
-            action,
-            pinned: Some(built),
-            ..base
-        }
+        Ok((action, built))
     }
 
     /// Validation, bytecode, digest: everything before touching bpffs.
-    fn prepare(&self, obj: &DesiredObject) -> Result<(Vec<u8>, String), ObjectError> {
+    fn prepare(&self, obj: &DesiredObject) -> Result<(Vec<u8>, String), ReconcileError> {
         obj.spec
             .validate(&obj.name)
-            .map_err(|e| ObjectError::new(Reason::InvalidSpec, e.to_string()))?;
+            .map_err(ReconcileError::InvalidSpec)?;
         for m in &obj.spec.maps {
             if let Some(pin) = &m.pin_path {
                 fsops::confine(self.layout.root(), &self.layout.shared_map(pin))?;
             }
         }
-        let bytes = obj.bytecode.clone()?;
+        let bytes = obj.bytecode.clone().map_err(ReconcileError::Bytecode)?;
         let digest = sha256_hex(&bytes);
         if let Some(want) = &obj.spec.sha256
             && want != &digest
         {
-            return Err(ObjectError::new(
-                Reason::DigestMismatch,
-                format!("the bytecode's sha256 is {digest}, spec.sha256 says {want}"),
-            ));
+            return Err(ReconcileError::DigestMismatch {
+                digest,
+                want: want.clone(),
+            });
         }
         Ok((bytes, version_key(&obj.spec, &digest)))
     }
@@ -414,7 +547,7 @@ impl Reconciler {
         obj: &DesiredObject,
         elf: &aya_obj::Object,
         all: &[&DesiredObject],
-    ) -> Result<(), ObjectError> {
+    ) -> Result<(), ReconcileError> {
         // A spec the loader refuses is reported by the loader, with its own reason.
         let Ok(plan) = loader::plan_maps(&self.layout, &obj.spec, elf) else {
             return Ok(());
@@ -432,36 +565,32 @@ impl Reconciler {
                     break;
                 };
                 let last = i + 1 == parts.len();
-                let refuse = |what: String| {
-                    Err(ObjectError::new(
-                        Reason::MapConflict,
-                        format!(
-                            "map {map} of object {} would be pinned at {}, {what}; choose another pinPath",
-                            obj.name,
-                            path.display()
-                        ),
-                    ))
+                let refuse = |problem: SharedPathProblem| {
+                    Err(ReconcileError::SharedPathTaken {
+                        map: map.clone(),
+                        object: obj.name.clone(),
+                        path: path.clone(),
+                        problem: Box::new(problem),
+                    })
                 };
                 if !last && !meta.is_dir() {
-                    let pins = [here.clone()];
-                    return refuse(format!(
-                        "below {}, where {} has a map pinned",
-                        here.display(),
-                        self.owners(&pins, obj, all)
-                    ));
+                    let owners = self.owners(std::slice::from_ref(&here), obj, all);
+                    return refuse(SharedPathProblem::BelowPin {
+                        pin: here.clone(),
+                        owners,
+                    });
                 }
                 if last && meta.is_dir() {
                     let pins = fsops::pins_under(self.layout.root(), &here);
                     let listed: Vec<String> =
                         pins.iter().map(|p| p.display().to_string()).collect();
-                    return refuse(format!(
-                        "which is a directory holding the shared map(s) {} of {}",
-                        listed.join(", "),
-                        self.owners(&pins, obj, all)
-                    ));
+                    return refuse(SharedPathProblem::HoldsPins {
+                        pins: listed.join(", "),
+                        owners: self.owners(&pins, obj, all),
+                    });
                 }
                 if last && aya::maps::MapInfo::from_pin(&here).is_err() {
-                    return refuse("where something that is not a map is pinned".into());
+                    return refuse(SharedPathProblem::NotAMap);
                 }
             }
         }
@@ -519,7 +648,7 @@ impl Reconciler {
         obj: &DesiredObject,
         elf: &aya_obj::Object,
         previous: Option<&Path>,
-    ) -> Result<(), ObjectError> {
+    ) -> Result<(), ReconcileError> {
         let Ok(plan) = loader::plan_maps(&self.layout, &obj.spec, elf) else {
             return Ok(());
         };
@@ -542,20 +671,15 @@ impl Reconciler {
             .take(3)
             .map(|m| format!("{} {}", m.name, map_memory::human(m.bytes)))
             .collect();
-        Err(ObjectError::new(
-            Reason::InsufficientMemory,
-            format!(
-                "object {}: its new maps need about {} ({}), but the agent's memory cgroup {} has {} left (limit {}, used {}, {} kept for the agent); map memory is charged to the agent's cgroup and stays charged while pinned: raise the agent's memory limit or lower spec.maps[].maxEntries",
-                obj.name,
-                map_memory::human(need),
-                largest.join(", "),
-                room.cgroup.display(),
-                map_memory::human(room.left()),
-                map_memory::human(room.limit),
-                map_memory::human(room.usage),
-                map_memory::human(map_memory::RESERVE),
-            ),
-        ))
+        Err(ReconcileError::InsufficientMemory {
+            object: obj.name.clone(),
+            need,
+            largest: largest.join(", "),
+            cgroup: room.cgroup.clone(),
+            left: room.left(),
+            limit: room.limit,
+            usage: room.usage,
+        })
     }
 
     /// Reports a failure; a previous version, if any, stays pinned.
@@ -635,14 +759,13 @@ impl Reconciler {
     }
 
     /// Points `<root>/<object>` at a version with one rename (atomic for readers).
-    fn swap(&self, object: &str, version: &str) -> Result<(), ObjectError> {
+    fn swap(&self, object: &str, version: &str) -> Result<(), ReconcileError> {
         let staged = self.layout.staging().join(object);
         let _ = std::fs::remove_file(&staged);
-        let err = |what: &str, e: std::io::Error| {
-            ObjectError::new(
-                Reason::PinFailed,
-                format!("{what} for object {object}: {e}"),
-            )
+        let err = |step: &'static str, source: std::io::Error| ReconcileError::Swap {
+            step,
+            object: object.to_owned(),
+            source,
         };
         std::os::unix::fs::symlink(Layout::link_target(object, version), &staged)
             .map_err(|e| err("creating the version symlink", e))?;
