@@ -88,24 +88,23 @@ pub fn verifier_log_tail(log: &str, lines: usize) -> String {
 }
 
 /// An error of the agent as a whole (not of one object): the managed root, bpffs, the API.
+#[expect(
+    missing_docs,
+    reason = "a variant's fields are the names, paths and causes its message shows"
+)]
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The bpffs mount point is missing, not a bpffs, or could not be mounted.
     #[error("bpffs at {path}: {message}")]
     Bpffs {
-        /// The mount point.
         path: std::path::PathBuf,
-        /// What is wrong.
         message: String,
     },
     /// A filesystem operation on the managed root failed.
     #[error("{action} {path}: {source}")]
     Io {
-        /// What the agent was doing.
         action: &'static str,
-        /// Where.
         path: std::path::PathBuf,
-        /// The error.
         source: std::io::Error,
     },
 }

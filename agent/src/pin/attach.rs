@@ -58,7 +58,7 @@ pub enum AttachPoint {
         symbol: Option<String>,
         /// Offset (from the symbol, or absolute).
         offset: Option<u64>,
-        /// Only this process.
+        /// Only this process is probed (all processes when unset).
         pid: Option<u32>,
     },
     /// fentry: runs at the entry of a kernel function (a BPF trampoline).
@@ -148,7 +148,7 @@ impl AttachPoint {
     }
 
     /// The kernel function an fentry/fexit program is loaded against (it is part of the load).
-    pub fn btf_function(attach: &Attach) -> Option<&str> {
+    pub(crate) fn btf_function(attach: &Attach) -> Option<&str> {
         attach
             .fentry
             .as_ref()
@@ -252,39 +252,33 @@ impl AttachPoint {
 }
 
 /// Why a program could not be attached, or its link not pinned.
+#[expect(
+    missing_docs,
+    reason = "a variant's fields are the names, paths and causes its message shows"
+)]
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
     /// The program's type cannot attach at this kind of point.
     #[error("program {program} has type {actual}; attaching it to {link} needs {wants}")]
     WrongType {
-        /// The program.
         program: String,
-        /// Its aya program type, as `Debug` prints it.
         actual: String,
-        /// The link name of the point it was to attach to.
         link: String,
-        /// What the point takes.
         wants: &'static str,
     },
     /// The attach target (tracefs entry, cgroup, uprobe binary, kprobe support) is not usable.
     #[error("attaching program {program} to {at}: {problem}")]
     Target {
-        /// The program.
         program: String,
-        /// The point, described.
         at: String,
-        /// What is wrong with the target.
         #[source]
         problem: TargetError,
     },
     /// aya or the kernel refused the attachment.
     #[error("attaching program {program} to {at}: {}", sources(&**.source))]
     Kernel {
-        /// The program.
         program: String,
-        /// The point, described.
         at: String,
-        /// aya's error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -293,39 +287,27 @@ pub enum AttachError {
         "XDP on interface {interface} for program {program} was attached through netlink, not a bpf_link, so it cannot be pinned (the kernel is older than 5.9 or refused the link: {source})"
     )]
     NotALink {
-        /// The interface.
         interface: String,
-        /// The program.
         program: String,
-        /// aya's refusal to turn the link into an `FdLink`.
         #[source]
         source: aya::programs::links::LinkError,
     },
     /// A uprobe names neither a symbol nor an offset.
     #[error("uprobe of program {program}: set symbol, offset or both")]
-    UprobeLocation {
-        /// The program.
-        program: String,
-    },
+    UprobeLocation { program: String },
     /// The new link could not be pinned.
     #[error("pinning the link of program {program} at {}: {source}", .path.display())]
     Pin {
-        /// The program.
         program: String,
-        /// Where the link was to be pinned.
         path: PathBuf,
-        /// aya's error.
         #[source]
         source: aya::pin::PinError,
     },
     /// The previous version's link could not be pinned again in the new version.
     #[error("pinning link {} at {}: {source}", .from.display(), .to.display())]
     Repin {
-        /// The link pinned in the previous version.
         from: PathBuf,
-        /// Its pin in the new version.
         to: PathBuf,
-        /// aya's error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -346,6 +328,10 @@ impl StatusError for AttachError {
 
 /// What is wrong with an attach target; checked before aya is called, so that aya never reads a
 /// FIFO, a device or a file outside the filesystem the kind expects.
+#[expect(
+    missing_docs,
+    reason = "a variant's fields are the names, paths and causes its message shows"
+)]
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     /// Neither tracefs mount point holds a tracefs.
@@ -354,90 +340,57 @@ pub enum TargetError {
     /// The tracepoint's `id` file cannot be opened (the tracepoint does not exist).
     #[error("{}: {source}", .path.display())]
     TracepointId {
-        /// The `id` file.
         path: PathBuf,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
     /// `fstatfs` on a tracepoint's `id` file failed.
     #[error("{}: fstatfs: {source}", .path.display())]
     TracepointStatfs {
-        /// The `id` file.
         path: PathBuf,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
     /// The tracepoint's `id` file is on another filesystem than tracefs.
     #[error("{} is not on tracefs (filesystem magic {magic:#x}); {} is not a tracefs mount", .path.display(), .tracefs.display())]
     NotTracefs {
-        /// The `id` file.
         path: PathBuf,
-        /// The filesystem type it is on.
         magic: i64,
-        /// The directory taken for tracefs.
         tracefs: PathBuf,
     },
     /// The tracepoint's `id` is not a regular file.
     #[error("{} is {kind}, not a tracefs file", .path.display())]
-    TracepointNotFile {
-        /// The `id` file.
-        path: PathBuf,
-        /// What it is instead.
-        kind: &'static str,
-    },
+    TracepointNotFile { path: PathBuf, kind: &'static str },
     /// The cgroup path is not a directory.
     #[error("cgroup {cgroup} is {kind}, not a cgroup v2 directory")]
-    CgroupNotDir {
-        /// The cgroup path.
-        cgroup: String,
-        /// What it is instead.
-        kind: &'static str,
-    },
+    CgroupNotDir { cgroup: String, kind: &'static str },
     /// The cgroup directory cannot be opened.
     #[error("opening the cgroup: {source}")]
     CgroupOpen {
-        /// The cgroup path.
         cgroup: String,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
     /// `fstatfs` on the cgroup failed.
     #[error("cgroup {cgroup}: fstatfs: {source}")]
     CgroupStatfs {
-        /// The cgroup path.
         cgroup: String,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
     /// The cgroup is on cgroup v1 (or not a cgroup at all).
     #[error("cgroup {cgroup} is not on a cgroup v2 filesystem (filesystem magic {magic:#x})")]
-    NotCgroup2 {
-        /// The cgroup path.
-        cgroup: String,
-        /// The filesystem type it is on.
-        magic: i64,
-    },
+    NotCgroup2 { cgroup: String, magic: i64 },
     /// The uprobe target cannot be opened.
     #[error("uprobe target {target}: {source}")]
     UprobeOpen {
-        /// The target path.
         target: String,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
     /// The uprobe target is not a regular file.
     #[error("uprobe target {target} is {kind}, not a regular file")]
-    UprobeNotFile {
-        /// The target path.
-        target: String,
-        /// What it is instead.
-        kind: &'static str,
-    },
+    UprobeNotFile { target: String, kind: &'static str },
     /// The kernel has no kprobes.
     #[error("this kernel has no kprobe support (built without CONFIG_KPROBES)")]
     NoKprobes,
@@ -641,7 +594,7 @@ impl AttachPoint {
 /// of the object has a link on the same interface (`previous_link`), that link is updated to the
 /// new program in one syscall instead (an interface has one XDP link), and its pin path is
 /// returned so a failed build can put the old program back.
-pub fn attach_and_pin(
+pub(crate) fn attach_and_pin(
     program: &mut Program,
     name: &str,
     point: &AttachPoint,
@@ -664,7 +617,7 @@ pub fn attach_and_pin(
 
 /// Pins the link pinned at `from` also at `to` (an unchanged program keeps its link across
 /// versions).
-pub fn repin_link(from: &Path, to: &Path) -> Result<(), AttachError> {
+pub(crate) fn repin_link(from: &Path, to: &Path) -> Result<(), AttachError> {
     let err = |source: Box<dyn std::error::Error + Send + Sync>| AttachError::Repin {
         from: from.to_path_buf(),
         to: to.to_path_buf(),
@@ -802,7 +755,7 @@ fn open_uprobe_target(target: &str) -> Result<std::fs::File, TargetError> {
 }
 
 /// Puts the program pinned at `prog` back on the XDP link pinned at `link` (undo of an update).
-pub fn restore_xdp_link(link: &Path, prog: &Path) -> Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn restore_xdp_link(link: &Path, prog: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let mut program = Xdp::from_pin(prog, aya_obj::programs::XdpAttachType::Interface)?;
     let pinned = PinnedLink::from_pin(link)?;
     let xdp_link = XdpLink::try_from(FdLink::from(pinned))?;

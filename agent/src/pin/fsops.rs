@@ -16,24 +16,23 @@ use rustix::io::Errno;
 use crate::error::{Reason, StatusError};
 
 /// Why a path under the managed root was refused or could not be made.
+#[expect(
+    missing_docs,
+    reason = "a variant's fields are the names, paths and causes its message shows"
+)]
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
     /// The path would leave the managed root (or is the root itself).
     #[error("path {} {why}; the agent only writes under {}", .path.display(), .root.display())]
     Escape {
-        /// The path refused.
         path: PathBuf,
-        /// The managed root.
         root: PathBuf,
-        /// How it would leave the root.
         why: &'static str,
     },
     /// A directory below the root could not be created.
     #[error("creating directory {}: {source}", .dir.display())]
     CreateDir {
-        /// The directory.
         dir: PathBuf,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
@@ -49,7 +48,7 @@ impl StatusError for FsError {
 }
 
 /// Mode of every directory the agent creates under the root: pins are root's business.
-pub const DIR_MODE: u32 = 0o700;
+pub(crate) const DIR_MODE: u32 = 0o700;
 
 /// How deep a removal walks: the layout is at most ~12 levels deep; anything deeper is not ours.
 const MAX_DEPTH: usize = 32;
@@ -99,7 +98,7 @@ pub fn confine(root: &Path, path: &Path) -> Result<(), FsError> {
 /// Why `root` may not be used as the managed root, in a sentence: it must be a directory (not a
 /// symlink) owned by the agent's user, writable by no one else. Otherwise another user could
 /// swap its entries for symlinks and turn the sweep against files outside it.
-pub fn check_root(root: &Path) -> Result<(), String> {
+pub(crate) fn check_root(root: &Path) -> Result<(), String> {
     open_root(root).map(drop).map_err(|e| e.to_string())
 }
 
@@ -165,7 +164,7 @@ fn open_parent(root: &Path, path: &Path) -> std::io::Result<(OwnedFd, CString)> 
 
 /// `mkdir -p` under the root: each directory gets mode 0700, and each step is opened below the
 /// last one without following a symlink.
-pub fn create_dirs(root: &Path, dir: &Path) -> Result<(), FsError> {
+pub(crate) fn create_dirs(root: &Path, dir: &Path) -> Result<(), FsError> {
     confine(root, dir)?;
     let fail = |source: std::io::Error| FsError::CreateDir {
         dir: dir.to_path_buf(),
@@ -187,7 +186,7 @@ pub fn create_dirs(root: &Path, dir: &Path) -> Result<(), FsError> {
 /// Removes `path` and everything below it, never following symlinks, and returns how many pins
 /// (files) were unlinked. Unlinking a link's last pin detaches it; a program's or map's, frees it
 /// once nothing else holds it. Failures are logged and the rest goes on.
-pub fn remove_tree(root: &Path, path: &Path) -> usize {
+pub(crate) fn remove_tree(root: &Path, path: &Path) -> usize {
     if let Err(e) = confine(root, path) {
         tracing::error!(path = %path.display(), error = %e, "refusing to remove");
         return 0;
@@ -294,7 +293,7 @@ pub fn list(root: &Path, dir: &Path) -> Vec<(String, EntryKind)> {
 }
 
 /// Every entry below `dir` that is not a directory (pins and symlinks), as paths, sorted.
-pub fn files_under(root: &Path, dir: &Path) -> Vec<(PathBuf, EntryKind)> {
+pub(crate) fn files_under(root: &Path, dir: &Path) -> Vec<(PathBuf, EntryKind)> {
     fn walk(fd: &OwnedFd, shown: &Path, depth: usize, out: &mut Vec<(PathBuf, EntryKind)>) {
         for (name, kind) in entries(fd) {
             let path = shown.join(OsStr::from_bytes(name.as_bytes()));
@@ -322,7 +321,7 @@ pub fn files_under(root: &Path, dir: &Path) -> Vec<(PathBuf, EntryKind)> {
 }
 
 /// Every pin (not directory, not symlink) below `dir`, as paths, sorted.
-pub fn pins_under(root: &Path, dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn pins_under(root: &Path, dir: &Path) -> Vec<PathBuf> {
     files_under(root, dir)
         .into_iter()
         .filter(|(_, k)| *k == EntryKind::Pin)
@@ -331,7 +330,7 @@ pub fn pins_under(root: &Path, dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Removes empty directories below `dir` (not `dir` itself).
-pub fn prune_empty_dirs(root: &Path, dir: &Path) {
+pub(crate) fn prune_empty_dirs(root: &Path, dir: &Path) {
     fn prune(fd: &OwnedFd, depth: usize) {
         for (name, kind) in entries(fd) {
             if kind != EntryKind::Dir || depth >= MAX_DEPTH {

@@ -21,7 +21,7 @@ use crate::error::{Reason, StatusError, chain, verifier_log_tail};
 /// The kernel's BTF, parsed on first use: only fentry/fexit programs and objects with CO-RE
 /// relocations need it, and parsing `/sys/kernel/btf/vmlinux` costs tens of ms and ~12 MiB.
 #[derive(Debug, Default)]
-pub struct KernelBtf(std::sync::OnceLock<Option<Btf>>);
+pub(crate) struct KernelBtf(std::sync::OnceLock<Option<Btf>>);
 
 impl KernelBtf {
     /// The parsed BTF, or `None` when the kernel has none.
@@ -75,148 +75,93 @@ fn name_list(mut names: Vec<&str>) -> String {
 }
 
 /// Why a version could not be built. Each variant names the program, map or path concerned.
+#[expect(
+    missing_docs,
+    reason = "a variant's fields are the names, paths and causes its message shows"
+)]
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The bytecode is over the size limit of every source.
     #[error("the bytecode is {bytes} bytes, larger than the {} MiB limit for bytecode", .limit >> 20)]
-    TooLarge {
-        /// Its size.
-        bytes: usize,
-        /// The limit, in bytes.
-        limit: u64,
-    },
+    TooLarge { bytes: usize, limit: u64 },
     /// aya-obj refused the ELF.
     #[error("the bytecode is not a valid eBPF ELF object: {}", chain(.source))]
     Parse {
-        /// aya-obj's error.
         #[source]
         source: Box<aya_obj::ParseError>,
     },
     /// The ELF parser panicked on the object (`during` says which parse: ours or aya's load).
     #[error("the bytecode is not a valid eBPF ELF object: {during} ({panic})")]
-    ParserPanic {
-        /// `the ELF parser failed on it`, or `loading failed on it`.
-        during: &'static str,
-        /// The panic's text.
-        panic: String,
-    },
+    ParserPanic { during: &'static str, panic: String },
     /// A program the spec names is not in the ELF.
     #[error("program {program} is not in the ELF object (it has: {have})")]
-    ProgramNotFound {
-        /// The program.
-        program: String,
-        /// The programs the ELF has, listed.
-        have: String,
-    },
+    ProgramNotFound { program: String, have: String },
     /// A map the spec names is not in the ELF.
     #[error("map {map} is not in the ELF object (it has: {have})")]
-    MapNotFound {
-        /// The map.
-        map: String,
-        /// The maps the ELF has, listed.
-        have: String,
-    },
+    MapNotFound { map: String, have: String },
     /// A shared map is already pinned with another definition.
     #[error("map {map} conflicts with the map already shared at {}: {why}", .path.display())]
     MapConflict {
-        /// The map.
         map: String,
-        /// The shared pin.
         path: PathBuf,
-        /// Which fields differ.
         why: String,
     },
     /// A `globalData` value is not base64.
     #[error("globalData {name} is not valid base64: {source}")]
     GlobalDataBase64 {
-        /// The variable.
         name: String,
-        /// The decoder's error.
         #[source]
         source: base64::DecodeError,
     },
     /// A `globalData` variable is not declared, and the object declares none.
     #[error("globalData {name}: the object declares no global variables")]
-    NoGlobals {
-        /// The variable.
-        name: String,
-    },
+    NoGlobals { name: String },
     /// A `globalData` variable is not declared.
     #[error("globalData {name}: the object declares no global variable {name} (it has: {known})")]
-    UnknownGlobal {
-        /// The variable.
-        name: String,
-        /// The variables the object declares, listed.
-        known: String,
-    },
+    UnknownGlobal { name: String, known: String },
     /// A `globalData` value has another size than its variable.
     #[error("globalData {name} is {len} byte{}, but {name} in {section} is a {type_name} of {size} bytes (from the object's BTF)", if *.len == 1 { "" } else { "s" })]
     GlobalSize {
-        /// The variable.
         name: String,
-        /// The value's size.
         len: usize,
-        /// The variable's section.
         section: String,
-        /// The variable's type.
         type_name: String,
-        /// The variable's size.
         size: u64,
     },
     /// aya refused to load the object (before any program is loaded).
     #[error("{}", load_message(.source))]
     Load {
-        /// aya's error.
         #[source]
         source: Box<EbpfError>,
     },
     /// A program is missing after aya's load.
     #[error("program {program} is not in the ELF object")]
-    ProgramMissing {
-        /// The program.
-        program: String,
-    },
+    ProgramMissing { program: String },
     /// An fentry/fexit program whose spec names no kernel function.
     #[error(
         "program {program} is an fentry/fexit program: attach.fentry or attach.fexit must name its kernel function"
     )]
-    NeedsFunction {
-        /// The program.
-        program: String,
-    },
+    NeedsFunction { program: String },
     /// A program needs the kernel's BTF, which the node lacks.
     #[error(
         "program {program} needs the kernel's BTF (/sys/kernel/btf/vmlinux), which this node lacks"
     )]
-    NoKernelBtf {
-        /// The program.
-        program: String,
-    },
+    NoKernelBtf { program: String },
     /// A program type bpfpin does not load.
     #[error("program {program} has type {kind}, which bpfpin cannot load yet")]
-    UnsupportedType {
-        /// The program.
-        program: String,
-        /// Its type, as `Debug` prints it.
-        kind: String,
-    },
+    UnsupportedType { program: String, kind: String },
     /// The verifier refused a program.
     #[error("the verifier rejected program {program} ({io_error}); log tail:\n{log_tail}")]
     Verifier {
-        /// The program.
         program: String,
-        /// The `bpf(2)` error.
         #[source]
         io_error: std::io::Error,
-        /// The end of the verifier log.
         log_tail: String,
     },
     /// A program could not be loaded for another reason.
     #[error("loading program {program}: {}", chain(.source))]
     ProgramLoad {
-        /// The program.
         program: String,
-        /// aya's error.
         #[source]
         source: Box<ProgramError>,
     },
@@ -225,97 +170,68 @@ pub enum LoadError {
         "{refused} (the kernel refused the fentry/fexit program: BPF trampolines are disabled or restricted on this node)"
     )]
     TrampolinesRefused {
-        /// The load error as the kernel gave it.
         #[source]
         refused: Box<LoadError>,
     },
     /// The id of a pinned program could not be read.
     #[error("program {program}: {}", chain(.source))]
     ProgramInfo {
-        /// The program.
         program: String,
-        /// aya's error.
         #[source]
         source: Box<ProgramError>,
     },
     /// A program or map could not be pinned.
     #[error("pinning {kind} {name} at {}: {}", .path.display(), chain(.source))]
     Pin {
-        /// `program` or `map`.
         kind: &'static str,
-        /// Its name.
         name: String,
-        /// The pin path.
         path: PathBuf,
-        /// aya's error.
         #[source]
         source: aya::pin::PinError,
     },
     /// A private map aya should have created is missing.
     #[error("map {map} was not created")]
-    MapNotCreated {
-        /// The map.
-        map: String,
-    },
+    MapNotCreated { map: String },
     /// A tail call names a program that is not loaded.
     #[error("tail call {map}[{index}]: program {program} is not loaded")]
     TailCallProgram {
-        /// The program array.
         map: String,
-        /// The index.
         index: u32,
-        /// The program.
         program: String,
     },
     /// A tail call's program has no descriptor.
     #[error("tail call {map}[{index}] -> {program}: {}", chain(.source))]
     TailCallFd {
-        /// The program array.
         map: String,
-        /// The index.
         index: u32,
-        /// The program.
         program: String,
-        /// aya's error.
         #[source]
         source: Box<ProgramError>,
     },
     /// A tail call's program descriptor could not be duplicated.
     #[error("tail call {map}[{index}] -> {program}: {source}")]
     TailCallDup {
-        /// The program array.
         map: String,
-        /// The index.
         index: u32,
-        /// The program.
         program: String,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
     /// A tail call names a map that is not in the ELF.
     #[error("tail call map {map} is not in the ELF object")]
-    TailCallMapMissing {
-        /// The map.
-        map: String,
-    },
+    TailCallMapMissing { map: String },
     /// A tail call names a map that is not a program array.
     #[error("tail call map {map}: {}", chain(.source))]
     TailCallMapType {
-        /// The map.
         map: String,
-        /// aya's error.
         #[source]
         source: Box<aya::maps::MapError>,
     },
     /// A tail call could not be set.
     #[error("setting tail call {map}[{index}]: {}", chain(.source))]
     TailCallSet {
-        /// The program array.
         map: String,
-        /// The index.
         index: u32,
-        /// aya's error.
         #[source]
         source: Box<aya::maps::MapError>,
     },
@@ -384,7 +300,7 @@ fn load_message(err: &EbpfError) -> String {
 
 /// Parses the ELF object; a panic inside the parser (a malformed object it does not check for) is
 /// an `InvalidElf` of this object, not the end of the agent.
-pub fn parse_elf(bytes: &[u8]) -> Result<aya_obj::Object, LoadError> {
+pub(crate) fn parse_elf(bytes: &[u8]) -> Result<aya_obj::Object, LoadError> {
     match std::panic::catch_unwind(|| aya_obj::Object::parse(bytes)) {
         Ok(Ok(obj)) => Ok(obj),
         Ok(Err(source)) => Err(LoadError::Parse {
@@ -521,7 +437,7 @@ impl Rollback {
 
 /// Everything needed to build one version.
 #[derive(Debug)]
-pub struct BuildRequest<'a> {
+pub(crate) struct BuildRequest<'a> {
     /// The object's name.
     pub object: &'a str,
     /// The object's spec: programs, maps, global data, tail calls and attach points.
@@ -536,7 +452,7 @@ pub struct BuildRequest<'a> {
 }
 
 /// Builds a version. On error nothing of the attempt remains.
-pub fn build(
+pub(crate) fn build(
     layout: &Layout,
     btf: &KernelBtf,
     req: &BuildRequest<'_>,

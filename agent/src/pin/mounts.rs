@@ -35,7 +35,7 @@ fn fs_magic(path: &Path) -> std::io::Result<i64> {
 /// Mount options of a bpffs the agent mounts itself, as the chart's init container has them:
 /// only root may enter it (a bpffs is mode 1777 by default, where any user could create the
 /// managed root first), and nothing on it is a device, setuid or executable.
-pub const BPFFS_OPTIONS: &str = "mode=0700";
+pub(crate) const BPFFS_OPTIONS: &str = "mode=0700";
 
 fn mount(
     fstype: &str,
@@ -52,13 +52,13 @@ fn mount(
 }
 
 /// True when `path` is the root of (or inside) a bpffs.
-pub fn is_bpffs(path: &Path) -> bool {
+pub(crate) fn is_bpffs(path: &Path) -> bool {
     fs_magic(path).is_ok_and(|m| m == BPF_FS_MAGIC)
 }
 
 /// Makes sure `mountpoint` is a bpffs: mounts one when it is a directory that holds another
 /// filesystem's (empty) mount point, creates the directory when it is missing.
-pub fn ensure_bpffs(mountpoint: &Path) -> Result<(), AgentError> {
+pub(crate) fn ensure_bpffs(mountpoint: &Path) -> Result<(), AgentError> {
     let err = |message: String| AgentError::Bpffs {
         path: mountpoint.to_path_buf(),
         message,

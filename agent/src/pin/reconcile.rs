@@ -24,12 +24,15 @@ use crate::error::{AgentError, ObjectError, Reason, StatusError};
 use bpfpin_crds::validation::{ValidationError, validate_object_name};
 
 /// Why a pass could not pin one object (besides a failed build, which is a [`LoadError`]).
+#[expect(
+    missing_docs,
+    reason = "a variant's fields are the names, paths and causes its message shows"
+)]
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     /// The object's name could become another path of the root: nothing is done for it.
     #[error("{source}; nothing was pinned or removed for this object")]
     RefusedName {
-        /// Why the name is refused.
         #[source]
         source: ValidationError,
     },
@@ -37,54 +40,35 @@ pub enum ReconcileError {
     #[error("{0}")]
     InvalidSpec(#[source] ValidationError),
     /// The bytecode could not be had (the source's error, as the mode reported it).
-    #[error(transparent)]
+    #[error("{}", .0.message)]
     Bytecode(ObjectError),
     /// The bytecode's digest is not the one the spec pins.
     #[error("the bytecode's sha256 is {digest}, spec.sha256 says {want}")]
-    DigestMismatch {
-        /// The bytecode's digest.
-        digest: String,
-        /// `spec.sha256`.
-        want: String,
-    },
+    DigestMismatch { digest: String, want: String },
     /// A shared map's pin path collides with other shared pins.
     #[error("map {map} of object {object} would be pinned at {}, {problem}; choose another pinPath", .path.display())]
     SharedPathTaken {
-        /// The map.
         map: String,
-        /// The object.
         object: String,
-        /// Where it would be pinned.
         path: PathBuf,
-        /// What is in the way.
         problem: Box<SharedPathProblem>,
     },
     /// The object's new maps do not fit the agent's memory cgroup.
     #[error("object {object}: its new maps need about {} ({largest}), but the agent's memory cgroup {} has {} left (limit {}, used {}, {} kept for the agent); map memory is charged to the agent's cgroup and stays charged while pinned: raise the agent's memory limit or lower spec.maps[].maxEntries", map_memory::human(*.need), .cgroup.display(), map_memory::human(*.left), map_memory::human(*.limit), map_memory::human(*.usage), map_memory::human(map_memory::RESERVE))]
     InsufficientMemory {
-        /// The object.
         object: String,
-        /// Bytes its new maps need.
         need: u64,
-        /// The largest new maps with their sizes, listed.
         largest: String,
-        /// The agent's memory cgroup.
         cgroup: PathBuf,
-        /// Bytes the cgroup has left.
         left: u64,
-        /// Its limit.
         limit: u64,
-        /// Its usage.
         usage: u64,
     },
     /// The object's symlink could not be pointed at the new version.
     #[error("{step} for object {object}: {source}")]
     Swap {
-        /// `creating the version symlink` or `swapping in the new version`.
         step: &'static str,
-        /// The object.
         object: String,
-        /// The error.
         #[source]
         source: std::io::Error,
     },
@@ -97,24 +81,18 @@ pub enum ReconcileError {
 }
 
 /// What is in the way of a shared map's pin path.
+#[expect(
+    missing_docs,
+    reason = "a variant's fields are the names, paths and causes its message shows"
+)]
 #[derive(Debug, thiserror::Error)]
 pub enum SharedPathProblem {
     /// A directory on the way is a pinned map.
     #[error("below {}, where {owners} has a map pinned", .pin.display())]
-    BelowPin {
-        /// The pinned map.
-        pin: PathBuf,
-        /// Who pinned it (`object a`, `objects a, b`).
-        owners: String,
-    },
+    BelowPin { pin: PathBuf, owners: String },
     /// The pin path is a directory of other shared maps.
     #[error("which is a directory holding the shared map(s) {pins} of {owners}")]
-    HoldsPins {
-        /// The pins below it, listed.
-        pins: String,
-        /// Who pinned them.
-        owners: String,
-    },
+    HoldsPins { pins: String, owners: String },
     /// Something that is not a map is pinned there.
     #[error("where something that is not a map is pinned")]
     NotAMap,
