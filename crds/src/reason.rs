@@ -79,3 +79,38 @@ impl fmt::Display for Reason {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Reason::{self, *};
+
+    /// Every reason, in declaration order.
+    const ALL: [Reason; 18] = [
+        InvalidSpec,
+        BytecodeUnavailable,
+        BytecodePathNotAllowed,
+        DigestMismatch,
+        InvalidElf,
+        ProgramNotFound,
+        MapNotFound,
+        VerifierRejected,
+        LoadFailed,
+        MapConflict,
+        InvalidGlobalData,
+        AttachFailed,
+        PinFailed,
+        Unsupported,
+        UnsupportedSource,
+        DigestRequired,
+        SourceNotAllowed,
+        InsufficientMemory,
+    ];
+
+    #[test]
+    fn a_reason_is_written_as_its_name() {
+        for reason in ALL {
+            assert_eq!(reason.as_str(), format!("{reason:?}"));
+            assert_eq!(reason.to_string(), reason.as_str());
+        }
+    }
+}

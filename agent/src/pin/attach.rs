@@ -15,6 +15,7 @@ use aya::programs::{
 use bpfpin_crds::{Attach, Direction, LinkOrder as SpecOrder, XdpMode as SpecXdpMode};
 
 use super::layout::encode_name;
+use super::mounts::{CGROUP2_SUPER_MAGIC, DEBUGFS_MAGIC, TRACEFS_MAGIC, fd_fs_magic};
 use crate::error::{Reason, StatusError, sources};
 
 /// One attach point of a program (an `xdp` entry with three interfaces is three points).
@@ -628,28 +629,6 @@ pub(crate) fn repin_link(from: &Path, to: &Path) -> Result<(), AttachError> {
     Ok(())
 }
 
-/// Magic numbers of `statfs(2)`'s `f_type` (linux/magic.h).
-const TRACEFS_MAGIC: i64 = 0x7472_6163;
-const DEBUGFS_MAGIC: i64 = 0x6462_6720;
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-
-/// The filesystem type of an open descriptor (`fstatfs`; works on `O_PATH` descriptors).
-fn fs_magic(file: &std::fs::File) -> std::io::Result<i64> {
-    use std::os::unix::io::AsRawFd;
-    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: a valid descriptor and a buffer of the right size.
-    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), buf.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fstatfs succeeded, so it filled the buffer.
-    #[expect(
-        clippy::unnecessary_cast,
-        reason = "f_type is i64 on x86_64 but i32 or u32 elsewhere"
-    )]
-    Ok(unsafe { buf.assume_init() }.f_type as i64)
-}
-
 /// The tracefs aya reads tracepoint ids from: the first of its two candidates that is a
 /// non-empty directory (the same rule as aya's `find_tracefs_path`).
 fn tracefs_dir() -> Option<&'static Path> {
@@ -675,7 +654,7 @@ fn check_tracepoint(category: &str, tracepoint: &str) -> Result<(), TargetError>
         Ok(opened) => opened,
         Err(source) => return Err(TargetError::TracepointId { path, source }),
     };
-    let magic = match fs_magic(&file) {
+    let magic = match fd_fs_magic(&file) {
         Ok(magic) => magic,
         Err(source) => return Err(TargetError::TracepointStatfs { path, source }),
     };
@@ -724,7 +703,7 @@ fn open_cgroup(cgroup: &str) -> Result<std::fs::File, TargetError> {
                 source,
             },
         })?;
-    let magic = fs_magic(&file).map_err(|source| TargetError::CgroupStatfs {
+    let magic = fd_fs_magic(&file).map_err(|source| TargetError::CgroupStatfs {
         cgroup: cgroup.to_owned(),
         source,
     })?;
