@@ -253,145 +253,97 @@ impl AttachPoint {
 }
 
 /// Why a program could not be attached, or its link not pinned.
-#[expect(
-    missing_docs,
-    reason = "a variant's fields are the names, paths and causes its message shows"
-)]
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
-    /// The program's type cannot attach at this kind of point.
-    #[error("program {program} has type {actual}; attaching it to {link} needs {wants}")]
-    WrongType {
-        program: String,
-        actual: String,
-        link: String,
-        wants: &'static str,
-    },
-    /// The attach target (tracefs entry, cgroup, uprobe binary, kprobe support) is not usable.
-    #[error("attaching program {program} to {at}: {problem}")]
-    Target {
-        program: String,
-        at: String,
-        #[source]
-        problem: TargetError,
-    },
-    /// aya or the kernel refused the attachment.
-    #[error("attaching program {program} to {at}: {}", sources(&**.source))]
-    Kernel {
-        program: String,
-        at: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// XDP fell back to netlink, whose attachment cannot be pinned.
+    /// The program's type cannot attach at this kind of point: `(program, its type, the point's
+    /// link name, what the point takes)`.
+    #[error("program {0} has type {1}; attaching it to {2} needs {3}")]
+    WrongType(String, String, String, &'static str),
+    /// The attach target (tracefs entry, cgroup, uprobe binary, kprobe support) is not usable:
+    /// `(program, the point described, what is wrong)`.
+    #[error("attaching program {0} to {1}: {2}")]
+    Target(String, String, #[source] TargetError),
+    /// aya or the kernel refused the attachment: `(program, the point described, aya's error)`.
+    #[error("attaching program {0} to {1}: {cause}", cause = sources(&**.2))]
+    Kernel(
+        String,
+        String,
+        #[source] Box<dyn std::error::Error + Send + Sync>,
+    ),
+    /// XDP fell back to netlink, whose attachment cannot be pinned: `(interface, program, aya's
+    /// error)`.
     #[error(
-        "XDP on interface {interface} for program {program} was attached through netlink, not a bpf_link, so it cannot be pinned (the kernel is older than 5.9 or refused the link: {source})"
+        "XDP on interface {0} for program {1} was attached through netlink, not a bpf_link, so it cannot be pinned (the kernel is older than 5.9 or refused the link: {2})"
     )]
-    NotALink {
-        interface: String,
-        program: String,
-        #[source]
-        source: aya::programs::links::LinkError,
-    },
+    NotALink(String, String, #[source] aya::programs::links::LinkError),
     /// A uprobe names neither a symbol nor an offset.
-    #[error("uprobe of program {program}: set symbol, offset or both")]
-    UprobeLocation { program: String },
-    /// The new link could not be pinned.
-    #[error("pinning the link of program {program} at {}: {source}", .path.display())]
-    Pin {
-        program: String,
-        path: PathBuf,
-        #[source]
-        source: aya::pin::PinError,
-    },
-    /// The previous version's link could not be pinned again in the new version.
-    #[error("pinning link {} at {}: {source}", .from.display(), .to.display())]
-    Repin {
-        from: PathBuf,
-        to: PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error("uprobe of program {0}: set symbol, offset or both")]
+    UprobeLocation(String),
+    /// The new link could not be pinned: `(program, pin path, aya's error)`.
+    #[error("pinning the link of program {0} at {path}: {2}", path = .1.display())]
+    Pin(String, PathBuf, #[source] aya::pin::PinError),
+    /// The previous version's link could not be pinned again in the new version: `(its pin, the
+    /// new pin, aya's error)`.
+    #[error("pinning link {path} at {path2}: {2}", path = .0.display(), path2 = .1.display())]
+    Repin(
+        PathBuf,
+        PathBuf,
+        #[source] Box<dyn std::error::Error + Send + Sync>,
+    ),
 }
 
 impl StatusError for AttachError {
     fn reason(&self) -> Reason {
         match self {
-            AttachError::UprobeLocation { .. } => Reason::InvalidSpec,
-            AttachError::Pin { .. } | AttachError::Repin { .. } => Reason::PinFailed,
-            AttachError::WrongType { .. }
-            | AttachError::Target { .. }
-            | AttachError::Kernel { .. }
-            | AttachError::NotALink { .. } => Reason::AttachFailed,
+            AttachError::UprobeLocation(..) => Reason::InvalidSpec,
+            AttachError::Pin(..) | AttachError::Repin(..) => Reason::PinFailed,
+            AttachError::WrongType(..)
+            | AttachError::Target(..)
+            | AttachError::Kernel(..)
+            | AttachError::NotALink(..) => Reason::AttachFailed,
         }
     }
 }
 
 /// What is wrong with an attach target; checked before aya is called, so that aya never reads a
 /// FIFO, a device or a file outside the filesystem the kind expects.
-#[expect(
-    missing_docs,
-    reason = "a variant's fields are the names, paths and causes its message shows"
-)]
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     /// Neither tracefs mount point holds a tracefs.
     #[error("tracefs is not mounted (neither /sys/kernel/tracing nor /sys/kernel/debug/tracing)")]
     NoTracefs,
-    /// The tracepoint's `id` file cannot be opened (the tracepoint does not exist).
-    #[error("{}: {source}", .path.display())]
-    TracepointId {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The tracepoint's `id` file cannot be opened (the tracepoint does not exist): `(the file,
+    /// the error)`.
+    #[error("{path}: {1}", path = .0.display())]
+    TracepointId(PathBuf, #[source] std::io::Error),
     /// `fstatfs` on a tracepoint's `id` file failed.
-    #[error("{}: fstatfs: {source}", .path.display())]
-    TracepointStatfs {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The tracepoint's `id` file is on another filesystem than tracefs.
-    #[error("{} is not on tracefs (filesystem magic {magic:#x}); {} is not a tracefs mount", .path.display(), .tracefs.display())]
-    NotTracefs {
-        path: PathBuf,
-        magic: i64,
-        tracefs: PathBuf,
-    },
-    /// The tracepoint's `id` is not a regular file.
-    #[error("{} is {kind}, not a tracefs file", .path.display())]
-    TracepointNotFile { path: PathBuf, kind: &'static str },
-    /// The cgroup path is not a directory.
-    #[error("cgroup {cgroup} is {kind}, not a cgroup v2 directory")]
-    CgroupNotDir { cgroup: String, kind: &'static str },
+    #[error("{path}: fstatfs: {1}", path = .0.display())]
+    TracepointStatfs(PathBuf, #[source] std::io::Error),
+    /// The tracepoint's `id` file is on another filesystem than tracefs: `(the file, its
+    /// filesystem magic, the directory taken for tracefs)`.
+    #[error("{path} is not on tracefs (filesystem magic {1:#x}); {path2} is not a tracefs mount", path = .0.display(), path2 = .2.display())]
+    NotTracefs(PathBuf, i64, PathBuf),
+    /// The tracepoint's `id` is not a regular file: `(the file, what it is)`.
+    #[error("{path} is {1}, not a tracefs file", path = .0.display())]
+    TracepointNotFile(PathBuf, &'static str),
+    /// The cgroup path is not a directory: `(cgroup, what it is)`.
+    #[error("cgroup {0} is {1}, not a cgroup v2 directory")]
+    CgroupNotDir(String, &'static str),
     /// The cgroup directory cannot be opened.
-    #[error("opening the cgroup: {source}")]
-    CgroupOpen {
-        cgroup: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("opening the cgroup: {1}")]
+    CgroupOpen(String, #[source] std::io::Error),
     /// `fstatfs` on the cgroup failed.
-    #[error("cgroup {cgroup}: fstatfs: {source}")]
-    CgroupStatfs {
-        cgroup: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The cgroup is on cgroup v1 (or not a cgroup at all).
-    #[error("cgroup {cgroup} is not on a cgroup v2 filesystem (filesystem magic {magic:#x})")]
-    NotCgroup2 { cgroup: String, magic: i64 },
+    #[error("cgroup {0}: fstatfs: {1}")]
+    CgroupStatfs(String, #[source] std::io::Error),
+    /// The cgroup is on cgroup v1 (or not a cgroup at all): `(cgroup, its filesystem magic)`.
+    #[error("cgroup {0} is not on a cgroup v2 filesystem (filesystem magic {1:#x})")]
+    NotCgroup2(String, i64),
     /// The uprobe target cannot be opened.
-    #[error("uprobe target {target}: {source}")]
-    UprobeOpen {
-        target: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The uprobe target is not a regular file.
-    #[error("uprobe target {target} is {kind}, not a regular file")]
-    UprobeNotFile { target: String, kind: &'static str },
+    #[error("uprobe target {0}: {1}")]
+    UprobeOpen(String, #[source] std::io::Error),
+    /// The uprobe target is not a regular file: `(target, what it is)`.
+    #[error("uprobe target {0} is {1}, not a regular file")]
+    UprobeNotFile(String, &'static str),
     /// The kernel has no kprobes.
     #[error("this kernel has no kprobe support (built without CONFIG_KPROBES)")]
     NoKprobes,
@@ -405,19 +357,11 @@ struct At<'a> {
 
 impl At<'_> {
     fn kernel(&self, e: impl std::error::Error + Send + Sync + 'static) -> AttachError {
-        AttachError::Kernel {
-            program: self.program.to_owned(),
-            at: self.point.describe(),
-            source: Box::new(e),
-        }
+        AttachError::Kernel(self.program.to_owned(), self.point.describe(), Box::new(e))
     }
 
     fn target(&self, problem: TargetError) -> AttachError {
-        AttachError::Target {
-            program: self.program.to_owned(),
-            at: self.point.describe(),
-            problem,
-        }
+        AttachError::Target(self.program.to_owned(), self.point.describe(), problem)
     }
 
     /// The program as the type this kind of point takes.
@@ -426,11 +370,13 @@ impl At<'_> {
         &'p mut T: TryFrom<&'p mut Program>,
     {
         let actual = format!("{:?}", program.prog_type());
-        program.try_into().map_err(|_| AttachError::WrongType {
-            program: self.program.to_owned(),
-            actual,
-            link: self.point.link_name(),
-            wants: self.point.wants(),
+        program.try_into().map_err(|_| {
+            AttachError::WrongType(
+                self.program.to_owned(),
+                actual,
+                self.point.link_name(),
+                self.point.wants(),
+            )
         })
     }
 }
@@ -504,10 +450,8 @@ impl AttachPoint {
                 let id = prog.attach(interface, mode).map_err(|e| at.kernel(e))?;
                 let link = prog.take_link(id).map_err(|e| at.kernel(e))?;
                 FdLink::try_from(link)
-                    .map_err(|source| AttachError::NotALink {
-                        interface: interface.clone(),
-                        program: at.program.to_owned(),
-                        source,
+                    .map_err(|source| {
+                        AttachError::NotALink(interface.clone(), at.program.to_owned(), source)
                     })?
                     .into()
             }
@@ -546,9 +490,7 @@ impl AttachPoint {
                     (Some(sym), None) => UProbeAttachLocation::Symbol(sym),
                     (None, Some(off)) => UProbeAttachLocation::AbsoluteOffset(*off),
                     (None, None) => {
-                        return Err(AttachError::UprobeLocation {
-                            program: at.program.to_owned(),
-                        });
+                        return Err(AttachError::UprobeLocation(at.program.to_owned()));
                     }
                 };
                 let scope = match pid.and_then(NonZeroU32::new) {
@@ -607,11 +549,8 @@ pub(crate) fn attach_and_pin(
         point,
     };
     let Linked { link, replaced } = point.link(program, &at, previous_link)?;
-    link.pin(path).map_err(|source| AttachError::Pin {
-        program: name.to_owned(),
-        path: path.to_path_buf(),
-        source,
-    })?;
+    link.pin(path)
+        .map_err(|source| AttachError::Pin(name.to_owned(), path.to_path_buf(), source))?;
     tracing::info!(program = name, link = %path.display(), at = %point.describe(), "attached");
     Ok(replaced)
 }
@@ -619,10 +558,8 @@ pub(crate) fn attach_and_pin(
 /// Pins the link pinned at `from` also at `to` (an unchanged program keeps its link across
 /// versions).
 pub(crate) fn repin_link(from: &Path, to: &Path) -> Result<(), AttachError> {
-    let err = |source: Box<dyn std::error::Error + Send + Sync>| AttachError::Repin {
-        from: from.to_path_buf(),
-        to: to.to_path_buf(),
-        source,
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| {
+        AttachError::Repin(from.to_path_buf(), to.to_path_buf(), source)
     };
     let link = PinnedLink::from_pin(from).map_err(|e| err(Box::new(e)))?;
     FdLink::from(link).pin(to).map_err(|e| err(Box::new(e)))?;
@@ -652,22 +589,18 @@ fn check_tracepoint(category: &str, tracepoint: &str) -> Result<(), TargetError>
         .join("id");
     let (file, meta) = match crate::bytecode_path::open_path(&path) {
         Ok(opened) => opened,
-        Err(source) => return Err(TargetError::TracepointId { path, source }),
+        Err(source) => return Err(TargetError::TracepointId(path, source)),
     };
     let magic = match fd_fs_magic(&file) {
         Ok(magic) => magic,
-        Err(source) => return Err(TargetError::TracepointStatfs { path, source }),
+        Err(source) => return Err(TargetError::TracepointStatfs(path, source)),
     };
     if magic != TRACEFS_MAGIC && magic != DEBUGFS_MAGIC {
-        return Err(TargetError::NotTracefs {
-            path,
-            magic,
-            tracefs: tracefs.to_path_buf(),
-        });
+        return Err(TargetError::NotTracefs(path, magic, tracefs.to_path_buf()));
     }
     if !meta.file_type().is_file() {
         let kind = crate::bytecode_path::describe_type(meta.file_type());
-        return Err(TargetError::TracepointNotFile { path, kind });
+        return Err(TargetError::TracepointNotFile(path, kind));
     }
     Ok(())
 }
@@ -692,43 +625,31 @@ fn open_cgroup(cgroup: &str) -> Result<std::fs::File, TargetError> {
         .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(cgroup)
         .map_err(|source| match source.raw_os_error() {
-            Some(libc::ENOTDIR) => TargetError::CgroupNotDir {
-                cgroup: cgroup.to_owned(),
-                kind: std::fs::metadata(cgroup)
+            Some(libc::ENOTDIR) => TargetError::CgroupNotDir(
+                cgroup.to_owned(),
+                std::fs::metadata(cgroup)
                     .map(|m| crate::bytecode_path::describe_type(m.file_type()))
                     .unwrap_or("not a directory"),
-            },
-            _ => TargetError::CgroupOpen {
-                cgroup: cgroup.to_owned(),
-                source,
-            },
+            ),
+            _ => TargetError::CgroupOpen(cgroup.to_owned(), source),
         })?;
-    let magic = fd_fs_magic(&file).map_err(|source| TargetError::CgroupStatfs {
-        cgroup: cgroup.to_owned(),
-        source,
-    })?;
+    let magic = fd_fs_magic(&file)
+        .map_err(|source| TargetError::CgroupStatfs(cgroup.to_owned(), source))?;
     if magic != CGROUP2_SUPER_MAGIC {
-        return Err(TargetError::NotCgroup2 {
-            cgroup: cgroup.to_owned(),
-            magic,
-        });
+        return Err(TargetError::NotCgroup2(cgroup.to_owned(), magic));
     }
     Ok(file)
 }
 
 /// Opens a uprobe target path with `O_PATH` and checks it is a regular file.
 fn open_uprobe_target(target: &str) -> Result<std::fs::File, TargetError> {
-    let (file, meta) = crate::bytecode_path::open_path(Path::new(target)).map_err(|source| {
-        TargetError::UprobeOpen {
-            target: target.to_owned(),
-            source,
-        }
-    })?;
+    let (file, meta) = crate::bytecode_path::open_path(Path::new(target))
+        .map_err(|source| TargetError::UprobeOpen(target.to_owned(), source))?;
     if !meta.file_type().is_file() {
-        return Err(TargetError::UprobeNotFile {
-            target: target.to_owned(),
-            kind: crate::bytecode_path::describe_type(meta.file_type()),
-        });
+        return Err(TargetError::UprobeNotFile(
+            target.to_owned(),
+            crate::bytecode_path::describe_type(meta.file_type()),
+        ));
     }
     Ok(file)
 }

@@ -16,33 +16,21 @@ use rustix::io::Errno;
 use crate::error::{Reason, StatusError};
 
 /// Why a path under the managed root was refused or could not be made.
-#[expect(
-    missing_docs,
-    reason = "a variant's fields are the names, paths and causes its message shows"
-)]
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
-    /// The path would leave the managed root (or is the root itself).
-    #[error("path {} {why}; the agent only writes under {}", .path.display(), .root.display())]
-    Escape {
-        path: PathBuf,
-        root: PathBuf,
-        why: &'static str,
-    },
+    /// The path would leave the managed root (or is the root itself): `(path, root, how)`.
+    #[error("path {path} {2}; the agent only writes under {path2}", path = .0.display(), path2 = .1.display())]
+    Escape(PathBuf, PathBuf, &'static str),
     /// A directory below the root could not be created.
-    #[error("creating directory {}: {source}", .dir.display())]
-    CreateDir {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("creating directory {path}: {1}", path = .0.display())]
+    CreateDir(PathBuf, #[source] std::io::Error),
 }
 
 impl StatusError for FsError {
     fn reason(&self) -> Reason {
         match self {
-            FsError::Escape { .. } => Reason::InvalidSpec,
-            FsError::CreateDir { .. } => Reason::PinFailed,
+            FsError::Escape(..) => Reason::InvalidSpec,
+            FsError::CreateDir(..) => Reason::PinFailed,
         }
     }
 }
@@ -68,11 +56,7 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
 /// Refuses a path that is not strictly under `root`, that has `.`/`..` components, or whose
 /// directories between `root` and the last component include a symlink.
 pub fn confine(root: &Path, path: &Path) -> Result<(), FsError> {
-    let escape = |why: &'static str| FsError::Escape {
-        path: path.to_path_buf(),
-        root: root.to_path_buf(),
-        why,
-    };
+    let escape = |why: &'static str| FsError::Escape(path.to_path_buf(), root.to_path_buf(), why);
     let rest = path
         .strip_prefix(root)
         .map_err(|_| escape("is outside the managed root"))?;
@@ -166,10 +150,7 @@ fn open_parent(root: &Path, path: &Path) -> std::io::Result<(OwnedFd, CString)> 
 /// last one without following a symlink.
 pub(crate) fn create_dirs(root: &Path, dir: &Path) -> Result<(), FsError> {
     confine(root, dir)?;
-    let fail = |source: std::io::Error| FsError::CreateDir {
-        dir: dir.to_path_buf(),
-        source,
-    };
+    let fail = |source: std::io::Error| FsError::CreateDir(dir.to_path_buf(), source);
     let rel = dir.strip_prefix(root).expect("confined");
     let mut fd = open_root(root).map_err(fail)?;
     for part in rel.components() {

@@ -75,166 +75,98 @@ fn name_list(mut names: Vec<&str>) -> String {
 }
 
 /// Why a version could not be built. Each variant names the program, map or path concerned.
-#[expect(
-    missing_docs,
-    reason = "a variant's fields are the names, paths and causes its message shows"
-)]
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The bytecode is over the size limit of every source.
-    #[error("the bytecode is {bytes} bytes, larger than the {} MiB limit for bytecode", .limit >> 20)]
-    TooLarge { bytes: usize, limit: u64 },
+    /// The bytecode is over the size limit of every source: `(its size, the limit)` in bytes.
+    #[error("the bytecode is {0} bytes, larger than the {mib} MiB limit for bytecode", mib = .1 >> 20)]
+    TooLarge(usize, u64),
     /// aya-obj refused the ELF.
-    #[error("the bytecode is not a valid eBPF ELF object: {}", chain(.source))]
-    Parse {
-        #[source]
-        source: Box<aya_obj::ParseError>,
-    },
-    /// The ELF parser panicked on the object (`during` says which parse: ours or aya's load).
-    #[error("the bytecode is not a valid eBPF ELF object: {during} ({panic})")]
-    ParserPanic { during: &'static str, panic: String },
-    /// A program the spec names is not in the ELF.
-    #[error("program {program} is not in the ELF object (it has: {have})")]
-    ProgramNotFound { program: String, have: String },
-    /// A map the spec names is not in the ELF.
-    #[error("map {map} is not in the ELF object (it has: {have})")]
-    MapNotFound { map: String, have: String },
-    /// A shared map is already pinned with another definition.
-    #[error("map {map} conflicts with the map already shared at {}: {why}", .path.display())]
-    MapConflict {
-        map: String,
-        path: PathBuf,
-        why: String,
-    },
-    /// A `globalData` value is not base64.
-    #[error("globalData {name} is not valid base64: {source}")]
-    GlobalDataBase64 {
-        name: String,
-        #[source]
-        source: base64::DecodeError,
-    },
+    #[error("the bytecode is not a valid eBPF ELF object: {cause}", cause = chain(.0))]
+    Parse(#[source] Box<aya_obj::ParseError>),
+    /// The ELF parser panicked on the object: `(which parse, the panic's text)`; the parse is ours
+    /// or the one in aya's load.
+    #[error("the bytecode is not a valid eBPF ELF object: {0} ({1})")]
+    ParserPanic(&'static str, String),
+    /// A program the spec names is not in the ELF: `(program, the ELF's programs listed)`.
+    #[error("program {0} is not in the ELF object (it has: {1})")]
+    ProgramNotFound(String, String),
+    /// A map the spec names is not in the ELF: `(map, the ELF's maps listed)`.
+    #[error("map {0} is not in the ELF object (it has: {1})")]
+    MapNotFound(String, String),
+    /// A shared map is already pinned with another definition: `(map, shared pin, the fields that
+    /// differ)`.
+    #[error("map {0} conflicts with the map already shared at {path}: {2}", path = .1.display())]
+    MapConflict(String, PathBuf, String),
+    /// A `globalData` value is not base64: `(variable, the decoder's error)`.
+    #[error("globalData {0} is not valid base64: {1}")]
+    GlobalDataBase64(String, #[source] base64::DecodeError),
     /// A `globalData` variable is not declared, and the object declares none.
-    #[error("globalData {name}: the object declares no global variables")]
-    NoGlobals { name: String },
-    /// A `globalData` variable is not declared.
-    #[error("globalData {name}: the object declares no global variable {name} (it has: {known})")]
-    UnknownGlobal { name: String, known: String },
-    /// A `globalData` value has another size than its variable.
-    #[error("globalData {name} is {len} byte{}, but {name} in {section} is a {type_name} of {size} bytes (from the object's BTF)", if *.len == 1 { "" } else { "s" })]
-    GlobalSize {
-        name: String,
-        len: usize,
-        section: String,
-        type_name: String,
-        size: u64,
-    },
+    #[error("globalData {0}: the object declares no global variables")]
+    NoGlobals(String),
+    /// A `globalData` variable is not declared: `(variable, the declared ones listed)`.
+    #[error("globalData {0}: the object declares no global variable {0} (it has: {1})")]
+    UnknownGlobal(String, String),
+    /// A `globalData` value has another size than its variable: `(variable, the value's size, the
+    /// variable's section, type and size)`.
+    #[error("globalData {0} is {1} byte{plural}, but {0} in {2} is a {3} of {4} bytes (from the object's BTF)", plural = if *.1 == 1 { "" } else { "s" })]
+    GlobalSize(String, usize, String, String, u64),
     /// aya refused to load the object (before any program is loaded).
-    #[error("{}", load_message(.source))]
-    Load {
-        #[source]
-        source: Box<EbpfError>,
-    },
+    #[error("{message}", message = load_message(.0))]
+    Load(#[source] Box<EbpfError>),
     /// A program is missing after aya's load.
-    #[error("program {program} is not in the ELF object")]
-    ProgramMissing { program: String },
+    #[error("program {0} is not in the ELF object")]
+    ProgramMissing(String),
     /// An fentry/fexit program whose spec names no kernel function.
     #[error(
-        "program {program} is an fentry/fexit program: attach.fentry or attach.fexit must name its kernel function"
+        "program {0} is an fentry/fexit program: attach.fentry or attach.fexit must name its kernel function"
     )]
-    NeedsFunction { program: String },
+    NeedsFunction(String),
     /// A program needs the kernel's BTF, which the node lacks.
-    #[error(
-        "program {program} needs the kernel's BTF (/sys/kernel/btf/vmlinux), which this node lacks"
-    )]
-    NoKernelBtf { program: String },
-    /// A program type bpfpin does not load.
-    #[error("program {program} has type {kind}, which bpfpin cannot load yet")]
-    UnsupportedType { program: String, kind: String },
-    /// The verifier refused a program.
-    #[error("the verifier rejected program {program} ({io_error}); log tail:\n{log_tail}")]
-    Verifier {
-        program: String,
-        #[source]
-        io_error: std::io::Error,
-        log_tail: String,
-    },
-    /// A program could not be loaded for another reason.
-    #[error("loading program {program}: {}", chain(.source))]
-    ProgramLoad {
-        program: String,
-        #[source]
-        source: Box<ProgramError>,
-    },
+    #[error("program {0} needs the kernel's BTF (/sys/kernel/btf/vmlinux), which this node lacks")]
+    NoKernelBtf(String),
+    /// A program type bpfpin does not load: `(program, its type)`.
+    #[error("program {0} has type {1}, which bpfpin cannot load yet")]
+    UnsupportedType(String, String),
+    /// The verifier refused a program: `(program, the bpf(2) error, the verifier log's tail)`.
+    #[error("the verifier rejected program {0} ({1}); log tail:\n{2}")]
+    Verifier(String, #[source] std::io::Error, String),
+    /// A program could not be loaded for another reason: `(program, aya's error)`.
+    #[error("loading program {0}: {cause}", cause = chain(.1))]
+    ProgramLoad(String, #[source] Box<ProgramError>),
     /// The kernel refused an fentry/fexit program with EPERM: trampolines are off.
     #[error(
-        "{refused} (the kernel refused the fentry/fexit program: BPF trampolines are disabled or restricted on this node)"
+        "{0} (the kernel refused the fentry/fexit program: BPF trampolines are disabled or restricted on this node)"
     )]
-    TrampolinesRefused {
-        #[source]
-        refused: Box<LoadError>,
-    },
-    /// The id of a pinned program could not be read.
-    #[error("program {program}: {}", chain(.source))]
-    ProgramInfo {
-        program: String,
-        #[source]
-        source: Box<ProgramError>,
-    },
-    /// A program or map could not be pinned.
-    #[error("pinning {kind} {name} at {}: {}", .path.display(), chain(.source))]
-    Pin {
-        kind: &'static str,
-        name: String,
-        path: PathBuf,
-        #[source]
-        source: aya::pin::PinError,
-    },
+    TrampolinesRefused(#[source] Box<LoadError>),
+    /// The id of a pinned program could not be read: `(program, aya's error)`.
+    #[error("program {0}: {cause}", cause = chain(.1))]
+    ProgramInfo(String, #[source] Box<ProgramError>),
+    /// A program or map could not be pinned: `("program" or "map", its name, the pin path,
+    /// aya's error)`.
+    #[error("pinning {0} {1} at {path}: {cause}", path = .2.display(), cause = chain(.3))]
+    Pin(&'static str, String, PathBuf, #[source] aya::pin::PinError),
     /// A private map aya should have created is missing.
-    #[error("map {map} was not created")]
-    MapNotCreated { map: String },
-    /// A tail call names a program that is not loaded.
-    #[error("tail call {map}[{index}]: program {program} is not loaded")]
-    TailCallProgram {
-        map: String,
-        index: u32,
-        program: String,
-    },
-    /// A tail call's program has no descriptor.
-    #[error("tail call {map}[{index}] -> {program}: {}", chain(.source))]
-    TailCallFd {
-        map: String,
-        index: u32,
-        program: String,
-        #[source]
-        source: Box<ProgramError>,
-    },
-    /// A tail call's program descriptor could not be duplicated.
-    #[error("tail call {map}[{index}] -> {program}: {source}")]
-    TailCallDup {
-        map: String,
-        index: u32,
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("map {0} was not created")]
+    MapNotCreated(String),
+    /// A tail call names a program that is not loaded: `(program array, index, program)`.
+    #[error("tail call {0}[{1}]: program {2} is not loaded")]
+    TailCallProgram(String, u32, String),
+    /// A tail call's program has no descriptor: `(program array, index, program, aya's error)`.
+    #[error("tail call {0}[{1}] -> {2}: {cause}", cause = chain(.3))]
+    TailCallFd(String, u32, String, #[source] Box<ProgramError>),
+    /// A tail call's program descriptor could not be duplicated: `(program array, index,
+    /// program, the error)`.
+    #[error("tail call {0}[{1}] -> {2}: {3}")]
+    TailCallDup(String, u32, String, #[source] std::io::Error),
     /// A tail call names a map that is not in the ELF.
-    #[error("tail call map {map} is not in the ELF object")]
-    TailCallMapMissing { map: String },
-    /// A tail call names a map that is not a program array.
-    #[error("tail call map {map}: {}", chain(.source))]
-    TailCallMapType {
-        map: String,
-        #[source]
-        source: Box<aya::maps::MapError>,
-    },
-    /// A tail call could not be set.
-    #[error("setting tail call {map}[{index}]: {}", chain(.source))]
-    TailCallSet {
-        map: String,
-        index: u32,
-        #[source]
-        source: Box<aya::maps::MapError>,
-    },
+    #[error("tail call map {0} is not in the ELF object")]
+    TailCallMapMissing(String),
+    /// A tail call names a map that is not a program array: `(map, aya's error)`.
+    #[error("tail call map {0}: {cause}", cause = chain(.1))]
+    TailCallMapType(String, #[source] Box<aya::maps::MapError>),
+    /// A tail call could not be set: `(program array, index, aya's error)`.
+    #[error("setting tail call {0}[{1}]: {cause}", cause = chain(.2))]
+    TailCallSet(String, u32, #[source] Box<aya::maps::MapError>),
     /// A path under the managed root was refused or could not be made.
     #[error(transparent)]
     Fs(#[from] FsError),
@@ -247,19 +179,19 @@ impl StatusError for LoadError {
     fn reason(&self) -> Reason {
         use LoadError as E;
         match self {
-            E::TooLarge { .. } | E::Parse { .. } | E::ParserPanic { .. } => Reason::InvalidElf,
-            E::ProgramNotFound { .. } | E::ProgramMissing { .. } | E::TailCallProgram { .. } => {
+            E::TooLarge(..) | E::Parse(..) | E::ParserPanic(..) => Reason::InvalidElf,
+            E::ProgramNotFound(..) | E::ProgramMissing(..) | E::TailCallProgram(..) => {
                 Reason::ProgramNotFound
             }
-            E::MapNotFound { .. } | E::MapNotCreated { .. } | E::TailCallMapMissing { .. } => {
+            E::MapNotFound(..) | E::MapNotCreated(..) | E::TailCallMapMissing(..) => {
                 Reason::MapNotFound
             }
-            E::MapConflict { .. } => Reason::MapConflict,
-            E::GlobalDataBase64 { .. }
-            | E::NoGlobals { .. }
-            | E::UnknownGlobal { .. }
-            | E::GlobalSize { .. } => Reason::InvalidGlobalData,
-            E::Load { source } => match &**source {
+            E::MapConflict(..) => Reason::MapConflict,
+            E::GlobalDataBase64(..)
+            | E::NoGlobals(..)
+            | E::UnknownGlobal(..)
+            | E::GlobalSize(..) => Reason::InvalidGlobalData,
+            E::Load(source) => match &**source {
                 EbpfError::ParseError(
                     aya_obj::ParseError::InvalidGlobalData { .. }
                     | aya_obj::ParseError::SymbolNotFound { .. },
@@ -267,16 +199,16 @@ impl StatusError for LoadError {
                 EbpfError::ParseError(_) => Reason::InvalidElf,
                 _ => Reason::LoadFailed,
             },
-            E::NeedsFunction { .. } | E::TailCallMapType { .. } => Reason::InvalidSpec,
-            E::NoKernelBtf { .. } | E::UnsupportedType { .. } => Reason::Unsupported,
-            E::Verifier { .. } => Reason::VerifierRejected,
-            E::ProgramLoad { .. }
-            | E::TrampolinesRefused { .. }
-            | E::ProgramInfo { .. }
-            | E::TailCallFd { .. }
-            | E::TailCallDup { .. }
-            | E::TailCallSet { .. } => Reason::LoadFailed,
-            E::Pin { .. } => Reason::PinFailed,
+            E::NeedsFunction(..) | E::TailCallMapType(..) => Reason::InvalidSpec,
+            E::NoKernelBtf(..) | E::UnsupportedType(..) => Reason::Unsupported,
+            E::Verifier(..) => Reason::VerifierRejected,
+            E::ProgramLoad(..)
+            | E::TrampolinesRefused(..)
+            | E::ProgramInfo(..)
+            | E::TailCallFd(..)
+            | E::TailCallDup(..)
+            | E::TailCallSet(..) => Reason::LoadFailed,
+            E::Pin(..) => Reason::PinFailed,
             E::Fs(e) => e.reason(),
             E::Attach(e) => e.reason(),
         }
@@ -303,13 +235,11 @@ fn load_message(err: &EbpfError) -> String {
 pub(crate) fn parse_elf(bytes: &[u8]) -> Result<aya_obj::Object, LoadError> {
     match std::panic::catch_unwind(|| aya_obj::Object::parse(bytes)) {
         Ok(Ok(obj)) => Ok(obj),
-        Ok(Err(source)) => Err(LoadError::Parse {
-            source: Box::new(source),
-        }),
-        Err(panic) => Err(LoadError::ParserPanic {
-            during: "the ELF parser failed on it",
-            panic: panic_text(&*panic),
-        }),
+        Ok(Err(source)) => Err(LoadError::Parse(Box::new(source))),
+        Err(panic) => Err(LoadError::ParserPanic(
+            "the ELF parser failed on it",
+            panic_text(&*panic),
+        )),
     }
 }
 
@@ -331,10 +261,10 @@ pub fn plan_maps(
     for prog in &spec.programs {
         if !elf.programs.contains_key(&prog.name) {
             let have: Vec<&str> = elf.programs.keys().map(String::as_str).collect();
-            return Err(LoadError::ProgramNotFound {
-                program: prog.name.clone(),
-                have: name_list(have),
-            });
+            return Err(LoadError::ProgramNotFound(
+                prog.name.clone(),
+                name_list(have),
+            ));
         }
     }
     let mut plan = MapPlan::default();
@@ -351,10 +281,7 @@ pub fn plan_maps(
                 .map(String::as_str)
                 .filter(|n| !is_internal_map(n))
                 .collect();
-            return Err(LoadError::MapNotFound {
-                map: (*name).to_owned(),
-                have: name_list(have),
-            });
+            return Err(LoadError::MapNotFound((*name).to_owned(), name_list(have)));
         }
     }
     let mut names: Vec<&String> = elf.maps.keys().collect();
@@ -519,10 +446,7 @@ impl Attempt<'_> {
     fn check_elf(&self) -> Result<(aya_obj::Object, MapPlan), LoadError> {
         let limit = crate::bytecode_path::MAX_BYTES;
         if self.req.bytecode.len() as u64 > limit {
-            return Err(LoadError::TooLarge {
-                bytes: self.req.bytecode.len(),
-                limit,
-            });
+            return Err(LoadError::TooLarge(self.req.bytecode.len(), limit));
         }
         let elf = parse_elf(self.req.bytecode)?;
         let plan = plan_maps(self.layout, self.req.spec, &elf)?;
@@ -538,13 +462,8 @@ impl Attempt<'_> {
             match MapInfo::from_pin(path) {
                 Ok(info) => {
                     let max = max_entries_of(self.req.spec, name);
-                    definition_matches(&info, &elf.maps[name], max).map_err(|why| {
-                        LoadError::MapConflict {
-                            map: name.clone(),
-                            path: path.clone(),
-                            why,
-                        }
-                    })?
+                    definition_matches(&info, &elf.maps[name], max)
+                        .map_err(|why| LoadError::MapConflict(name.clone(), path.clone(), why))?
                 }
                 Err(_) => {
                     if let Some(parent) = path.parent() {
@@ -604,13 +523,8 @@ impl Attempt<'_> {
         // aya parses the object again: the same panic guard as `parse_elf`.
         let bytecode = self.req.bytecode;
         let ebpf = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loader.load(bytecode)))
-            .map_err(|panic| LoadError::ParserPanic {
-                during: "loading failed on it",
-                panic: panic_text(&*panic),
-            })?
-            .map_err(|source| LoadError::Load {
-                source: Box::new(source),
-            })?;
+            .map_err(|panic| LoadError::ParserPanic("loading failed on it", panic_text(&*panic)))?
+            .map_err(|source| LoadError::Load(Box::new(source)))?;
         Ok((ebpf, reused))
     }
 
@@ -628,9 +542,7 @@ impl Attempt<'_> {
             let name = prog_spec.name.as_str();
             let program = ebpf
                 .program_mut(name)
-                .ok_or_else(|| LoadError::ProgramMissing {
-                    program: name.to_owned(),
-                })?;
+                .ok_or_else(|| LoadError::ProgramMissing(name.to_owned()))?;
             let btf_function = prog_spec
                 .attach
                 .as_ref()
@@ -646,16 +558,12 @@ impl Attempt<'_> {
                 Some(old) => kept.entry(name.to_owned()).or_insert(old),
                 None => program,
             };
-            target.pin(&path).map_err(|source| LoadError::Pin {
-                kind: "program",
-                name: name.to_owned(),
-                path: path.clone(),
-                source,
+            target.pin(&path).map_err(|source| {
+                LoadError::Pin("program", name.to_owned(), path.clone(), source)
             })?;
-            let info = target.info().map_err(|source| LoadError::ProgramInfo {
-                program: name.to_owned(),
-                source: Box::new(source),
-            })?;
+            let info = target
+                .info()
+                .map_err(|source| LoadError::ProgramInfo(name.to_owned(), Box::new(source)))?;
             programs.push((name.to_owned(), info.id()));
         }
         if !kept.is_empty() {
@@ -671,14 +579,10 @@ impl Attempt<'_> {
             let path = Layout::map_in(&self.dir, name);
             let map = ebpf
                 .map(name)
-                .ok_or_else(|| LoadError::MapNotCreated { map: name.clone() })?;
+                .ok_or_else(|| LoadError::MapNotCreated(name.clone()))?;
             fsops::create_dirs(self.layout.root(), path.parent().expect("maps/"))?;
-            map.pin(&path).map_err(|source| LoadError::Pin {
-                kind: "map",
-                name: name.clone(),
-                path: path.clone(),
-                source,
-            })?;
+            map.pin(&path)
+                .map_err(|source| LoadError::Pin("map", name.clone(), path.clone(), source))?;
             maps.push(self.layout.public_path(self.req.object, &self.dir, &path));
         }
         Ok(maps)
@@ -737,10 +641,7 @@ fn decode_globals(spec: &BpfObjectSpec) -> Result<Vec<(&str, Vec<u8>)>, LoadErro
             base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .map(|bytes| (name.as_str(), bytes))
-                .map_err(|source| LoadError::GlobalDataBase64 {
-                    name: name.clone(),
-                    source,
-                })
+                .map_err(|source| LoadError::GlobalDataBase64(name.clone(), source))
         })
         .collect()
 }
@@ -818,38 +719,30 @@ fn fill_tail_calls(
             let prog = kept
                 .get(program)
                 .or_else(|| ebpf.program(program))
-                .ok_or_else(|| LoadError::TailCallProgram {
-                    map: map.to_owned(),
-                    index,
-                    program: program.to_owned(),
+                .ok_or_else(|| {
+                    LoadError::TailCallProgram(map.to_owned(), index, program.to_owned())
                 })?;
             let fd = prog
                 .fd()
-                .map_err(|source| LoadError::TailCallFd {
-                    map: map.to_owned(),
-                    index,
-                    program: program.to_owned(),
-                    source: Box::new(source),
+                .map_err(|source| {
+                    LoadError::TailCallFd(
+                        map.to_owned(),
+                        index,
+                        program.to_owned(),
+                        Box::new(source),
+                    )
                 })?
                 .try_clone()
-                .map_err(|source| LoadError::TailCallDup {
-                    map: map.to_owned(),
-                    index,
-                    program: program.to_owned(),
-                    source,
+                .map_err(|source| {
+                    LoadError::TailCallDup(map.to_owned(), index, program.to_owned(), source)
                 })?;
             fds.push((index, fd));
         }
         let m = ebpf
             .map_mut(map)
-            .ok_or_else(|| LoadError::TailCallMapMissing {
-                map: map.to_owned(),
-            })?;
-        let mut array: ProgramArray<&mut aya::maps::MapData> =
-            ProgramArray::try_from(m).map_err(|source| LoadError::TailCallMapType {
-                map: map.to_owned(),
-                source: Box::new(source),
-            })?;
+            .ok_or_else(|| LoadError::TailCallMapMissing(map.to_owned()))?;
+        let mut array: ProgramArray<&mut aya::maps::MapData> = ProgramArray::try_from(m)
+            .map_err(|source| LoadError::TailCallMapType(map.to_owned(), Box::new(source)))?;
         let wanted: BTreeSet<u32> = fds.iter().map(|(i, _)| *i).collect();
         let stale: Vec<u32> = array
             .indices()
@@ -860,13 +753,9 @@ fn fill_tail_calls(
             let _ = array.clear_index(&index);
         }
         for (index, fd) in &fds {
-            array
-                .set(*index, fd, 0)
-                .map_err(|source| LoadError::TailCallSet {
-                    map: map.to_owned(),
-                    index: *index,
-                    source: Box::new(source),
-                })?;
+            array.set(*index, fd, 0).map_err(|source| {
+                LoadError::TailCallSet(map.to_owned(), *index, Box::new(source))
+            })?;
         }
     }
     Ok(())
@@ -895,22 +784,19 @@ pub fn check_globals_against_btf(
             let known = vars.keys().map(String::as_str).collect::<Vec<_>>();
             let name = (*name).to_owned();
             return Err(if known.is_empty() {
-                LoadError::NoGlobals { name }
+                LoadError::NoGlobals(name)
             } else {
-                LoadError::UnknownGlobal {
-                    name,
-                    known: known.join(", "),
-                }
+                LoadError::UnknownGlobal(name, known.join(", "))
             });
         };
         if bytes.len() as u64 != var.size {
-            return Err(LoadError::GlobalSize {
-                name: (*name).to_owned(),
-                len: bytes.len(),
-                section: var.section.clone(),
-                type_name: var.type_name.clone(),
-                size: var.size,
-            });
+            return Err(LoadError::GlobalSize(
+                (*name).to_owned(),
+                bytes.len(),
+                var.section.clone(),
+                var.type_name.clone(),
+                var.size,
+            ));
         }
     }
     Ok(())
@@ -922,15 +808,12 @@ fn program_error(name: &str, err: ProgramError) -> LoadError {
         ProgramError::LoadError {
             io_error,
             verifier_log,
-        } => LoadError::Verifier {
-            program: name.to_owned(),
+        } => LoadError::Verifier(
+            name.to_owned(),
             io_error,
-            log_tail: verifier_log_tail(&verifier_log.to_string(), 8),
-        },
-        source => LoadError::ProgramLoad {
-            program: name.to_owned(),
-            source: Box::new(source),
-        },
+            verifier_log_tail(&verifier_log.to_string(), 8),
+        ),
+        source => LoadError::ProgramLoad(name.to_owned(), Box::new(source)),
     }
 }
 
@@ -940,12 +823,8 @@ fn load_program(
     btf: &KernelBtf,
     btf_function: Option<&str>,
 ) -> Result<(), LoadError> {
-    let needs_function = || LoadError::NeedsFunction {
-        program: name.to_owned(),
-    };
-    let no_btf = || LoadError::NoKernelBtf {
-        program: name.to_owned(),
-    };
+    let needs_function = || LoadError::NeedsFunction(name.to_owned());
+    let no_btf = || LoadError::NoKernelBtf(name.to_owned());
     let result = match program {
         Program::FEntry(p) => p.load(
             btf_function.ok_or_else(needs_function)?,
@@ -967,10 +846,10 @@ fn load_program(
         Program::SkMsg(p) => p.load(),
         Program::SockOps(p) => p.load(),
         other => {
-            return Err(LoadError::UnsupportedType {
-                program: name.to_owned(),
-                kind: format!("{:?}", other.prog_type()),
-            });
+            return Err(LoadError::UnsupportedType(
+                name.to_owned(),
+                format!("{:?}", other.prog_type()),
+            ));
         }
     };
     let tracing = matches!(program, Program::FEntry(_) | Program::FExit(_));
@@ -978,9 +857,7 @@ fn load_program(
         let err = program_error(name, e);
         if tracing && err.to_string().contains("os error 1)") {
             // EPERM with an empty log: the kernel refuses BPF trampolines (ftrace restricted).
-            LoadError::TrampolinesRefused {
-                refused: Box::new(err),
-            }
+            LoadError::TrampolinesRefused(Box::new(err))
         } else {
             err
         }

@@ -131,7 +131,7 @@ pub fn estimate(
 
 /// How much memory the agent's memory cgroup (or the tightest of its ancestors) has left.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Headroom {
+pub struct Headroom {
     /// The cgroup directory whose limit is the tightest.
     pub cgroup: PathBuf,
     /// Its limit (`memory.max`, or v1 `memory.limit_in_bytes`).

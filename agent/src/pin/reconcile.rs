@@ -18,60 +18,37 @@ use super::fsops::FsError;
 use super::layout::{Layout, SHARED_DIR, STAGING_DIR, VERSIONS_DIR};
 use super::loader::LoadError;
 use super::loader::{self, BuildRequest, PinnedVersion};
-use super::map_memory;
+use super::map_memory::{self, Headroom};
 use super::mounts;
 use crate::error::{AgentError, ObjectError, Reason, StatusError};
 use bpfpin_crds::validation::{ValidationError, validate_object_name};
 
 /// Why a pass could not pin one object (besides a failed build, which is a [`LoadError`]).
-#[expect(
-    missing_docs,
-    reason = "a variant's fields are the names, paths and causes its message shows"
-)]
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
     /// The object's name could become another path of the root: nothing is done for it.
-    #[error("{source}; nothing was pinned or removed for this object")]
-    RefusedName {
-        #[source]
-        source: ValidationError,
-    },
+    #[error("{0}; nothing was pinned or removed for this object")]
+    RefusedName(#[source] ValidationError),
     /// The spec breaks a rule of the CRD.
     #[error("{0}")]
     InvalidSpec(#[source] ValidationError),
     /// The bytecode could not be had (the source's error, as the mode reported it).
-    #[error("{}", .0.message)]
+    #[error("{message}", message = .0.message)]
     Bytecode(ObjectError),
-    /// The bytecode's digest is not the one the spec pins.
-    #[error("the bytecode's sha256 is {digest}, spec.sha256 says {want}")]
-    DigestMismatch { digest: String, want: String },
-    /// A shared map's pin path collides with other shared pins.
-    #[error("map {map} of object {object} would be pinned at {}, {problem}; choose another pinPath", .path.display())]
-    SharedPathTaken {
-        map: String,
-        object: String,
-        path: PathBuf,
-        problem: Box<SharedPathProblem>,
-    },
-    /// The object's new maps do not fit the agent's memory cgroup.
-    #[error("object {object}: its new maps need about {} ({largest}), but the agent's memory cgroup {} has {} left (limit {}, used {}, {} kept for the agent); map memory is charged to the agent's cgroup and stays charged while pinned: raise the agent's memory limit or lower spec.maps[].maxEntries", map_memory::human(*.need), .cgroup.display(), map_memory::human(*.left), map_memory::human(*.limit), map_memory::human(*.usage), map_memory::human(map_memory::RESERVE))]
-    InsufficientMemory {
-        object: String,
-        need: u64,
-        largest: String,
-        cgroup: PathBuf,
-        left: u64,
-        limit: u64,
-        usage: u64,
-    },
-    /// The object's symlink could not be pointed at the new version.
-    #[error("{step} for object {object}: {source}")]
-    Swap {
-        step: &'static str,
-        object: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The bytecode's digest is not the one the spec pins: `(its digest, spec.sha256)`.
+    #[error("the bytecode's sha256 is {0}, spec.sha256 says {1}")]
+    DigestMismatch(String, String),
+    /// A shared map's pin path collides with other shared pins: `(map, object, pin path, what is
+    /// in the way)`.
+    #[error("map {0} of object {1} would be pinned at {path}, {3}; choose another pinPath", path = .2.display())]
+    SharedPathTaken(String, String, PathBuf, Box<SharedPathProblem>),
+    /// The object's new maps do not fit the agent's memory cgroup: `(object, bytes needed, the
+    /// largest new maps listed, the cgroup's headroom)`.
+    #[error("object {0}: its new maps need about {need}, but the agent's memory cgroup {cgroup} has {left} left (limit {limit}, used {usage}, {reserve} kept for the agent); map memory is charged to the agent's cgroup and stays charged while pinned: raise the agent's memory limit or lower spec.maps[].maxEntries", need = format!("{} ({})", map_memory::human(*.1), .2), cgroup = .3.cgroup.display(), left = map_memory::human(.3.left()), limit = map_memory::human(.3.limit), usage = map_memory::human(.3.usage), reserve = map_memory::human(map_memory::RESERVE))]
+    InsufficientMemory(String, u64, String, Headroom),
+    /// The object's symlink could not be pointed at the new version: `(step, object, the error)`.
+    #[error("{0} for object {1}: {2}")]
+    Swap(&'static str, String, #[source] std::io::Error),
     /// A path under the root was refused or could not be made.
     #[error(transparent)]
     Fs(#[from] FsError),
@@ -81,18 +58,14 @@ pub enum ReconcileError {
 }
 
 /// What is in the way of a shared map's pin path.
-#[expect(
-    missing_docs,
-    reason = "a variant's fields are the names, paths and causes its message shows"
-)]
 #[derive(Debug, thiserror::Error)]
 pub enum SharedPathProblem {
-    /// A directory on the way is a pinned map.
-    #[error("below {}, where {owners} has a map pinned", .pin.display())]
-    BelowPin { pin: PathBuf, owners: String },
-    /// The pin path is a directory of other shared maps.
-    #[error("which is a directory holding the shared map(s) {pins} of {owners}")]
-    HoldsPins { pins: String, owners: String },
+    /// A directory on the way is a pinned map: `(the pin, its owners)`.
+    #[error("below {path}, where {1} has a map pinned", path = .0.display())]
+    BelowPin(PathBuf, String),
+    /// The pin path is a directory of other shared maps: `(the pins listed, their owners)`.
+    #[error("which is a directory holding the shared map(s) {0} of {1}")]
+    HoldsPins(String, String),
     /// Something that is not a map is pinned there.
     #[error("where something that is not a map is pinned")]
     NotAMap,
@@ -101,14 +74,12 @@ pub enum SharedPathProblem {
 impl StatusError for ReconcileError {
     fn reason(&self) -> Reason {
         match self {
-            ReconcileError::RefusedName { .. } | ReconcileError::InvalidSpec(_) => {
-                Reason::InvalidSpec
-            }
+            ReconcileError::RefusedName(..) | ReconcileError::InvalidSpec(_) => Reason::InvalidSpec,
             ReconcileError::Bytecode(e) => e.reason,
-            ReconcileError::DigestMismatch { .. } => Reason::DigestMismatch,
-            ReconcileError::SharedPathTaken { .. } => Reason::MapConflict,
-            ReconcileError::InsufficientMemory { .. } => Reason::InsufficientMemory,
-            ReconcileError::Swap { .. } => Reason::PinFailed,
+            ReconcileError::DigestMismatch(..) => Reason::DigestMismatch,
+            ReconcileError::SharedPathTaken(..) => Reason::MapConflict,
+            ReconcileError::InsufficientMemory(..) => Reason::InsufficientMemory,
+            ReconcileError::Swap(..) => Reason::PinFailed,
             ReconcileError::Fs(e) => e.reason(),
             ReconcileError::Load(e) => e.reason(),
         }
@@ -259,7 +230,7 @@ impl Reconciler {
                 Ok(()) => sorted.push(obj),
                 Err(source) => report
                     .objects
-                    .push(self.refused_name(obj, ReconcileError::RefusedName { source })),
+                    .push(self.refused_name(obj, ReconcileError::RefusedName(source))),
             }
         }
         let hold: BTreeSet<&str> = hold
@@ -509,10 +480,7 @@ impl Reconciler {
         if let Some(want) = &obj.spec.sha256
             && want != &digest
         {
-            return Err(ReconcileError::DigestMismatch {
-                digest,
-                want: want.clone(),
-            });
+            return Err(ReconcileError::DigestMismatch(digest, want.clone()));
         }
         Ok((bytes, version_key(&obj.spec, &digest)))
     }
@@ -544,28 +512,25 @@ impl Reconciler {
                 };
                 let last = i + 1 == parts.len();
                 let refuse = |problem: SharedPathProblem| {
-                    Err(ReconcileError::SharedPathTaken {
-                        map: map.clone(),
-                        object: obj.name.clone(),
-                        path: path.clone(),
-                        problem: Box::new(problem),
-                    })
+                    Err(ReconcileError::SharedPathTaken(
+                        map.clone(),
+                        obj.name.clone(),
+                        path.clone(),
+                        Box::new(problem),
+                    ))
                 };
                 if !last && !meta.is_dir() {
                     let owners = self.owners(std::slice::from_ref(&here), obj, all);
-                    return refuse(SharedPathProblem::BelowPin {
-                        pin: here.clone(),
-                        owners,
-                    });
+                    return refuse(SharedPathProblem::BelowPin(here.clone(), owners));
                 }
                 if last && meta.is_dir() {
                     let pins = fsops::pins_under(self.layout.root(), &here);
                     let listed: Vec<String> =
                         pins.iter().map(|p| p.display().to_string()).collect();
-                    return refuse(SharedPathProblem::HoldsPins {
-                        pins: listed.join(", "),
-                        owners: self.owners(&pins, obj, all),
-                    });
+                    return refuse(SharedPathProblem::HoldsPins(
+                        listed.join(", "),
+                        self.owners(&pins, obj, all),
+                    ));
                 }
                 if last && aya::maps::MapInfo::from_pin(&here).is_err() {
                     return refuse(SharedPathProblem::NotAMap);
@@ -649,15 +614,13 @@ impl Reconciler {
             .take(3)
             .map(|m| format!("{} {}", m.name, map_memory::human(m.bytes)))
             .collect();
-        Err(ReconcileError::InsufficientMemory {
-            object: obj.name.clone(),
+        let largest = largest.join(", ");
+        Err(ReconcileError::InsufficientMemory(
+            obj.name.clone(),
             need,
-            largest: largest.join(", "),
-            cgroup: room.cgroup.clone(),
-            left: room.left(),
-            limit: room.limit,
-            usage: room.usage,
-        })
+            largest,
+            room,
+        ))
     }
 
     /// Reports a failure; a previous version, if any, stays pinned.
@@ -740,10 +703,8 @@ impl Reconciler {
     fn swap(&self, object: &str, version: &str) -> Result<(), ReconcileError> {
         let staged = self.layout.staging().join(object);
         let _ = std::fs::remove_file(&staged);
-        let err = |step: &'static str, source: std::io::Error| ReconcileError::Swap {
-            step,
-            object: object.to_owned(),
-            source,
+        let err = |step: &'static str, source: std::io::Error| {
+            ReconcileError::Swap(step, object.to_owned(), source)
         };
         std::os::unix::fs::symlink(Layout::link_target(object, version), &staged)
             .map_err(|e| err("creating the version symlink", e))?;
