@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::error::Reason;
-use crate::reconcile::PassReport;
+use crate::pin::reconcile::PassReport;
 
 /// Whether a failure with this reason is retried on a timer.
 pub fn is_retryable(reason: Reason) -> bool {

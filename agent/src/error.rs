@@ -3,86 +3,8 @@
 
 use std::fmt;
 
-/// The reason an object failed, as written in conditions and status (`reason` fields).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// The spec breaks a rule the CRD schema also enforces (names, pin paths, sources).
-    InvalidSpec,
-    /// The bytecode could not be read or fetched.
-    BytecodeUnavailable,
-    /// `bytecode.path` resolves outside the directories the agent may read.
-    BytecodePathNotAllowed,
-    /// The bytecode's SHA-256 differs from `spec.sha256`.
-    DigestMismatch,
-    /// The bytecode is not a valid eBPF ELF object.
-    InvalidElf,
-    /// A program named in the spec is not in the ELF object.
-    ProgramNotFound,
-    /// A map named in the spec is not in the ELF object.
-    MapNotFound,
-    /// The kernel verifier refused a program.
-    VerifierRejected,
-    /// A program could not be loaded for another reason.
-    LoadFailed,
-    /// A shared map already pinned has another definition than this object's map.
-    MapConflict,
-    /// `spec.globalData` names an unknown variable or has the wrong size or encoding.
-    InvalidGlobalData,
-    /// A program could not be attached (unknown interface or tracepoint, wrong program type).
-    AttachFailed,
-    /// Pinning to bpffs failed.
-    PinFailed,
-    /// The program type or attach kind is not supported yet.
-    Unsupported,
-    /// The bytecode source kind is not supported in this mode.
-    UnsupportedSource,
-    /// `--require-digest` is set and the source pins no digest (`spec.sha256`, or `@sha256:` for
-    /// an image).
-    DigestRequired,
-    /// A url, registry, token service or redirect resolves to an address `--source-allow` does
-    /// not allow.
-    SourceNotAllowed,
-    /// The object's new maps would not fit the headroom of the agent's memory cgroup (map memory
-    /// is charged to it and stays charged while the maps are pinned).
-    InsufficientMemory,
-    /// `--image-verification-policy enforce`: the image has no cosign signature that verifies
-    /// with a configured public key for its manifest digest (unsigned, wrong key, a signature of
-    /// another image, a malformed signature or key).
-    SignatureInvalid,
-}
-
-impl Reason {
-    /// The reason as written in status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::InvalidSpec => "InvalidSpec",
-            Reason::BytecodeUnavailable => "BytecodeUnavailable",
-            Reason::BytecodePathNotAllowed => "BytecodePathNotAllowed",
-            Reason::DigestMismatch => "DigestMismatch",
-            Reason::InvalidElf => "InvalidElf",
-            Reason::ProgramNotFound => "ProgramNotFound",
-            Reason::MapNotFound => "MapNotFound",
-            Reason::VerifierRejected => "VerifierRejected",
-            Reason::LoadFailed => "LoadFailed",
-            Reason::MapConflict => "MapConflict",
-            Reason::InvalidGlobalData => "InvalidGlobalData",
-            Reason::AttachFailed => "AttachFailed",
-            Reason::PinFailed => "PinFailed",
-            Reason::Unsupported => "Unsupported",
-            Reason::UnsupportedSource => "UnsupportedSource",
-            Reason::DigestRequired => "DigestRequired",
-            Reason::SourceNotAllowed => "SourceNotAllowed",
-            Reason::InsufficientMemory => "InsufficientMemory",
-            Reason::SignatureInvalid => "SignatureInvalid",
-        }
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The reasons are part of the agent↔operator contract, so they live in the API crate.
+pub use bpfpin_crds::reason::Reason;
 
 /// One object's failure: `object counter: VerifierRejected: program unchecked: ...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +33,48 @@ impl fmt::Display for ObjectError {
 
 impl std::error::Error for ObjectError {}
 
+/// An error of the kernel core that is reported in status: its `Display` is the status message,
+/// and `reason` the reason. Each module's error enum implements it next to its variants, so the
+/// mapping to `(Reason, message)` is written once per error type.
+pub trait StatusError: std::error::Error {
+    /// The reason written in status for this error.
+    fn reason(&self) -> Reason;
+}
+
+impl<E: StatusError> From<E> for ObjectError {
+    fn from(e: E) -> Self {
+        ObjectError::new(e.reason(), e.to_string())
+    }
+}
+
+/// An error and every cause below it, joined with `: `.
+pub fn sources(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Like [`sources`], leaving out a cause whose text the message already holds (aya's messages
+/// often repeat their cause).
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// The last lines of a verifier log: the part that says why (the whole log can be megabytes).
 /// The statistics the verifier prints after its verdict are left out, so the verdict ends it.
 pub fn verifier_log_tail(log: &str, lines: usize) -> String {
@@ -124,24 +88,23 @@ pub fn verifier_log_tail(log: &str, lines: usize) -> String {
 }
 
 /// An error of the agent as a whole (not of one object): the managed root, bpffs, the API.
+#[expect(
+    missing_docs,
+    reason = "a variant's fields are the names, paths and causes its message shows"
+)]
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The bpffs mount point is missing, not a bpffs, or could not be mounted.
     #[error("bpffs at {path}: {message}")]
     Bpffs {
-        /// The mount point.
         path: std::path::PathBuf,
-        /// What is wrong.
         message: String,
     },
     /// A filesystem operation on the managed root failed.
     #[error("{action} {path}: {source}")]
     Io {
-        /// What the agent was doing.
         action: &'static str,
-        /// Where.
         path: std::path::PathBuf,
-        /// The error.
         source: std::io::Error,
     },
 }
@@ -158,19 +121,6 @@ impl AgentError {
             path: path.into(),
             source,
         }
-    }
-}
-
-// Image signature verification (agent/src/signature/): what a failed check reports.
-impl From<crate::signature::SignatureError> for ObjectError {
-    fn from(e: crate::signature::SignatureError) -> Self {
-        use crate::signature::SignatureError;
-        let reason = match &e {
-            // The registry could not be asked: its own reason (unreachable, denied, too large).
-            SignatureError::Fetch { source, .. } => source.reason,
-            _ => Reason::SignatureInvalid,
-        };
-        ObjectError::new(reason, e.to_string())
     }
 }
 

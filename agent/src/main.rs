@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use bpfpin_agent::Reconciler;
 use bpfpin_agent::bytecode::Fetcher;
 use bpfpin_agent::bytecode::flags::FetchFlags;
 use bpfpin_agent::bytecode::image::RegistryAuth;
 use bpfpin_agent::cluster::flags::{self, MetricsAddr};
 use bpfpin_agent::cluster::{self, ClusterConfig};
 use bpfpin_agent::local::{self, LocalConfig};
+use bpfpin_agent::pin::mounts;
 use bpfpin_agent::signature::flags::VerificationFlags;
-use bpfpin_agent::{Reconciler, mounts};
 use bpfpin_runtime::duration::parse_positive;
 use bpfpin_runtime::logs::{self, LogFormat};
 

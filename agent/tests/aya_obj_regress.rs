@@ -236,7 +236,7 @@ fn global_data_symbol_address_overflow() {
     let name = "regress-global-data-symbol-address-overflow";
     let obj = Object::parse(&seed(name)).unwrap_or_else(|e| panic!("{name}: parse: {e}"));
     let btf = obj.btf.as_ref().expect("the reproducer has BTF");
-    let vars = bpfpin_agent::btf_vars::global_vars(&btf.to_bytes()).unwrap_or_default();
+    let vars = bpfpin_agent::pin::btf_vars::global_vars(&btf.to_bytes()).unwrap_or_default();
     let mut refused = Vec::new();
     for (var, v) in vars.iter().filter(|(_, v)| v.size <= 1 << 20) {
         let data = vec![0x5a; v.size as usize];

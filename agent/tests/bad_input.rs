@@ -125,7 +125,7 @@ fn a_digest_mismatch() {
 #[test]
 fn a_matching_digest_is_accepted() {
     let fs = Bpffs::new();
-    let digest = bpfpin_agent::desired::sha256_hex(&bytes("counter"));
+    let digest = bpfpin_agent::pin::desired::sha256_hex(&bytes("counter"));
     let ok = desired("ok", &format!("sha256: {digest}\n{COUNTER}"), "counter");
     let mut r = Reconciler::new(fs.path()).expect("reconciler");
     let report = r.reconcile(&[ok], &BTreeSet::new());

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bpfpin_agent::desired::sha256_hex;
+use bpfpin_agent::pin::desired::sha256_hex;
 use common::registry::Registry;
 use common::*;
 

@@ -56,7 +56,7 @@ struct World {
 impl World {
     fn new() -> Self {
         let fs = Bpffs::new();
-        bpfpin_agent::mounts::ensure_tracefs().expect("tracefs");
+        bpfpin_agent::pin::mounts::ensure_tracefs().expect("tracefs");
         let good = desired("good", COUNTER, "counter");
         let mut r = Reconciler::new(fs.path()).expect("reconciler");
         let report = r.reconcile(std::slice::from_ref(&good), &BTreeSet::new());
@@ -748,7 +748,7 @@ fn the_estimate_covers_what_the_kernel_allocates() {
     );
     let root = fs.root();
     let elf = aya_obj::Object::parse(&bytes("counter")).expect("elf");
-    let estimates = bpfpin_agent::map_memory::estimate(&obj.spec, &elf, |_| true);
+    let estimates = bpfpin_agent::pin::map_memory::estimate(&obj.spec, &elf, |_| true);
     let of = |name: &str| {
         estimates
             .iter()

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bpfpin_agent::desired::sha256_hex;
+use bpfpin_agent::pin::desired::sha256_hex;
 use common::hostile::*;
 use common::registry::{OCI_INDEX, OCI_MANIFEST, gzip, tar};
 use common::*;

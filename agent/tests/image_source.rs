@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use bpfpin_agent::desired::sha256_hex;
+use bpfpin_agent::pin::desired::sha256_hex;
 use common::registry::{
     OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, Registry, TOKEN_SERVICE, TokenRegistry, counter_labels,
     gzip, tar,

@@ -33,7 +33,7 @@ fn once(manifests: &Path, fs: &Bpffs, cache: &Path) -> Output {
 fn a_url_is_downloaded_checked_and_cached_by_digest() {
     let served = tempfile::tempdir().expect("tempdir");
     std::fs::copy(bpf_object("counter"), served.path().join("counter.bpf.o")).expect("copy");
-    let digest = bpfpin_agent::desired::sha256_hex(&bytes("counter"));
+    let digest = bpfpin_agent::pin::desired::sha256_hex(&bytes("counter"));
     let server = HttpServer::serve(served.path());
     let manifests = tempfile::tempdir().expect("tempdir");
     let cache = tempfile::tempdir().expect("tempdir");

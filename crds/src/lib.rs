@@ -12,6 +12,7 @@
 pub mod bpf_object;
 pub mod heartbeat;
 pub mod node_state;
+pub mod reason;
 pub mod selector;
 pub mod validation;
 

@@ -611,7 +611,8 @@ async fn the_image_example_pulls_with_its_pull_secret_and_a_wrong_password_fails
         assert!(n.has_program(&good, "count_getpid"), "{} pinned it", n.name);
     }
     // Each node pulled it itself, into its own cache.
-    let digest = bpfpin_agent::desired::sha256_hex(&std::fs::read(env.object_path("counter"))?);
+    let digest =
+        bpfpin_agent::pin::desired::sha256_hex(&std::fs::read(env.object_path("counter"))?);
     for n in &nodes {
         let cached = env
             .cache_dir

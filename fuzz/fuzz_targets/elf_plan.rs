@@ -12,9 +12,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path};
 
 use aya_obj::btf::BtfFeatures;
-use bpfpin_agent::fsops;
-use bpfpin_agent::layout::Layout;
-use bpfpin_agent::loader::{check_globals_against_btf, plan_maps};
+use bpfpin_agent::pin::fsops;
+use bpfpin_agent::pin::layout::Layout;
+use bpfpin_agent::pin::loader::{check_globals_against_btf, plan_maps};
 use bpfpin_crds::validation::{validate_elf_name, validate_pin_path};
 use bpfpin_crds::{BpfObjectSpec, MapSpec, ProgramSpec};
 use libfuzzer_sys::fuzz_target;
@@ -102,7 +102,7 @@ fuzz_target!(|data: &[u8]| {
     let vars = elf
         .btf
         .as_ref()
-        .and_then(|btf| bpfpin_agent::btf_vars::global_vars(&btf.to_bytes()))
+        .and_then(|btf| bpfpin_agent::pin::btf_vars::global_vars(&btf.to_bytes()))
         .unwrap_or_default();
     let fitting: Vec<(&str, Vec<u8>)> = vars
         .iter()

@@ -9,10 +9,10 @@
 
 use std::path::{Component, Path};
 
-use bpfpin_agent::attach::AttachPoint;
-use bpfpin_agent::desired::version_key;
-use bpfpin_agent::fsops;
-use bpfpin_agent::layout::Layout;
+use bpfpin_agent::pin::attach::AttachPoint;
+use bpfpin_agent::pin::desired::version_key;
+use bpfpin_agent::pin::fsops;
+use bpfpin_agent::pin::layout::Layout;
 use bpfpin_crds::BpfObject;
 use libfuzzer_sys::fuzz_target;
 

@@ -7,8 +7,8 @@
 
 use std::path::{Component, Path};
 
-use bpfpin_agent::fsops;
-use bpfpin_agent::layout::{Layout, encode_name};
+use bpfpin_agent::pin::fsops;
+use bpfpin_agent::pin::layout::{Layout, encode_name};
 use bpfpin_crds::validation::{
     MAX_ELF_NAME_LEN, MAX_OBJECT_NAME_LEN, MAX_PIN_PATH_LEN, MAX_PIN_PATH_SEGMENTS,
     validate_elf_name, validate_object_name, validate_pin_path,

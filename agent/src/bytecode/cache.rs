@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::digest;
-use crate::desired::sha256_hex;
+use crate::pin::desired::sha256_hex;
 
 /// The cache in a folder.
 #[derive(Debug, Clone, Copy)]

@@ -1,7 +1,7 @@
 //! The one SHA-256 check of every source: a digest is 64 lowercase hex digits, and bytes match a
 //! digest when their SHA-256 is that digest.
 
-use crate::desired::sha256_hex;
+use crate::pin::desired::sha256_hex;
 
 /// Whether `hex` is a SHA-256 as the API writes it: 64 lowercase hex digits.
 pub(crate) fn is_sha256_hex(hex: &str) -> bool {

@@ -13,8 +13,8 @@ use super::fetcher::Fetcher;
 use super::http::seconds;
 use super::image::{self, ImageRef, RegistryAuth};
 use super::path::BytecodeDirs;
-use crate::desired::DesiredObject;
 use crate::error::{ObjectError, Reason};
+use crate::pin::desired::DesiredObject;
 
 /// Where an object's bytecode comes from, as far as a mode can tell without blocking.
 #[derive(Debug, Clone, PartialEq, Eq)]

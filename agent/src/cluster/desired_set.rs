@@ -12,7 +12,7 @@ use super::bytecode::{self, Source};
 use super::configmaps::{ConfigMapCache, ConfigMapRef};
 use super::watch::ObjectEntry;
 use crate::bytecode::{Batch, BytecodeDirs};
-use crate::desired::DesiredObject;
+use crate::pin::desired::DesiredObject;
 
 /// One selected object, with where its bytecode comes from.
 #[derive(Debug, Clone)]
@@ -263,7 +263,7 @@ mod tests {
                 planned("slow", Source::Url(url("slow"), Some("1".repeat(64)))),
                 planned(
                     "good",
-                    Source::Url(url("good"), Some(crate::desired::sha256_hex(BODY))),
+                    Source::Url(url("good"), Some(crate::pin::desired::sha256_hex(BODY))),
                 ),
                 planned("cm", Source::Bytes(b"cm".to_vec())),
             ],

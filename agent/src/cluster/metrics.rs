@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::reconcile::PassReport;
+use crate::pin::reconcile::PassReport;
 
 /// Upper bounds of the pass duration histogram, in seconds.
 const BUCKETS: [f64; 11] = [
@@ -243,8 +243,8 @@ impl Metrics {
 mod tests {
     use super::*;
     use crate::error::{ObjectError, Reason};
-    use crate::loader::PinnedVersion;
-    use crate::reconcile::{Action, ObjectReport};
+    use crate::pin::loader::PinnedVersion;
+    use crate::pin::reconcile::{Action, ObjectReport};
 
     fn report() -> PassReport {
         let base = ObjectReport {

@@ -42,8 +42,8 @@ use self::node_state::StatusWriter;
 use self::trigger::Trigger;
 use self::watch::SharedInputs;
 use crate::backoff::{Retries, sleep_until};
-use crate::desired::DesiredObject;
-use crate::reconcile::{Action, PassReport, Reconciler};
+use crate::pin::desired::DesiredObject;
+use crate::pin::reconcile::{Action, PassReport, Reconciler};
 
 /// Where bytecode files may be read from when no `--bytecode-dir` is given.
 pub const DEFAULT_BYTECODE_DIR: &str = "/var/lib/bpfpin/bytecode";

@@ -16,7 +16,7 @@ use kube::{Client, Resource};
 
 use super::desired_set::Held;
 use super::metrics::{Metrics, Write};
-use crate::reconcile::{Action, ObjectReport, PassReport};
+use crate::pin::reconcile::{Action, ObjectReport, PassReport};
 
 /// The field manager of every write of the agent.
 pub const FIELD_MANAGER: &str = "bpfpin-agent";
@@ -243,7 +243,7 @@ impl StatusWriter {
 mod tests {
     use super::*;
     use crate::error::{ObjectError, Reason};
-    use crate::loader::PinnedVersion;
+    use crate::pin::loader::PinnedVersion;
 
     fn pinned(name: &str) -> ObjectReport {
         ObjectReport {

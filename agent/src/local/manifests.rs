@@ -11,7 +11,7 @@ use bpfpin_crds::validation::validate_object_name;
 use super::LocalConfig;
 use super::manifest::{self, Entry, Problem};
 use crate::bytecode::{Batch, BytecodeDirs, Source, SourceError};
-use crate::desired::DesiredObject;
+use crate::pin::desired::DesiredObject;
 
 /// The most manifest files (`*.yaml`, `*.yml`) in the folder.
 pub const MAX_FILES: usize = 1000;

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use crate::bytecode::Fetcher;
-use crate::reconcile::{Action, PassReport, Reconciler};
+use crate::pin::reconcile::{Action, PassReport, Reconciler};
 
 pub mod manifest;
 mod manifests;

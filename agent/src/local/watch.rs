@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{LocalConfig, ManifestMemory, pass};
 use crate::backoff::{Retries, sleep_until};
-use crate::reconcile::Reconciler;
+use crate::pin::reconcile::Reconciler;
 
 /// First retry of an object whose bytecode or attach point is missing; doubles up to 5 min.
 const RETRY_BASE: Duration = Duration::from_secs(5);

@@ -17,7 +17,7 @@ use p256::ecdsa::signature::Verifier as _;
 use serde::Deserialize;
 
 use super::keys::{KeySet, PublicKey};
-use crate::error::ObjectError;
+use crate::error::{ObjectError, Reason};
 
 /// The media type of a cosign payload layer.
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -103,6 +103,16 @@ pub enum SignatureError {
         #[source]
         source: ObjectError,
     },
+}
+
+impl crate::error::StatusError for SignatureError {
+    fn reason(&self) -> Reason {
+        match self {
+            // The registry could not be asked: its own reason (unreachable, denied, too large).
+            SignatureError::Fetch { source, .. } => source.reason,
+            _ => Reason::SignatureInvalid,
+        }
+    }
 }
 
 /// A signature that verified: by which key, for which digest.
@@ -317,8 +327,8 @@ mod tests {
     use p256::pkcs8::EncodePublicKey as _;
 
     use super::*;
-    use crate::desired::sha256_hex;
     use crate::error::Reason;
+    use crate::pin::desired::sha256_hex;
 
     const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const OTHER: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";

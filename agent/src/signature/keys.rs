@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use p256::ecdsa::VerifyingKey;
 use p256::pkcs8::{DecodePublicKey as _, EncodePublicKey as _};
 
-use crate::desired::sha256_hex;
+use crate::pin::desired::sha256_hex;
 
 /// The largest key file read (a PEM P-256 key is under 200 bytes).
 const MAX_KEY_FILE: u64 = 64 << 10;

@@ -263,7 +263,7 @@ pub fn image_routes(
     config: &[u8],
     layer: &[u8],
 ) -> (Vec<(String, Handler)>, String) {
-    let digest = |b: &[u8]| format!("sha256:{}", bpfpin_agent::desired::sha256_hex(b));
+    let digest = |b: &[u8]| format!("sha256:{}", bpfpin_agent::pin::desired::sha256_hex(b));
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": super::registry::OCI_MANIFEST,

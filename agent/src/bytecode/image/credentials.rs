@@ -8,7 +8,7 @@ use std::path::Path;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::desired::sha256_hex;
+use crate::pin::desired::sha256_hex;
 
 /// One registry's credentials.
 #[derive(Clone, PartialEq, Eq)]

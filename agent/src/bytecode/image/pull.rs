@@ -167,7 +167,7 @@ fn check_object(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::sha256_hex;
+    use crate::pin::desired::sha256_hex;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

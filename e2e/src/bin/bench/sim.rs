@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use bpfpin_agent::cluster::metrics::{Metrics, Watched};
 use bpfpin_agent::cluster::{ClusterConfig, Core};
-use bpfpin_agent::loader::PinnedVersion;
+use bpfpin_agent::pin::loader::PinnedVersion;
 use bpfpin_agent::{Action, DesiredObject, ObjectReport, PassReport};
 use serde_json::json;
 

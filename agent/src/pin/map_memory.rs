@@ -12,7 +12,7 @@ use bpfpin_crds::BpfObjectSpec;
 
 /// Kept free in the agent's cgroup for the agent itself (parsing the next ELF, the API client):
 /// an object is refused if its maps would leave less than this.
-pub const RESERVE: u64 = 16 << 20;
+pub(crate) const RESERVE: u64 = 16 << 20;
 
 /// A limit at or above this is "no limit" (cgroup v1 writes `PAGE_COUNTER_MAX * page size`).
 const UNLIMITED: u64 = 1 << 62;
@@ -24,7 +24,7 @@ fn round8(n: u64) -> u64 {
 /// Bytes the kernel allocates (and charges) for one map of this definition, after the kernel's
 /// own `map_mem_usage`, rounded up where it rounds: what the map holds when full, since a
 /// preallocated map is charged at creation and the others may fill.
-pub fn map_bytes(
+pub(crate) fn map_bytes(
     map_type: u32,
     key_size: u32,
     value_size: u32,
@@ -88,7 +88,7 @@ pub fn map_bytes(
 pub struct MapEstimate {
     /// The map's name in the ELF.
     pub name: String,
-    /// Bytes.
+    /// Bytes the kernel charges for it when full.
     pub bytes: u64,
 }
 
@@ -153,7 +153,7 @@ fn read_u64(path: &Path) -> Option<u64> {
 
 /// The tightest headroom from `dir` up to `top` (both included), reading `limit_file` and
 /// `usage_file` in each; `None` when no level has a limit.
-pub fn headroom_from(
+pub(crate) fn headroom_from(
     dir: &Path,
     top: &Path,
     limit_file: &str,
@@ -234,7 +234,7 @@ fn memory_cgroup() -> Option<(PathBuf, PathBuf, bool)> {
 /// The headroom of this process's memory cgroup (v2 `memory.max - memory.current`, v1
 /// `memory.limit_in_bytes - memory.usage_in_bytes`, the tightest of it and its ancestors), or
 /// `None` when there is no limit or no cgroup to read.
-pub fn headroom() -> Option<Headroom> {
+pub(crate) fn headroom() -> Option<Headroom> {
     // A process's cgroup does not change under it: find it once, read its counters each time.
     static WHERE: std::sync::OnceLock<Option<(PathBuf, PathBuf, bool)>> =
         std::sync::OnceLock::new();
@@ -248,7 +248,7 @@ pub fn headroom() -> Option<Headroom> {
 }
 
 /// `12.3 MiB`, or `8.0 KiB` below a MiB.
-pub fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     #[expect(clippy::cast_precision_loss, reason = "a size for a message")]
     let b = bytes as f64;
     if bytes < 1 << 20 {

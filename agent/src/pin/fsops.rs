@@ -13,16 +13,36 @@ use std::path::{Component, Path, PathBuf};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
-use crate::error::{ObjectError, Reason};
+use crate::error::{Reason, StatusError};
+
+/// Why a path under the managed root was refused or could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The path would leave the managed root (or is the root itself): `(path, root, how)`.
+    #[error("path {path} {2}; the agent only writes under {path2}", path = .0.display(), path2 = .1.display())]
+    Escape(PathBuf, PathBuf, &'static str),
+    /// A directory below the root could not be created.
+    #[error("creating directory {path}: {1}", path = .0.display())]
+    CreateDir(PathBuf, #[source] std::io::Error),
+}
+
+impl StatusError for FsError {
+    fn reason(&self) -> Reason {
+        match self {
+            FsError::Escape(..) => Reason::InvalidSpec,
+            FsError::CreateDir(..) => Reason::PinFailed,
+        }
+    }
+}
 
 /// Mode of every directory the agent creates under the root: pins are root's business.
-pub const DIR_MODE: u32 = 0o700;
+pub(crate) const DIR_MODE: u32 = 0o700;
 
 /// How deep a removal walks: the layout is at most ~12 levels deep; anything deeper is not ours.
 const MAX_DEPTH: usize = 32;
 
-/// Path resolution for every step below the root: no symlink, no `..` above the start, no other
-/// mount.
+/// Path resolution for every step below the root: no symlink, no `..` above the start, and no
+/// step onto another mount.
 const BENEATH: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_SYMLINKS)
     .union(ResolveFlags::NO_MAGICLINKS)
@@ -35,17 +55,8 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
 
 /// Refuses a path that is not strictly under `root`, that has `.`/`..` components, or whose
 /// directories between `root` and the last component include a symlink.
-pub fn confine(root: &Path, path: &Path) -> Result<(), ObjectError> {
-    let escape = |why: &str| {
-        ObjectError::new(
-            Reason::InvalidSpec,
-            format!(
-                "path {} {why}; the agent only writes under {}",
-                path.display(),
-                root.display()
-            ),
-        )
-    };
+pub fn confine(root: &Path, path: &Path) -> Result<(), FsError> {
+    let escape = |why: &'static str| FsError::Escape(path.to_path_buf(), root.to_path_buf(), why);
     let rest = path
         .strip_prefix(root)
         .map_err(|_| escape("is outside the managed root"))?;
@@ -71,7 +82,7 @@ pub fn confine(root: &Path, path: &Path) -> Result<(), ObjectError> {
 /// Why `root` may not be used as the managed root, in a sentence: it must be a directory (not a
 /// symlink) owned by the agent's user, writable by no one else. Otherwise another user could
 /// swap its entries for symlinks and turn the sweep against files outside it.
-pub fn check_root(root: &Path) -> Result<(), String> {
+pub(crate) fn check_root(root: &Path) -> Result<(), String> {
     open_root(root).map(drop).map_err(|e| e.to_string())
 }
 
@@ -135,16 +146,11 @@ fn open_parent(root: &Path, path: &Path) -> std::io::Result<(OwnedFd, CString)> 
     Ok((parent, name))
 }
 
-/// `mkdir -p` under the root, each directory mode 0700, each step opened below the last without
-/// following symlinks.
-pub fn create_dirs(root: &Path, dir: &Path) -> Result<(), ObjectError> {
+/// `mkdir -p` under the root: each directory gets mode 0700, and each step is opened below the
+/// last one without following a symlink.
+pub(crate) fn create_dirs(root: &Path, dir: &Path) -> Result<(), FsError> {
     confine(root, dir)?;
-    let fail = |e: std::io::Error| {
-        ObjectError::new(
-            Reason::PinFailed,
-            format!("creating directory {}: {e}", dir.display()),
-        )
-    };
+    let fail = |source: std::io::Error| FsError::CreateDir(dir.to_path_buf(), source);
     let rel = dir.strip_prefix(root).expect("confined");
     let mut fd = open_root(root).map_err(fail)?;
     for part in rel.components() {
@@ -161,7 +167,7 @@ pub fn create_dirs(root: &Path, dir: &Path) -> Result<(), ObjectError> {
 /// Removes `path` and everything below it, never following symlinks, and returns how many pins
 /// (files) were unlinked. Unlinking a link's last pin detaches it; a program's or map's, frees it
 /// once nothing else holds it. Failures are logged and the rest goes on.
-pub fn remove_tree(root: &Path, path: &Path) -> usize {
+pub(crate) fn remove_tree(root: &Path, path: &Path) -> usize {
     if let Err(e) = confine(root, path) {
         tracing::error!(path = %path.display(), error = %e, "refusing to remove");
         return 0;
@@ -222,9 +228,9 @@ fn remove_at(dir: &OwnedFd, name: &CString, shown: &Path, depth: usize) -> usize
 /// What an entry of a directory is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum EntryKind {
-    /// A directory.
+    /// A directory (walked, never followed if it is a symlink).
     Dir,
-    /// A symlink.
+    /// A symbolic link: unlinked, never followed.
     Symlink,
     /// A pin (or anything else).
     Pin,
@@ -268,7 +274,7 @@ pub fn list(root: &Path, dir: &Path) -> Vec<(String, EntryKind)> {
 }
 
 /// Every entry below `dir` that is not a directory (pins and symlinks), as paths, sorted.
-pub fn files_under(root: &Path, dir: &Path) -> Vec<(PathBuf, EntryKind)> {
+pub(crate) fn files_under(root: &Path, dir: &Path) -> Vec<(PathBuf, EntryKind)> {
     fn walk(fd: &OwnedFd, shown: &Path, depth: usize, out: &mut Vec<(PathBuf, EntryKind)>) {
         for (name, kind) in entries(fd) {
             let path = shown.join(OsStr::from_bytes(name.as_bytes()));
@@ -296,7 +302,7 @@ pub fn files_under(root: &Path, dir: &Path) -> Vec<(PathBuf, EntryKind)> {
 }
 
 /// Every pin (not directory, not symlink) below `dir`, as paths, sorted.
-pub fn pins_under(root: &Path, dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn pins_under(root: &Path, dir: &Path) -> Vec<PathBuf> {
     files_under(root, dir)
         .into_iter()
         .filter(|(_, k)| *k == EntryKind::Pin)
@@ -305,7 +311,7 @@ pub fn pins_under(root: &Path, dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Removes empty directories below `dir` (not `dir` itself).
-pub fn prune_empty_dirs(root: &Path, dir: &Path) {
+pub(crate) fn prune_empty_dirs(root: &Path, dir: &Path) {
     fn prune(fd: &OwnedFd, depth: usize) {
         for (name, kind) in entries(fd) {
             if kind != EntryKind::Dir || depth >= MAX_DEPTH {

@@ -2,40 +2,39 @@
 //! mounted the agent mounts them, or says exactly what is missing.
 
 use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::mount::MountFlags;
 
 use crate::error::AgentError;
 
-/// `BPF_FS_MAGIC` from `linux/magic.h`.
+/// Filesystem types as `statfs(2)` gives them in `f_type` (`linux/magic.h`).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-/// `TRACEFS_MAGIC` from `linux/magic.h`.
-const TRACEFS_MAGIC: i64 = 0x7472_6163;
+pub(crate) const TRACEFS_MAGIC: i64 = 0x7472_6163;
+pub(crate) const DEBUGFS_MAGIC: i64 = 0x6462_6720;
+pub(crate) const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
+#[expect(
+    clippy::useless_conversion,
+    reason = "f_type is i64 on x86_64 but 32-bit on other architectures"
+)]
 fn fs_magic(path: &Path) -> std::io::Result<i64> {
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: c_path is a valid NUL-terminated string and buf is large enough for a statfs.
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), buf.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: statfs returned 0, so it filled buf.
-    let f_type = unsafe { buf.assume_init() }.f_type;
-    #[expect(
-        clippy::useless_conversion,
-        reason = "f_type is i64 on x86_64 but 32-bit on other architectures"
-    )]
-    Ok(i64::from(f_type))
+    Ok(i64::from(rustix::fs::statfs(path)?.f_type))
+}
+
+/// The filesystem type of an open descriptor (`fstatfs` works on `O_PATH` descriptors too).
+#[expect(
+    clippy::useless_conversion,
+    reason = "f_type is i64 on x86_64 but 32-bit on other architectures"
+)]
+pub(crate) fn fd_fs_magic(fd: impl std::os::fd::AsFd) -> std::io::Result<i64> {
+    Ok(i64::from(rustix::fs::fstatfs(fd)?.f_type))
 }
 
 /// Mount options of a bpffs the agent mounts itself, as the chart's init container has them:
 /// only root may enter it (a bpffs is mode 1777 by default, where any user could create the
 /// managed root first), and nothing on it is a device, setuid or executable.
-pub const BPFFS_OPTIONS: &str = "mode=0700";
+pub(crate) const BPFFS_OPTIONS: &str = "mode=0700";
 
 fn mount(
     fstype: &str,
@@ -52,13 +51,13 @@ fn mount(
 }
 
 /// True when `path` is the root of (or inside) a bpffs.
-pub fn is_bpffs(path: &Path) -> bool {
+pub(crate) fn is_bpffs(path: &Path) -> bool {
     fs_magic(path).is_ok_and(|m| m == BPF_FS_MAGIC)
 }
 
 /// Makes sure `mountpoint` is a bpffs: mounts one when it is a directory that holds another
 /// filesystem's (empty) mount point, creates the directory when it is missing.
-pub fn ensure_bpffs(mountpoint: &Path) -> Result<(), AgentError> {
+pub(crate) fn ensure_bpffs(mountpoint: &Path) -> Result<(), AgentError> {
     let err = |message: String| AgentError::Bpffs {
         path: mountpoint.to_path_buf(),
         message,

@@ -16,13 +16,13 @@
 use std::path::{Path, PathBuf};
 
 /// The managed root's name inside the bpffs.
-pub const ROOT_DIR: &str = "bpfpin";
-/// Shared maps.
-pub const SHARED_DIR: &str = "shared";
+pub(crate) const ROOT_DIR: &str = "bpfpin";
+/// Maps shared between objects (explicit `pinPath`s and pin-by-name maps).
+pub(crate) const SHARED_DIR: &str = "shared";
 /// Version directories of every object.
-pub const VERSIONS_DIR: &str = "_versions";
+pub(crate) const VERSIONS_DIR: &str = "_versions";
 /// Symlinks being prepared for a swap.
-pub const STAGING_DIR: &str = "_staging";
+pub(crate) const STAGING_DIR: &str = "_staging";
 
 /// Paths of the managed root of one bpffs.
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ impl Layout {
     }
 
     /// `<root>/_versions/<object>`.
-    pub fn versions_of(&self, object: &str) -> PathBuf {
+    fn versions_of(&self, object: &str) -> PathBuf {
         self.root.join(VERSIONS_DIR).join(object)
     }
 
@@ -60,12 +60,12 @@ impl Layout {
 
     /// The symlink target written at `<root>/<object>` for a version (relative, so the layout can
     /// be read through any mount of the same bpffs).
-    pub fn link_target(object: &str, version: &str) -> PathBuf {
+    pub(crate) fn link_target(object: &str, version: &str) -> PathBuf {
         Path::new(VERSIONS_DIR).join(object).join(version)
     }
 
     /// The version a symlink target names, if it is one of ours for `object`.
-    pub fn version_from_target(object: &str, target: &Path) -> Option<String> {
+    pub(crate) fn version_from_target(object: &str, target: &Path) -> Option<String> {
         let rest = target
             .strip_prefix(Path::new(VERSIONS_DIR).join(object))
             .ok()?;
@@ -90,22 +90,22 @@ impl Layout {
     }
 
     /// `<object dir>/maps/<map>`.
-    pub fn map_in(dir: &Path, map: &str) -> PathBuf {
+    pub(crate) fn map_in(dir: &Path, map: &str) -> PathBuf {
         dir.join("maps").join(map)
     }
 
     /// `<object dir>/progs/<program>`.
-    pub fn prog_in(dir: &Path, program: &str) -> PathBuf {
+    pub(crate) fn prog_in(dir: &Path, program: &str) -> PathBuf {
         dir.join("progs").join(program)
     }
 
     /// `<object dir>/links/<program>/<attachment>`.
-    pub fn link_in(dir: &Path, program: &str, attachment: &str) -> PathBuf {
+    pub(crate) fn link_in(dir: &Path, program: &str, attachment: &str) -> PathBuf {
         dir.join("links").join(program).join(attachment)
     }
 
     /// `<root>/<object>/...`: the stable, user-facing form of a path inside a version directory.
-    pub fn public_path(&self, object: &str, version_dir: &Path, path: &Path) -> PathBuf {
+    pub(crate) fn public_path(&self, object: &str, version_dir: &Path, path: &Path) -> PathBuf {
         match path.strip_prefix(version_dir) {
             Ok(rest) => self.object(object).join(rest),
             Err(_) => path.to_path_buf(),

@@ -11,15 +11,80 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aya::programs::ProgramInfo;
 
-use crate::attach::AttachPoint;
-use crate::desired::{DesiredObject, sha256_hex, version_key};
-use crate::error::{AgentError, ObjectError, Reason};
-use crate::fsops;
-use crate::layout::{Layout, SHARED_DIR, STAGING_DIR, VERSIONS_DIR};
-use crate::loader::{self, BuildRequest, PinnedVersion};
-use crate::map_memory;
-use crate::mounts;
-use bpfpin_crds::validation::validate_object_name;
+use super::attach::AttachPoint;
+use super::desired::{DesiredObject, sha256_hex, version_key};
+use super::fsops;
+use super::fsops::FsError;
+use super::layout::{Layout, SHARED_DIR, STAGING_DIR, VERSIONS_DIR};
+use super::loader::LoadError;
+use super::loader::{self, BuildRequest, PinnedVersion};
+use super::map_memory::{self, Headroom};
+use super::mounts;
+use crate::error::{AgentError, ObjectError, Reason, StatusError};
+use bpfpin_crds::validation::{ValidationError, validate_object_name};
+
+/// Why a pass could not pin one object (besides a failed build, which is a [`LoadError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The object's name could become another path of the root: nothing is done for it.
+    #[error("{0}; nothing was pinned or removed for this object")]
+    RefusedName(#[source] ValidationError),
+    /// The spec breaks a rule of the CRD.
+    #[error("{0}")]
+    InvalidSpec(#[source] ValidationError),
+    /// The bytecode could not be had (the source's error, as the mode reported it).
+    #[error("{message}", message = .0.message)]
+    Bytecode(ObjectError),
+    /// The bytecode's digest is not the one the spec pins: `(its digest, spec.sha256)`.
+    #[error("the bytecode's sha256 is {0}, spec.sha256 says {1}")]
+    DigestMismatch(String, String),
+    /// A shared map's pin path collides with other shared pins: `(map, object, pin path, what is
+    /// in the way)`.
+    #[error("map {0} of object {1} would be pinned at {path}, {3}; choose another pinPath", path = .2.display())]
+    SharedPathTaken(String, String, PathBuf, Box<SharedPathProblem>),
+    /// The object's new maps do not fit the agent's memory cgroup: `(object, bytes needed, the
+    /// largest new maps listed, the cgroup's headroom)`.
+    #[error("object {0}: its new maps need about {need}, but the agent's memory cgroup {cgroup} has {left} left (limit {limit}, used {usage}, {reserve} kept for the agent); map memory is charged to the agent's cgroup and stays charged while pinned: raise the agent's memory limit or lower spec.maps[].maxEntries", need = format!("{} ({})", map_memory::human(*.1), .2), cgroup = .3.cgroup.display(), left = map_memory::human(.3.left()), limit = map_memory::human(.3.limit), usage = map_memory::human(.3.usage), reserve = map_memory::human(map_memory::RESERVE))]
+    InsufficientMemory(String, u64, String, Headroom),
+    /// The object's symlink could not be pointed at the new version: `(step, object, the error)`.
+    #[error("{0} for object {1}: {2}")]
+    Swap(&'static str, String, #[source] std::io::Error),
+    /// A path under the root was refused or could not be made.
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    /// The version could not be built.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// What is in the way of a shared map's pin path.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedPathProblem {
+    /// A directory on the way is a pinned map: `(the pin, its owners)`.
+    #[error("below {path}, where {1} has a map pinned", path = .0.display())]
+    BelowPin(PathBuf, String),
+    /// The pin path is a directory of other shared maps: `(the pins listed, their owners)`.
+    #[error("which is a directory holding the shared map(s) {0} of {1}")]
+    HoldsPins(String, String),
+    /// Something that is not a map is pinned there.
+    #[error("where something that is not a map is pinned")]
+    NotAMap,
+}
+
+impl StatusError for ReconcileError {
+    fn reason(&self) -> Reason {
+        match self {
+            ReconcileError::RefusedName(..) | ReconcileError::InvalidSpec(_) => Reason::InvalidSpec,
+            ReconcileError::Bytecode(e) => e.reason,
+            ReconcileError::DigestMismatch(..) => Reason::DigestMismatch,
+            ReconcileError::SharedPathTaken(..) => Reason::MapConflict,
+            ReconcileError::InsufficientMemory(..) => Reason::InsufficientMemory,
+            ReconcileError::Swap(..) => Reason::PinFailed,
+            ReconcileError::Fs(e) => e.reason(),
+            ReconcileError::Load(e) => e.reason(),
+        }
+    }
+}
 
 /// What a pass did with one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +106,7 @@ pub enum Action {
 /// The outcome for one desired object.
 #[derive(Debug, Clone)]
 pub struct ObjectReport {
-    /// The object.
+    /// The object's name (`metadata.name`).
     pub name: String,
     /// Its uid, as given.
     pub uid: Option<String>,
@@ -74,7 +139,7 @@ pub struct PassReport {
     /// Pins unlinked by the sweep (removed objects, stale versions, unknown entries, shared maps).
     pub unpinned: usize,
     /// Estimated bytes of the maps pinned for the objects of this pass (each shared map once):
-    /// memory charged to the agent's memory cgroup (see [`crate::map_memory`]).
+    /// memory charged to the agent's memory cgroup (see [`super::map_memory`]).
     pub map_memory: u64,
     /// What the agent's memory cgroup has left after the pass, if it has a limit.
     pub memory_headroom: Option<u64>,
@@ -121,7 +186,7 @@ impl Reconciler {
         for dir in [root.join(VERSIONS_DIR), layout.staging(), layout.shared()] {
             fsops::create_dirs(root, &dir).map_err(|e| AgentError::Bpffs {
                 path: dir.clone(),
-                message: e.message,
+                message: e.to_string(),
             })?;
         }
         // The kernel's BTF is parsed once per process, not once per load.
@@ -163,7 +228,9 @@ impl Reconciler {
         for obj in desired {
             match validate_object_name(&obj.name) {
                 Ok(()) => sorted.push(obj),
-                Err(e) => report.objects.push(self.refused_name(obj, &e.to_string())),
+                Err(source) => report
+                    .objects
+                    .push(self.refused_name(obj, ReconcileError::RefusedName(source))),
             }
         }
         let hold: BTreeSet<&str> = hold
@@ -240,11 +307,8 @@ impl Reconciler {
     }
 
     /// The report of an object refused for its name: nothing was read, built or removed for it.
-    fn refused_name(&self, obj: &DesiredObject, why: &str) -> ObjectReport {
-        let error = ObjectError::new(
-            Reason::InvalidSpec,
-            format!("{why}; nothing was pinned or removed for this object"),
-        );
+    fn refused_name(&self, obj: &DesiredObject, refused: ReconcileError) -> ObjectReport {
+        let error = ObjectError::from(refused);
         tracing::warn!(object = %obj.name, reason = %error.reason, error = %error.message, "object refused");
         ObjectReport {
             name: obj.name.clone(),
@@ -258,7 +322,6 @@ impl Reconciler {
     }
 
     fn reconcile_object(&mut self, obj: &DesiredObject, all: &[&DesiredObject]) -> ObjectReport {
-        let path = self.layout.object(&obj.name);
         let base = ObjectReport {
             name: obj.name.clone(),
             uid: obj.uid.clone(),
@@ -266,97 +329,120 @@ impl Reconciler {
             action: Action::Failed,
             error: None,
             pinned: None,
-            path: path.clone(),
+            path: self.layout.object(&obj.name),
         };
-        // Something at <root>/<object> that is not our symlink is garbage.
-        if let Ok(meta) = std::fs::symlink_metadata(&path)
-            && (!meta.file_type().is_symlink() || self.current_version(&obj.name).is_none())
-        {
-            tracing::warn!(object = %obj.name, path = %path.display(), "removing an unknown entry where the object's symlink belongs");
-            fsops::remove_tree(self.layout.root(), &path);
-        }
+        self.remove_foreign_entry(&obj.name);
         let current = self.current_version(&obj.name);
-
-        let prepared = self.prepare(obj);
-        let (bytes, key) = match prepared {
-            Ok(p) => p,
-            Err(error) => return self.failed(obj, base, current, error),
-        };
-
-        if let Some(version) = &current
-            && version.split('-').next() == Some(key.as_str())
-            && let Some(state) = self.adopt(obj, version, &bytes)
-        {
-            let action = if self
-                .known
-                .get(&obj.name)
-                .is_some_and(|c| &c.version == version)
-            {
-                Action::Unchanged
-            } else {
-                tracing::info!(object = %obj.name, path = %path.display(), version, "adopted");
-                Action::Adopted
-            };
-            let (private_bytes, shared_bytes) = match self.known.get(&obj.name) {
-                Some(c) if &c.version == version => (c.private_bytes, c.shared_bytes.clone()),
-                _ => loader::parse_elf(&bytes)
-                    .map(|elf| self.memory_of(obj, &elf))
-                    .unwrap_or_default(),
-            };
-            self.known.insert(
-                obj.name.clone(),
-                Current {
-                    version: version.clone(),
-                    state: state.clone(),
-                    private_bytes,
-                    shared_bytes,
-                },
-            );
-            return ObjectReport {
+        match self.pin_object(obj, all, current.as_deref()) {
+            Ok((action, state)) => ObjectReport {
                 action,
                 pinned: Some(state),
                 ..base
-            };
+            },
+            Err(error) => self.failed(obj, base, current, error.into()),
         }
+    }
 
+    /// Something at `<root>/<object>` that is not our symlink is garbage.
+    fn remove_foreign_entry(&self, object: &str) {
+        let path = self.layout.object(object);
+        if let Ok(meta) = std::fs::symlink_metadata(&path)
+            && (!meta.file_type().is_symlink() || self.current_version(object).is_none())
+        {
+            tracing::warn!(object, path = %path.display(), "removing an unknown entry where the object's symlink belongs");
+            fsops::remove_tree(self.layout.root(), &path);
+        }
+    }
+
+    /// Adopts the current version when it is the one the spec asks for, or builds a new one.
+    fn pin_object(
+        &mut self,
+        obj: &DesiredObject,
+        all: &[&DesiredObject],
+        current: Option<&str>,
+    ) -> Result<(Action, PinnedVersion), ReconcileError> {
+        let (bytes, key) = self.prepare(obj)?;
+        if let Some(version) = current
+            && version.split('-').next() == Some(key.as_str())
+            && let Some(adopted) = self.take_over(obj, version, &bytes)
+        {
+            return Ok(adopted);
+        }
+        self.build_version(obj, all, current, &key, &bytes)
+    }
+
+    /// Takes over the current version if every pin of it is there: `Unchanged` when this process
+    /// already knew it, `Adopted` when an earlier run pinned it.
+    fn take_over(
+        &mut self,
+        obj: &DesiredObject,
+        version: &str,
+        bytes: &[u8],
+    ) -> Option<(Action, PinnedVersion)> {
+        let state = self.adopt(obj, version, bytes)?;
+        let known = self.known.get(&obj.name).filter(|c| c.version == version);
+        let action = if known.is_some() {
+            Action::Unchanged
+        } else {
+            let path = self.layout.object(&obj.name);
+            tracing::info!(object = %obj.name, path = %path.display(), version, "adopted");
+            Action::Adopted
+        };
+        let (private_bytes, shared_bytes) = match known {
+            Some(c) => (c.private_bytes, c.shared_bytes.clone()),
+            None => loader::parse_elf(bytes)
+                .map(|elf| self.memory_of(obj, &elf))
+                .unwrap_or_default(),
+        };
+        self.known.insert(
+            obj.name.clone(),
+            Current {
+                version: version.to_owned(),
+                state: state.clone(),
+                private_bytes,
+                shared_bytes,
+            },
+        );
+        Some((action, state))
+    }
+
+    /// Builds a new version aside, checks first, and swaps it in; the previous version is removed
+    /// once the new one is in place.
+    fn build_version(
+        &mut self,
+        obj: &DesiredObject,
+        all: &[&DesiredObject],
+        current: Option<&str>,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<(Action, PinnedVersion), ReconcileError> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let version = format!("{key}-{nanos:x}");
-        let previous = current.as_ref().map(|v| self.layout.version(&obj.name, v));
+        let previous = current.map(|v| self.layout.version(&obj.name, v));
         // Parsed once for the checks before the build (the loader parses what it loads itself).
-        let elf = match loader::parse_elf(&bytes) {
-            Ok(elf) => elf,
-            Err(error) => return self.failed(obj, base, current, error),
-        };
-        if let Err(error) = self.check_shared_paths(obj, &elf, all) {
-            return self.failed(obj, base, current, error);
-        }
-        if let Err(error) = self.check_map_memory(obj, &elf, previous.as_deref()) {
-            return self.failed(obj, base, current, error);
-        }
+        let elf = loader::parse_elf(bytes)?;
+        self.check_shared_paths(obj, &elf, all)?;
+        self.check_map_memory(obj, &elf, previous.as_deref())?;
         let req = BuildRequest {
             object: &obj.name,
             spec: &obj.spec,
-            bytecode: &bytes,
+            bytecode: bytes,
             version: &version,
             previous: previous.as_deref(),
         };
-        let built = match loader::build(&self.layout, &self.btf, &req) {
-            Ok(b) => b,
-            Err(error) => return self.failed(obj, base, current, error),
-        };
+        let built = loader::build(&self.layout, &self.btf, &req)?;
         if let Err(error) = self.swap(&obj.name, &version) {
-            fsops::remove_tree(
-                self.layout.root(),
-                &self.layout.version(&obj.name, &version),
-            );
-            return self.failed(obj, base, current, error);
+            let dir = self.layout.version(&obj.name, &version);
+            fsops::remove_tree(self.layout.root(), &dir);
+            return Err(error);
         }
         if let Some(prev) = &previous {
             fsops::remove_tree(self.layout.root(), prev);
         }
+        let path = self.layout.object(&obj.name);
         for (program, id) in &built.programs {
             tracing::info!(object = %obj.name, program, id, path = %path.join("progs").join(program).display(), "pinned");
         }
@@ -376,32 +462,25 @@ impl Reconciler {
                 shared_bytes,
             },
         );
-        ObjectReport {
-            action,
-            pinned: Some(built),
-            ..base
-        }
+        Ok((action, built))
     }
 
     /// Validation, bytecode, digest: everything before touching bpffs.
-    fn prepare(&self, obj: &DesiredObject) -> Result<(Vec<u8>, String), ObjectError> {
+    fn prepare(&self, obj: &DesiredObject) -> Result<(Vec<u8>, String), ReconcileError> {
         obj.spec
             .validate(&obj.name)
-            .map_err(|e| ObjectError::new(Reason::InvalidSpec, e.to_string()))?;
+            .map_err(ReconcileError::InvalidSpec)?;
         for m in &obj.spec.maps {
             if let Some(pin) = &m.pin_path {
                 fsops::confine(self.layout.root(), &self.layout.shared_map(pin))?;
             }
         }
-        let bytes = obj.bytecode.clone()?;
+        let bytes = obj.bytecode.clone().map_err(ReconcileError::Bytecode)?;
         let digest = sha256_hex(&bytes);
         if let Some(want) = &obj.spec.sha256
             && want != &digest
         {
-            return Err(ObjectError::new(
-                Reason::DigestMismatch,
-                format!("the bytecode's sha256 is {digest}, spec.sha256 says {want}"),
-            ));
+            return Err(ReconcileError::DigestMismatch(digest, want.clone()));
         }
         Ok((bytes, version_key(&obj.spec, &digest)))
     }
@@ -414,7 +493,7 @@ impl Reconciler {
         obj: &DesiredObject,
         elf: &aya_obj::Object,
         all: &[&DesiredObject],
-    ) -> Result<(), ObjectError> {
+    ) -> Result<(), ReconcileError> {
         // A spec the loader refuses is reported by the loader, with its own reason.
         let Ok(plan) = loader::plan_maps(&self.layout, &obj.spec, elf) else {
             return Ok(());
@@ -432,36 +511,29 @@ impl Reconciler {
                     break;
                 };
                 let last = i + 1 == parts.len();
-                let refuse = |what: String| {
-                    Err(ObjectError::new(
-                        Reason::MapConflict,
-                        format!(
-                            "map {map} of object {} would be pinned at {}, {what}; choose another pinPath",
-                            obj.name,
-                            path.display()
-                        ),
+                let refuse = |problem: SharedPathProblem| {
+                    Err(ReconcileError::SharedPathTaken(
+                        map.clone(),
+                        obj.name.clone(),
+                        path.clone(),
+                        Box::new(problem),
                     ))
                 };
                 if !last && !meta.is_dir() {
-                    let pins = [here.clone()];
-                    return refuse(format!(
-                        "below {}, where {} has a map pinned",
-                        here.display(),
-                        self.owners(&pins, obj, all)
-                    ));
+                    let owners = self.owners(std::slice::from_ref(&here), obj, all);
+                    return refuse(SharedPathProblem::BelowPin(here.clone(), owners));
                 }
                 if last && meta.is_dir() {
                     let pins = fsops::pins_under(self.layout.root(), &here);
                     let listed: Vec<String> =
                         pins.iter().map(|p| p.display().to_string()).collect();
-                    return refuse(format!(
-                        "which is a directory holding the shared map(s) {} of {}",
+                    return refuse(SharedPathProblem::HoldsPins(
                         listed.join(", "),
-                        self.owners(&pins, obj, all)
+                        self.owners(&pins, obj, all),
                     ));
                 }
                 if last && aya::maps::MapInfo::from_pin(&here).is_err() {
-                    return refuse("where something that is not a map is pinned".into());
+                    return refuse(SharedPathProblem::NotAMap);
                 }
             }
         }
@@ -519,7 +591,7 @@ impl Reconciler {
         obj: &DesiredObject,
         elf: &aya_obj::Object,
         previous: Option<&Path>,
-    ) -> Result<(), ObjectError> {
+    ) -> Result<(), ReconcileError> {
         let Ok(plan) = loader::plan_maps(&self.layout, &obj.spec, elf) else {
             return Ok(());
         };
@@ -542,19 +614,12 @@ impl Reconciler {
             .take(3)
             .map(|m| format!("{} {}", m.name, map_memory::human(m.bytes)))
             .collect();
-        Err(ObjectError::new(
-            Reason::InsufficientMemory,
-            format!(
-                "object {}: its new maps need about {} ({}), but the agent's memory cgroup {} has {} left (limit {}, used {}, {} kept for the agent); map memory is charged to the agent's cgroup and stays charged while pinned: raise the agent's memory limit or lower spec.maps[].maxEntries",
-                obj.name,
-                map_memory::human(need),
-                largest.join(", "),
-                room.cgroup.display(),
-                map_memory::human(room.left()),
-                map_memory::human(room.limit),
-                map_memory::human(room.usage),
-                map_memory::human(map_memory::RESERVE),
-            ),
+        let largest = largest.join(", ");
+        Err(ReconcileError::InsufficientMemory(
+            obj.name.clone(),
+            need,
+            largest,
+            room,
         ))
     }
 
@@ -635,14 +700,11 @@ impl Reconciler {
     }
 
     /// Points `<root>/<object>` at a version with one rename (atomic for readers).
-    fn swap(&self, object: &str, version: &str) -> Result<(), ObjectError> {
+    fn swap(&self, object: &str, version: &str) -> Result<(), ReconcileError> {
         let staged = self.layout.staging().join(object);
         let _ = std::fs::remove_file(&staged);
-        let err = |what: &str, e: std::io::Error| {
-            ObjectError::new(
-                Reason::PinFailed,
-                format!("{what} for object {object}: {e}"),
-            )
+        let err = |step: &'static str, source: std::io::Error| {
+            ReconcileError::Swap(step, object.to_owned(), source)
         };
         std::os::unix::fs::symlink(Layout::link_target(object, version), &staged)
             .map_err(|e| err("creating the version symlink", e))?;

@@ -15,13 +15,13 @@ pub struct DesiredObject {
     pub uid: Option<String>,
     /// `metadata.generation` (0 in local mode when absent).
     pub generation: i64,
-    /// The spec.
+    /// The object's spec, as the mode read it.
     pub spec: BpfObjectSpec,
     /// The ELF bytes, or why they could not be had.
     pub bytecode: Result<Vec<u8>, ObjectError>,
 }
 
-/// Lowercase hex SHA-256.
+/// The lowercase hex SHA-256 of `bytes`: the digest `spec.sha256` and image digests are compared with.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }

@@ -1,0 +1,667 @@
+//! Attach points and pinned links. Every attachment is a bpf_link pinned under
+//! `links/<program>/<attachment>`, so it outlives the agent; unlinking the last pin detaches it.
+
+use std::path::{Path, PathBuf};
+
+use std::num::NonZeroU32;
+
+use aya::programs::links::{FdLink, LinkOrder, PinnedLink};
+use aya::programs::tc::TcAttachOptions;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, KProbe, Program,
+    SchedClassifier, TcAttachType, TracePoint, UProbe, Xdp, XdpMode, xdp::XdpLink,
+};
+use bpfpin_crds::{Attach, Direction, LinkOrder as SpecOrder, XdpMode as SpecXdpMode};
+
+use super::layout::encode_name;
+use super::mounts::{CGROUP2_SUPER_MAGIC, DEBUGFS_MAGIC, TRACEFS_MAGIC, fd_fs_magic};
+use crate::error::{Reason, StatusError, sources};
+
+/// One attach point of a program (an `xdp` entry with three interfaces is three points).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachPoint {
+    /// A kernel tracepoint, `<category>/<name>` under tracefs `events/`.
+    Tracepoint {
+        /// Category (`syscalls`).
+        category: String,
+        /// Name (`sys_enter_getpid`).
+        name: String,
+    },
+    /// XDP on one interface.
+    Xdp {
+        /// The network interface, by name.
+        interface: String,
+        /// Generic, native or offloaded XDP; the kernel picks when unset.
+        mode: Option<SpecXdpMode>,
+    },
+    /// tcx on one interface.
+    Tc {
+        /// The network interface, by name.
+        interface: String,
+        /// Which way the packets go: ingress or egress.
+        direction: Direction,
+        /// First or last among the interface's tcx programs.
+        first: bool,
+    },
+    /// kprobe / kretprobe.
+    Kprobe {
+        /// The kernel function probed.
+        function: String,
+        /// Bytes into the function where the probe sits (0: its entry).
+        offset: u64,
+    },
+    /// uprobe / uretprobe.
+    Uprobe {
+        /// The binary or library probed: a path, or a bare library name the loader finds.
+        target: String,
+        /// The function symbol probed in it.
+        symbol: Option<String>,
+        /// Offset (from the symbol, or absolute).
+        offset: Option<u64>,
+        /// Only this process is probed (all processes when unset).
+        pid: Option<u32>,
+    },
+    /// fentry: runs at the entry of a kernel function (a BPF trampoline).
+    Fentry {
+        /// The kernel function, also named when the program is loaded.
+        function: String,
+    },
+    /// fexit: runs when a kernel function returns (a BPF trampoline).
+    Fexit {
+        /// The kernel function, also named when the program is loaded.
+        function: String,
+    },
+    /// cgroup_skb: packets entering or leaving the sockets of a cgroup.
+    CgroupSkb {
+        /// cgroup v2 directory.
+        cgroup: String,
+        /// Which way the packets go: ingress or egress.
+        direction: Direction,
+    },
+}
+
+fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
+}
+
+impl AttachPoint {
+    /// Every point a spec's `attach` names.
+    pub fn all(attach: &Attach) -> Vec<AttachPoint> {
+        let mut points = Vec::new();
+        if let Some(tp) = &attach.tracepoint {
+            points.push(AttachPoint::Tracepoint {
+                category: tp.category.clone(),
+                name: tp.name.clone(),
+            });
+        }
+        if let Some(xdp) = &attach.xdp {
+            for interface in &xdp.interfaces {
+                points.push(AttachPoint::Xdp {
+                    interface: interface.clone(),
+                    mode: xdp.mode,
+                });
+            }
+        }
+        if let Some(tc) = &attach.tc {
+            for interface in &tc.interfaces {
+                points.push(AttachPoint::Tc {
+                    interface: interface.clone(),
+                    direction: tc.direction,
+                    first: tc.order == Some(SpecOrder::First),
+                });
+            }
+        }
+        if let Some(k) = &attach.kprobe {
+            points.push(AttachPoint::Kprobe {
+                function: k.function.clone(),
+                offset: k.offset.unwrap_or(0),
+            });
+        }
+        if let Some(u) = &attach.uprobe {
+            points.push(AttachPoint::Uprobe {
+                target: u.target.clone(),
+                symbol: u.symbol.clone(),
+                offset: u.offset,
+                pid: u.pid,
+            });
+        }
+        if let Some(f) = &attach.fentry {
+            points.push(AttachPoint::Fentry {
+                function: f.function.clone(),
+            });
+        }
+        if let Some(f) = &attach.fexit {
+            points.push(AttachPoint::Fexit {
+                function: f.function.clone(),
+            });
+        }
+        if let Some(c) = &attach.cgroup_skb {
+            points.push(AttachPoint::CgroupSkb {
+                cgroup: c.cgroup.clone(),
+                direction: c.direction,
+            });
+        }
+        points
+    }
+
+    /// The kernel function an fentry/fexit program is loaded against (it is part of the load).
+    pub(crate) fn btf_function(attach: &Attach) -> Option<&str> {
+        attach
+            .fentry
+            .as_ref()
+            .or(attach.fexit.as_ref())
+            .map(|f| f.function.as_str())
+    }
+
+    /// The link's file name under `links/<program>/`.
+    pub fn link_name(&self) -> String {
+        match self {
+            AttachPoint::Tracepoint { category, name } => {
+                format!("tracepoint-{}-{}", encode_name(category), encode_name(name))
+            }
+            AttachPoint::Xdp { interface, .. } => format!("xdp-{}", encode_name(interface)),
+            AttachPoint::Tc {
+                interface,
+                direction,
+                ..
+            } => format!(
+                "tc-{}-{}",
+                direction_name(*direction),
+                encode_name(interface)
+            ),
+            AttachPoint::Kprobe { function, offset } if *offset == 0 => {
+                format!("kprobe-{}", encode_name(function))
+            }
+            AttachPoint::Kprobe { function, offset } => {
+                format!("kprobe-{}-{offset}", encode_name(function))
+            }
+            AttachPoint::Uprobe {
+                target,
+                symbol,
+                offset,
+                pid,
+            } => {
+                let file = std::path::Path::new(target)
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| target.clone());
+                let mut name = format!("uprobe-{}", encode_name(&file));
+                if let Some(sym) = symbol {
+                    name.push('-');
+                    name.push_str(&encode_name(sym));
+                }
+                if let Some(off) = offset {
+                    name.push_str(&format!("-{off}"));
+                }
+                if let Some(pid) = pid {
+                    name.push_str(&format!("-pid{pid}"));
+                }
+                name
+            }
+            AttachPoint::Fentry { function } => format!("fentry-{}", encode_name(function)),
+            AttachPoint::Fexit { function } => format!("fexit-{}", encode_name(function)),
+            AttachPoint::CgroupSkb { cgroup, direction } => format!(
+                "cgroupskb-{}-{}",
+                direction_name(*direction),
+                encode_name(cgroup.trim_start_matches('/'))
+            ),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            AttachPoint::Tracepoint { category, name } => format!("tracepoint {category}/{name}"),
+            AttachPoint::Xdp { interface, .. } => format!("XDP on interface {interface}"),
+            AttachPoint::Tc {
+                interface,
+                direction,
+                ..
+            } => format!("tc {} on interface {interface}", direction_name(*direction)),
+            AttachPoint::Kprobe { function, .. } => format!("kprobe on {function}"),
+            AttachPoint::Uprobe { target, symbol, .. } => format!(
+                "uprobe on {target}{}",
+                symbol.as_ref().map(|s| format!(":{s}")).unwrap_or_default()
+            ),
+            AttachPoint::Fentry { function } => format!("fentry on {function}"),
+            AttachPoint::Fexit { function } => format!("fexit on {function}"),
+            AttachPoint::CgroupSkb { cgroup, direction } => {
+                format!("cgroup_skb {} on {cgroup}", direction_name(*direction))
+            }
+        }
+    }
+
+    fn wants(&self) -> &'static str {
+        match self {
+            AttachPoint::Tracepoint { .. } => "a tracepoint program (SEC(\"tracepoint/...\"))",
+            AttachPoint::Xdp { .. } => "an XDP program (SEC(\"xdp\"))",
+            AttachPoint::Tc { .. } => "a tc program (SEC(\"classifier\"))",
+            AttachPoint::Kprobe { .. } => {
+                "a kprobe program (SEC(\"kprobe/...\") or SEC(\"kretprobe/...\"))"
+            }
+            AttachPoint::Uprobe { .. } => {
+                "a uprobe program (SEC(\"uprobe\") or SEC(\"uretprobe\"))"
+            }
+            AttachPoint::Fentry { .. } => "an fentry program (SEC(\"fentry/...\"))",
+            AttachPoint::Fexit { .. } => "an fexit program (SEC(\"fexit/...\"))",
+            AttachPoint::CgroupSkb { .. } => "a cgroup_skb program (SEC(\"cgroup_skb/...\"))",
+        }
+    }
+}
+
+/// Why a program could not be attached, or its link not pinned.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The program's type cannot attach at this kind of point: `(program, its type, the point's
+    /// link name, what the point takes)`.
+    #[error("program {0} has type {1}; attaching it to {2} needs {3}")]
+    WrongType(String, String, String, &'static str),
+    /// The attach target (tracefs entry, cgroup, uprobe binary, kprobe support) is not usable:
+    /// `(program, the point described, what is wrong)`.
+    #[error("attaching program {0} to {1}: {2}")]
+    Target(String, String, #[source] TargetError),
+    /// aya or the kernel refused the attachment: `(program, the point described, aya's error)`.
+    #[error("attaching program {0} to {1}: {cause}", cause = sources(&**.2))]
+    Kernel(
+        String,
+        String,
+        #[source] Box<dyn std::error::Error + Send + Sync>,
+    ),
+    /// XDP fell back to netlink, whose attachment cannot be pinned: `(interface, program, aya's
+    /// error)`.
+    #[error(
+        "XDP on interface {0} for program {1} was attached through netlink, not a bpf_link, so it cannot be pinned (the kernel is older than 5.9 or refused the link: {2})"
+    )]
+    NotALink(String, String, #[source] aya::programs::links::LinkError),
+    /// A uprobe names neither a symbol nor an offset.
+    #[error("uprobe of program {0}: set symbol, offset or both")]
+    UprobeLocation(String),
+    /// The new link could not be pinned: `(program, pin path, aya's error)`.
+    #[error("pinning the link of program {0} at {path}: {2}", path = .1.display())]
+    Pin(String, PathBuf, #[source] aya::pin::PinError),
+    /// The previous version's link could not be pinned again in the new version: `(its pin, the
+    /// new pin, aya's error)`.
+    #[error("pinning link {path} at {path2}: {2}", path = .0.display(), path2 = .1.display())]
+    Repin(
+        PathBuf,
+        PathBuf,
+        #[source] Box<dyn std::error::Error + Send + Sync>,
+    ),
+}
+
+impl StatusError for AttachError {
+    fn reason(&self) -> Reason {
+        match self {
+            AttachError::UprobeLocation(..) => Reason::InvalidSpec,
+            AttachError::Pin(..) | AttachError::Repin(..) => Reason::PinFailed,
+            AttachError::WrongType(..)
+            | AttachError::Target(..)
+            | AttachError::Kernel(..)
+            | AttachError::NotALink(..) => Reason::AttachFailed,
+        }
+    }
+}
+
+/// What is wrong with an attach target; checked before aya is called, so that aya never reads a
+/// FIFO, a device or a file outside the filesystem the kind expects.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// Neither tracefs mount point holds a tracefs.
+    #[error("tracefs is not mounted (neither /sys/kernel/tracing nor /sys/kernel/debug/tracing)")]
+    NoTracefs,
+    /// The tracepoint's `id` file cannot be opened (the tracepoint does not exist): `(the file,
+    /// the error)`.
+    #[error("{path}: {1}", path = .0.display())]
+    TracepointId(PathBuf, #[source] std::io::Error),
+    /// `fstatfs` on a tracepoint's `id` file failed.
+    #[error("{path}: fstatfs: {1}", path = .0.display())]
+    TracepointStatfs(PathBuf, #[source] std::io::Error),
+    /// The tracepoint's `id` file is on another filesystem than tracefs: `(the file, its
+    /// filesystem magic, the directory taken for tracefs)`.
+    #[error("{path} is not on tracefs (filesystem magic {1:#x}); {path2} is not a tracefs mount", path = .0.display(), path2 = .2.display())]
+    NotTracefs(PathBuf, i64, PathBuf),
+    /// The tracepoint's `id` is not a regular file: `(the file, what it is)`.
+    #[error("{path} is {1}, not a tracefs file", path = .0.display())]
+    TracepointNotFile(PathBuf, &'static str),
+    /// The cgroup path is not a directory: `(cgroup, what it is)`.
+    #[error("cgroup {0} is {1}, not a cgroup v2 directory")]
+    CgroupNotDir(String, &'static str),
+    /// The cgroup directory cannot be opened.
+    #[error("opening the cgroup: {1}")]
+    CgroupOpen(String, #[source] std::io::Error),
+    /// `fstatfs` on the cgroup failed.
+    #[error("cgroup {0}: fstatfs: {1}")]
+    CgroupStatfs(String, #[source] std::io::Error),
+    /// The cgroup is on cgroup v1 (or not a cgroup at all): `(cgroup, its filesystem magic)`.
+    #[error("cgroup {0} is not on a cgroup v2 filesystem (filesystem magic {1:#x})")]
+    NotCgroup2(String, i64),
+    /// The uprobe target cannot be opened.
+    #[error("uprobe target {0}: {1}")]
+    UprobeOpen(String, #[source] std::io::Error),
+    /// The uprobe target is not a regular file: `(target, what it is)`.
+    #[error("uprobe target {0} is {1}, not a regular file")]
+    UprobeNotFile(String, &'static str),
+    /// The kernel has no kprobes.
+    #[error("this kernel has no kprobe support (built without CONFIG_KPROBES)")]
+    NoKprobes,
+}
+
+/// One program at one point: what every error of an attachment names.
+struct At<'a> {
+    program: &'a str,
+    point: &'a AttachPoint,
+}
+
+impl At<'_> {
+    fn kernel(&self, e: impl std::error::Error + Send + Sync + 'static) -> AttachError {
+        AttachError::Kernel(self.program.to_owned(), self.point.describe(), Box::new(e))
+    }
+
+    fn target(&self, problem: TargetError) -> AttachError {
+        AttachError::Target(self.program.to_owned(), self.point.describe(), problem)
+    }
+
+    /// The program as the type this kind of point takes.
+    fn typed<'p, T>(&self, program: &'p mut Program) -> Result<&'p mut T, AttachError>
+    where
+        &'p mut T: TryFrom<&'p mut Program>,
+    {
+        let actual = format!("{:?}", program.prog_type());
+        program.try_into().map_err(|_| {
+            AttachError::WrongType(
+                self.program.to_owned(),
+                actual,
+                self.point.link_name(),
+                self.point.wants(),
+            )
+        })
+    }
+}
+
+/// The link of an attachment, made of what aya's `attach` returned: `$prog.take_link(id)` turned
+/// into an `FdLink` (every kind here attaches with a bpf_link). A macro, because aya gives each
+/// program type its own link type and no trait over `take_link`.
+macro_rules! fd_link {
+    ($at:expr, $prog:expr, $attached:expr) => {{
+        let id = $attached.map_err(|e| $at.kernel(e))?;
+        let link = $prog.take_link(id).map_err(|e| $at.kernel(e))?;
+        FdLink::try_from(link).map_err(|e| $at.kernel(e))
+    }};
+}
+
+/// A new link, and the previous version's XDP link it took over (whose program a failed build
+/// puts back).
+struct Linked {
+    link: FdLink,
+    replaced: Option<PathBuf>,
+}
+
+impl From<FdLink> for Linked {
+    fn from(link: FdLink) -> Self {
+        Linked {
+            link,
+            replaced: None,
+        }
+    }
+}
+
+impl AttachPoint {
+    /// The one attach step of every kind: check the target, call aya's attach for the program
+    /// type the kind takes, and return the link (not pinned yet).
+    fn link(
+        &self,
+        program: &mut Program,
+        at: &At<'_>,
+        previous_link: Option<&Path>,
+    ) -> Result<Linked, AttachError> {
+        let linked = match self {
+            AttachPoint::Tracepoint { category, name } => {
+                let prog: &mut TracePoint = at.typed(program)?;
+                check_tracepoint(category, name).map_err(|e| at.target(e))?;
+                fd_link!(at, prog, prog.attach(category, name))?.into()
+            }
+            AttachPoint::Xdp { interface, mode } => {
+                let prog: &mut Xdp = at.typed(program)?;
+                // An interface has one XDP link: the previous version's gets the new program.
+                if let Some(prev) = previous_link.filter(|p| p.exists()) {
+                    let old = PinnedLink::from_pin(prev).map_err(|e| at.kernel(e))?;
+                    let xdp_link =
+                        XdpLink::try_from(FdLink::from(old)).map_err(|e| at.kernel(e))?;
+                    let link = fd_link!(at, prog, prog.attach_to_link(xdp_link))?;
+                    tracing::info!(
+                        program = at.program,
+                        interface,
+                        "replaced the program of an XDP link"
+                    );
+                    return Ok(Linked {
+                        link,
+                        replaced: Some(prev.to_path_buf()),
+                    });
+                }
+                let mode = match mode {
+                    None => XdpMode::Default,
+                    Some(SpecXdpMode::Skb) => XdpMode::Skb,
+                    Some(SpecXdpMode::Drv) => XdpMode::Driver,
+                    Some(SpecXdpMode::Hw) => XdpMode::Hardware,
+                };
+                let id = prog.attach(interface, mode).map_err(|e| at.kernel(e))?;
+                let link = prog.take_link(id).map_err(|e| at.kernel(e))?;
+                FdLink::try_from(link)
+                    .map_err(|source| {
+                        AttachError::NotALink(interface.clone(), at.program.to_owned(), source)
+                    })?
+                    .into()
+            }
+            AttachPoint::Tc {
+                interface,
+                direction,
+                first,
+            } => {
+                let prog: &mut SchedClassifier = at.typed(program)?;
+                let order = if *first {
+                    LinkOrder::first()
+                } else {
+                    LinkOrder::last()
+                };
+                let kind = match direction {
+                    Direction::Ingress => TcAttachType::Ingress,
+                    Direction::Egress => TcAttachType::Egress,
+                };
+                let options = TcAttachOptions::TcxOrder(order);
+                fd_link!(at, prog, prog.attach_with_options(interface, kind, options))?.into()
+            }
+            AttachPoint::Kprobe { function, offset } => {
+                let prog: &mut KProbe = at.typed(program)?;
+                check_kprobes().map_err(|e| at.target(e))?;
+                fd_link!(at, prog, prog.attach(function, *offset))?.into()
+            }
+            AttachPoint::Uprobe {
+                target,
+                symbol,
+                offset,
+                pid,
+            } => {
+                let prog: &mut UProbe = at.typed(program)?;
+                let location = match (symbol, offset) {
+                    (Some(sym), Some(off)) => UProbeAttachLocation::SymbolOffset(sym, *off),
+                    (Some(sym), None) => UProbeAttachLocation::Symbol(sym),
+                    (None, Some(off)) => UProbeAttachLocation::AbsoluteOffset(*off),
+                    (None, None) => {
+                        return Err(AttachError::UprobeLocation(at.program.to_owned()));
+                    }
+                };
+                let scope = match pid.and_then(NonZeroU32::new) {
+                    Some(pid) => UProbeScope::OneProcess(pid),
+                    None => UProbeScope::AllProcesses,
+                };
+                // A path is opened and checked here, and aya (symbol lookup) and the kernel (the
+                // probe) get the descriptor's /proc link: the file checked is the file probed. A
+                // bare library name is found by aya in the dynamic loader's cache (root-owned).
+                let checked = if target.contains('/') {
+                    Some(open_uprobe_target(target).map_err(|e| at.target(e))?)
+                } else {
+                    None
+                };
+                let target_path = match &checked {
+                    Some(file) => crate::fd::fd_path(file),
+                    None => PathBuf::from(target),
+                };
+                fd_link!(at, prog, prog.attach(location, &target_path, scope))?.into()
+            }
+            AttachPoint::Fentry { .. } => {
+                let prog: &mut FEntry = at.typed(program)?;
+                fd_link!(at, prog, prog.attach())?.into()
+            }
+            AttachPoint::Fexit { .. } => {
+                let prog: &mut FExit = at.typed(program)?;
+                fd_link!(at, prog, prog.attach())?.into()
+            }
+            AttachPoint::CgroupSkb { cgroup, direction } => {
+                let prog: &mut CgroupSkb = at.typed(program)?;
+                let file = open_cgroup(cgroup).map_err(|e| at.target(e))?;
+                let kind = match direction {
+                    Direction::Ingress => CgroupSkbAttachType::Ingress,
+                    Direction::Egress => CgroupSkbAttachType::Egress,
+                };
+                fd_link!(at, prog, prog.attach(&file, kind, CgroupAttachMode::Single))?.into()
+            }
+        };
+        Ok(linked)
+    }
+}
+
+/// Attaches `program` at `point` and pins the link at `path`. For XDP, when the previous version
+/// of the object has a link on the same interface (`previous_link`), that link is updated to the
+/// new program in one syscall instead (an interface has one XDP link), and its pin path is
+/// returned so a failed build can put the old program back.
+pub(crate) fn attach_and_pin(
+    program: &mut Program,
+    name: &str,
+    point: &AttachPoint,
+    path: &Path,
+    previous_link: Option<&Path>,
+) -> Result<Option<PathBuf>, AttachError> {
+    let at = At {
+        program: name,
+        point,
+    };
+    let Linked { link, replaced } = point.link(program, &at, previous_link)?;
+    link.pin(path)
+        .map_err(|source| AttachError::Pin(name.to_owned(), path.to_path_buf(), source))?;
+    tracing::info!(program = name, link = %path.display(), at = %point.describe(), "attached");
+    Ok(replaced)
+}
+
+/// Pins the link pinned at `from` also at `to` (an unchanged program keeps its link across
+/// versions).
+pub(crate) fn repin_link(from: &Path, to: &Path) -> Result<(), AttachError> {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| {
+        AttachError::Repin(from.to_path_buf(), to.to_path_buf(), source)
+    };
+    let link = PinnedLink::from_pin(from).map_err(|e| err(Box::new(e)))?;
+    FdLink::from(link).pin(to).map_err(|e| err(Box::new(e)))?;
+    Ok(())
+}
+
+/// The tracefs aya reads tracepoint ids from: the first of its two candidates that is a
+/// non-empty directory (the same rule as aya's `find_tracefs_path`).
+fn tracefs_dir() -> Option<&'static Path> {
+    [
+        Path::new("/sys/kernel/tracing"),
+        Path::new("/sys/kernel/debug/tracing"),
+    ]
+    .into_iter()
+    .find(|dir| std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()))
+}
+
+/// Checks that the tracepoint's `id` file aya is about to read is a regular file on tracefs: a
+/// FIFO there (a tracefs that is not one) would block the read forever. Files on tracefs are made
+/// by the kernel, so what is checked is what aya reads.
+fn check_tracepoint(category: &str, tracepoint: &str) -> Result<(), TargetError> {
+    let tracefs = tracefs_dir().ok_or(TargetError::NoTracefs)?;
+    let path = tracefs
+        .join("events")
+        .join(category)
+        .join(tracepoint)
+        .join("id");
+    let (file, meta) = match crate::fd::open_path(&path) {
+        Ok(opened) => opened,
+        Err(source) => return Err(TargetError::TracepointId(path, source)),
+    };
+    let magic = match fd_fs_magic(&file) {
+        Ok(magic) => magic,
+        Err(source) => return Err(TargetError::TracepointStatfs(path, source)),
+    };
+    if magic != TRACEFS_MAGIC && magic != DEBUGFS_MAGIC {
+        return Err(TargetError::NotTracefs(path, magic, tracefs.to_path_buf()));
+    }
+    if !meta.file_type().is_file() {
+        let kind = crate::fd::describe_type(meta.file_type());
+        return Err(TargetError::TracepointNotFile(path, kind));
+    }
+    Ok(())
+}
+
+/// Fails when the kernel was built without kprobes (aya's error would not say so).
+fn check_kprobes() -> Result<(), TargetError> {
+    let kprobe_pmu = Path::new("/sys/bus/event_source/devices/kprobe/type");
+    let kprobe_events = Path::new("/sys/kernel/tracing/kprobe_events");
+    if kprobe_pmu.exists() || kprobe_events.exists() {
+        Ok(())
+    } else {
+        Err(TargetError::NoKprobes)
+    }
+}
+
+/// Opens a cgroup for cgroup_skb: a directory on cgroup v2. `O_DIRECTORY` makes opening a FIFO
+/// or a device fail at once instead of blocking or reacting; the descriptor is what is attached.
+fn open_cgroup(cgroup: &str) -> Result<std::fs::File, TargetError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(cgroup)
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::ENOTDIR) => TargetError::CgroupNotDir(
+                cgroup.to_owned(),
+                std::fs::metadata(cgroup)
+                    .map(|m| crate::fd::describe_type(m.file_type()))
+                    .unwrap_or("not a directory"),
+            ),
+            _ => TargetError::CgroupOpen(cgroup.to_owned(), source),
+        })?;
+    let magic = fd_fs_magic(&file)
+        .map_err(|source| TargetError::CgroupStatfs(cgroup.to_owned(), source))?;
+    if magic != CGROUP2_SUPER_MAGIC {
+        return Err(TargetError::NotCgroup2(cgroup.to_owned(), magic));
+    }
+    Ok(file)
+}
+
+/// Opens a uprobe target path with `O_PATH` and checks it is a regular file.
+fn open_uprobe_target(target: &str) -> Result<std::fs::File, TargetError> {
+    let (file, meta) = crate::fd::open_path(Path::new(target))
+        .map_err(|source| TargetError::UprobeOpen(target.to_owned(), source))?;
+    if !meta.file_type().is_file() {
+        return Err(TargetError::UprobeNotFile(
+            target.to_owned(),
+            crate::fd::describe_type(meta.file_type()),
+        ));
+    }
+    Ok(file)
+}
+
+/// Puts the program pinned at `prog` back on the XDP link pinned at `link` (undo of an update).
+pub(crate) fn restore_xdp_link(link: &Path, prog: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let mut program = Xdp::from_pin(prog, aya_obj::programs::XdpAttachType::Interface)?;
+    let pinned = PinnedLink::from_pin(link)?;
+    let xdp_link = XdpLink::try_from(FdLink::from(pinned))?;
+    let id = program.attach_to_link(xdp_link)?;
+    // Taken out of the program so that dropping the program does not detach it; the pin at
+    // `link` keeps it alive once this handle closes.
+    drop(program.take_link(id)?);
+    Ok(())
+}

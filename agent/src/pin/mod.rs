@@ -1,0 +1,16 @@
+//! The kernel core: make the managed bpffs root equal to the desired objects. [`reconcile`] runs
+//! a pass; [`loader`] builds one version of one object (ELF checks, load, pins) and [`attach`]
+//! attaches its programs with pinned links; [`layout`] names every path and [`fsops`] touches
+//! them without leaving the root; [`map_memory`] checks that new maps fit the agent's memory
+//! cgroup; [`btf_vars`] reads the global variables `globalData` overrides. Nothing here imports a
+//! bytecode source or a mode.
+
+pub mod attach;
+pub mod btf_vars;
+pub mod desired;
+pub mod fsops;
+pub mod layout;
+pub mod loader;
+pub mod map_memory;
+pub mod mounts;
+pub mod reconcile;
