@@ -836,8 +836,7 @@ impl<'a> AccessSpec<'a> {
                                 let parent_ty = btf.type_by_id(parent.type_id)?;
                                 match parent_ty {
                                     BtfType::Struct(s) => {
-                                        parent.name.is_some()
-                                            && parent.index + 1 == s.members.len()
+                                        parent.name.is_some() && parent.index + 1 == s.members.len()
                                     }
                                     _ => false,
                                 }
