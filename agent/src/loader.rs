@@ -690,6 +690,10 @@ pub fn check_globals_against_btf(
 
 fn load_error(err: &EbpfError) -> ObjectError {
     match err {
+        // libbpf compatibility: a listed program whose section aya cannot load.
+        EbpfError::UnsupportedProgramSection { .. } => {
+            ObjectError::new(Reason::Unsupported, err.to_string())
+        }
         EbpfError::ParseError(aya_obj::ParseError::InvalidGlobalData { .. })
         | EbpfError::ParseError(aya_obj::ParseError::SymbolNotFound { .. }) => ObjectError::new(
             Reason::InvalidGlobalData,
@@ -750,7 +754,34 @@ fn load_program(
             ),
         )
     };
+    // libbpf compatibility: `tp_btf/<tracepoint>`, `lsm/<hook>` and `iter/<type>` name the
+    // program's BTF attach target in its section, as libbpf reads it.
+    let section = program.section_name().unwrap_or_default().to_owned();
+    let target = section
+        .split_once('/')
+        .map(|(_, t)| t)
+        .filter(|t| !t.is_empty());
+    let needs_target = || {
+        ObjectError::new(
+            Reason::InvalidSpec,
+            format!(
+                "program {name} (section `{section}`): the section must name its attach target (`tp_btf/<tracepoint>`, `lsm/<hook>`, `iter/<type>`)"
+            ),
+        )
+    };
     let result = match program {
+        Program::BtfTracePoint(p) => p.load(
+            target.ok_or_else(needs_target)?,
+            btf.get().ok_or_else(no_btf)?,
+        ),
+        Program::Lsm(p) => p.load(
+            target.ok_or_else(needs_target)?,
+            btf.get().ok_or_else(no_btf)?,
+        ),
+        Program::Iter(p) => p.load(
+            target.ok_or_else(needs_target)?,
+            btf.get().ok_or_else(no_btf)?,
+        ),
         Program::FEntry(p) => p.load(
             btf_function.ok_or_else(needs_function)?,
             btf.get().ok_or_else(no_btf)?,
@@ -770,11 +801,22 @@ fn load_program(
         Program::PerfEvent(p) => p.load(),
         Program::SkMsg(p) => p.load(),
         Program::SockOps(p) => p.load(),
+        // libbpf compatibility: program types that load without an attach target.
+        Program::CgroupSock(p) => p.load(),
+        Program::CgroupSockAddr(p) => p.load(),
+        Program::CgroupSockopt(p) => p.load(),
+        Program::CgroupSysctl(p) => p.load(),
+        Program::CgroupDevice(p) => p.load(),
+        Program::SkSkb(p) => p.load(),
+        Program::SkLookup(p) => p.load(),
+        Program::SkReuseport(p) => p.load(),
+        Program::FlowDissector(p) => p.load(),
+        Program::LircMode2(p) => p.load(),
         other => {
             return Err(ObjectError::new(
                 Reason::Unsupported,
                 format!(
-                    "program {name} has type {:?}, which bpfpin cannot load yet",
+                    "program {name} (section `{section}`) has type {:?}, which bpfpin cannot load yet",
                     other.prog_type()
                 ),
             ));

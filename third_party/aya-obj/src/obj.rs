@@ -165,6 +165,9 @@ pub struct Program {
     pub section_index: usize,
     /// The address of the program
     pub address: u64,
+    /// bpfpin patch: the ELF section name, as written (`tp_btf/sched_switch`): what
+    /// [`ProgramSection`] does not keep, the attach target libbpf reads from it.
+    pub section_name: String,
 }
 
 impl Program {
@@ -719,6 +722,7 @@ impl Object {
                 section: program_section,
                 section_index: section.index.0,
                 address: symbol.address,
+                section_name: section.name.to_owned(),
             },
             function,
         ))
