@@ -283,6 +283,9 @@ const SECTIONS: &[&str] = &[
     "raw_tp.s/sys_enter",
     "tp_btf/sched_switch",
     "tp_btf.s/sched_switch",
+    // Without the attach target libbpf reads from the section: refused by both.
+    "tp_btf",
+    "iter",
     "fentry/do_unlinkat",
     "fexit/do_unlinkat",
     "fentry.s/do_unlinkat",
