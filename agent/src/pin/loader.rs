@@ -124,9 +124,15 @@ pub enum LoadError {
     /// A program needs the kernel's BTF, which the node lacks.
     #[error("program {0} needs the kernel's BTF (/sys/kernel/btf/vmlinux), which this node lacks")]
     NoKernelBtf(String),
-    /// A program type bpfpin does not load: `(program, its type)`.
-    #[error("program {0} has type {1}, which bpfpin cannot load yet")]
-    UnsupportedType(String, String),
+    /// A program type bpfpin does not load: `(program, its section, its type)`.
+    #[error("program {0} (section `{1}`) has type {2}, which bpfpin cannot load yet")]
+    UnsupportedType(String, String, String),
+    /// A `tp_btf`, `lsm` or `iter` program whose section names no attach target: `(program, its
+    /// section)`.
+    #[error(
+        "program {0} (section `{1}`): the section must name its attach target (`tp_btf/<tracepoint>`, `lsm/<hook>`, `iter/<type>`)"
+    )]
+    NeedsTarget(String, String),
     /// The verifier refused a program: `(program, the bpf(2) error, the verifier log's tail)`.
     #[error("the verifier rejected program {0} ({1}); log tail:\n{2}")]
     Verifier(String, #[source] std::io::Error, String),
@@ -197,9 +203,13 @@ impl StatusError for LoadError {
                     | aya_obj::ParseError::SymbolNotFound { .. },
                 ) => Reason::InvalidGlobalData,
                 EbpfError::ParseError(_) => Reason::InvalidElf,
+                // libbpf compatibility: a listed program whose section aya cannot load.
+                EbpfError::UnsupportedProgramSection { .. } => Reason::Unsupported,
                 _ => Reason::LoadFailed,
             },
-            E::NeedsFunction(..) | E::TailCallMapType(..) => Reason::InvalidSpec,
+            E::NeedsFunction(..) | E::NeedsTarget(..) | E::TailCallMapType(..) => {
+                Reason::InvalidSpec
+            }
             E::NoKernelBtf(..) | E::UnsupportedType(..) => Reason::Unsupported,
             E::Verifier(..) => Reason::VerifierRejected,
             E::ProgramLoad(..)
@@ -226,6 +236,7 @@ fn load_message(err: &EbpfError) -> String {
             "the bytecode is not a valid eBPF ELF object: {}",
             chain(err)
         ),
+        EbpfError::UnsupportedProgramSection { .. } => err.to_string(),
         _ => format!("loading the ELF object: {}", chain(err)),
     }
 }
@@ -825,7 +836,27 @@ fn load_program(
 ) -> Result<(), LoadError> {
     let needs_function = || LoadError::NeedsFunction(name.to_owned());
     let no_btf = || LoadError::NoKernelBtf(name.to_owned());
+    // libbpf compatibility: `tp_btf/<tracepoint>`, `lsm/<hook>` and `iter/<type>` name the
+    // program's BTF attach target in its section, as libbpf reads it.
+    let section = program.section_name().unwrap_or_default().to_owned();
+    let target = section
+        .split_once('/')
+        .map(|(_, t)| t)
+        .filter(|t| !t.is_empty());
+    let needs_target = || LoadError::NeedsTarget(name.to_owned(), section.clone());
     let result = match program {
+        Program::BtfTracePoint(p) => p.load(
+            target.ok_or_else(needs_target)?,
+            btf.get().ok_or_else(no_btf)?,
+        ),
+        Program::Lsm(p) => p.load(
+            target.ok_or_else(needs_target)?,
+            btf.get().ok_or_else(no_btf)?,
+        ),
+        Program::Iter(p) => p.load(
+            target.ok_or_else(needs_target)?,
+            btf.get().ok_or_else(no_btf)?,
+        ),
         Program::FEntry(p) => p.load(
             btf_function.ok_or_else(needs_function)?,
             btf.get().ok_or_else(no_btf)?,
@@ -845,9 +876,21 @@ fn load_program(
         Program::PerfEvent(p) => p.load(),
         Program::SkMsg(p) => p.load(),
         Program::SockOps(p) => p.load(),
+        // libbpf compatibility: program types that load without an attach target.
+        Program::CgroupSock(p) => p.load(),
+        Program::CgroupSockAddr(p) => p.load(),
+        Program::CgroupSockopt(p) => p.load(),
+        Program::CgroupSysctl(p) => p.load(),
+        Program::CgroupDevice(p) => p.load(),
+        Program::SkSkb(p) => p.load(),
+        Program::SkLookup(p) => p.load(),
+        Program::SkReuseport(p) => p.load(),
+        Program::FlowDissector(p) => p.load(),
+        Program::LircMode2(p) => p.load(),
         other => {
             return Err(LoadError::UnsupportedType(
                 name.to_owned(),
+                section.clone(),
                 format!("{:?}", other.prog_type()),
             ));
         }

@@ -165,6 +165,9 @@ pub struct Program {
     pub section_index: usize,
     /// The address of the program
     pub address: u64,
+    /// bpfpin patch: the ELF section name, as written (`tp_btf/sched_switch`): what
+    /// [`ProgramSection`] does not keep, the attach target libbpf reads from it.
+    pub section_name: String,
 }
 
 impl Program {
@@ -212,19 +215,11 @@ pub struct Function {
 ///
 /// # Unsupported Sections
 ///
-/// Currently, the following section names are not supported yet:
-/// - `flow_dissector`: `BPF_PROG_TYPE_FLOW_DISSECTOR`
-/// - `ksyscall+` or `kretsyscall+`
-/// - `usdt+`
-/// - `kprobe.multi+` or `kretprobe.multi+`: `BPF_TRACE_KPROBE_MULTI`
-/// - `lsm_cgroup+`
-/// - `lwt_in`, `lwt_out`, `lwt_seg6local`, `lwt_xmit`
-/// - `raw_tp.w+`, `raw_tracepoint.w+`
-/// - `action`
-/// - `syscall`
-/// - `struct_ops+`
-/// - `fmod_ret+`, `fmod_ret.s+`
-/// - `iter+`, `iter.s+`
+/// bpfpin patch: every name of libbpf's `section_defs` table parses. Those aya 0.14 has no program
+/// type for (`action`, `syscall`, `struct_ops+`, `netfilter`, `lwt_*`, `raw_tp.w+`, the sleepable
+/// `tp.s+`/`raw_tp.s+`/`tp_btf.s+`, `fmod_ret+`, the `*.multi+`/`*.session+` probes, the
+/// `cgroup/*_unix` hooks), and names libbpf does not know either, parse to
+/// [`ProgramSection::Unsupported`], which fails only when that program is loaded.
 #[derive(Debug, Clone)]
 #[expect(missing_docs, reason = "TODO")]
 pub enum ProgramSection {
@@ -285,181 +280,204 @@ pub enum ProgramSection {
     Iter {
         sleepable: bool,
     },
+    /// bpfpin patch: a section name aya 0.14 cannot load (a libbpf program type aya lacks, or a
+    /// name libbpf does not know either). Parsing keeps it so that an object's other programs
+    /// load; loading this program fails with `reason`.
+    Unsupported {
+        /// The section name, as in the ELF.
+        section: String,
+        /// Why aya cannot load it.
+        reason: &'static str,
+    },
 }
 
 impl FromStr for ProgramSection {
     type Err = ParseError;
 
+    /// bpfpin patch: every section name of libbpf's `section_defs` table (libbpf 1.x,
+    /// `src/libbpf.c`) parses, with the program type libbpf gives it. Names aya 0.14 has no program
+    /// type for, and names libbpf does not know either, parse to [`ProgramSection::Unsupported`]
+    /// instead of failing the whole object: a program is refused only when it is loaded (see aya's
+    /// `EbpfLoader::load`), so an object's other programs still load. Upstream failed every object
+    /// with one `SEC("tc")`, `SEC("ksyscall/..")` or `SEC("usdt/..")` program in it. The extra
+    /// names aya accepted before (`classifier/<anything>`, `sockops/<anything>`, ...) still parse.
     fn from_str(section: &str) -> Result<Self, ParseError> {
-        // parse the common case, eg "xdp/program_name" or
-        // "sk_skb/stream_verdict/program_name"
-        let mut pieces = section.split('/');
-        let mut next = || {
-            pieces
-                .next()
-                .ok_or_else(|| ParseError::InvalidProgramSection {
-                    section: section.to_owned(),
-                })
-        };
-        let kind = next()?;
+        Ok(
+            parse_program_section(section).unwrap_or_else(|reason| Self::Unsupported {
+                section: section.to_owned(),
+                reason,
+            }),
+        )
+    }
+}
 
-        Ok(match kind {
-            "kprobe" => Self::KProbe,
-            "kretprobe" => Self::KRetProbe,
-            "uprobe" => Self::UProbe { sleepable: false },
-            "uprobe.s" => Self::UProbe { sleepable: true },
-            "uretprobe" => Self::URetProbe { sleepable: false },
-            "uretprobe.s" => Self::URetProbe { sleepable: true },
-            "xdp" | "xdp.frags" => Self::Xdp {
-                frags: kind == "xdp.frags",
-                attach_type: match pieces.next() {
-                    None => XdpAttachType::Interface,
-                    Some("cpumap") => XdpAttachType::CpuMap,
-                    Some("devmap") => XdpAttachType::DevMap,
-                    Some(_) => {
-                        return Err(ParseError::InvalidProgramSection {
-                            section: section.to_owned(),
-                        });
-                    }
-                },
+/// bpfpin patch: the section name parser behind [`ProgramSection::from_str`]; `Err` is why the
+/// section cannot be loaded by aya.
+fn parse_program_section(section: &str) -> Result<ProgramSection, &'static str> {
+    use ProgramSection as S;
+    const UNKNOWN: &str = "libbpf knows no such section name either";
+    // libbpf's `type+`: the section is `type` or `type/<extras>`.
+    let (kind, rest) = match section.split_once('/') {
+        Some((kind, rest)) => (kind, Some(rest)),
+        None => (section, None),
+    };
+    let mut pieces = rest.map(|r| r.split('/'));
+    let mut next = || pieces.as_mut().and_then(Iterator::next);
+
+    Ok(match kind {
+        "kprobe" | "ksyscall" => S::KProbe,
+        "kretprobe" | "kretsyscall" => S::KRetProbe,
+        "uprobe" | "usdt" => S::UProbe { sleepable: false },
+        "uprobe.s" | "usdt.s" => S::UProbe { sleepable: true },
+        "uretprobe" => S::URetProbe { sleepable: false },
+        "uretprobe.s" => S::URetProbe { sleepable: true },
+        "kprobe.multi" | "kretprobe.multi" | "kprobe.session" => {
+            return Err(
+                "aya 0.14 has no kprobe.multi program (expected attach type BPF_TRACE_KPROBE_MULTI or BPF_TRACE_KPROBE_SESSION)",
+            );
+        }
+        "uprobe.multi" | "uretprobe.multi" | "uprobe.session" | "uprobe.multi.s"
+        | "uretprobe.multi.s" | "uprobe.session.s" => {
+            return Err(
+                "aya 0.14 has no uprobe.multi program (expected attach type BPF_TRACE_UPROBE_MULTI or BPF_TRACE_UPROBE_SESSION)",
+            );
+        }
+        "xdp" | "xdp.frags" => S::Xdp {
+            frags: kind == "xdp.frags",
+            attach_type: match next() {
+                None => XdpAttachType::Interface,
+                Some("cpumap") => XdpAttachType::CpuMap,
+                Some("devmap") => XdpAttachType::DevMap,
+                Some(_) => return Err(UNKNOWN),
             },
-            "tp_btf" => Self::BtfTracePoint,
-            "tracepoint" | "tp" => Self::TracePoint,
-            "socket" => Self::SocketFilter,
-            "sk_msg" => Self::SkMsg,
-            "sk_skb" => {
-                let name = next()?;
-                let kind = match name {
-                    "stream_parser" => SkSkbKind::StreamParser,
-                    "stream_verdict" => SkSkbKind::StreamVerdict,
-                    _ => {
-                        return Err(ParseError::InvalidProgramSection {
-                            section: section.to_owned(),
-                        });
-                    }
-                };
-                Self::SkSkbStream { kind }
-            }
-            "sockops" => Self::SockOps,
-            "classifier" => Self::SchedClassifier,
-            "cgroup_skb" => {
-                let name = next()?;
-                let attach_type = Some(match name {
-                    "ingress" => CgroupSkbAttachType::Ingress,
-                    "egress" => CgroupSkbAttachType::Egress,
-                    _ => {
-                        return Err(ParseError::InvalidProgramSection {
-                            section: section.to_owned(),
-                        });
-                    }
-                });
-                Self::CgroupSkb { attach_type }
-            }
-            "cgroup" => {
-                let name = next()?;
-                match name {
-                    "skb" => Self::CgroupSkb { attach_type: None },
-                    "sysctl" => Self::CgroupSysctl,
-                    "dev" => Self::CgroupDevice,
-                    "getsockopt" => Self::CgroupSockopt {
-                        attach_type: CgroupSockoptAttachType::Get,
-                    },
-                    "setsockopt" => Self::CgroupSockopt {
-                        attach_type: CgroupSockoptAttachType::Set,
-                    },
-                    "sock" => Self::CgroupSock {
-                        attach_type: CgroupSockAttachType::default(),
-                    },
-                    "post_bind4" => Self::CgroupSock {
-                        attach_type: CgroupSockAttachType::PostBind4,
-                    },
-                    "post_bind6" => Self::CgroupSock {
-                        attach_type: CgroupSockAttachType::PostBind6,
-                    },
-                    "sock_create" => Self::CgroupSock {
-                        attach_type: CgroupSockAttachType::SockCreate,
-                    },
-                    "sock_release" => Self::CgroupSock {
-                        attach_type: CgroupSockAttachType::SockRelease,
-                    },
-                    "bind4" => Self::CgroupSockAddr {
-                        attach_type: CgroupSockAddrAttachType::Bind4,
-                    },
-                    "bind6" => Self::CgroupSockAddr {
-                        attach_type: CgroupSockAddrAttachType::Bind6,
-                    },
-                    "connect4" => Self::CgroupSockAddr {
-                        attach_type: CgroupSockAddrAttachType::Connect4,
-                    },
-                    "connect6" => Self::CgroupSockAddr {
-                        attach_type: CgroupSockAddrAttachType::Connect6,
-                    },
-                    "getpeername4" => Self::CgroupSockAddr {
-                        attach_type: CgroupSockAddrAttachType::GetPeerName4,
-                    },
-                    "getpeername6" => Self::CgroupSockAddr {
-                        attach_type: CgroupSockAddrAttachType::GetPeerName6,
-                    },
-                    "getsockname4" => Self::CgroupSockAddr {
-                        attach_type: CgroupSockAddrAttachType::GetSockName4,
-                    },
-                    "getsockname6" => Self::CgroupSockAddr {
-                        attach_type: CgroupSockAddrAttachType::GetSockName6,
-                    },
-                    "sendmsg4" => Self::CgroupSockAddr {
-                        attach_type: CgroupSockAddrAttachType::UDPSendMsg4,
-                    },
-                    "sendmsg6" => Self::CgroupSockAddr {
-                        attach_type: CgroupSockAddrAttachType::UDPSendMsg6,
-                    },
-                    "recvmsg4" => Self::CgroupSockAddr {
-                        attach_type: CgroupSockAddrAttachType::UDPRecvMsg4,
-                    },
-                    "recvmsg6" => Self::CgroupSockAddr {
-                        attach_type: CgroupSockAddrAttachType::UDPRecvMsg6,
-                    },
-                    _ => {
-                        return Err(ParseError::InvalidProgramSection {
-                            section: section.to_owned(),
-                        });
-                    }
-                }
-            }
-            "lirc_mode2" => Self::LircMode2,
-            "perf_event" => Self::PerfEvent,
-            "raw_tp" | "raw_tracepoint" => Self::RawTracePoint,
-            "lsm" => Self::Lsm { sleepable: false },
-            "lsm.s" => Self::Lsm { sleepable: true },
-            "lsm_cgroup" => Self::LsmCgroup,
-            "fentry" => Self::FEntry { sleepable: false },
-            "fentry.s" => Self::FEntry { sleepable: true },
-            "fexit" => Self::FExit { sleepable: false },
-            "fexit.s" => Self::FExit { sleepable: true },
-            "flow_dissector" => Self::FlowDissector,
-            "freplace" => Self::Extension,
-            "sk_lookup" => Self::SkLookup,
-            "sk_reuseport" => {
-                let attach_type = if let Some(attach_type) = pieces.next() {
-                    if attach_type == "migrate" {
-                        SkReuseportAttachType::SelectOrMigrate
-                    } else {
-                        return Err(ParseError::InvalidProgramSection {
-                            section: section.to_owned(),
-                        });
-                    }
-                } else {
-                    SkReuseportAttachType::Select
-                };
-                Self::SkReuseport { attach_type }
-            }
-            "iter" => Self::Iter { sleepable: false },
-            "iter.s" => Self::Iter { sleepable: true },
-            _ => {
-                return Err(ParseError::InvalidProgramSection {
-                    section: section.to_owned(),
-                });
-            }
-        })
+        },
+        "tp_btf" => S::BtfTracePoint,
+        "tp_btf.s" => return Err("aya 0.14 cannot load a sleepable tp_btf program"),
+        "tracepoint" | "tp" => S::TracePoint,
+        "tracepoint.s" | "tp.s" => {
+            return Err("aya 0.14 cannot load a sleepable tracepoint program");
+        }
+        "socket" => S::SocketFilter,
+        "sk_msg" => S::SkMsg,
+        "sk_skb" => S::SkSkbStream {
+            kind: match next() {
+                Some("stream_parser") => SkSkbKind::StreamParser,
+                // `sk_skb/verdict` (BPF_SK_SKB_VERDICT) and plain `sk_skb` load as the same
+                // BPF_PROG_TYPE_SK_SKB program: the kernel checks the attach type when the program
+                // is attached to a map, not when it is loaded.
+                Some("stream_verdict" | "verdict") | None => SkSkbKind::StreamVerdict,
+                Some(_) => return Err(UNKNOWN),
+            },
+        },
+        "sockops" => S::SockOps,
+        // `tc/ingress`, `tc/egress`, `tcx/*` and `netkit/*`: libbpf sets the expected attach type
+        // (BPF_TCX_*, BPF_NETKIT_*), which the kernel ignores when it loads a SCHED_CLS program;
+        // the link's attach type decides.
+        "classifier" | "tc" => S::SchedClassifier,
+        "tcx" | "netkit" => match next() {
+            Some("ingress" | "egress") if kind == "tcx" => S::SchedClassifier,
+            Some("primary" | "peer") if kind == "netkit" => S::SchedClassifier,
+            _ => return Err(UNKNOWN),
+        },
+        "action" => return Err("aya 0.14 has no BPF_PROG_TYPE_SCHED_ACT program"),
+        "cgroup_skb" => S::CgroupSkb {
+            attach_type: Some(match next() {
+                Some("ingress") => CgroupSkbAttachType::Ingress,
+                Some("egress") => CgroupSkbAttachType::Egress,
+                _ => return Err(UNKNOWN),
+            }),
+        },
+        "cgroup" => parse_cgroup_section(next().ok_or(UNKNOWN)?)?,
+        "lirc_mode2" => S::LircMode2,
+        "perf_event" => S::PerfEvent,
+        "raw_tp" | "raw_tracepoint" => S::RawTracePoint,
+        "raw_tp.s" | "raw_tracepoint.s" => {
+            return Err("aya 0.14 cannot load a sleepable raw tracepoint program");
+        }
+        "raw_tp.w" | "raw_tracepoint.w" => {
+            return Err("aya 0.14 has no BPF_PROG_TYPE_RAW_TRACEPOINT_WRITABLE program");
+        }
+        "lsm" => S::Lsm { sleepable: false },
+        "lsm.s" => S::Lsm { sleepable: true },
+        "lsm_cgroup" => S::LsmCgroup,
+        "fentry" => S::FEntry { sleepable: false },
+        "fentry.s" => S::FEntry { sleepable: true },
+        "fexit" => S::FExit { sleepable: false },
+        "fexit.s" => S::FExit { sleepable: true },
+        "fmod_ret" | "fmod_ret.s" => {
+            return Err(
+                "aya 0.14 has no fmod_ret program (expected attach type BPF_MODIFY_RETURN)",
+            );
+        }
+        "fsession" | "fsession.s" | "fsession.multi" | "fsession.multi.s" | "fentry.multi"
+        | "fexit.multi" | "fentry.multi.s" | "fexit.multi.s" => {
+            return Err("aya 0.14 has no multi-function or session tracing program");
+        }
+        "flow_dissector" => S::FlowDissector,
+        "freplace" => S::Extension,
+        "sk_lookup" => S::SkLookup,
+        "sk_reuseport" => S::SkReuseport {
+            attach_type: match next() {
+                None => SkReuseportAttachType::Select,
+                Some("migrate") => SkReuseportAttachType::SelectOrMigrate,
+                Some(_) => return Err(UNKNOWN),
+            },
+        },
+        "iter" => S::Iter { sleepable: false },
+        "iter.s" => S::Iter { sleepable: true },
+        "syscall" => return Err("aya 0.14 has no BPF_PROG_TYPE_SYSCALL program"),
+        "struct_ops" | "struct_ops.s" => {
+            return Err(
+                "aya 0.14 has no struct_ops program (it needs the object's struct_ops maps)",
+            );
+        }
+        "netfilter" => return Err("aya 0.14 has no BPF_PROG_TYPE_NETFILTER program"),
+        "lwt_in" | "lwt_out" | "lwt_xmit" | "lwt_seg6local" => {
+            return Err("aya 0.14 has no lightweight-tunnel (lwt) program");
+        }
+        _ => return Err(UNKNOWN),
+    })
+}
+
+/// bpfpin patch: `cgroup/<name>` sections (libbpf's table).
+fn parse_cgroup_section(name: &str) -> Result<ProgramSection, &'static str> {
+    use CgroupSockAddrAttachType as A;
+    use CgroupSockAttachType as K;
+    use ProgramSection as S;
+    let addr = |attach_type| Ok(S::CgroupSockAddr { attach_type });
+    let sock = |attach_type| Ok(S::CgroupSock { attach_type });
+    match name {
+        "skb" => Ok(S::CgroupSkb { attach_type: None }),
+        "sysctl" => Ok(S::CgroupSysctl),
+        "dev" => Ok(S::CgroupDevice),
+        "getsockopt" => Ok(S::CgroupSockopt {
+            attach_type: CgroupSockoptAttachType::Get,
+        }),
+        "setsockopt" => Ok(S::CgroupSockopt {
+            attach_type: CgroupSockoptAttachType::Set,
+        }),
+        "sock" => sock(K::default()),
+        "post_bind4" => sock(K::PostBind4),
+        "post_bind6" => sock(K::PostBind6),
+        "sock_create" => sock(K::SockCreate),
+        "sock_release" => sock(K::SockRelease),
+        "bind4" => addr(A::Bind4),
+        "bind6" => addr(A::Bind6),
+        "connect4" => addr(A::Connect4),
+        "connect6" => addr(A::Connect6),
+        "getpeername4" => addr(A::GetPeerName4),
+        "getpeername6" => addr(A::GetPeerName6),
+        "getsockname4" => addr(A::GetSockName4),
+        "getsockname6" => addr(A::GetSockName6),
+        "sendmsg4" => addr(A::UDPSendMsg4),
+        "sendmsg6" => addr(A::UDPSendMsg6),
+        "recvmsg4" => addr(A::UDPRecvMsg4),
+        "recvmsg6" => addr(A::UDPRecvMsg6),
+        "connect_unix" | "sendmsg_unix" | "recvmsg_unix" | "getpeername_unix"
+        | "getsockname_unix" => {
+            Err("aya 0.14 has no attach type for unix-socket cgroup/sock_addr programs")
+        }
+        _ => Err("libbpf knows no such section name either"),
     }
 }
 
@@ -603,7 +621,9 @@ impl Object {
                 let start = symbol.address as usize;
                 // bpfpin patch: checked (upstream's `start + size` overflowed for a symbol at the
                 // end of the address space).
-                let end = start.checked_add(symbol.size as usize).unwrap_or(usize::MAX);
+                let end = start
+                    .checked_add(symbol.size as usize)
+                    .unwrap_or(usize::MAX);
                 if start > end || end > map.data().len() {
                     return Err(ParseError::InvalidGlobalData {
                         name: name.to_string(),
@@ -702,6 +722,7 @@ impl Object {
                 section: program_section,
                 section_index: section.index.0,
                 address: symbol.address,
+                section_name: section.name.to_owned(),
             },
             function,
         ))
@@ -1584,8 +1605,8 @@ fn get_func_and_line_info(
                 })
             });
 
-            let insns = instruction_offset
-                ..instruction_offset.saturating_add(symbol_size_instructions);
+            let insns =
+                instruction_offset..instruction_offset.saturating_add(symbol_size_instructions);
             let line_info = btf_ext.line_info.get_filtered(section.name, insns, |l| {
                 let mut l = *l;
                 let insn_off = l.insn_off.checked_sub(instruction_offset)?;
@@ -1614,6 +1635,352 @@ mod tests {
     use crate::generated::{bpf_map_type::BPF_MAP_TYPE_BLOOM_FILTER, btf_ext_header};
 
     const FAKE_INS_LEN: u64 = 8;
+
+    /// bpfpin patch: every section name of libbpf's `section_defs` table (with an example of the
+    /// extras its `type+` names take) parses, to the program type libbpf gives it where aya has
+    /// one, to `Unsupported` (never a parse error) where it has none.
+    #[test]
+    fn libbpf_section_names() {
+        use ProgramSection as S;
+        let loads: &[(&str, fn(&ProgramSection) -> bool)] = &[
+            ("socket", |s| matches!(s, S::SocketFilter)),
+            ("sk_reuseport/migrate", |s| {
+                matches!(
+                    s,
+                    S::SkReuseport {
+                        attach_type: SkReuseportAttachType::SelectOrMigrate
+                    }
+                )
+            }),
+            ("sk_reuseport", |s| {
+                matches!(
+                    s,
+                    S::SkReuseport {
+                        attach_type: SkReuseportAttachType::Select
+                    }
+                )
+            }),
+            ("kprobe/do_unlinkat", |s| matches!(s, S::KProbe)),
+            ("kprobe", |s| matches!(s, S::KProbe)),
+            ("kretprobe/do_unlinkat", |s| matches!(s, S::KRetProbe)),
+            ("uprobe//bin/sh:main", |s| {
+                matches!(s, S::UProbe { sleepable: false })
+            }),
+            ("uprobe.s/libc.so.6:malloc", |s| {
+                matches!(s, S::UProbe { sleepable: true })
+            }),
+            ("uretprobe", |s| {
+                matches!(s, S::URetProbe { sleepable: false })
+            }),
+            ("uretprobe.s", |s| {
+                matches!(s, S::URetProbe { sleepable: true })
+            }),
+            ("ksyscall/openat", |s| matches!(s, S::KProbe)),
+            ("kretsyscall/openat", |s| matches!(s, S::KRetProbe)),
+            ("usdt/libc.so.6:libc:setjmp", |s| {
+                matches!(s, S::UProbe { sleepable: false })
+            }),
+            ("usdt.s", |s| matches!(s, S::UProbe { sleepable: true })),
+            ("tc/ingress", |s| matches!(s, S::SchedClassifier)),
+            ("tc/egress", |s| matches!(s, S::SchedClassifier)),
+            ("tcx/ingress", |s| matches!(s, S::SchedClassifier)),
+            ("tcx/egress", |s| matches!(s, S::SchedClassifier)),
+            ("tc", |s| matches!(s, S::SchedClassifier)),
+            ("classifier", |s| matches!(s, S::SchedClassifier)),
+            ("netkit/primary", |s| matches!(s, S::SchedClassifier)),
+            ("netkit/peer", |s| matches!(s, S::SchedClassifier)),
+            ("tracepoint/syscalls/sys_enter_openat", |s| {
+                matches!(s, S::TracePoint)
+            }),
+            ("tp/sched/sched_switch", |s| matches!(s, S::TracePoint)),
+            ("raw_tracepoint/sys_enter", |s| {
+                matches!(s, S::RawTracePoint)
+            }),
+            ("raw_tp/sys_enter", |s| matches!(s, S::RawTracePoint)),
+            ("tp_btf/sched_switch", |s| matches!(s, S::BtfTracePoint)),
+            ("fentry/do_unlinkat", |s| {
+                matches!(s, S::FEntry { sleepable: false })
+            }),
+            ("fentry.s/do_unlinkat", |s| {
+                matches!(s, S::FEntry { sleepable: true })
+            }),
+            ("fexit/do_unlinkat", |s| {
+                matches!(s, S::FExit { sleepable: false })
+            }),
+            ("fexit.s/do_unlinkat", |s| {
+                matches!(s, S::FExit { sleepable: true })
+            }),
+            ("freplace/handler", |s| matches!(s, S::Extension)),
+            ("lsm/file_open", |s| {
+                matches!(s, S::Lsm { sleepable: false })
+            }),
+            ("lsm.s/file_open", |s| {
+                matches!(s, S::Lsm { sleepable: true })
+            }),
+            ("lsm_cgroup/socket_bind", |s| matches!(s, S::LsmCgroup)),
+            ("iter/task", |s| matches!(s, S::Iter { sleepable: false })),
+            ("iter.s/task", |s| matches!(s, S::Iter { sleepable: true })),
+            ("xdp.frags/devmap", |s| {
+                matches!(
+                    s,
+                    S::Xdp {
+                        frags: true,
+                        attach_type: XdpAttachType::DevMap
+                    }
+                )
+            }),
+            ("xdp/devmap", |s| {
+                matches!(
+                    s,
+                    S::Xdp {
+                        frags: false,
+                        attach_type: XdpAttachType::DevMap
+                    }
+                )
+            }),
+            ("xdp.frags/cpumap", |s| {
+                matches!(
+                    s,
+                    S::Xdp {
+                        frags: true,
+                        attach_type: XdpAttachType::CpuMap
+                    }
+                )
+            }),
+            ("xdp/cpumap", |s| {
+                matches!(
+                    s,
+                    S::Xdp {
+                        frags: false,
+                        attach_type: XdpAttachType::CpuMap
+                    }
+                )
+            }),
+            ("xdp.frags", |s| {
+                matches!(
+                    s,
+                    S::Xdp {
+                        frags: true,
+                        attach_type: XdpAttachType::Interface
+                    }
+                )
+            }),
+            ("xdp", |s| {
+                matches!(
+                    s,
+                    S::Xdp {
+                        frags: false,
+                        attach_type: XdpAttachType::Interface
+                    }
+                )
+            }),
+            ("perf_event", |s| matches!(s, S::PerfEvent)),
+            ("sockops", |s| matches!(s, S::SockOps)),
+            ("sk_skb/stream_parser", |s| {
+                matches!(
+                    s,
+                    S::SkSkbStream {
+                        kind: SkSkbKind::StreamParser
+                    }
+                )
+            }),
+            ("sk_skb/stream_verdict", |s| {
+                matches!(
+                    s,
+                    S::SkSkbStream {
+                        kind: SkSkbKind::StreamVerdict
+                    }
+                )
+            }),
+            ("sk_skb/verdict", |s| matches!(s, S::SkSkbStream { .. })),
+            ("sk_skb", |s| matches!(s, S::SkSkbStream { .. })),
+            ("sk_msg", |s| matches!(s, S::SkMsg)),
+            ("lirc_mode2", |s| matches!(s, S::LircMode2)),
+            ("flow_dissector", |s| matches!(s, S::FlowDissector)),
+            ("cgroup_skb/ingress", |s| {
+                matches!(
+                    s,
+                    S::CgroupSkb {
+                        attach_type: Some(CgroupSkbAttachType::Ingress)
+                    }
+                )
+            }),
+            ("cgroup_skb/egress", |s| {
+                matches!(
+                    s,
+                    S::CgroupSkb {
+                        attach_type: Some(CgroupSkbAttachType::Egress)
+                    }
+                )
+            }),
+            ("cgroup/skb", |s| {
+                matches!(s, S::CgroupSkb { attach_type: None })
+            }),
+            ("cgroup/sock_create", |s| {
+                matches!(
+                    s,
+                    S::CgroupSock {
+                        attach_type: CgroupSockAttachType::SockCreate
+                    }
+                )
+            }),
+            ("cgroup/sock_release", |s| {
+                matches!(
+                    s,
+                    S::CgroupSock {
+                        attach_type: CgroupSockAttachType::SockRelease
+                    }
+                )
+            }),
+            ("cgroup/sock", |s| matches!(s, S::CgroupSock { .. })),
+            ("cgroup/post_bind4", |s| {
+                matches!(
+                    s,
+                    S::CgroupSock {
+                        attach_type: CgroupSockAttachType::PostBind4
+                    }
+                )
+            }),
+            ("cgroup/post_bind6", |s| {
+                matches!(
+                    s,
+                    S::CgroupSock {
+                        attach_type: CgroupSockAttachType::PostBind6
+                    }
+                )
+            }),
+            ("cgroup/bind4", |s| {
+                matches!(
+                    s,
+                    S::CgroupSockAddr {
+                        attach_type: CgroupSockAddrAttachType::Bind4
+                    }
+                )
+            }),
+            ("cgroup/connect4", |s| {
+                matches!(
+                    s,
+                    S::CgroupSockAddr {
+                        attach_type: CgroupSockAddrAttachType::Connect4
+                    }
+                )
+            }),
+            ("cgroup/sendmsg6", |s| {
+                matches!(
+                    s,
+                    S::CgroupSockAddr {
+                        attach_type: CgroupSockAddrAttachType::UDPSendMsg6
+                    }
+                )
+            }),
+            ("cgroup/recvmsg4", |s| {
+                matches!(
+                    s,
+                    S::CgroupSockAddr {
+                        attach_type: CgroupSockAddrAttachType::UDPRecvMsg4
+                    }
+                )
+            }),
+            ("cgroup/getpeername6", |s| {
+                matches!(
+                    s,
+                    S::CgroupSockAddr {
+                        attach_type: CgroupSockAddrAttachType::GetPeerName6
+                    }
+                )
+            }),
+            ("cgroup/getsockname4", |s| {
+                matches!(
+                    s,
+                    S::CgroupSockAddr {
+                        attach_type: CgroupSockAddrAttachType::GetSockName4
+                    }
+                )
+            }),
+            ("cgroup/sysctl", |s| matches!(s, S::CgroupSysctl)),
+            ("cgroup/getsockopt", |s| {
+                matches!(
+                    s,
+                    S::CgroupSockopt {
+                        attach_type: CgroupSockoptAttachType::Get
+                    }
+                )
+            }),
+            ("cgroup/setsockopt", |s| {
+                matches!(
+                    s,
+                    S::CgroupSockopt {
+                        attach_type: CgroupSockoptAttachType::Set
+                    }
+                )
+            }),
+            ("cgroup/dev", |s| matches!(s, S::CgroupDevice)),
+            ("sk_lookup", |s| matches!(s, S::SkLookup)),
+        ];
+        for (name, want) in loads {
+            let got = name.parse::<ProgramSection>().expect("parses");
+            assert!(want(&got), "{name}: {got:?}");
+        }
+        for name in [
+            "kprobe.multi/do_*",
+            "kretprobe.multi",
+            "kprobe.session/x",
+            "uprobe.multi/x",
+            "uretprobe.multi",
+            "uprobe.session",
+            "uprobe.multi.s",
+            "uretprobe.multi.s",
+            "uprobe.session.s",
+            "action",
+            "tracepoint.s/syscalls/sys_enter_openat",
+            "tp.s/x/y",
+            "raw_tracepoint.s/x",
+            "raw_tp.s/x",
+            "raw_tracepoint.w/x",
+            "raw_tp.w/x",
+            "tp_btf.s/x",
+            "fmod_ret/x",
+            "fmod_ret.s/x",
+            "fsession/x",
+            "fsession.s/x",
+            "fsession.multi/x",
+            "fsession.multi.s/x",
+            "fentry.multi/x",
+            "fexit.multi/x",
+            "fentry.multi.s/x",
+            "fexit.multi.s/x",
+            "syscall",
+            "lwt_in",
+            "lwt_out",
+            "lwt_xmit",
+            "lwt_seg6local",
+            "cgroup/connect_unix",
+            "cgroup/sendmsg_unix",
+            "cgroup/recvmsg_unix",
+            "cgroup/getpeername_unix",
+            "cgroup/getsockname_unix",
+            "struct_ops/x",
+            "struct_ops.s/x",
+            "netfilter",
+            // Names libbpf refuses too.
+            "cgroup",
+            "cgroup/nope",
+            "xdp/nope",
+            "tcx",
+            "tcx/nope",
+            "netkit/ingress",
+            "sk_skb/nope",
+            "nonsense",
+        ] {
+            match name.parse::<ProgramSection>() {
+                Ok(ProgramSection::Unsupported { section, reason }) => {
+                    assert_eq!(section, name);
+                    assert!(!reason.is_empty(), "{name}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
 
     fn fake_section<'a>(
         kind: EbpfSectionKind,

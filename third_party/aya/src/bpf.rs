@@ -455,6 +455,12 @@ impl<'a> EbpfLoader<'a> {
         if let Some(wanted) = only_programs {
             obj.retain_programs(|name| wanted.contains(name));
         }
+        // bpfpin patch: a program whose section aya cannot load fails the load here, before any
+        // map is created or pinned, naming the program, its section and why; programs dropped
+        // above are never looked at, whatever their section.
+        if let Some(err) = obj.programs.iter().find_map(|(name, p)| unsupported(name, &p.section)) {
+            return Err(err);
+        }
         obj.patch_map_data(globals.clone())?;
 
         let btf_fd = if let Some(features) = &FEATURES.btf() {
@@ -499,7 +505,8 @@ impl<'a> EbpfLoader<'a> {
                                 | ProgramSection::SkReuseport { attach_type: _ }
                                 | ProgramSection::FlowDissector
                                 | ProgramSection::CgroupSock { attach_type: _ }
-                                | ProgramSection::CgroupDevice => {}
+                                | ProgramSection::CgroupDevice
+                                | ProgramSection::Unsupported { .. } => {}
                             }
                         }
 
@@ -816,11 +823,20 @@ impl<'a> EbpfLoader<'a> {
                             }
                             Program::Iter(Iter { data })
                         }
+                        // bpfpin patch: refused before relocation (see above); kept as an error
+                        // rather than a panic.
+                        ProgramSection::Unsupported { section, reason } => {
+                            return Err(EbpfError::UnsupportedProgramSection {
+                                program: name,
+                                section: section.clone(),
+                                reason,
+                            });
+                        }
                     }
                 };
-                (name, program)
+                Ok((name, program))
             })
-            .collect();
+            .collect::<Result<_, EbpfError>>()?;
         let maps = maps
             .drain()
             .map(|data| parse_map(data, *allow_unsupported_maps))
@@ -1294,6 +1310,31 @@ pub enum EbpfError {
     #[error("program error: {0}")]
     /// A program error
     ProgramError(#[from] ProgramError),
+
+    /// bpfpin patch: a program whose section names a program type aya cannot load.
+    #[error("program {program} (section `{section}`) cannot be loaded: {reason}")]
+    UnsupportedProgramSection {
+        /// The program (its function name).
+        program: String,
+        /// Its ELF section.
+        section: String,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// bpfpin patch: the error for a program of an [`ProgramSection::Unsupported`] section.
+fn unsupported(program: &str, section: &ProgramSection) -> Option<EbpfError> {
+    match section {
+        ProgramSection::Unsupported { section, reason } => {
+            Some(EbpfError::UnsupportedProgramSection {
+                program: program.to_owned(),
+                section: section.clone(),
+                reason,
+            })
+        }
+        _ => None,
+    }
 }
 
 /// The error type returned by [`Bpf::load_file`] and [`Bpf::load`].

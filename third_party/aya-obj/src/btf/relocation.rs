@@ -822,10 +822,22 @@ impl<'a> AccessSpec<'a> {
                             let var_len = array.len == 0 && {
                                 // an array is potentially variable length if it's the last field
                                 // of the parent struct and has 0 elements
+                                //
+                                // bpfpin patch (aya-rs/aya#1662): compare the array member's own
+                                // position in the parent struct (the parent accessor's index),
+                                // as libbpf's `is_flex_arr` and `match_candidate` below do.
+                                // Upstream compared the array *element* index, so `args[1]` of
+                                // `struct syscall_trace_enter { ..; unsigned long args[]; }`
+                                // failed with "array index out of bounds" and a zero-length
+                                // array in the middle of a struct was exempted for one index.
+                                // The parent must be a named struct member (not the root or an
+                                // array element), as in libbpf.
                                 let parent = accessors.last().unwrap();
                                 let parent_ty = btf.type_by_id(parent.type_id)?;
                                 match parent_ty {
-                                    BtfType::Struct(s) => index == s.members.len() - 1,
+                                    BtfType::Struct(s) => {
+                                        parent.name.is_some() && parent.index + 1 == s.members.len()
+                                    }
                                     _ => false,
                                 }
                             };
@@ -1294,5 +1306,104 @@ impl ComputedRelocation {
             size: 0,
             type_id: None,
         })
+    }
+}
+
+// bpfpin patch (aya-rs/aya#1662): the flexible-array check of local access specs, both ways.
+#[cfg(test)]
+mod tests {
+    use assert_matches::assert_matches;
+
+    use super::*;
+    use crate::btf::Int;
+
+    fn field_offset_relocation(type_id: u32) -> Relocation {
+        Relocation {
+            kind: RelocationKind::FieldByteOffset,
+            ins_offset: 0,
+            type_id,
+            access_str_offset: 0,
+            number: 0,
+        }
+    }
+
+    /// `struct syscall_trace_enter { int ent; int nr; unsigned long args[]; }` (ent simplified to
+    /// an int: only the member positions matter), the context of syscall tracepoints.
+    fn flexible_array_last(btf: &mut Btf) -> u32 {
+        let int_name = btf.add_string("int");
+        let int = btf.add_type(BtfType::Int(Int::new(int_name, 4, IntEncoding::Signed, 0)));
+        let ulong_name = btf.add_string("unsigned long");
+        let ulong = btf.add_type(BtfType::Int(Int::new(ulong_name, 8, IntEncoding::None, 0)));
+        let args_ty = btf.add_type(BtfType::Array(Array::new(0, ulong, int, 0)));
+        let members = vec![
+            BtfMember {
+                name_offset: btf.add_string("ent"),
+                btf_type: int,
+                offset: 0,
+            },
+            BtfMember {
+                name_offset: btf.add_string("nr"),
+                btf_type: int,
+                offset: 32,
+            },
+            BtfMember {
+                name_offset: btf.add_string("args"),
+                btf_type: args_ty,
+                offset: 64,
+            },
+        ];
+        let name = btf.add_string("syscall_trace_enter");
+        btf.add_type(BtfType::Struct(Struct::new(name, members, 8)))
+    }
+
+    #[test]
+    fn flexible_array_last_member_accepts_every_index() {
+        let mut btf = Btf::new();
+        let root = flexible_array_last(&mut btf);
+        // `ctx->args[i]` is the access string 0:2:i; upstream refused every i but 2.
+        for i in [0_usize, 1, 2, 5] {
+            let spec = AccessSpec::new(
+                &btf,
+                root,
+                &format!("0:2:{i}"),
+                field_offset_relocation(root),
+            )
+            .unwrap_or_else(|e| panic!("args[{i}]: {e}"));
+            assert_eq!(spec.bit_offset, 64 + i * 64, "args[{i}]");
+        }
+    }
+
+    #[test]
+    fn zero_length_array_not_last_is_bounds_checked() {
+        // `struct s { unsigned long a[0]; int b; }`: `a` is not a flexible array member, so `a[1]`
+        // is out of bounds; upstream accepted it because 1 == members.len() - 1.
+        let mut btf = Btf::new();
+        let int_name = btf.add_string("int");
+        let int = btf.add_type(BtfType::Int(Int::new(int_name, 4, IntEncoding::Signed, 0)));
+        let ulong_name = btf.add_string("unsigned long");
+        let ulong = btf.add_type(BtfType::Int(Int::new(ulong_name, 8, IntEncoding::None, 0)));
+        let a_ty = btf.add_type(BtfType::Array(Array::new(0, ulong, int, 0)));
+        let members = vec![
+            BtfMember {
+                name_offset: btf.add_string("a"),
+                btf_type: a_ty,
+                offset: 0,
+            },
+            BtfMember {
+                name_offset: btf.add_string("b"),
+                btf_type: int,
+                offset: 0,
+            },
+        ];
+        let name = btf.add_string("s");
+        let root = btf.add_type(BtfType::Struct(Struct::new(name, members, 4)));
+        assert_matches!(
+            AccessSpec::new(&btf, root, "0:0:1", field_offset_relocation(root)),
+            Err(RelocationError::InvalidAccessIndex {
+                error: "array index out of bounds",
+                index: 1,
+                ..
+            })
+        );
     }
 }

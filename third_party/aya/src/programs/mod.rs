@@ -403,6 +403,46 @@ impl Program {
         }
     }
 
+    /// bpfpin patch: the ELF section name the program was parsed from (`tp_btf/sched_switch`,
+    /// `lsm/file_open`, `iter/task`: libbpf reads the attach target from it), or `None` for a
+    /// program opened from a pin.
+    pub fn section_name(&self) -> Option<&str> {
+        fn section_name<T: Link>(data: &ProgramData<T>) -> Option<&str> {
+            data.obj.as_ref().map(|(p, _)| p.section_name.as_str())
+        }
+        match self {
+            Self::KProbe(p) => section_name(&p.data),
+            Self::UProbe(p) => section_name(&p.data),
+            Self::TracePoint(p) => section_name(&p.data),
+            Self::SocketFilter(p) => section_name(&p.data),
+            Self::ReusePortSocketFilter(p) => section_name(&p.data),
+            Self::Xdp(p) => section_name(&p.data),
+            Self::SkMsg(p) => section_name(&p.data),
+            Self::SkSkb(p) => section_name(&p.data),
+            Self::SockOps(p) => section_name(&p.data),
+            Self::SchedClassifier(p) => section_name(&p.data),
+            Self::CgroupSkb(p) => section_name(&p.data),
+            Self::CgroupSysctl(p) => section_name(&p.data),
+            Self::CgroupSockopt(p) => section_name(&p.data),
+            Self::LircMode2(p) => section_name(&p.data),
+            Self::PerfEvent(p) => section_name(&p.data),
+            Self::RawTracePoint(p) => section_name(&p.data),
+            Self::Lsm(p) => section_name(&p.data),
+            Self::LsmCgroup(p) => section_name(&p.data),
+            Self::BtfTracePoint(p) => section_name(&p.data),
+            Self::FEntry(p) => section_name(&p.data),
+            Self::FExit(p) => section_name(&p.data),
+            Self::FlowDissector(p) => section_name(&p.data),
+            Self::Extension(p) => section_name(&p.data),
+            Self::CgroupSockAddr(p) => section_name(&p.data),
+            Self::SkLookup(p) => section_name(&p.data),
+            Self::SkReuseport(p) => section_name(&p.data),
+            Self::CgroupSock(p) => section_name(&p.data),
+            Self::CgroupDevice(p) => section_name(&p.data),
+            Self::Iter(p) => section_name(&p.data),
+        }
+    }
+
     /// Pin the program to the provided path
     pub fn pin<P: AsRef<Path>>(&mut self, path: P) -> Result<(), PinError> {
         match self {
