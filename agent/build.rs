@@ -14,7 +14,9 @@ fn main() {
         .join("xdp_dispatcher.bpf.o");
     // The source includes no header, so no -I for the host's kernel headers is needed.
     let output = Command::new(&clang)
-        .args(["-target", "bpf", "-g", "-O2", "-Wall", "-Werror", "-c", src, "-o"])
+        .args([
+            "-target", "bpf", "-g", "-O2", "-Wall", "-Werror", "-c", src, "-o",
+        ])
         .arg(&out)
         .output();
     match output {

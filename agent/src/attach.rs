@@ -33,6 +33,8 @@ pub enum AttachPoint {
         interface: String,
         /// Attach mode.
         mode: Option<SpecXdpMode>,
+        /// Through the dispatcher, in this place (`attach.xdp.priority`/`proceedOn` set).
+        share: Option<crate::xdp_dispatcher::Share>,
     },
     /// tcx on one interface.
     Tc {
@@ -102,6 +104,7 @@ impl AttachPoint {
                 points.push(AttachPoint::Xdp {
                     interface: interface.clone(),
                     mode: xdp.mode,
+                    share: crate::xdp_dispatcher::Share::of(xdp),
                 });
             }
         }
@@ -301,7 +304,17 @@ pub fn attach_and_pin(
             tracing::info!(program = name, link = %path.display(), "attached");
             Ok(None)
         }
-        AttachPoint::Xdp { interface, mode } => {
+        AttachPoint::Xdp {
+            interface,
+            mode,
+            share: Some(share),
+        } => {
+            crate::xdp_dispatcher::attach_and_pin(program, name, interface, *mode, share, path)?;
+            Ok(None)
+        }
+        AttachPoint::Xdp {
+            interface, mode, ..
+        } => {
             let actual = format!("{:?}", program.prog_type());
             let prog: &mut Xdp = program
                 .try_into()

@@ -26,6 +26,7 @@ pub mod oci;
 pub mod reconcile;
 pub mod shutdown;
 pub mod source_policy;
+pub mod xdp_dispatcher;
 
 pub use desired::DesiredObject;
 pub use reconcile::{Action, ObjectReport, PassReport, Reconciler};

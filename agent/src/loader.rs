@@ -349,6 +349,14 @@ fn build_inner(
             loader.map_max_entries(&m.name, max);
         }
     }
+    // Programs that share an XDP interface are loaded as extensions of its dispatcher.
+    for p in spec
+        .programs
+        .iter()
+        .filter(|p| crate::xdp_dispatcher::wants_dispatcher(p))
+    {
+        loader.extension(&p.name);
+    }
     // Keep the contents of maps whose definition did not change.
     let mut reused = BTreeSet::new();
     if let Some(prev) = req.previous {
@@ -396,7 +404,10 @@ fn build_inner(
             .attach
             .as_ref()
             .and_then(AttachPoint::btf_function);
-        load_program(name, program, btf, btf_function)?;
+        match program {
+            Program::Extension(ext) => crate::xdp_dispatcher::load(layout.root(), prog_spec, ext)?,
+            _ => load_program(name, program, btf, btf_function)?,
+        }
         let path = Layout::prog_in(&dir, name);
         fsops::create_dirs(layout.root(), path.parent().expect("progs/"))?;
         let previous = req
