@@ -44,6 +44,8 @@ pub enum AttachPoint {
         direction: Direction,
         /// First or last among the interface's tcx programs.
         first: bool,
+        /// Placed by priority among bpfpin's prioritized tcx programs instead (`attach.tc.priority`).
+        priority: Option<u16>,
     },
     /// kprobe / kretprobe.
     Kprobe {
@@ -114,6 +116,7 @@ impl AttachPoint {
                     interface: interface.clone(),
                     direction: tc.direction,
                     first: tc.order == Some(SpecOrder::First),
+                    priority: tc.priority,
                 });
             }
         }
@@ -169,12 +172,19 @@ impl AttachPoint {
             AttachPoint::Tc {
                 interface,
                 direction,
+                priority,
                 ..
-            } => format!(
-                "tc-{}-{}",
-                direction_name(*direction),
-                encode_name(interface)
-            ),
+            } => {
+                let plain = format!(
+                    "tc-{}-{}",
+                    direction_name(*direction),
+                    encode_name(interface)
+                );
+                match priority {
+                    Some(p) => crate::xdp_dispatcher::tcx::link_name(*p, &plain),
+                    None => plain,
+                }
+            }
             AttachPoint::Kprobe { function, offset } if *offset == 0 => {
                 format!("kprobe-{}", encode_name(function))
             }
@@ -347,6 +357,17 @@ pub fn attach_and_pin(
             tracing::info!(program = name, link = %path.display(), interface, "attached");
             Ok(None)
         }
+        AttachPoint::Tc {
+            interface,
+            direction,
+            priority: Some(priority),
+            ..
+        } => {
+            crate::xdp_dispatcher::tcx::attach_and_pin(
+                program, name, interface, *direction, *priority, path,
+            )?;
+            Ok(None)
+        }
         other => {
             let fd_link = attach_generic(program, name, other)?;
             fd_link.pin(path).map_err(|e| pin_err(&e))?;
@@ -377,6 +398,7 @@ fn attach_generic(
             interface,
             direction,
             first,
+            ..
         } => {
             let prog: &mut SchedClassifier = program.try_into().map_err(|_| wrong())?;
             let order = if *first {

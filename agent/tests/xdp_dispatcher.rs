@@ -431,7 +431,7 @@ fn ping_size(veth: &Veth, count: u32, size: u32) -> bool {
 }
 
 #[test]
-fn the_two_team_example_shares_one_interface() {
+fn the_two_team_xdp_example_shares_one_interface() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/xdp-many");
     let fs = Bpffs::new();
     let veth = veth(45);
@@ -705,4 +705,76 @@ fn xdp_rebuilds_under_a_ping_flood_lose_nothing_for_the_untouched_program() {
         seen >= sent,
         "keeper saw {seen} packets of {sent}: it ran for every packet through every rebuild"
     );
+}
+
+/// An object running `count_tc` on tcx ingress of `interface` with `extra` in `attach.tc`.
+fn tc_object(name: &str, interface: &str, extra: &str) -> bpfpin_agent::DesiredObject {
+    let spec = format!(
+        "bytecode: {{path: xdp_chain.bpf.o}}\nprograms:\n- name: count_tc\n  attach: {{tc: {{interfaces: [{interface}], direction: Ingress, {extra}}}}}\n"
+    );
+    desired(name, &spec, "xdp_chain")
+}
+
+/// The tcx ingress programs of `interface`, in the kernel's order.
+fn tcx_order(interface: &str) -> Vec<u32> {
+    let (_, programs) =
+        aya::programs::SchedClassifier::query_tcx(interface, aya::programs::TcAttachType::Ingress)
+            .expect("query tcx");
+    programs.iter().map(|p| p.id()).collect()
+}
+
+#[test]
+fn tcx_priorities_place_programs_before_and_after_each_other() {
+    let fs = Bpffs::new();
+    let veth = veth(50);
+    let i = veth.host.as_str();
+    let id = |o: &str| prog_id(&fs.root().join(o).join("progs/count_tc"));
+    let mut r = Reconciler::new(fs.path()).expect("reconciler");
+    // Created in the order 30, 10, 20, and one without priority (order: Last) in between.
+    let mut objs = vec![
+        tc_object("t30", i, "priority: 30"),
+        tc_object("t10", i, "priority: 10"),
+    ];
+    ok(&r.reconcile(&objs, &none()));
+    objs.push(tc_object("plain", i, "order: Last"));
+    ok(&r.reconcile(&objs, &none()));
+    objs.push(tc_object("t20", i, "priority: 20"));
+    ok(&r.reconcile(&objs, &none()));
+    let order = tcx_order(i);
+    let pos = |o: &str| {
+        order
+            .iter()
+            .position(|p| *p == id(o))
+            .unwrap_or_else(|| panic!("{o} not attached: {order:?}"))
+    };
+    assert!(
+        pos("t10") < pos("t20") && pos("t20") < pos("t30"),
+        "{order:?}"
+    );
+    assert_eq!(
+        tree(&fs.root().join("t20/links/count_tc")),
+        [format!("prio0020-tc-ingress-{i}")],
+        "the link's name holds its priority"
+    );
+    // Every program ran on each packet (count_tc returns TCX_NEXT).
+    let before: Vec<u64> = ["t10", "t20", "t30", "plain"]
+        .iter()
+        .map(|o| hits(&fs, o))
+        .collect();
+    assert!(ping(&veth, 2));
+    for (o, b) in ["t10", "t20", "t30", "plain"].iter().zip(before) {
+        assert!(hits(&fs, o) >= b + 2, "{o} ran");
+    }
+
+    // A new priority moves the program: t30 first now.
+    objs[0] = tc_object("t30", i, "priority: 5");
+    let report = r.reconcile(&objs, &none());
+    ok(&report);
+    let order = tcx_order(i);
+    let pos = |o: &str| order.iter().position(|p| *p == id(o)).expect("attached");
+    assert!(
+        pos("t30") < pos("t10") && pos("t10") < pos("t20"),
+        "{order:?}"
+    );
+    assert_eq!(order.len(), 4, "the old link of t30 is gone: {order:?}");
 }

@@ -23,6 +23,7 @@
 //! restarted agent finds the dispatcher, its slots and their holders from these pins.
 
 mod config;
+pub mod tcx;
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -311,7 +312,7 @@ fn names(holders: &[Holder]) -> String {
         .join(", ")
 }
 
-fn link_info(path: &Path) -> Option<(LinkType, u32)> {
+pub(crate) fn link_info(path: &Path) -> Option<(LinkType, u32)> {
     let link = FdLink::from(PinnedLink::from_pin(path).ok()?);
     let info = link.info().ok()?;
     Some((info.link_type().ok()?, info.program_id()))
@@ -356,7 +357,7 @@ fn scan_holders(root: &Path, interface: &str) -> Vec<Holder> {
 }
 
 /// `<root>/_versions/<object>/<version>/links/<program>/<file>`: the root and the object.
-fn split_link_path(path: &Path) -> Option<(&Path, String)> {
+pub(crate) fn split_link_path(path: &Path) -> Option<(&Path, String)> {
     let version_dir = path.parent()?.parent()?.parent()?;
     let object_dir = version_dir.parent()?;
     let versions = object_dir.parent()?;

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
-// Programs for the XDP dispatcher's tests (agent/tests/xdp_dispatcher.rs): each counts the packets
-// it sees in hits[0] (a private map per object) and returns one verdict.
+// Programs for the XDP dispatcher's and tcx priorities' tests (agent/tests/xdp_dispatcher.rs): each
+// counts the packets it sees in hits[0] (a private map per object) and returns one verdict.
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
@@ -31,6 +31,14 @@ int count_and_drop(struct xdp_md *ctx)
 {
 	count();
 	return XDP_DROP;
+}
+
+// tcx: counts and lets the next tcx program run (TCX_NEXT, -1; older uapi headers lack the name).
+SEC("classifier")
+int count_tc(struct __sk_buff *skb)
+{
+	count();
+	return -1;
 }
 
 char _license[] SEC("license") = "GPL";
