@@ -684,7 +684,7 @@ fn xdp_rebuilds_under_a_ping_flood_lose_nothing_for_the_untouched_program() {
     };
     let before = hits(&fs, "keeper");
     let (netns, target) = (veth.netns.clone(), format!("10.201.{}.1", veth.n));
-    let pinger = std::thread::spawn(move || flood(&netns, &target, 3000));
+    let pinger = std::thread::spawn(move || flood(&netns, &target, 6000));
     // Add, reorder (before and after keeper), remove another program while the flood runs: six
     // dispatcher swaps and one removal.
     let mut rebuilds = 0;
@@ -777,4 +777,72 @@ fn tcx_priorities_place_programs_before_and_after_each_other() {
         "{order:?}"
     );
     assert_eq!(order.len(), 4, "the old link of t30 is gone: {order:?}");
+}
+
+#[test]
+fn an_interface_xdp_loader_holds_is_a_clear_error_and_its_program_keeps_running() {
+    let fs = Bpffs::new();
+    let veth = veth(51);
+    let i = veth.host.as_str();
+    let Some(loader) = xdp_loader() else {
+        assert!(
+            !require_freplace(),
+            "BPFPIN_REQUIRE_ALL_ATTACH_KINDS=1 but xdp-loader is not installed"
+        );
+        eprintln!("SKIPPED xdp-loader beside bpfpin: xdp-loader (xdp-tools) is not installed");
+        return;
+    };
+    // xdp-loader's own program, through libxdp's dispatcher (attached with netlink): it drops.
+    let load = Command::new(&loader)
+        .args(["load", "-m", "skb", "-n", "count_and_drop", i])
+        .arg(bpf_object("xdp_chain"))
+        .env("LIBXDP_BPFFS", fs.path())
+        .output()
+        .expect("xdp-loader load");
+    let said = String::from_utf8_lossy(&load.stderr).into_owned();
+    assert!(load.status.success(), "xdp-loader load: {said}");
+    assert!(!ping(&veth, 2), "xdp-loader's program drops");
+    let mut r = Reconciler::new(fs.path()).expect("reconciler");
+    let report = r.reconcile(
+        &[object("late", "count_and_pass", i, "priority: 10")],
+        &none(),
+    );
+    let err = report.objects[0]
+        .error
+        .as_ref()
+        .expect("bpfpin's program fails");
+    eprintln!("bpfpin beside xdp-loader: {err}");
+    assert_eq!(err.reason.as_str(), "AttachFailed");
+    if err.message.contains(REFUSED) {
+        assert!(
+            !require_freplace(),
+            "BPFPIN_REQUIRE_ALL_ATTACH_KINDS=1 but {err}"
+        );
+    } else {
+        assert!(
+            err.message.contains(&format!("XDP on interface {i}"))
+                && err
+                    .message
+                    .contains("holds an XDP program bpfpin did not attach"),
+            "{err}"
+        );
+    }
+    assert!(!fs.root().join("late").exists(), "nothing of it is pinned");
+    assert!(
+        std::fs::read_dir(fs.path().join("xdp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .all(|e| !e
+                .file_name()
+                .to_string_lossy()
+                .contains(&format!("-{}-", ifindex(i)))
+                || e.path().join("prog0-prog").exists()),
+        "no half-built dispatcher directory of bpfpin is left"
+    );
+    assert!(!ping(&veth, 2), "xdp-loader's program still runs");
+    let _ = Command::new(&loader)
+        .args(["unload", "-a", i])
+        .env("LIBXDP_BPFFS", fs.path())
+        .output();
 }

@@ -11,7 +11,6 @@
 //! ```text
 //! <bpffs>/xdp/                                   libxdp's directory; flock(2) on it is the lock
 //!   dispatch-<ifindex>-<dispatcher id>/prog<N>-prog   the program in slot N (libxdp reads these)
-//!   dispatch-<ifindex>-<dispatcher id>/prog<N>-link   only for programs bpfpin did not attach
 //! <root>/_versions/<object>/<version>/links/<program>/
 //!   xdp-<interface>                              the freplace link of the program's slot
 //!   dispatcher-xdp-<interface>                   the interface's XDP link (one pin per holder)
@@ -66,7 +65,7 @@ pub enum DispatcherError {
         program: String,
         /// The interface.
         interface: String,
-        /// Who holds the interface now ("the interface is free" when nobody).
+        /// Which bpfpin programs hold the interface now.
         held: String,
         /// The load error.
         #[source]
@@ -260,7 +259,7 @@ pub fn load(
                 .map(|i| {
                     let holders = scan_holders(root, i);
                     if holders.is_empty() {
-                        format!("interface {i} is free")
+                        format!("no bpfpin program holds interface {i}")
                     } else {
                         format!("interface {i} is held by {}", names(&holders))
                     }
@@ -404,9 +403,6 @@ enum SlotSource {
     New,
     /// A bpfpin program already in a slot: its link is re-pinned at `link`.
     Held { prog: PathBuf, link: PathBuf },
-    /// A program someone else (xdp-loader) put in a slot: its link is pinned in the dispatcher
-    /// directory, as libxdp does.
-    Foreign { prog: PathBuf },
 }
 
 /// The interface's current dispatcher: its id, configuration and directory.
@@ -450,10 +446,6 @@ fn read_config(id: u32) -> Result<Config, BoxError> {
 
 fn slot_prog(dir: &Path, n: usize) -> PathBuf {
     dir.join(format!("prog{n}-prog"))
-}
-
-fn slot_link(dir: &Path, n: usize) -> PathBuf {
-    dir.join(format!("prog{n}-link"))
 }
 
 /// Attaches the extension `program` to a slot of `interface`'s dispatcher (creating the
@@ -566,16 +558,9 @@ pub fn attach_and_pin(
                         link: h.link.clone(),
                     },
                 }),
-                None if slot_link(&cur.dir, n).exists() => {
-                    let kname = info.name_as_str().unwrap_or("?").to_owned();
-                    slots.push(Slot {
-                        share,
-                        who: format!("program {kname} (id {}, not bpfpin's)", info.id()),
-                        name: kname,
-                        source: SlotSource::Foreign { prog },
-                    })
-                }
-                // Its holder is gone (the slot's link was unpinned with it): dropped.
+                // Its holder is gone (the slot's link was unpinned with it): dropped. (Programs
+                // xdp-loader attached cannot be here: libxdp attaches through netlink, and the
+                // kernel refuses that while bpfpin's bpf_link holds the interface.)
                 None => {}
             }
         }
@@ -635,7 +620,14 @@ pub fn attach_and_pin(
                 let id = next.program().attach(interface, mode)?;
                 Ok(FdLink::try_from(next.program().take_link(id)?)?)
             })()
-            .map_err(|e| attach_err("attaching the dispatcher to the interface".into(), e))
+            .map_err(|e| {
+                let what = if has_errno(e.as_ref(), libc::EBUSY) {
+                    "attaching the dispatcher to the interface, which holds an XDP program bpfpin did not attach (xdp-loader, ip link)"
+                } else {
+                    "attaching the dispatcher to the interface"
+                };
+                attach_err(what.into(), e)
+            })
         }
     };
     let xdp = match swap {
@@ -670,7 +662,6 @@ pub fn attach_and_pin(
                     .map_err(|e| pins_err("pinning", &tmp, e.into()))?;
                 std::fs::rename(&tmp, at).map_err(|e| pins_err("renaming over", at, e.into()))?;
             }
-            SlotSource::Foreign { .. } => {}
         }
     }
     // Older dispatchers of this interface: their slot links (and programs) go with the pins.
@@ -734,28 +725,31 @@ fn build(
                     .map_err(|e| pins_err("pinning", &at, e.into()))?;
                 link
             }
-            SlotSource::Held { prog, .. } | SlotSource::Foreign { prog } => {
+            SlotSource::Held { prog, .. } => {
                 let mut p = Extension::from_pin(prog).map_err(|e| fail(e.into()))?;
                 let link = attach(&mut p).map_err(fail)?;
                 let at = slot_prog(dir, n);
                 p.pin(&at).map_err(|e| pins_err("pinning", &at, e.into()))?;
-                if matches!(slot.source, SlotSource::Foreign { .. }) {
-                    let at = slot_link(dir, n);
-                    link.pin(&at)
-                        .map_err(|e| pins_err("pinning", &at, e.into()))?;
-                    // Pinned in the dispatcher directory like libxdp's own: nothing to return.
-                    links.push(FdLink::from(
-                        PinnedLink::from_pin(&at)
-                            .map_err(|e| pins_err("reopening", &at, e.into()))?,
-                    ));
-                    continue;
-                }
                 link
             }
         };
         links.push(link);
     }
     Ok(links)
+}
+
+/// Whether the kernel returned `errno` somewhere in the error's chain.
+pub(crate) fn has_errno(err: &(dyn std::error::Error + 'static), errno: i32) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(errno)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Unpins everything in a dispatcher directory and removes it (best effort: a leftover is swept

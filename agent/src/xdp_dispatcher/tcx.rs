@@ -216,7 +216,7 @@ pub fn attach_and_pin(
         Ok(FdLink::try_from(prog.take_link(id)?)?)
     };
     let link = match attach() {
-        Err(e) if is_eexist(e.as_ref()) && !own.is_empty() => {
+        Err(e) if super::has_errno(e.as_ref(), libc::EEXIST) && !own.is_empty() => {
             // The same program, kept by an update, is attached at its old priority: move it.
             for p in &own {
                 let _ = std::fs::remove_file(&p.pin);
@@ -230,20 +230,6 @@ pub fn attach_and_pin(
         .map_err(|e| err("pinning the link", e.into()))?;
     tracing::info!(program = name, object = %object, interface, direction = dir_name, priority, "attached to tcx by priority");
     Ok(())
-}
-
-/// Whether the kernel said EEXIST somewhere in the error's chain.
-fn is_eexist(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.raw_os_error() == Some(libc::EEXIST)
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 #[cfg(test)]
