@@ -250,7 +250,6 @@ pub struct Attach {
 
 /// A tc (tcx) attach point.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-#[x_kube(validation = Rule::new("!(has(self.priority) && has(self.order))").message("set priority or order, not both"))]
 #[serde(rename_all = "camelCase")]
 pub struct TcAttach {
     /// Network interface names on the node.
@@ -262,7 +261,7 @@ pub struct TcAttach {
     /// Where the link goes among the interface's other tcx programs: `Last` (default) or `First`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<LinkOrder>,
-    /// Instead of `order`: 0 to 1000, lower runs first, among the programs bpfpin attached with a
+    /// Instead of `order` (which it overrides when both are set): 0 to 1000, lower runs first, among the programs bpfpin attached with a
     /// priority on the same interface and direction (the XDP meaning, mapped onto tcx's
     /// before/after ordering; equal priorities run in object/program name order). tcx runs the
     /// next program only after `TCX_NEXT` (-1); `TC_ACT_OK`, `TC_ACT_SHOT` and the other verdicts
