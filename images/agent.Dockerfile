@@ -15,6 +15,8 @@ COPY crds crds
 COPY agent agent
 COPY operator operator
 COPY images/mount-bpffs.c images/mount-bpffs.c
+# clang builds the agent's XDP dispatcher (agent/build.rs).
+RUN apt-get update && apt-get install -y --no-install-recommends clang && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,id=bpfpin-target \
     cargo build --release --locked -p bpfpin-agent \

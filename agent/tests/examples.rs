@@ -22,7 +22,7 @@ const AGENT: &str = env!("CARGO_BIN_EXE_bpfpin-agent");
 
 /// How many example objects there are, and how many of them must pin on any kernel this test runs
 /// on (the others are the configMap one and those needing kprobes or BPF trampolines).
-const OBJECTS: usize = 12;
+const OBJECTS: usize = 14;
 const PINNED_EVERYWHERE: usize = 9;
 
 #[test]
@@ -220,6 +220,9 @@ fn kernel_limitation(failure: &str) -> Option<&'static str> {
     }
     if failure.contains("the kernel refused the fentry/fexit program") {
         return Some("this kernel refuses BPF trampolines (EPERM at load)");
+    }
+    if failure.contains("the kernel refuses freplace") {
+        return Some("this kernel refuses freplace, which sharing an XDP interface needs");
     }
     None
 }

@@ -261,6 +261,14 @@ pub struct TcAttach {
     /// Where the link goes among the interface's other tcx programs: `Last` (default) or `First`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<LinkOrder>,
+    /// Instead of `order` (which it overrides when both are set): 0 to 1000, lower runs first, among the programs bpfpin attached with a
+    /// priority on the same interface and direction (the XDP meaning, mapped onto tcx's
+    /// before/after ordering; equal priorities run in object/program name order). tcx runs the
+    /// next program only after `TCX_NEXT` (-1); `TC_ACT_OK`, `TC_ACT_SHOT` and the other verdicts
+    /// end the chain, so a legacy tc program that returns `TC_ACT_OK` hides every later one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub priority: Option<u16>,
 }
 
 /// Traffic direction.
@@ -367,6 +375,64 @@ pub struct XdpAttach {
     /// Absent lets the kernel choose.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<XdpMode>,
+    /// Where the program runs among the XDP programs of the interface: 0 to 1000, lower runs
+    /// first (libxdp's `priority`; equal priorities run in object/program name order). Setting
+    /// `priority` or `proceedOn` attaches the program through bpfpin's libxdp-compatible
+    /// dispatcher (up to 10 programs per interface, from any objects, and programs xdp-loader
+    /// attached); absent with no `proceedOn`, the program attaches alone, directly, and holds the
+    /// interface. Absent with `proceedOn` set: 50, libxdp's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub priority: Option<u16>,
+    /// The XDP actions after which the next program of the interface runs (libxdp's chain-call
+    /// actions); any other action ends the chain and is the interface's verdict. Absent: `[Pass]`,
+    /// libxdp's default. Only with the dispatcher (see `priority`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[schemars(length(max = 5))]
+    pub proceed_on: Vec<XdpAction>,
+}
+
+impl XdpAttach {
+    /// libxdp's default priority.
+    pub const DEFAULT_PRIORITY: u16 = 50;
+    /// The highest priority value (libxdp's range).
+    pub const MAX_PRIORITY: u16 = 1000;
+
+    /// Whether the program shares the interface through the dispatcher.
+    pub fn uses_dispatcher(&self) -> bool {
+        self.priority.is_some() || !self.proceed_on.is_empty()
+    }
+}
+
+/// An XDP program's verdict (`enum xdp_action`).
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
+pub enum XdpAction {
+    /// `XDP_ABORTED` (0): an error; the packet is dropped and a trace event fires.
+    Aborted,
+    /// `XDP_DROP` (1).
+    Drop,
+    /// `XDP_PASS` (2): on to the kernel's network stack.
+    Pass,
+    /// `XDP_TX` (3): back out of the interface it came in on.
+    Tx,
+    /// `XDP_REDIRECT` (4): to another interface, CPU or AF_XDP socket.
+    Redirect,
+}
+
+impl XdpAction {
+    /// The kernel's value of the action.
+    pub fn code(self) -> u32 {
+        match self {
+            XdpAction::Aborted => 0,
+            XdpAction::Drop => 1,
+            XdpAction::Pass => 2,
+            XdpAction::Tx => 3,
+            XdpAction::Redirect => 4,
+        }
+    }
 }
 
 /// A network interface name.

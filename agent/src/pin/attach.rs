@@ -34,6 +34,8 @@ pub enum AttachPoint {
         interface: String,
         /// Generic, native or offloaded XDP; the kernel picks when unset.
         mode: Option<SpecXdpMode>,
+        /// Through the dispatcher, in this place (`attach.xdp.priority`/`proceedOn` set).
+        share: Option<super::xdp_dispatcher::Share>,
     },
     /// tcx on one interface.
     Tc {
@@ -43,6 +45,9 @@ pub enum AttachPoint {
         direction: Direction,
         /// First or last among the interface's tcx programs.
         first: bool,
+        /// Placed by priority among bpfpin's prioritized tcx programs instead
+        /// (`attach.tc.priority`).
+        priority: Option<u16>,
     },
     /// kprobe / kretprobe.
     Kprobe {
@@ -103,6 +108,7 @@ impl AttachPoint {
                 points.push(AttachPoint::Xdp {
                     interface: interface.clone(),
                     mode: xdp.mode,
+                    share: super::xdp_dispatcher::Share::of(xdp),
                 });
             }
         }
@@ -112,6 +118,7 @@ impl AttachPoint {
                     interface: interface.clone(),
                     direction: tc.direction,
                     first: tc.order == Some(SpecOrder::First),
+                    priority: tc.priority,
                 });
             }
         }
@@ -167,12 +174,19 @@ impl AttachPoint {
             AttachPoint::Tc {
                 interface,
                 direction,
+                priority,
                 ..
-            } => format!(
-                "tc-{}-{}",
-                direction_name(*direction),
-                encode_name(interface)
-            ),
+            } => {
+                let plain = format!(
+                    "tc-{}-{}",
+                    direction_name(*direction),
+                    encode_name(interface)
+                );
+                match priority {
+                    Some(p) => super::xdp_dispatcher::tcx::link_name(*p, &plain),
+                    None => plain,
+                }
+            }
             AttachPoint::Kprobe { function, offset } if *offset == 0 => {
                 format!("kprobe-{}", encode_name(function))
             }
@@ -290,11 +304,20 @@ pub enum AttachError {
         PathBuf,
         #[source] Box<dyn std::error::Error + Send + Sync>,
     ),
+    /// A program sharing an XDP interface through the dispatcher could not be loaded or
+    /// attached (the message is the dispatcher's error and its causes).
+    #[error("{}", sources(.0))]
+    Dispatcher(#[from] super::xdp_dispatcher::DispatcherError),
+    /// A tcx program placed by priority could not be attached.
+    #[error("{}", sources(.0))]
+    Tcx(#[from] super::xdp_dispatcher::tcx::TcxError),
 }
 
 impl StatusError for AttachError {
     fn reason(&self) -> Reason {
         match self {
+            AttachError::Dispatcher(e) => e.reason(),
+            AttachError::Tcx(e) => e.reason(),
             AttachError::UprobeLocation(..) => Reason::InvalidSpec,
             AttachError::Pin(..) | AttachError::Repin(..) => Reason::PinFailed,
             AttachError::WrongType(..)
@@ -423,7 +446,9 @@ impl AttachPoint {
                 check_tracepoint(category, name).map_err(|e| at.target(e))?;
                 fd_link!(at, prog, prog.attach(category, name))?.into()
             }
-            AttachPoint::Xdp { interface, mode } => {
+            AttachPoint::Xdp {
+                interface, mode, ..
+            } => {
                 let prog: &mut Xdp = at.typed(program)?;
                 // An interface has one XDP link: the previous version's gets the new program.
                 if let Some(prev) = previous_link.filter(|p| p.exists()) {
@@ -459,6 +484,7 @@ impl AttachPoint {
                 interface,
                 direction,
                 first,
+                ..
             } => {
                 let prog: &mut SchedClassifier = at.typed(program)?;
                 let order = if *first {
@@ -544,6 +570,29 @@ pub(crate) fn attach_and_pin(
     path: &Path,
     previous_link: Option<&Path>,
 ) -> Result<Option<PathBuf>, AttachError> {
+    // Programs that share their hook go through the dispatcher, which pins their links itself.
+    match point {
+        AttachPoint::Xdp {
+            interface,
+            mode,
+            share: Some(share),
+        } => {
+            super::xdp_dispatcher::attach_and_pin(program, name, interface, *mode, share, path)?;
+            return Ok(None);
+        }
+        AttachPoint::Tc {
+            interface,
+            direction,
+            priority: Some(priority),
+            ..
+        } => {
+            super::xdp_dispatcher::tcx::attach_and_pin(
+                program, name, interface, *direction, *priority, path,
+            )?;
+            return Ok(None);
+        }
+        _ => {}
+    }
     let at = At {
         program: name,
         point,

@@ -16,6 +16,7 @@ use bpfpin_crds::BpfObjectSpec;
 use super::attach::{self, AttachError, AttachPoint};
 use super::fsops::{self, FsError};
 use super::layout::Layout;
+use super::xdp_dispatcher;
 use crate::error::{Reason, StatusError, chain, verifier_log_tail};
 
 /// The kernel's BTF, parsed on first use: only fentry/fexit programs and objects with CO-RE
@@ -517,6 +518,14 @@ impl Attempt<'_> {
                 loader.map_max_entries(&m.name, max);
             }
         }
+        // Programs that share an XDP interface are loaded as extensions of its dispatcher.
+        for p in spec
+            .programs
+            .iter()
+            .filter(|p| xdp_dispatcher::wants_dispatcher(p))
+        {
+            loader.extension(&p.name);
+        }
         // Keep the contents of maps whose definition did not change.
         let mut reused = BTreeSet::new();
         if let Some(prev) = self.req.previous {
@@ -558,7 +567,11 @@ impl Attempt<'_> {
                 .attach
                 .as_ref()
                 .and_then(AttachPoint::btf_function);
-            load_program(name, program, btf, btf_function)?;
+            match program {
+                Program::Extension(ext) => xdp_dispatcher::load(self.layout.root(), prog_spec, ext)
+                    .map_err(AttachError::from)?,
+                _ => load_program(name, program, btf, btf_function)?,
+            }
             let path = Layout::prog_in(&self.dir, name);
             fsops::create_dirs(self.layout.root(), path.parent().expect("progs/"))?;
             let previous = self

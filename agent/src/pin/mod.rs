@@ -2,8 +2,9 @@
 //! a pass; [`loader`] builds one version of one object (ELF checks, load, pins) and [`attach`]
 //! attaches its programs with pinned links; [`layout`] names every path and [`fsops`] touches
 //! them without leaving the root; [`map_memory`] checks that new maps fit the agent's memory
-//! cgroup; [`btf_vars`] reads the global variables `globalData` overrides. Nothing here imports a
-//! bytecode source or a mode.
+//! cgroup; [`btf_vars`] reads the global variables `globalData` overrides; [`xdp_dispatcher`] shares
+//! an XDP interface among programs (libxdp's protocol) and places tcx programs by priority.
+//! Nothing here imports a bytecode source or a mode.
 
 pub mod attach;
 pub mod btf_vars;
@@ -14,3 +15,4 @@ pub mod loader;
 pub mod map_memory;
 pub mod mounts;
 pub mod reconcile;
+pub mod xdp_dispatcher;
