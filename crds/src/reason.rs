@@ -90,7 +90,7 @@ mod tests {
     use super::Reason::{self, *};
 
     /// Every reason, in declaration order.
-    const ALL: [Reason; 18] = [
+    const ALL: [Reason; 19] = [
         InvalidSpec,
         BytecodeUnavailable,
         BytecodePathNotAllowed,
