@@ -1,4 +1,4 @@
-//! The end-to-end harness: a real control plane (`e2e/cluster up`, started by `e2e/run`), the
+//! The end-to-end harness: a real control plane (`e2e/scripts/cluster up`, started by `e2e/run`), the
 //! operator as a process, and simulated nodes — a `Node` object, a private bpffs mount and a real
 //! `bpfpin-agent cluster` process each. The checks in `tests/` use it; the kind path
 //! (`e2e/kind/run`) runs the same scenarios against DaemonSet pods.
@@ -127,14 +127,14 @@ impl Env {
     pub async fn node(&self, name: &str, labels: &[(&str, &str)]) -> Result<SimNode> {
         let mut all: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         all.push("bpfpin-e2e=true".into());
-        let out = Command::new(repo().join("e2e/cluster"))
+        let out = Command::new(repo().join("e2e/scripts/cluster"))
             .args(["node", "add", name, "--labels", &all.join(",")])
             .env("KUBECONFIG", &self.kubeconfig)
             .env_remove("BPFPIN_AGENT")
             .output()?;
         if !out.status.success() {
             bail!(
-                "e2e/cluster node add {name}: {}",
+                "e2e/scripts/cluster node add {name}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
@@ -532,12 +532,12 @@ impl SimNode {
         v.get("id").and_then(|i| i.as_u64()).map(|i| i as u32)
     }
 
-    /// Stops the agent, deletes the Node and unmounts the bpffs (`e2e/cluster node remove`).
+    /// Stops the agent, deletes the Node and unmounts the bpffs (`e2e/scripts/cluster node remove`).
     pub fn remove(&mut self) {
         if let Some(mut a) = self.agent.take() {
             a.stop();
         }
-        let _ = Command::new(repo().join("e2e/cluster"))
+        let _ = Command::new(repo().join("e2e/scripts/cluster"))
             .args(["node", "remove", &self.name])
             .env("KUBECONFIG", &self.kubeconfig)
             .output();

@@ -2,15 +2,11 @@
 //! simulated nodes running real agents on private bpffs mounts. Run through `e2e/run` (it starts
 //! the control plane, installs crds/ and runs these one at a time).
 
-#[path = "../../agent/tests/common/cgroup.rs"]
-mod cgroup;
-#[path = "../../agent/tests/common/registry.rs"]
-mod registry;
-
 use std::time::Instant;
 
 use bpfpin_crds::ObjectPhase;
 use bpfpin_e2e::*;
+use bpfpin_testkit::{cgroup, registry};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 
@@ -368,12 +364,12 @@ async fn an_api_server_restart_during_reconciliation_converges() -> anyhow::Resu
         "an outage unpins nothing"
     );
 
-    let out = std::process::Command::new(repo().join("e2e/cluster"))
+    let out = std::process::Command::new(repo().join("e2e/scripts/cluster"))
         .arg("up")
         .output()?;
     assert!(
         out.status.success(),
-        "e2e/cluster up: {}",
+        "e2e/scripts/cluster up: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     env.wait_object("during-outage", "Ready after the outage", |o| {

@@ -1,8 +1,8 @@
-//! `e2e/bench`: bpfpin's benchmark. Convergence, deletion, footprint, restart and API load on the
+//! `e2e/scripts/bench`: bpfpin's benchmark. Convergence, deletion, footprint, restart and API load on the
 //! local control plane with simulated nodes (real agents on private bpffs mounts), and the
 //! local-mode figures (GC rate, load overhead against bpftool, cold `--once`), each with min,
 //! median and max over several runs and its baseline side by side. The last line of stdout is
-//! `bench: key=value ...`. Run it through `e2e/bench` (it builds the release binaries and brings
+//! `bench: key=value ...`. Run it through `e2e/scripts/bench` (it builds the release binaries and brings
 //! the control plane up); see docs/performance.md for the definitions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -63,8 +63,8 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: e2e/bench [--nodes N] [--objects N] [--runs N] [--micro-runs N] [--smoke] [--local-only]\n\
-         \x20      e2e/bench --fleet N [--objects M] [--procs P] [--load-ms X] [--steady-s S] [--heartbeat-s S] [--smoke]\n\
+        "usage: e2e/scripts/bench [--nodes N] [--objects N] [--runs N] [--micro-runs N] [--smoke] [--local-only]\n\
+         \x20      e2e/scripts/bench --fleet N [--objects M] [--procs P] [--load-ms X] [--steady-s S] [--heartbeat-s S] [--smoke]\n\
          defaults: 10 nodes, 100 objects, 3 runs; --smoke: 2 nodes, 5 objects, 3 runs; --fleet: 100 objects"
     );
     std::process::exit(2)
@@ -314,7 +314,7 @@ fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target"))
-        // e2e/bench sets it: `release` for real figures, `debug` for the smoke run in e2e/run.
+        // e2e/scripts/bench sets it: `release` for real figures, `debug` for the smoke run in e2e/run.
         .join(std::env::var("BPFPIN_BENCH_PROFILE").unwrap_or_else(|_| "release".into()))
 }
 
@@ -322,7 +322,7 @@ fn binary(name: &str) -> Result<PathBuf> {
     let p = target_dir().join(name);
     if !p.exists() {
         bail!(
-            "{} is missing: e2e/bench builds it (cargo build --release -p bpfpin-agent -p bpfpin-operator)",
+            "{} is missing: e2e/scripts/bench builds it (cargo build --release -p bpfpin-agent -p bpfpin-operator)",
             p.display()
         );
     }
@@ -779,7 +779,7 @@ impl Local<'_> {
 // ---------------------------------------------------------------------------------------------
 // Cluster scenario
 
-/// A simulated node of the bench: Node object + private bpffs (`e2e/cluster node add`) + agent.
+/// A simulated node of the bench: Node object + private bpffs (`e2e/scripts/cluster node add`) + agent.
 struct BenchNode {
     name: String,
     bpffs: PathBuf,
@@ -1035,7 +1035,7 @@ impl Cluster<'_> {
             let name = n.name_any();
             if name.starts_with(NODE_PREFIX) {
                 eprintln!("bench: removing node {name} left by an earlier run");
-                let _ = run(Command::new(repo().join("e2e/cluster"))
+                let _ = run(Command::new(repo().join("e2e/scripts/cluster"))
                     .args(["node", "remove", &name])
                     .env("KUBECONFIG", &self.kubeconfig)
                     .env_remove("BPFPIN_AGENT"));
@@ -1061,7 +1061,7 @@ impl Cluster<'_> {
         self.operator = Some(Proc::new("operator", op, PathBuf::new()));
         for i in 0..self.args.nodes {
             let name = format!("{NODE_PREFIX}{i}");
-            let out = run(Command::new(repo().join("e2e/cluster"))
+            let out = run(Command::new(repo().join("e2e/scripts/cluster"))
                 .args(["node", "add", &name, "--labels", &format!("{LABEL}=yes")])
                 .env("KUBECONFIG", &self.kubeconfig)
                 .env_remove("BPFPIN_AGENT"))?;
@@ -1137,7 +1137,7 @@ impl Cluster<'_> {
         }
         for n in &mut self.nodes {
             n.agent.stop();
-            let _ = run(Command::new(repo().join("e2e/cluster"))
+            let _ = run(Command::new(repo().join("e2e/scripts/cluster"))
                 .args(["node", "remove", &n.name])
                 .env("KUBECONFIG", &self.kubeconfig)
                 .env_remove("BPFPIN_AGENT"));
@@ -1860,7 +1860,8 @@ async fn bench(args: &Args) -> Result<()> {
         args.nodes, args.objects, args.runs
     );
     let kubeconfig = PathBuf::from(
-        std::env::var_os("KUBECONFIG").context("KUBECONFIG is not set: run through e2e/bench")?,
+        std::env::var_os("KUBECONFIG")
+            .context("KUBECONFIG is not set: run through e2e/scripts/bench")?,
     );
     let client = Client::try_default()
         .await

@@ -1,4 +1,4 @@
-//! `e2e/bench --fleet N [--objects M]`: the fleet bench. N `Node` objects (no kubelet, no
+//! `e2e/scripts/bench --fleet N [--objects M]`: the fleet bench. N `Node` objects (no kubelet, no
 //! bpffs), the real release operator, and N simulated agents in a few processes ([`super::sim`]:
 //! the agent's real cluster-mode code with a stand-in for the kernel core). Measures a rollout of M
 //! objects selecting every node, the steady state, one node relabelled, an operator restart and
@@ -263,7 +263,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / hz)
 }
 
-/// The pid of a control-plane component from `e2e/cluster`'s state dir.
+/// The pid of a control-plane component from `e2e/scripts/cluster`'s state dir.
 fn control_plane_pid(name: &str) -> Option<u32> {
     let state = std::env::var("BPFPIN_E2E_STATE").unwrap_or_else(|_| "/tmp/bpfpin-e2e".into());
     let text =
@@ -1005,7 +1005,8 @@ pub async fn bench(args: &Args, fa: FleetArgs, work: &Path, bytecode: &Path) -> 
     )?;
     let load = fa.load.unwrap_or(measured);
     let kubeconfig = PathBuf::from(
-        std::env::var_os("KUBECONFIG").context("KUBECONFIG is not set: run through e2e/bench")?,
+        std::env::var_os("KUBECONFIG")
+            .context("KUBECONFIG is not set: run through e2e/scripts/bench")?,
     );
     let client = Client::try_default()
         .await

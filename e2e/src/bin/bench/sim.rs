@@ -1,4 +1,4 @@
-//! The simulated agents of the fleet bench (`bench __fleet-agents`, started by `e2e/bench
+//! The simulated agents of the fleet bench (`bench __fleet-agents`, started by `e2e/scripts/bench
 //! --fleet`): many agents in one process, each running the agent's real cluster mode
 //! ([`bpfpin_agent::cluster::run_with`]: its Node and BpfObject watches, selection, desired-set
 //! planning and bytecode reads, BpfNodeState server-side apply, heartbeat Lease) with its own

@@ -1,9 +1,9 @@
-//! `e2e/chaos --seed S --minutes M`: churn of creates, updates, relabels and deletes over about
+//! `e2e/scripts/chaos --seed S --minutes M`: churn of creates, updates, relabels and deletes over about
 //! 100 BpfObjects on simulated nodes (real agents, private bpffs mounts) while agents, both
 //! operator replicas, kube-apiserver and etcd are SIGKILLed at random, with invariants checked
 //! throughout and after the faults stop (see e2e/README.md, "Chaos"). The last line of stdout is
 //! `chaos: faults=N checks=M violations=V`; the exit status is 1 when V > 0. Run it through
-//! `e2e/chaos` (it builds the binaries and brings the control plane up).
+//! `e2e/scripts/chaos` (it builds the binaries and brings the control plane up).
 
 mod model;
 mod probe;
@@ -51,7 +51,7 @@ struct Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: e2e/chaos [--seed S] [--minutes M] [--nodes 4] [--objects 100] [--stable 20]\n\
+        "usage: e2e/scripts/chaos [--seed S] [--minutes M] [--nodes 4] [--objects 100] [--stable 20]\n\
          \x20                [--converge-secs 180] [--fault-every-ms 3000-12000]"
     );
     std::process::exit(2)
@@ -102,7 +102,7 @@ fn parse_args() -> Args {
     a
 }
 
-/// A simulated node: Node object and bpffs from `e2e/cluster node add`, its agent run by the
+/// A simulated node: Node object and bpffs from `e2e/scripts/cluster node add`, its agent run by the
 /// driver (so it can be killed and restarted), and the reloads its agent logged.
 #[derive(Debug)]
 struct SimNode {
@@ -698,7 +698,7 @@ impl Chaos {
                             procs::cluster_up(&repo)
                         }));
                         Some(format!(
-                            "SIGKILL {} (pid {pid}; e2e/cluster up in {wait:?})",
+                            "SIGKILL {} (pid {pid}; e2e/scripts/cluster up in {wait:?})",
                             c.name()
                         ))
                     }
@@ -740,7 +740,7 @@ impl Chaos {
                     self.journal("control plane up");
                 }
                 Ok(Err(e)) => {
-                    self.note(format!("e2e/cluster up failed, retrying: {e:#}"));
+                    self.note(format!("e2e/scripts/cluster up failed, retrying: {e:#}"));
                     let repo = self.repo.clone();
                     self.restarting = Some(tokio::task::spawn_blocking(move || {
                         std::thread::sleep(Duration::from_secs(1));
