@@ -1,5 +1,5 @@
 //! `e2e/scripts/bench --fleet N [--objects M]`: the fleet bench. N `Node` objects (no kubelet, no
-//! bpffs), the real release operator, and N simulated agents in a few processes ([`super::sim`]:
+//! bpffs), the real release operator, and N simulated agents in a few processes ([`crate::sim`]:
 //! the agent's real cluster-mode code with a stand-in for the kernel core). Measures a rollout of M
 //! objects selecting every node, the steady state, one node relabelled, an operator restart and
 //! the deletion, and ends with the line `bench-fleet: key=value ...`. See docs/performance.md.
@@ -25,11 +25,12 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
-use super::sim::{SimArgs, Stats, Template};
-use super::{
-    Args, COUNTER_PROGRAMS, Figure, Results, Stamped, binary, extra_args, memory_mib, mount_bpffs,
-    ms, percentile, umount, wait_init,
-};
+use crate::COUNTER_PROGRAMS;
+use crate::args::Args;
+use crate::host::{binary, extra_args, memory_mib, mount_bpffs, run, umount};
+use crate::sim::{SimArgs, Stats, Template};
+use crate::stats::{Figure, Results, ms, percentile};
+use crate::watch::{Stamped, spawn_watch, wait_init};
 
 /// Label on the fleet's Nodes and BpfObjects.
 const FLEET: &str = "bpfpin-fleet";
@@ -201,11 +202,9 @@ const WRITE_VERBS: [&str; 6] = [
 const OURS: [&str; 3] = ["bpfobjects", "bpfnodestates", "leases"];
 
 fn scrape_api(kubeconfig: &Path) -> Result<ApiBytes> {
-    let text = super::run(
-        Command::new("kubectl")
-            .args(["get", "--raw", "/metrics"])
-            .env("KUBECONFIG", kubeconfig),
-    )?;
+    let text = run(Command::new("kubectl")
+        .args(["get", "--raw", "/metrics"])
+        .env("KUBECONFIG", kubeconfig))?;
     let mut out = ApiBytes::default();
     for line in text.lines() {
         let (metric, rest) = match line.split_once('{') {
@@ -541,7 +540,7 @@ impl Fleet<'_> {
         let n = self.fa.nodes;
         self.setup(load).await?;
         let objects: Api<BpfObject> = Api::all(self.client.clone());
-        let (mut rx, watch_task) = spawn_watch!(
+        let (mut rx, watch_task) = spawn_watch(
             objects.clone(),
             watcher::Config::default().labels(&format!("{FLEET}=yes")),
         );
@@ -809,7 +808,7 @@ impl Fleet<'_> {
         .await?;
         let node0 = format!("{PREFIX}0");
         let states: Api<BpfNodeState> = Api::all(self.client.clone());
-        let (mut srx, stask) = spawn_watch!(
+        let (mut srx, stask) = spawn_watch(
             states.clone(),
             watcher::Config::default().fields(&format!("metadata.name={node0}")),
         );

@@ -1,9 +1,5 @@
-//! `e2e/scripts/bench`: bpfpin's benchmark. Convergence, deletion, footprint, restart and API load on the
-//! local control plane with simulated nodes (real agents on private bpffs mounts), and the
-//! local-mode figures (GC rate, load overhead against bpftool, cold `--once`), each with min,
-//! median and max over several runs and its baseline side by side. The last line of stdout is
-//! `bench: key=value ...`. Run it through `e2e/scripts/bench` (it builds the release binaries and brings
-//! the control plane up); see docs/performance.md for the definitions.
+//! The cluster scenario: simulated nodes with real agents on private bpffs mounts, the operator,
+//! and convergence, deletion, footprint, restart and API-write figures.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -12,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use bpfpin_agent::cluster::heartbeat::lease_name;
-use bpfpin_agent::{DesiredObject, Reconciler};
-use bpfpin_crds::{BpfNodeState, BpfObject, BpfObjectSpec, ObjectPhase};
+use bpfpin_crds::{BpfNodeState, BpfObject, ObjectPhase};
 use bpfpin_e2e::Proc;
 use bpfpin_e2e::{LEASE_NAMESPACE, ready_is, repo};
 use futures::StreamExt;
@@ -22,779 +17,36 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use tokio::sync::mpsc;
+
+use crate::COUNTER_PROGRAMS;
+use crate::args::Args;
+use crate::host::*;
+use crate::stats::*;
+use crate::watch::{spawn_watch, wait_init};
 
 /// Label on the bench's Nodes (selected by the objects) and on its BpfObjects.
-const LABEL: &str = "bpfpin-bench";
+pub const LABEL: &str = "bpfpin-bench";
 /// Prefix of the simulated node names.
-const NODE_PREFIX: &str = "bench-";
-/// The programs of the scale test's objects (examples/counter/counter.bpf.c), no attachments.
-const COUNTER_PROGRAMS: [&str; 3] = ["count_getpid", "count_packets", "tail_target"];
+pub const NODE_PREFIX: &str = "bench-";
 /// How long any wait of the cluster scenario may take.
-const TIMEOUT: Duration = Duration::from_secs(300);
-
-// ---------------------------------------------------------------------------------------------
-// Arguments
-
-#[derive(Debug, Clone)]
-struct Args {
-    nodes: usize,
-    objects: usize,
-    runs: usize,
-    smoke: bool,
-    /// Only the local-mode figures (no control plane needed).
-    local_only: bool,
-    /// Runs of the local micro benchmarks (load ratio, cold --once): at least 10.
-    micro_runs: usize,
-    /// Objects of the GC figure (100 by definition).
-    gc_objects: usize,
-    logs: PathBuf,
-    /// `--fleet N`: the fleet bench with N simulated nodes instead (fleet.rs).
-    fleet: Option<usize>,
-    /// `--procs N`: simulated-agent processes of the fleet bench.
-    procs: Option<usize>,
-    /// `--load-ms X`: the stand-in's time per load (default: the measured median of a real one).
-    load_ms: Option<f64>,
-    /// `--steady-s X`: how long the fleet bench observes the steady state (default 65 s).
-    steady_s: Option<f64>,
-    /// `--heartbeat-s X`: the simulated agents' heartbeat interval (default 30 s, the agent's).
-    heartbeat_s: Option<f64>,
-}
-
-fn usage() -> ! {
-    eprintln!(
-        "usage: e2e/scripts/bench [--nodes N] [--objects N] [--runs N] [--micro-runs N] [--smoke] [--local-only]\n\
-         \x20      e2e/scripts/bench --fleet N [--objects M] [--procs P] [--load-ms X] [--steady-s S] [--heartbeat-s S] [--smoke]\n\
-         defaults: 10 nodes, 100 objects, 3 runs; --smoke: 2 nodes, 5 objects, 3 runs; --fleet: 100 objects"
-    );
-    std::process::exit(2)
-}
-
-fn parse_args() -> Args {
-    let mut nodes = None;
-    let mut objects = None;
-    let mut runs = None;
-    let mut micro = None;
-    let mut smoke = false;
-    let mut local_only = false;
-    let (mut fleet, mut procs, mut load_ms, mut steady_s, mut heartbeat_s) =
-        (None, None, None, None, None);
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let num = |it: &mut dyn Iterator<Item = String>| -> usize {
-            match it.next().and_then(|v| v.parse::<usize>().ok()) {
-                Some(n) if n > 0 => n,
-                _ => usage(),
-            }
-        };
-        match a.as_str() {
-            "--nodes" => nodes = Some(num(&mut it)),
-            "--objects" => objects = Some(num(&mut it)),
-            "--runs" => runs = Some(num(&mut it)),
-            "--micro-runs" => micro = Some(num(&mut it)),
-            "--smoke" => smoke = true,
-            "--local-only" => local_only = true,
-            "--fleet" => fleet = Some(num(&mut it)),
-            "--procs" => procs = Some(num(&mut it)),
-            "--load-ms" | "--steady-s" | "--heartbeat-s" => {
-                let v = match it.next().and_then(|v| v.parse::<f64>().ok()) {
-                    Some(v) if v >= 0.0 => v,
-                    _ => usage(),
-                };
-                match a.as_str() {
-                    "--load-ms" => load_ms = Some(v),
-                    "--steady-s" => steady_s = Some(v),
-                    _ => heartbeat_s = Some(v),
-                }
-            }
-            "-h" | "--help" => usage(),
-            _ => usage(),
-        }
-    }
-    let (dn, dobj, druns) = if smoke { (2, 5, 3) } else { (10, 100, 3) };
-    let runs = runs.unwrap_or(druns);
-    Args {
-        nodes: nodes.unwrap_or(dn),
-        objects: objects.unwrap_or(dobj),
-        runs,
-        smoke,
-        local_only,
-        micro_runs: micro.unwrap_or(if smoke { 10 } else { 15 }).max(10),
-        gc_objects: 100,
-        logs: std::env::var_os("BPFPIN_BENCH_LOGS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/tmp/bpfpin-bench-logs")),
-        fleet,
-        procs,
-        load_ms,
-        steady_s,
-        heartbeat_s,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Statistics
-
-/// One figure: a value per run.
-#[derive(Debug, Default, Clone)]
-struct Figure {
-    values: Vec<f64>,
-}
-
-impl Figure {
-    fn push(&mut self, v: f64) {
-        self.values.push(v);
-    }
-    fn sorted(&self) -> Vec<f64> {
-        let mut v = self.values.clone();
-        v.sort_by(f64::total_cmp);
-        v
-    }
-    fn median(&self) -> f64 {
-        let v = self.sorted();
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    }
-    fn min(&self) -> f64 {
-        self.sorted().first().copied().unwrap_or(f64::NAN)
-    }
-    fn max(&self) -> f64 {
-        self.sorted().last().copied().unwrap_or(f64::NAN)
-    }
-}
-
-/// Nearest-rank percentile of a sample.
-fn percentile(sample: &[f64], p: f64) -> f64 {
-    if sample.is_empty() {
-        return f64::NAN;
-    }
-    let mut v = sample.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
-    v[rank.clamp(1, v.len()) - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// A row of the table, in print order.
-#[derive(Debug)]
-struct Row {
-    section: &'static str,
-    name: String,
-    key: Option<&'static str>,
-    figure: Figure,
-    target: &'static str,
-    decimals: usize,
-}
-
-#[derive(Debug, Default)]
-struct Results {
-    rows: Vec<Row>,
-    notes: Vec<String>,
-}
-
-impl Results {
-    fn add(
-        &mut self,
-        section: &'static str,
-        name: impl Into<String>,
-        key: Option<&'static str>,
-        figure: Figure,
-        target: &'static str,
-        decimals: usize,
-    ) {
-        self.rows.push(Row {
-            section,
-            name: name.into(),
-            key,
-            figure,
-            target,
-            decimals,
-        });
-    }
-
-    fn print(&self, args: &Args, elapsed: Duration) {
-        let head = format!(
-            "bpfpin benchmark: {} nodes, {} objects, {} cluster runs, {} local runs{} ({:.0} s)",
-            args.nodes,
-            args.objects,
-            args.runs,
-            args.micro_runs,
-            if args.smoke { ", smoke" } else { "" },
-            elapsed.as_secs_f64()
-        );
-        self.print_with(
-            &head,
-            &format!("bench: nodes={} objects={}", args.nodes, args.objects),
-            &[],
-        );
-    }
-
-    /// The table under `head`, then one line `line key=value ...`: the keys in `order` first
-    /// (every one of them, NaN if not measured), then the other keys in row order.
-    fn print_with(&self, head: &str, line: &str, order: &[&'static str]) {
-        println!();
-        println!("{head}");
-        let mut section = "";
-        println!(
-            "{:<58} {:>10} {:>10} {:>10}  {:<10} key",
-            "figure", "median", "min", "max", "target"
-        );
-        for r in &self.rows {
-            if r.section != section {
-                section = r.section;
-                println!("-- {section}");
-            }
-            let f = |v: f64| format!("{v:.*}", r.decimals);
-            println!(
-                "{:<58} {:>10} {:>10} {:>10}  {:<10} {}",
-                r.name,
-                f(r.figure.median()),
-                f(r.figure.min()),
-                f(r.figure.max()),
-                r.target,
-                r.key.unwrap_or("")
-            );
-        }
-        for n in &self.notes {
-            println!("note: {n}");
-        }
-        let mut line = line.to_owned();
-        let mut seen = BTreeSet::new();
-        let value = |r: &Row| {
-            let v = r.figure.median();
-            let digits = if r.decimals == 0 && v.fract() == 0.0 {
-                0
-            } else {
-                r.decimals.max(1)
-            };
-            format!("{v:.digits$}")
-        };
-        for k in order {
-            seen.insert(*k);
-            match self.rows.iter().find(|r| r.key == Some(k)) {
-                Some(r) => line.push_str(&format!(" {k}={}", value(r))),
-                None => line.push_str(&format!(" {k}=NaN")),
-            }
-        }
-        for r in &self.rows {
-            if let Some(k) = r.key
-                && seen.insert(k)
-            {
-                line.push_str(&format!(" {k}={}", value(r)));
-            }
-        }
-        println!("{line}");
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Helpers: processes, bpffs, kernel program ids
-
-/// Extra arguments from an environment variable (split on whitespace), e.g.
-/// `BPFPIN_BENCH_OPERATOR_ARGS="--debounce 100ms"` to measure a setting.
-fn extra_args(var: &str) -> Vec<String> {
-    std::env::var(var)
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"))
-        // e2e/scripts/bench sets it: `release` for real figures, `debug` for the smoke run in e2e/run.
-        .join(std::env::var("BPFPIN_BENCH_PROFILE").unwrap_or_else(|_| "release".into()))
-}
-
-fn binary(name: &str) -> Result<PathBuf> {
-    let p = target_dir().join(name);
-    if !p.exists() {
-        bail!(
-            "{} is missing: e2e/scripts/bench builds it (cargo build --release -p bpfpin-agent -p bpfpin-operator)",
-            p.display()
-        );
-    }
-    Ok(p)
-}
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn mount_bpffs(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(dir))?;
-    Ok(())
-}
-
-fn umount(dir: &Path) {
-    let _ = Command::new("umount")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Pins (files) under a directory, not following symlinks.
-fn count_pins(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut n = 0;
-    for e in entries.flatten() {
-        match e.file_type() {
-            Ok(t) if t.is_dir() => n += count_pins(&e.path()),
-            Ok(t) if t.is_file() => n += 1,
-            _ => {}
-        }
-    }
-    n
-}
-
-/// `(VmRSS, VmHWM)` of a process in MiB.
-fn memory_mib(pid: u32) -> Option<(f64, f64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|kib| kib / 1024.0)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-/// Kernel id of the program pinned at `path` (BPF_OBJ_GET + BPF_OBJ_GET_INFO_BY_FD).
-fn pinned_prog_id(path: &Path) -> Option<u32> {
-    use std::os::unix::ffi::OsStrExt;
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // union bpf_attr, BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags, path_fd.
-    let mut attr = [0u8; 128];
-    attr[..8].copy_from_slice(&(cpath.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: attr is a zeroed bpf_attr-sized buffer whose pathname points to a live C string.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_mut_ptr(),
-            attr.len() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    let fd = fd as i32;
-    // struct bpf_prog_info starts with type (u32), id (u32).
-    let mut info = [0u32; 2];
-    let mut attr = [0u8; 128];
-    attr[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&(std::mem::size_of_val(&info) as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
-    // SAFETY: attr holds the fd, the buffer length and a pointer to `info`, which outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            attr.as_mut_ptr(),
-            attr.len() as libc::c_uint,
-        )
-    };
-    // SAFETY: fd was returned by BPF_OBJ_GET above and is closed once.
-    unsafe { libc::close(fd) };
-    (rc == 0).then_some(info[1])
-}
-
-fn compile(src: &Path, out: &Path) -> Result<()> {
-    bpfpin_e2e::compile_bpf(src, out)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Local-mode figures: GC rate, load overhead against bpftool, cold --once
-
-fn spec_yaml(name: &str, bytecode: &Path, programs: &[String], selector: bool) -> String {
-    let progs: String = programs
-        .iter()
-        .map(|p| format!("  - name: {p}\n"))
-        .collect();
-    let sel = if selector {
-        format!("  nodeSelector: {{matchLabels: {{{LABEL}: \"yes\"}}}}\n")
-    } else {
-        String::new()
-    };
-    format!(
-        "apiVersion: bpfpin.io/v1alpha1\nkind: BpfObject\nmetadata:\n  name: {name}\nspec:\n{sel}  bytecode: {{path: {}}}\n  programs:\n{progs}",
-        bytecode.display()
-    )
-}
-
-fn many_programs() -> Vec<String> {
-    (0..24).map(|i| format!("prog_{i}")).collect()
-}
-
-fn counter_programs() -> Vec<String> {
-    COUNTER_PROGRAMS.iter().map(|s| (*s).to_owned()).collect()
-}
-
-struct Local<'a> {
-    args: &'a Args,
-    work: PathBuf,
-    bytecode: PathBuf,
-    agent: PathBuf,
-}
-
-impl Local<'_> {
-    fn once(&self, manifests: &Path, bpffs: &Path) -> Result<Duration> {
-        let started = Instant::now();
-        let status = Command::new(&self.agent)
-            .args(["local", "--once", "--manifests"])
-            .arg(manifests)
-            .arg("--bpffs")
-            .arg(bpffs)
-            .arg("--bytecode-dir")
-            .arg(&self.bytecode)
-            .arg("--cache-dir")
-            .arg(self.work.join("cache"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
-        let took = started.elapsed();
-        if !status.success() {
-            bail!(
-                "bpfpin-agent local --once --manifests {} failed ({status})",
-                manifests.display()
-            );
-        }
-        Ok(took)
-    }
-
-    /// `bpftool prog loadall many.bpf.o <dir>/progs pinmaps <dir>/maps`, wall time.
-    fn bpftool(&self, dir: &Path) -> Result<Duration> {
-        let obj = self.bytecode.join("many.bpf.o");
-        std::fs::create_dir_all(dir)?;
-        let started = Instant::now();
-        let out = Command::new("bpftool")
-            .args(["prog", "loadall"])
-            .arg(&obj)
-            .arg(dir.join("progs"))
-            .arg("pinmaps")
-            .arg(dir.join("maps"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()?;
-        let took = started.elapsed();
-        if !out.status.success() {
-            bail!(
-                "bpftool prog loadall {} {}/progs pinmaps {}/maps failed ({}): {}",
-                obj.display(),
-                dir.display(),
-                dir.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(took)
-    }
-
-    fn gc(&self, res: &mut Results) -> Result<()> {
-        let mut rate = Figure::default();
-        let mut pass = Figure::default();
-        let mut pins = Figure::default();
-        let mut load = Figure::default();
-        for r in 0..self.args.runs {
-            let dir = self.work.join(format!("gc-{r}"));
-            let bpffs = dir.join("bpffs");
-            let manifests = dir.join("manifests");
-            std::fs::create_dir_all(&manifests)?;
-            mount_bpffs(&bpffs)?;
-            let result = (|| -> Result<()> {
-                let docs: Vec<String> = (0..self.args.gc_objects)
-                    .map(|i| {
-                        spec_yaml(
-                            &format!("gc-{i:03}"),
-                            &self.bytecode.join("counter.bpf.o"),
-                            &counter_programs(),
-                            false,
-                        )
-                    })
-                    .collect();
-                let file = manifests.join("objects.yaml");
-                std::fs::write(&file, docs.join("---\n"))?;
-                load.push(ms(self.once(&manifests, &bpffs)?));
-                let before = count_pins(&bpffs.join("bpfpin"));
-                std::fs::remove_file(&file)?;
-                let took = self.once(&manifests, &bpffs)?;
-                let after = count_pins(&bpffs.join("bpfpin"));
-                if after != 0 || before == 0 {
-                    bail!("GC pass left {after} of {before} pins");
-                }
-                pins.push(before as f64);
-                pass.push(ms(took));
-                rate.push((before - after) as f64 / took.as_secs_f64());
-                Ok(())
-            })();
-            umount(&bpffs);
-            result?;
-        }
-        let sec =
-            "local mode: garbage collection (counter.bpf.o x 100, 3 programs, no attachments)";
-        res.add(
-            sec,
-            format!(
-                "pin {} objects, --once, whole process (ms)",
-                self.args.gc_objects
-            ),
-            None,
-            load,
-            "",
-            0,
-        );
-        res.add(sec, "pins under the root before GC", None, pins, "", 0);
-        res.add(sec, "GC --once, whole process (ms)", None, pass, "", 1);
-        res.add(
-            sec,
-            "GC rate (pins unlinked / s)",
-            Some("gc_pins_per_s"),
-            rate,
-            ">= 5000",
-            0,
-        );
-        Ok(())
-    }
-
-    fn load(&self, res: &mut Results) -> Result<()> {
-        let bpffs = self.work.join("load-bpffs");
-        mount_bpffs(&bpffs)?;
-        let result = self.load_inner(res, &bpffs);
-        umount(&bpffs);
-        result
-    }
-
-    fn load_inner(&self, res: &mut Results, bpffs: &Path) -> Result<()> {
-        let spec: BpfObjectSpec = {
-            let yaml = spec_yaml(
-                "many",
-                &self.bytecode.join("many.bpf.o"),
-                &many_programs(),
-                false,
-            );
-            let obj: BpfObject = serde_yaml::from_str(&yaml)?;
-            obj.spec
-        };
-        let started = Instant::now();
-        let mut reconciler = Reconciler::new(bpffs).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let new_ms = ms(started.elapsed());
-        let none = BTreeSet::new();
-        let mut agent = Figure::default();
-        let mut tool = Figure::default();
-        let mut ratio = Figure::default();
-        let mut cold = Figure::default();
-        let mut cold_tool = Figure::default();
-        let manifests = self.work.join("cold-manifests");
-        std::fs::create_dir_all(&manifests)?;
-        let empty = self.work.join("idle-manifests");
-        std::fs::create_dir_all(&empty)?;
-        let mut idle = Figure::default();
-        std::fs::write(
-            manifests.join("many.yaml"),
-            spec_yaml(
-                "many",
-                &self.bytecode.join("many.bpf.o"),
-                &many_programs(),
-                false,
-            ),
-        )?;
-        for i in 0..self.args.micro_runs {
-            // Interleaved, order alternating, so drift hits both sides alike.
-            let mut a = 0.0;
-            let mut b = 0.0;
-            for side in [i % 2, 1 - i % 2] {
-                if side == 0 {
-                    let started = Instant::now();
-                    let bytes = std::fs::read(self.bytecode.join("many.bpf.o"));
-                    let obj = DesiredObject {
-                        name: "many".into(),
-                        uid: None,
-                        generation: 1,
-                        spec: spec.clone(),
-                        bytecode: bytes.map_err(|e| {
-                            bpfpin_agent::error::ObjectError::new(
-                                bpfpin_agent::error::Reason::BytecodeUnavailable,
-                                e.to_string(),
-                            )
-                        }),
-                    };
-                    let report = reconciler.reconcile(std::slice::from_ref(&obj), &none);
-                    a = ms(started.elapsed());
-                    let r = &report.objects[0];
-                    if let Some(e) = &r.error {
-                        bail!("reconcile of many.bpf.o failed: {e}");
-                    }
-                    if r.pinned.as_ref().map(|p| p.programs.len()) != Some(24) {
-                        bail!("reconcile of many.bpf.o pinned {:?}", r.pinned);
-                    }
-                    // Untimed: unpin it again, so the next run is a new object.
-                    let gone = reconciler.reconcile(&[], &none);
-                    if gone.removed.len() != 1 {
-                        bail!("the object was not unpinned between runs");
-                    }
-                } else {
-                    let dir = bpffs.join(format!("bpftool-{i}"));
-                    b = ms(self.bpftool(&dir)?);
-                    if count_pins(&dir) != 25 {
-                        bail!(
-                            "bpftool pinned {} files, not 24 programs + 1 map",
-                            count_pins(&dir)
-                        );
-                    }
-                    std::fs::remove_dir_all(&dir)?;
-                }
-            }
-            agent.push(a);
-            tool.push(b);
-            ratio.push(a / b);
-
-            // Cold: a whole `--once` process on a fresh bpffs, and bpftool on a fresh bpffs.
-            let fresh = self.work.join(format!("cold-{i}"));
-            mount_bpffs(&fresh)?;
-            let r = self.once(&manifests, &fresh);
-            umount(&fresh);
-            cold.push(ms(r?));
-            let fresh = self.work.join(format!("cold-tool-{i}"));
-            mount_bpffs(&fresh)?;
-            let r = self.bpftool(&fresh.join("many"));
-            umount(&fresh);
-            cold_tool.push(ms(r?));
-
-            // Idle: a whole `--once` process with nothing to do (no manifests) on a fresh bpffs.
-            let fresh = self.work.join(format!("idle-{i}"));
-            mount_bpffs(&fresh)?;
-            let r = self.once(&empty, &fresh);
-            umount(&fresh);
-            idle.push(ms(r?));
-        }
-        let mut cold_ratio = Figure::default();
-        cold_ratio.push(cold.median() / cold_tool.median());
-        let sec = "load overhead: many.bpf.o (24 programs, 1 map, no attachments)";
-        let mut f = Figure::default();
-        f.push(new_ms);
-        res.add(
-            sec,
-            "Reconciler::new (mount check + kernel BTF parse) (ms)",
-            None,
-            f,
-            "",
-            1,
-        );
-        let mut r = Figure::default();
-        r.push(agent.median() / tool.median());
-        res.add(
-            sec,
-            "running agent: reconcile() of a new object (ms)",
-            Some("load_agent_ms"),
-            agent,
-            "",
-            1,
-        );
-        res.add(
-            sec,
-            "baseline: bpftool prog loadall ... pinmaps (ms)",
-            Some("load_bpftool_ms"),
-            tool,
-            "",
-            1,
-        );
-        res.add(
-            sec,
-            "load_ratio = median(agent) / median(bpftool)",
-            Some("load_ratio"),
-            r,
-            "<= 1.25",
-            2,
-        );
-        res.add(sec, "per-run ratio agent/bpftool", None, ratio, "", 2);
-        res.add(
-            sec,
-            "cold: bpfpin-agent local --once, fresh bpffs (ms)",
-            Some("cold_once_ms"),
-            cold,
-            "<= 60",
-            1,
-        );
-        res.add(
-            sec,
-            "baseline: bpftool loadall, fresh bpffs (ms)",
-            None,
-            cold_tool,
-            "",
-            1,
-        );
-        res.add(
-            sec,
-            "cold_ratio = median(cold --once) / median(cold bpftool)",
-            Some("cold_ratio"),
-            cold_ratio,
-            "<= 1.25",
-            2,
-        );
-        res.add(
-            sec,
-            "idle: bpfpin-agent local --once, no manifests, fresh bpffs (ms)",
-            Some("idle_once_ms"),
-            idle,
-            "<= 1.5",
-            1,
-        );
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Cluster scenario
+pub const TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A simulated node of the bench: Node object + private bpffs (`e2e/scripts/cluster node add`) + agent.
-struct BenchNode {
-    name: String,
-    bpffs: PathBuf,
-    agent: Proc,
+pub struct BenchNode {
+    pub name: String,
+    pub bpffs: PathBuf,
+    pub agent: Proc,
 }
 
 impl BenchNode {
-    fn root(&self) -> PathBuf {
+    pub fn root(&self) -> PathBuf {
         self.bpffs.join("bpfpin")
     }
-    fn has_object(&self, object: &str) -> bool {
+    pub fn has_object(&self, object: &str) -> bool {
         std::fs::symlink_metadata(self.root().join(object)).is_ok()
             || self.root().join("_versions").join(object).exists()
     }
-    fn program_ids(&self, object: &str) -> Vec<(String, Option<u32>)> {
+    pub fn program_ids(&self, object: &str) -> Vec<(String, Option<u32>)> {
         COUNTER_PROGRAMS
             .iter()
             .map(|p| {
@@ -807,57 +59,20 @@ impl BenchNode {
     }
 }
 
-struct Cluster<'a> {
-    args: &'a Args,
-    client: Client,
-    kubeconfig: PathBuf,
-    bytecode: PathBuf,
-    agent_bin: PathBuf,
-    operator: Option<Proc>,
-    nodes: Vec<BenchNode>,
-}
-
-/// Events of a watch, stamped with the instant they arrived.
-type Stamped<K> = (Instant, watcher::Event<K>);
-
-/// Watches `$api` with `$config`; events go to a channel, stamped on arrival.
-macro_rules! spawn_watch {
-    ($api:expr, $config:expr $(,)?) => {{
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (api, config) = ($api, $config);
-        let task = tokio::spawn(async move {
-            let mut stream = std::pin::pin!(watcher(api, config));
-            while let Some(ev) = stream.next().await {
-                match ev {
-                    Ok(ev) => {
-                        if tx.send((Instant::now(), ev)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => eprintln!("bench: watch error (retrying): {e}"),
-                }
-            }
-        });
-        (rx, task)
-    }};
-}
-
-async fn wait_init<K>(rx: &mut mpsc::UnboundedReceiver<Stamped<K>>) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some((_, watcher::Event::InitDone))) => return Ok(()),
-            Ok(Some(_)) => {}
-            Ok(None) => bail!("watch ended"),
-            Err(_) => bail!("timed out waiting for the watch's initial list"),
-        }
-    }
+pub struct Cluster<'a> {
+    pub args: &'a Args,
+    pub client: Client,
+    pub kubeconfig: PathBuf,
+    pub bytecode: PathBuf,
+    pub agent_bin: PathBuf,
+    pub operator: Option<Proc>,
+    pub nodes: Vec<BenchNode>,
 }
 
 /// API server write requests on bpfpin's resources, by (resource, subresource, verb).
-type Writes = BTreeMap<(String, String, String), f64>;
+pub type Writes = BTreeMap<(String, String, String), f64>;
 
-fn scrape_writes(kubeconfig: &Path) -> Result<Writes> {
+pub fn scrape_writes(kubeconfig: &Path) -> Result<Writes> {
     let text = run(Command::new("kubectl")
         .args(["get", "--raw", "/metrics"])
         .env("KUBECONFIG", kubeconfig))?;
@@ -898,7 +113,7 @@ fn scrape_writes(kubeconfig: &Path) -> Result<Writes> {
     Ok(out)
 }
 
-fn diff_writes(before: &Writes, after: &Writes) -> Writes {
+pub fn diff_writes(before: &Writes, after: &Writes) -> Writes {
     after
         .iter()
         .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
@@ -907,7 +122,7 @@ fn diff_writes(before: &Writes, after: &Writes) -> Writes {
 }
 
 /// Other bpfpin processes on this machine (another test using the same control plane).
-fn foreign_processes(ours: &BTreeSet<u32>) -> Vec<String> {
+pub fn foreign_processes(ours: &BTreeSet<u32>) -> Vec<String> {
     let mut found = Vec::new();
     let me = std::process::id();
     if let Ok(entries) = std::fs::read_dir("/proc") {
@@ -932,7 +147,7 @@ fn foreign_processes(ours: &BTreeSet<u32>) -> Vec<String> {
     found
 }
 
-fn object_json(name: &str, bytecode: &Path) -> Result<BpfObject> {
+pub fn object_json(name: &str, bytecode: &Path) -> Result<BpfObject> {
     let programs: Vec<serde_json::Value> = COUNTER_PROGRAMS
         .iter()
         .map(|p| serde_json::json!({"name": p}))
@@ -949,7 +164,7 @@ fn object_json(name: &str, bytecode: &Path) -> Result<BpfObject> {
     }))?)
 }
 
-fn all_ready(o: &BpfObject, nodes: usize) -> bool {
+pub fn all_ready(o: &BpfObject, nodes: usize) -> bool {
     ready_is(o, "True")
         && o.status
             .as_ref()
@@ -959,33 +174,33 @@ fn all_ready(o: &BpfObject, nodes: usize) -> bool {
 
 /// Per-run measurements of the cluster scenario.
 #[derive(Debug, Default)]
-struct ClusterFigures {
-    ready_p50: Figure,
-    ready_p99: Figure,
-    ready_max: Figure,
-    create_spread: Figure,
-    delete_p50: Figure,
-    delete_p99: Figure,
-    agent_rss: Figure,
-    agent_hwm: Figure,
-    operator_rss: Figure,
-    operator_hwm: Figure,
-    restart_ms: Figure,
-    restart_reloads: Figure,
-    restarted_rss: Figure,
-    writes_per_on: Figure,
-    writes_total: Figure,
-    writes_by: BTreeMap<String, Figure>,
-    write_runs: usize,
-    delete_writes_by: BTreeMap<String, Figure>,
-    state_bytes: Figure,
-    heartbeat_bytes: Figure,
-    entry_bytes: Figure,
-    object_bytes: Figure,
+pub struct ClusterFigures {
+    pub ready_p50: Figure,
+    pub ready_p99: Figure,
+    pub ready_max: Figure,
+    pub create_spread: Figure,
+    pub delete_p50: Figure,
+    pub delete_p99: Figure,
+    pub agent_rss: Figure,
+    pub agent_hwm: Figure,
+    pub operator_rss: Figure,
+    pub operator_hwm: Figure,
+    pub restart_ms: Figure,
+    pub restart_reloads: Figure,
+    pub restarted_rss: Figure,
+    pub writes_per_on: Figure,
+    pub writes_total: Figure,
+    pub writes_by: BTreeMap<String, Figure>,
+    pub write_runs: usize,
+    pub delete_writes_by: BTreeMap<String, Figure>,
+    pub state_bytes: Figure,
+    pub heartbeat_bytes: Figure,
+    pub entry_bytes: Figure,
+    pub object_bytes: Figure,
 }
 
 impl Cluster<'_> {
-    fn log(&self, name: &str) -> Result<std::fs::File> {
+    pub fn log(&self, name: &str) -> Result<std::fs::File> {
         std::fs::create_dir_all(&self.args.logs)?;
         Ok(std::fs::OpenOptions::new()
             .create(true)
@@ -993,7 +208,7 @@ impl Cluster<'_> {
             .open(self.args.logs.join(format!("{name}.log")))?)
     }
 
-    fn start_agent(&self, name: &str, bpffs: &Path) -> Result<Proc> {
+    pub fn start_agent(&self, name: &str, bpffs: &Path) -> Result<Proc> {
         let child = Command::new(&self.agent_bin)
             .args(["cluster", "--node-name", name, "--bpffs"])
             .arg(bpffs)
@@ -1014,7 +229,7 @@ impl Cluster<'_> {
     }
 
     /// Removes what an interrupted earlier run left: bench objects and bench nodes.
-    async fn clean_leftovers(&self) -> Result<()> {
+    pub async fn clean_leftovers(&self) -> Result<()> {
         let objects: Api<BpfObject> = Api::all(self.client.clone());
         let lp = ListParams::default().labels(&format!("{LABEL}=yes"));
         let left = objects.list_metadata(&lp).await?;
@@ -1044,7 +259,7 @@ impl Cluster<'_> {
         Ok(())
     }
 
-    async fn setup(&mut self) -> Result<()> {
+    pub async fn setup(&mut self) -> Result<()> {
         self.clean_leftovers().await?;
         let setup_started = Timestamp::now();
         let op = Command::new(binary("bpfpin-operator")?)
@@ -1104,7 +319,7 @@ impl Cluster<'_> {
         Ok(())
     }
 
-    async fn teardown(&mut self) {
+    pub async fn teardown(&mut self) {
         let objects: Api<BpfObject> = Api::all(self.client.clone());
         let lp = ListParams::default().labels(&format!("{LABEL}=yes"));
         if let Ok(left) = objects.list_metadata(&lp).await
@@ -1148,7 +363,7 @@ impl Cluster<'_> {
         }
     }
 
-    fn ours(&self) -> BTreeSet<u32> {
+    pub fn ours(&self) -> BTreeSet<u32> {
         let mut s: BTreeSet<u32> = self.nodes.iter().map(|n| n.agent.pid()).collect();
         if let Some(op) = &self.operator {
             s.insert(op.pid());
@@ -1156,13 +371,13 @@ impl Cluster<'_> {
         s
     }
 
-    async fn one_run(&mut self, r: usize, f: &mut ClusterFigures) -> Result<()> {
+    pub async fn one_run(&mut self, r: usize, f: &mut ClusterFigures) -> Result<()> {
         let n_nodes = self.nodes.len();
         let objects_api: Api<BpfObject> = Api::all(self.client.clone());
         let names: Vec<String> = (0..self.args.objects)
             .map(|i| format!("bench-r{r}-{i:03}"))
             .collect();
-        let (mut rx, watch_task) = spawn_watch!(
+        let (mut rx, watch_task) = spawn_watch(
             objects_api.clone(),
             watcher::Config::default().labels(&format!("{LABEL}=yes")),
         );
@@ -1434,7 +649,7 @@ impl Cluster<'_> {
         Ok(())
     }
 
-    async fn restart(&mut self, names: &[String], f: &mut ClusterFigures) -> Result<()> {
+    pub async fn restart(&mut self, names: &[String], f: &mut ClusterFigures) -> Result<()> {
         let node = &self.nodes[0];
         let node_name = node.name.clone();
         let states: Api<BpfNodeState> = Api::all(self.client.clone());
@@ -1450,7 +665,7 @@ impl Cluster<'_> {
                 .and_then(|s| s.renew_time.as_ref())
                 .map(|t| t.0)
         };
-        let (mut rx, task) = spawn_watch!(
+        let (mut rx, task) = spawn_watch(
             leases.clone(),
             watcher::Config::default().fields(&format!("metadata.name={lease}")),
         );
@@ -1508,7 +723,7 @@ impl Cluster<'_> {
 
     /// One object selecting 3 nodes (fewer if the bench has fewer), applied alone: create
     /// response -> Ready on them, `SINGLE_RUNS` times, each deleted (and gone) before the next.
-    async fn single(&mut self, res: &mut Results) -> Result<()> {
+    pub async fn single(&mut self, res: &mut Results) -> Result<()> {
         const SINGLE: &str = "bpfpin-bench-single";
         const SINGLE_RUNS: usize = 11;
         let n = self.nodes.len().min(3);
@@ -1523,7 +738,7 @@ impl Cluster<'_> {
                 .await?;
         }
         let objects_api: Api<BpfObject> = Api::all(self.client.clone());
-        let (mut rx, task) = spawn_watch!(
+        let (mut rx, task) = spawn_watch(
             objects_api.clone(),
             watcher::Config::default().labels(&format!("{LABEL}=yes")),
         );
@@ -1579,7 +794,7 @@ impl Cluster<'_> {
         Ok(())
     }
 
-    async fn scenario(&mut self, res: &mut Results) -> Result<()> {
+    pub async fn scenario(&mut self, res: &mut Results) -> Result<()> {
         self.setup().await?;
         self.single(res).await?;
         let foreign = foreign_processes(&self.ours());
@@ -1756,134 +971,4 @@ impl Cluster<'_> {
         }
         Ok(())
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-
-// Beside this file, not in src/bin/ itself, where cargo would take them for binaries.
-#[path = "bench/fleet.rs"]
-mod fleet;
-#[path = "bench/sim.rs"]
-mod sim;
-
-fn main() -> std::process::ExitCode {
-    let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("__fleet-agents") {
-        // A simulated-agent process of the fleet bench (sim.rs), started by the bench itself.
-        return match sim::SimArgs::parse(&argv[2..]).and_then(sim::main) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("bench __fleet-agents: {e:#}");
-                std::process::ExitCode::FAILURE
-            }
-        };
-    }
-    let args = parse_args();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match rt.block_on(bench(&args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-async fn bench(args: &Args) -> Result<()> {
-    let started = Instant::now();
-    let work = tempfile::Builder::new().prefix("bpfpin-bench-").tempdir()?;
-    let bytecode = work.path().join("bytecode");
-    std::fs::create_dir_all(&bytecode)?;
-    compile(
-        &repo().join("examples/counter/counter.bpf.c"),
-        &bytecode.join("counter.bpf.o"),
-    )?;
-    compile(
-        &repo().join("agent/tests/bpf/many.bpf.c"),
-        &bytecode.join("many.bpf.o"),
-    )?;
-    let _ = std::fs::remove_dir_all(&args.logs);
-    std::fs::create_dir_all(&args.logs)?;
-    if let Some(nodes) = args.fleet {
-        let fa = fleet::FleetArgs {
-            nodes,
-            objects: args.objects,
-            procs: args
-                .procs
-                .unwrap_or(if nodes >= 1000 { 2 } else { 1 })
-                .min(nodes),
-            load: args.load_ms.map(|v| Duration::from_secs_f64(v / 1000.0)),
-            heartbeat: Duration::from_secs_f64(args.heartbeat_s.unwrap_or(if args.smoke {
-                2.0
-            } else {
-                30.0
-            })),
-            steady: Duration::from_secs_f64(args.steady_s.unwrap_or(if args.smoke {
-                5.0
-            } else {
-                65.0
-            })),
-        };
-        return fleet::bench(args, fa, work.path(), &bytecode).await;
-    }
-    let mut res = Results::default();
-
-    // Local figures first, while the machine is quiet.
-    let local = Local {
-        args,
-        work: work.path().to_path_buf(),
-        bytecode: bytecode.clone(),
-        agent: binary("bpfpin-agent")?,
-    };
-    eprintln!(
-        "bench: local mode: load overhead and cold --once ({} runs)",
-        args.micro_runs
-    );
-    let mut local_res = Results::default();
-    local.load(&mut local_res)?;
-    eprintln!(
-        "bench: local mode: GC ({} runs of {} objects)",
-        args.runs, args.gc_objects
-    );
-    local.gc(&mut local_res)?;
-
-    if args.local_only {
-        local_res.print(args, started.elapsed());
-        return Ok(());
-    }
-    eprintln!(
-        "bench: cluster: {} nodes, {} objects, {} runs",
-        args.nodes, args.objects, args.runs
-    );
-    let kubeconfig = PathBuf::from(
-        std::env::var_os("KUBECONFIG")
-            .context("KUBECONFIG is not set: run through e2e/scripts/bench")?,
-    );
-    let client = Client::try_default()
-        .await
-        .context("connecting to the API server")?;
-    let mut cluster = Cluster {
-        args,
-        client,
-        kubeconfig,
-        bytecode: bytecode.clone(),
-        agent_bin: binary("bpfpin-agent")?,
-        operator: None,
-        nodes: Vec::new(),
-    };
-    let outcome = cluster.scenario(&mut res).await;
-    cluster.teardown().await;
-    outcome?;
-    res.rows.extend(local_res.rows);
-    res.notes.extend(local_res.notes);
-    res.notes.push(format!(
-        "logs of the operator and agents: {}",
-        args.logs.display()
-    ));
-    res.print(args, started.elapsed());
-    Ok(())
 }

@@ -1,0 +1,140 @@
+//! This machine: the binaries, child processes, bpffs mounts, /proc figures, kernel program ids.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+use bpfpin_e2e::repo;
+
+/// Extra arguments from an environment variable (split on whitespace), e.g.
+/// `BPFPIN_BENCH_OPERATOR_ARGS="--debounce 100ms"` to measure a setting.
+pub fn extra_args(var: &str) -> Vec<String> {
+    std::env::var(var)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"))
+        // e2e/scripts/bench sets it: `release` for real figures, `debug` for the smoke run in e2e/run.
+        .join(std::env::var("BPFPIN_BENCH_PROFILE").unwrap_or_else(|_| "release".into()))
+}
+
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let p = target_dir().join(name);
+    if !p.exists() {
+        bail!(
+            "{} is missing: e2e/scripts/bench builds it (cargo build --release -p bpfpin-agent -p bpfpin-operator)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn mount_bpffs(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(dir))?;
+    Ok(())
+}
+
+pub fn umount(dir: &Path) {
+    let _ = Command::new("umount")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Pins (files) under a directory, not following symlinks.
+pub fn count_pins(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => n += count_pins(&e.path()),
+            Ok(t) if t.is_file() => n += 1,
+            _ => {}
+        }
+    }
+    n
+}
+
+/// `(VmRSS, VmHWM)` of a process in MiB.
+pub fn memory_mib(pid: u32) -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Kernel id of the program pinned at `path` (BPF_OBJ_GET + BPF_OBJ_GET_INFO_BY_FD).
+pub fn pinned_prog_id(path: &Path) -> Option<u32> {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // union bpf_attr, BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags, path_fd.
+    let mut attr = [0u8; 128];
+    attr[..8].copy_from_slice(&(cpath.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: attr is a zeroed bpf_attr-sized buffer whose pathname points to a live C string.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let fd = fd as i32;
+    // struct bpf_prog_info starts with type (u32), id (u32).
+    let mut info = [0u32; 2];
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(std::mem::size_of_val(&info) as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    // SAFETY: attr holds the fd, the buffer length and a pointer to `info`, which outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            attr.as_mut_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    // SAFETY: fd was returned by BPF_OBJ_GET above and is closed once.
+    unsafe { libc::close(fd) };
+    (rc == 0).then_some(info[1])
+}
+
+pub fn compile(src: &Path, out: &Path) -> Result<()> {
+    bpfpin_e2e::compile_bpf(src, out)
+}
