@@ -260,9 +260,7 @@ async fn bad_objects_fail_with_a_reason_and_others_stay_ready() -> anyhow::Resul
 async fn deletion_completes_with_a_dead_agent_and_a_deleted_node() -> anyhow::Result<()> {
     let env = Env::new().await?;
     let _op = env.operator("8s")?;
-    let d1 = env.node("del-1", &[("e2e-group", "del")]).await?;
-    let mut d2 = env.node("del-2", &[("e2e-group", "del")]).await?;
-    let mut d3 = env.node("del-3", &[("e2e-group", "del")]).await?;
+    let [d1, mut d2, mut d3] = env.nodes("del").await?;
     let started = Instant::now();
     env.apply(&manifest("del", &spec_counter(&env, "del")));
     env.wait_object("del", "Ready on 3 nodes", |o| ready_is(o, "True"))
@@ -411,10 +409,7 @@ async fn the_configmap_example_pins_when_its_configmap_appears_and_reloads_when_
 -> anyhow::Result<()> {
     let env = Env::new().await?;
     let _op = env.operator("30s")?;
-    let nodes = [
-        env.node("cm-1", &[("e2e-group", "cm")]).await?,
-        env.node("cm-2", &[("e2e-group", "cm")]).await?,
-    ];
+    let nodes: [SimNode; 2] = env.nodes("cm").await?;
     // examples/configmap names default/counter-bytecode, key counter.bpf.o.
     let (name, manifest) = example("configmap/configmap.yaml", "cm", |_| {});
     env.kubectl_ok(
@@ -536,10 +531,7 @@ async fn the_image_example_pulls_with_its_pull_secret_and_a_wrong_password_fails
 -> anyhow::Result<()> {
     let env = Env::new().await?;
     let _op = env.operator("30s")?;
-    let nodes = [
-        env.node("img-1", &[("e2e-group", "img")]).await?,
-        env.node("img-2", &[("e2e-group", "img")]).await?,
-    ];
+    let nodes: [SimNode; 2] = env.nodes("img").await?;
     // A real registry with htpasswd auth; the image built from examples/image/Containerfile.
     let registry = registry::Registry::start(true);
     let (user, password) = registry.credentials.clone().expect("credentials");
@@ -671,8 +663,7 @@ async fn the_image_example_pulls_with_its_pull_secret_and_a_wrong_password_fails
 async fn a_missing_attach_point_is_retried_until_it_appears() -> anyhow::Result<()> {
     let env = Env::new().await?;
     let _op = env.operator("30s")?;
-    let _n1 = env.node("late-1", &[("e2e-group", "late")]).await?;
-    let _n2 = env.node("late-2", &[("e2e-group", "late")]).await?;
+    let _nodes: [SimNode; 2] = env.nodes("late").await?;
     compile_bpf(
         &repo().join("examples/cgroup-skb/cgroup_skb.bpf.c"),
         &env.bytecode_dir.path().join("cgroup_skb.bpf.o"),

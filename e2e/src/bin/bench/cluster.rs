@@ -19,10 +19,10 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 use crate::COUNTER_PROGRAMS;
+use crate::api::{drop_objects, spawn_watch, wait_init};
 use crate::args::Args;
 use crate::host::*;
 use crate::stats::*;
-use crate::watch::{spawn_watch, wait_init};
 
 /// Label on the bench's Nodes (selected by the objects) and on its BpfObjects.
 pub const LABEL: &str = "bpfpin-bench";
@@ -200,14 +200,6 @@ pub struct ClusterFigures {
 }
 
 impl Cluster<'_> {
-    pub fn log(&self, name: &str) -> Result<std::fs::File> {
-        std::fs::create_dir_all(&self.args.logs)?;
-        Ok(std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.args.logs.join(format!("{name}.log")))?)
-    }
-
     pub fn start_agent(&self, name: &str, bpffs: &Path) -> Result<Proc> {
         let child = Command::new(&self.agent_bin)
             .args(["cluster", "--node-name", name, "--bpffs"])
@@ -222,7 +214,7 @@ impl Cluster<'_> {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(self.log(&format!("agent-{name}"))?)
+            .stderr(log_file(&self.args.logs, &format!("agent-{name}"))?)
             .spawn()
             .context("starting bpfpin-agent")?;
         Ok(Proc::new("agent", child, PathBuf::new()))
@@ -230,21 +222,8 @@ impl Cluster<'_> {
 
     /// Removes what an interrupted earlier run left: bench objects and bench nodes.
     pub async fn clean_leftovers(&self) -> Result<()> {
-        let objects: Api<BpfObject> = Api::all(self.client.clone());
         let lp = ListParams::default().labels(&format!("{LABEL}=yes"));
-        let left = objects.list_metadata(&lp).await?;
-        for o in &left.items {
-            let name = o.name_any();
-            let _ = objects.delete(&name, &DeleteParams::default()).await;
-            // No operator runs yet to release the finalizer: drop it.
-            let _ = objects
-                .patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
-                )
-                .await;
-        }
+        drop_objects(&self.client, &lp).await?;
         let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
         for n in nodes.list_metadata(&lp).await?.items {
             let name = n.name_any();
@@ -262,18 +241,11 @@ impl Cluster<'_> {
     pub async fn setup(&mut self) -> Result<()> {
         self.clean_leftovers().await?;
         let setup_started = Timestamp::now();
-        let op = Command::new(binary("bpfpin-operator")?)
-            .args(["--no-leader-election", "--metrics-addr", "127.0.0.1:0"])
-            .args(extra_args("BPFPIN_BENCH_OPERATOR_ARGS"))
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            // The operator logs to stdout.
-            .stdout(self.log("operator")?)
-            .stderr(self.log("operator")?)
-            .spawn()
-            .context("starting bpfpin-operator")?;
-        self.operator = Some(Proc::new("operator", op, PathBuf::new()));
+        self.operator = Some(start_operator(
+            &self.kubeconfig,
+            &self.args.logs,
+            "operator",
+        )?);
         for i in 0..self.args.nodes {
             let name = format!("{NODE_PREFIX}{i}");
             let out = run(Command::new(repo().join("e2e/scripts/cluster"))

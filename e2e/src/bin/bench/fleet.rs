@@ -26,11 +26,11 @@ use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
 use crate::COUNTER_PROGRAMS;
+use crate::api::{Stamped, connect, drop_objects, spawn_watch, wait_init};
 use crate::args::Args;
-use crate::host::{binary, extra_args, memory_mib, mount_bpffs, run, umount};
+use crate::host::{log_file, memory_mib, mount_bpffs, run, start_operator, umount};
 use crate::sim::{SimArgs, Stats, Template};
 use crate::stats::{Figure, Results, ms, percentile};
-use crate::watch::{Stamped, spawn_watch, wait_init};
 
 /// Label on the fleet's Nodes and BpfObjects.
 const FLEET: &str = "bpfpin-fleet";
@@ -308,26 +308,12 @@ where
 }
 
 impl Fleet<'_> {
-    fn log(&self, name: &str) -> Result<std::fs::File> {
-        std::fs::create_dir_all(&self.args.logs)?;
-        Ok(std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.args.logs.join(format!("{name}.log")))?)
-    }
-
     fn start_operator(&mut self) -> Result<()> {
-        let op = Command::new(binary("bpfpin-operator")?)
-            .args(["--no-leader-election", "--metrics-addr", "127.0.0.1:0"])
-            .args(extra_args("BPFPIN_BENCH_OPERATOR_ARGS"))
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(self.log("fleet-operator")?)
-            .stderr(self.log("fleet-operator")?)
-            .spawn()
-            .context("starting bpfpin-operator")?;
-        self.operator = Some(Proc::new("operator", op, PathBuf::new()));
+        self.operator = Some(start_operator(
+            &self.kubeconfig,
+            &self.args.logs,
+            "fleet-operator",
+        )?);
         Ok(())
     }
 
@@ -336,19 +322,8 @@ impl Fleet<'_> {
     }
 
     async fn clean_leftovers(&self) -> Result<()> {
-        let objects: Api<BpfObject> = Api::all(self.client.clone());
         let lp = ListParams::default().labels(&format!("{FLEET}=yes"));
-        for o in objects.list_metadata(&lp).await?.items {
-            let name = o.name_any();
-            let _ = objects.delete(&name, &DeleteParams::default()).await;
-            let _ = objects
-                .patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
-                )
-                .await;
-        }
+        drop_objects(&self.client, &lp).await?;
         let nodes: Api<Node> = Api::all(self.client.clone());
         let left: Vec<String> = nodes
             .list_metadata(&lp)
@@ -425,7 +400,7 @@ impl Fleet<'_> {
                 .env("KUBECONFIG", &self.kubeconfig)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
-                .stderr(self.log(&format!("fleet-agents-{p}"))?)
+                .stderr(log_file(&self.args.logs, &format!("fleet-agents-{p}"))?)
                 .spawn()
                 .context("starting the simulated agents")?;
             let stdin = child.stdin.take().context("stdin")?;
@@ -1003,13 +978,7 @@ pub async fn bench(args: &Args, fa: FleetArgs, work: &Path, bytecode: &Path) -> 
         serde_json::to_vec(&template)?,
     )?;
     let load = fa.load.unwrap_or(measured);
-    let kubeconfig = PathBuf::from(
-        std::env::var_os("KUBECONFIG")
-            .context("KUBECONFIG is not set: run through e2e/scripts/bench")?,
-    );
-    let client = Client::try_default()
-        .await
-        .context("connecting to the API server")?;
+    let (kubeconfig, client) = connect().await?;
     eprintln!(
         "bench: fleet: {} simulated nodes, {} objects, {} agent processes, stand-in load {:.2} ms (real load median {:.2} ms)",
         fa.nodes,

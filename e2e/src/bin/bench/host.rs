@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
-use bpfpin_e2e::repo;
+use bpfpin_e2e::{Proc, repo};
 
 /// Extra arguments from an environment variable (split on whitespace), e.g.
 /// `BPFPIN_BENCH_OPERATOR_ARGS="--debounce 100ms"` to measure a setting.
@@ -137,4 +137,30 @@ pub fn pinned_prog_id(path: &Path) -> Option<u32> {
 
 pub fn compile(src: &Path, out: &Path) -> Result<()> {
     bpfpin_e2e::compile_bpf(src, out)
+}
+
+/// `<logs>/<name>.log`, opened for appending (the directory made if missing).
+pub fn log_file(logs: &Path, name: &str) -> Result<std::fs::File> {
+    std::fs::create_dir_all(logs)?;
+    Ok(std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("{name}.log")))?)
+}
+
+/// The operator without leader election (`BPFPIN_BENCH_OPERATOR_ARGS` added), logging to
+/// `<logs>/<log>.log`.
+pub fn start_operator(kubeconfig: &Path, logs: &Path, log: &str) -> Result<Proc> {
+    let op = Command::new(binary("bpfpin-operator")?)
+        .args(["--no-leader-election", "--metrics-addr", "127.0.0.1:0"])
+        .args(extra_args("BPFPIN_BENCH_OPERATOR_ARGS"))
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        // The operator logs to stdout.
+        .stdout(log_file(logs, log)?)
+        .stderr(log_file(logs, log)?)
+        .spawn()
+        .context("starting bpfpin-operator")?;
+    Ok(Proc::new("operator", op, PathBuf::new()))
 }

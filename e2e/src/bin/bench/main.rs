@@ -8,6 +8,7 @@
 //! [`cluster`] and [`local`] measure, [`fleet`] (with [`sim`], its simulated agents) is the
 //! fleet bench of `--fleet N`; [`stats`] prints the table and the `bench:` line.
 
+mod api;
 mod args;
 mod cluster;
 mod fleet;
@@ -15,16 +16,14 @@ mod host;
 mod local;
 mod sim;
 mod stats;
-mod watch;
 
-use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use bpfpin_e2e::repo;
 use clap::Parser as _;
-use kube::Client;
 
+use crate::api::connect;
 use crate::args::Args;
 use crate::cluster::Cluster;
 use crate::host::{binary, compile};
@@ -108,13 +107,7 @@ async fn bench(args: &Args) -> Result<()> {
         "bench: cluster: {} nodes, {} objects, {} runs",
         args.nodes, args.objects, args.runs
     );
-    let kubeconfig = PathBuf::from(
-        std::env::var_os("KUBECONFIG")
-            .context("KUBECONFIG is not set: run through e2e/scripts/bench")?,
-    );
-    let client = Client::try_default()
-        .await
-        .context("connecting to the API server")?;
+    let (kubeconfig, client) = connect().await?;
     let mut cluster = Cluster {
         args,
         client,

@@ -1174,14 +1174,16 @@ impl Chaos {
             }
         }
         let states: Api<BpfNodeState> = Api::all(self.client.clone());
+        // The writes that must reload nothing: the same program ids before and after.
+        let unchanged: Vec<(usize, &str)> = respell
+            .iter()
+            .map(|&(i, _, _)| (i, "selector respelled"))
+            .chain(mood.iter().map(|&i| (i, "label of the object")))
+            .collect();
         let mut ids_before = BTreeMap::new();
         for n in &self.nodes {
             let st = call(states.get(&n.name)).await?;
-            for &(i, _, _) in &respell {
-                let o = &self.slots[i].name;
-                ids_before.insert((o.clone(), n.name.clone()), reported_ids(&st, o));
-            }
-            for &i in &mood {
+            for &(i, _) in &unchanged {
                 let o = &self.slots[i].name;
                 ids_before.insert((o.clone(), n.name.clone()), reported_ids(&st, o));
             }
@@ -1233,31 +1235,11 @@ impl Chaos {
                     true,
                 ));
             }
-            for &(i, _, _) in &respell {
+            for &(i, what) in &unchanged {
                 let o = &self.slots[i].name;
                 let same =
                     ids_before.get(&(o.clone(), n.name.clone())) == Some(&reported_ids(&st, o));
-                found.push((
-                    o.clone(),
-                    n.name.clone(),
-                    "selector respelled",
-                    delta(o),
-                    0,
-                    same,
-                ));
-            }
-            for &i in &mood {
-                let o = &self.slots[i].name;
-                let same =
-                    ids_before.get(&(o.clone(), n.name.clone())) == Some(&reported_ids(&st, o));
-                found.push((
-                    o.clone(),
-                    n.name.clone(),
-                    "label of the object",
-                    delta(o),
-                    0,
-                    same,
-                ));
+                found.push((o.clone(), n.name.clone(), what, delta(o), 0, same));
             }
         }
         for (o, node, what, got, want, same_ids) in found {

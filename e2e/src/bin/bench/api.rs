@@ -1,13 +1,17 @@
-//! Watches whose events arrive stamped with the instant they came, so that a figure is the time
-//! the API server told us, not the time a loop got round to it.
+//! The API server as the bench uses it: the connection, leftovers of an earlier run, and
+//! watches whose events arrive stamped with the instant they came (a figure is the time the API
+//! server told us, not the time a loop got round to it).
 
 use std::fmt::Debug;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
+use bpfpin_crds::BpfObject;
 use futures::StreamExt as _;
-use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
@@ -56,4 +60,34 @@ pub async fn wait_init<K>(rx: &mut mpsc::UnboundedReceiver<Stamped<K>>) -> Resul
             Err(_) => bail!("timed out waiting for the watch's initial list"),
         }
     }
+}
+
+/// `KUBECONFIG` (which `e2e/scripts/bench` sets) and a client of that API server.
+pub async fn connect() -> Result<(PathBuf, Client)> {
+    let kubeconfig = PathBuf::from(
+        std::env::var_os("KUBECONFIG")
+            .context("KUBECONFIG is not set: run through e2e/scripts/bench")?,
+    );
+    let client = Client::try_default()
+        .await
+        .context("connecting to the API server")?;
+    Ok((kubeconfig, client))
+}
+
+/// Deletes the BpfObjects `lp` selects and drops their finalizers: no operator runs yet to
+/// release them.
+pub async fn drop_objects(client: &Client, lp: &ListParams) -> Result<()> {
+    let objects: Api<BpfObject> = Api::all(client.clone());
+    for o in objects.list_metadata(lp).await?.items {
+        let name = o.name_any();
+        let _ = objects.delete(&name, &DeleteParams::default()).await;
+        let _ = objects
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+            )
+            .await;
+    }
+    Ok(())
 }
