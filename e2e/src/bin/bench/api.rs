@@ -3,7 +3,8 @@
 //! server told us, not the time a loop got round to it).
 
 use std::fmt::Debug;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -14,6 +15,8 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
+
+use crate::host::run;
 
 /// How long a watch's initial list may take.
 const INIT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -90,4 +93,53 @@ pub async fn drop_objects(client: &Client, lp: &ListParams) -> Result<()> {
             .await;
     }
     Ok(())
+}
+
+/// The verbs of `apiserver_request_total` that write.
+pub const WRITE_VERBS: [&str; 6] = [
+    "POST",
+    "PUT",
+    "PATCH",
+    "APPLY",
+    "DELETE",
+    "DELETECOLLECTION",
+];
+
+/// One sample of the API server's `/metrics`: `metric{labels} value`.
+#[derive(Debug)]
+pub struct Sample<'a> {
+    pub metric: &'a str,
+    labels: &'a str,
+    pub value: f64,
+}
+
+impl Sample<'_> {
+    /// The value of label `k` ("" when absent).
+    pub fn label(&self, k: &str) -> String {
+        self.labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+            .map(|v| v.trim_end_matches('"').to_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// The API server's `/metrics` text (through kubectl).
+pub fn apiserver_metrics(kubeconfig: &Path) -> Result<String> {
+    run(Command::new("kubectl")
+        .args(["get", "--raw", "/metrics"])
+        .env("KUBECONFIG", kubeconfig))
+}
+
+/// The labelled samples of a `/metrics` text.
+pub fn samples(text: &str) -> impl Iterator<Item = Sample<'_>> {
+    text.lines().filter_map(|line| {
+        let (metric, rest) = line.split_once('{')?;
+        let (labels, value) = rest.split_once("} ")?;
+        Some(Sample {
+            metric,
+            labels,
+            value: value.trim().parse().unwrap_or(0.0),
+        })
+    })
 }

@@ -19,10 +19,10 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
 use crate::COUNTER_PROGRAMS;
-use crate::api::{drop_objects, spawn_watch, wait_init};
+use crate::api::{WRITE_VERBS, apiserver_metrics, drop_objects, samples, spawn_watch, wait_init};
 use crate::args::Args;
-use crate::host::*;
-use crate::stats::*;
+use crate::host::{extra_args, log_file, memory_mib, pinned_prog_id, run, start_operator};
+use crate::stats::{Figure, Results, ms, percentile};
 
 /// Label on the bench's Nodes (selected by the objects) and on its BpfObjects.
 pub const LABEL: &str = "bpfpin-bench";
@@ -73,42 +73,18 @@ pub struct Cluster<'a> {
 pub type Writes = BTreeMap<(String, String, String), f64>;
 
 pub fn scrape_writes(kubeconfig: &Path) -> Result<Writes> {
-    let text = run(Command::new("kubectl")
-        .args(["get", "--raw", "/metrics"])
-        .env("KUBECONFIG", kubeconfig))?;
+    let text = apiserver_metrics(kubeconfig)?;
     let mut out = Writes::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.split_once("} ") else {
-            continue;
-        };
-        let label = |k: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
-                .map(|v| v.trim_end_matches('"').to_owned())
-                .unwrap_or_default()
-        };
-        let resource = label("resource");
-        let verb = label("verb");
+    for sample in samples(&text).filter(|s| s.metric == "apiserver_request_total") {
+        let resource = sample.label("resource");
+        let verb = sample.label("verb");
         if !["bpfobjects", "bpfnodestates", "events"].contains(&resource.as_str())
-            || ![
-                "POST",
-                "PUT",
-                "PATCH",
-                "APPLY",
-                "DELETE",
-                "DELETECOLLECTION",
-            ]
-            .contains(&verb.as_str())
+            || !WRITE_VERBS.contains(&verb.as_str())
         {
             continue;
         }
-        let v: f64 = value.trim().parse().unwrap_or(0.0);
-        *out.entry((resource, label("subresource"), verb))
-            .or_default() += v;
+        *out.entry((resource, sample.label("subresource"), verb))
+            .or_default() += sample.value;
     }
     Ok(out)
 }

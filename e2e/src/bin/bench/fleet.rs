@@ -26,9 +26,11 @@ use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
 use crate::COUNTER_PROGRAMS;
-use crate::api::{Stamped, connect, drop_objects, spawn_watch, wait_init};
+use crate::api::{
+    Stamped, WRITE_VERBS, apiserver_metrics, connect, drop_objects, samples, spawn_watch, wait_init,
+};
 use crate::args::Args;
-use crate::host::{log_file, memory_mib, mount_bpffs, run, start_operator, umount};
+use crate::host::{log_file, memory_mib, mount_bpffs, start_operator, umount};
 use crate::sim::{SimArgs, Stats, Template};
 use crate::stats::{Figure, Results, ms, percentile};
 
@@ -191,48 +193,23 @@ struct ApiBytes {
     writes: BTreeMap<String, f64>,
 }
 
-const WRITE_VERBS: [&str; 6] = [
-    "POST",
-    "PUT",
-    "PATCH",
-    "APPLY",
-    "DELETE",
-    "DELETECOLLECTION",
-];
 const OURS: [&str; 3] = ["bpfobjects", "bpfnodestates", "leases"];
 
 fn scrape_api(kubeconfig: &Path) -> Result<ApiBytes> {
-    let text = run(Command::new("kubectl")
-        .args(["get", "--raw", "/metrics"])
-        .env("KUBECONFIG", kubeconfig))?;
+    let text = apiserver_metrics(kubeconfig)?;
     let mut out = ApiBytes::default();
-    for line in text.lines() {
-        let (metric, rest) = match line.split_once('{') {
-            Some(x) => x,
-            None => continue,
-        };
-        let Some((labels, value)) = rest.split_once("} ") else {
-            continue;
-        };
-        let label = |k: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
-                .map(|v| v.trim_end_matches('"').to_owned())
-                .unwrap_or_default()
-        };
-        let resource = label("resource");
+    for sample in samples(&text) {
+        let resource = sample.label("resource");
         if !OURS.contains(&resource.as_str()) {
             continue;
         }
-        let v: f64 = value.trim().parse().unwrap_or(0.0);
-        match metric {
+        match sample.metric {
             // The body of every mutating request (the verb label is lowercase here).
             "apiserver_request_body_size_bytes_sum" => {
-                *out.bytes.entry(resource).or_default() += v;
+                *out.bytes.entry(resource).or_default() += sample.value;
             }
-            "apiserver_request_total" if WRITE_VERBS.contains(&label("verb").as_str()) => {
-                *out.writes.entry(resource).or_default() += v;
+            "apiserver_request_total" if WRITE_VERBS.contains(&sample.label("verb").as_str()) => {
+                *out.writes.entry(resource).or_default() += sample.value;
             }
             _ => {}
         }

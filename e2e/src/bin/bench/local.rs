@@ -12,8 +12,8 @@ use bpfpin_crds::{BpfObject, BpfObjectSpec};
 use crate::COUNTER_PROGRAMS;
 use crate::args::Args;
 use crate::cluster::LABEL;
-use crate::host::*;
-use crate::stats::*;
+use crate::host::{count_pins, mount_bpffs, umount};
+use crate::stats::{Figure, Results, ms};
 
 pub fn spec_yaml(name: &str, bytecode: &Path, programs: &[String], selector: bool) -> String {
     let progs: String = programs
