@@ -18,11 +18,11 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
-use crate::COUNTER_PROGRAMS;
 use crate::api::{WRITE_VERBS, apiserver_metrics, drop_objects, samples, spawn_watch, wait_init};
 use crate::args::Args;
 use crate::host::{extra_args, log_file, memory_mib, pinned_prog_id, run, start_operator};
 use crate::stats::{Figure, Results, ms, percentile};
+use crate::{COUNTER_PROGRAMS, counter_object};
 
 /// Label on the bench's Nodes (selected by the objects) and on its BpfObjects.
 pub const LABEL: &str = "bpfpin-bench";
@@ -124,20 +124,7 @@ pub fn foreign_processes(ours: &BTreeSet<u32>) -> Vec<String> {
 }
 
 pub fn object_json(name: &str, bytecode: &Path) -> Result<BpfObject> {
-    let programs: Vec<serde_json::Value> = COUNTER_PROGRAMS
-        .iter()
-        .map(|p| serde_json::json!({"name": p}))
-        .collect();
-    Ok(serde_json::from_value(serde_json::json!({
-        "apiVersion": "bpfpin.io/v1alpha1",
-        "kind": "BpfObject",
-        "metadata": {"name": name, "labels": {LABEL: "yes"}},
-        "spec": {
-            "nodeSelector": {"matchLabels": {LABEL: "yes"}},
-            "bytecode": {"path": bytecode.join("counter.bpf.o").display().to_string()},
-            "programs": programs,
-        }
-    }))?)
+    counter_object(name, bytecode, LABEL, (LABEL, "yes"))
 }
 
 pub fn all_ready(o: &BpfObject, nodes: usize) -> bool {

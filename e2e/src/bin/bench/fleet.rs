@@ -25,11 +25,11 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
-use crate::COUNTER_PROGRAMS;
 use crate::api::{
     Stamped, WRITE_VERBS, apiserver_metrics, connect, drop_objects, samples, spawn_watch, wait_init,
 };
 use crate::args::Args;
+use crate::counter_object;
 use crate::host::{log_file, memory_mib, mount_bpffs, start_operator, umount};
 use crate::sim::{SimArgs, Stats, Template};
 use crate::stats::{Figure, Results, ms, percentile};
@@ -61,20 +61,7 @@ pub struct FleetArgs {
 }
 
 fn obj(name: &str, bytecode: &Path, selector: (&str, &str)) -> Result<BpfObject> {
-    let programs: Vec<serde_json::Value> = COUNTER_PROGRAMS
-        .iter()
-        .map(|p| serde_json::json!({"name": p}))
-        .collect();
-    Ok(serde_json::from_value(serde_json::json!({
-        "apiVersion": "bpfpin.io/v1alpha1",
-        "kind": "BpfObject",
-        "metadata": {"name": name, "labels": {FLEET: "yes"}},
-        "spec": {
-            "nodeSelector": {"matchLabels": {selector.0: selector.1}},
-            "bytecode": {"path": bytecode.join("counter.bpf.o").display().to_string()},
-            "programs": programs,
-        }
-    }))?)
+    counter_object(name, bytecode, FLEET, selector)
 }
 
 fn ready_on(o: &BpfObject, nodes: usize) -> bool {

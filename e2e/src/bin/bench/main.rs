@@ -17,9 +17,11 @@ mod local;
 mod sim;
 mod stats;
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
+use bpfpin_crds::BpfObject;
 use bpfpin_e2e::repo;
 use clap::Parser as _;
 
@@ -32,6 +34,30 @@ use crate::stats::Results;
 
 /// The programs of the scale test's objects (examples/counter/counter.bpf.c), no attachments.
 const COUNTER_PROGRAMS: [&str; 3] = ["count_getpid", "count_packets", "tail_target"];
+
+/// A BpfObject of the counter's programs (no attachments), labelled `<label>=yes`, selecting the
+/// nodes labelled `selector`.
+fn counter_object(
+    name: &str,
+    bytecode: &Path,
+    label: &str,
+    selector: (&str, &str),
+) -> Result<BpfObject> {
+    let programs: Vec<serde_json::Value> = COUNTER_PROGRAMS
+        .iter()
+        .map(|p| serde_json::json!({"name": p}))
+        .collect();
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "bpfpin.io/v1alpha1",
+        "kind": "BpfObject",
+        "metadata": {"name": name, "labels": {label: "yes"}},
+        "spec": {
+            "nodeSelector": {"matchLabels": {selector.0: selector.1}},
+            "bytecode": {"path": bytecode.join("counter.bpf.o").display().to_string()},
+            "programs": programs,
+        }
+    }))?)
+}
 
 fn main() -> std::process::ExitCode {
     let cli = args::Cli::parse();
