@@ -93,46 +93,11 @@ pub fn memory_mib(pid: u32) -> Option<(f64, f64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// Kernel id of the program pinned at `path` (BPF_OBJ_GET + BPF_OBJ_GET_INFO_BY_FD).
+/// Kernel id of the program pinned at `path`.
 pub fn pinned_prog_id(path: &Path) -> Option<u32> {
-    use std::os::unix::ffi::OsStrExt;
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // union bpf_attr, BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags, path_fd.
-    let mut attr = [0u8; 128];
-    attr[..8].copy_from_slice(&(cpath.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: attr is a zeroed bpf_attr-sized buffer whose pathname points to a live C string.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_mut_ptr(),
-            attr.len() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    let fd = fd as i32;
-    // struct bpf_prog_info starts with type (u32), id (u32).
-    let mut info = [0u32; 2];
-    let mut attr = [0u8; 128];
-    attr[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&(std::mem::size_of_val(&info) as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
-    // SAFETY: attr holds the fd, the buffer length and a pointer to `info`, which outlives the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            attr.as_mut_ptr(),
-            attr.len() as libc::c_uint,
-        )
-    };
-    // SAFETY: fd was returned by BPF_OBJ_GET above and is closed once.
-    unsafe { libc::close(fd) };
-    (rc == 0).then_some(info[1])
+    aya::programs::ProgramInfo::from_pin(path)
+        .ok()
+        .map(|info| info.id())
 }
 
 pub fn compile(src: &Path, out: &Path) -> Result<()> {
