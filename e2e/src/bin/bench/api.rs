@@ -2,6 +2,7 @@
 //! watches whose events arrive stamped with the instant they came (a figure is the time the API
 //! server told us, not the time a loop got round to it).
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -142,4 +143,35 @@ pub fn samples(text: &str) -> impl Iterator<Item = Sample<'_>> {
             value: value.trim().parse().unwrap_or(0.0),
         })
     })
+}
+
+/// Runs `f` for every name, at most `concurrency` at once (creates or deletes); returns when each
+/// request completed, or the first failure with `context(name)`.
+pub async fn each<F, Fut>(
+    names: &[String],
+    concurrency: usize,
+    context: impl Fn(&str) -> String,
+    f: F,
+) -> Result<HashMap<String, Instant>>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let results: Vec<(String, Result<()>, Instant)> =
+        futures::stream::iter(names.iter().cloned().map(|n| {
+            let fut = f(n.clone());
+            async move {
+                let r = fut.await;
+                (n, r, Instant::now())
+            }
+        }))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut out = HashMap::new();
+    for (n, r, at) in results {
+        r.with_context(|| context(&n))?;
+        out.insert(n, at);
+    }
+    Ok(out)
 }

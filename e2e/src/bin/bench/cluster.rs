@@ -11,14 +11,15 @@ use bpfpin_agent::cluster::heartbeat::lease_name;
 use bpfpin_crds::{BpfNodeState, BpfObject, ObjectPhase};
 use bpfpin_e2e::Proc;
 use bpfpin_e2e::{LEASE_NAMESPACE, ready_is, repo};
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
-use crate::api::{WRITE_VERBS, apiserver_metrics, drop_objects, samples, spawn_watch, wait_init};
+use crate::api::{
+    WRITE_VERBS, apiserver_metrics, drop_objects, each, samples, spawn_watch, wait_init,
+};
 use crate::args::Args;
 use crate::host::{extra_args, log_file, memory_mib, pinned_prog_id, run, start_operator};
 use crate::stats::{Figure, Results, ms, percentile};
@@ -320,30 +321,26 @@ impl Cluster<'_> {
 
         // --- create all at once, wait until every object is Ready on every node
         let before = scrape_writes(&self.kubeconfig)?;
-        let mut created: HashMap<String, Instant> = HashMap::new();
-        let first_sent = Instant::now();
-        let bodies: Vec<BpfObject> = names
+        let bodies: HashMap<String, BpfObject> = names
             .iter()
-            .map(|n| object_json(n, &self.bytecode))
+            .map(|n| Ok((n.clone(), object_json(n, &self.bytecode)?)))
             .collect::<Result<_>>()?;
-        let results: Vec<(String, kube::Result<BpfObject>, Instant)> =
-            futures::stream::iter(bodies.into_iter().map(|body| {
+        let bodies = &bodies;
+        let first_sent = Instant::now();
+        let created = each(
+            &names,
+            self.args.objects,
+            |n| format!("creating {n}"),
+            |n| {
                 let api = objects_api.clone();
                 async move {
-                    let name = body.name_any();
-                    let res = api.create(&PostParams::default(), &body).await;
-                    (name, res, Instant::now())
+                    api.create(&PostParams::default(), &bodies[&n]).await?;
+                    Ok(())
                 }
-            }))
-            .buffer_unordered(self.args.objects)
-            .collect()
-            .await;
-        let mut last_created = first_sent;
-        for (name, res, at) in results {
-            res.with_context(|| format!("creating {name}"))?;
-            last_created = last_created.max(at);
-            created.insert(name, at);
-        }
+            },
+        )
+        .await?;
+        let last_created = created.values().copied().fold(first_sent, Instant::max);
         f.create_spread.push(ms(last_created - first_sent));
 
         let mut ready: HashMap<String, Instant> = HashMap::new();
@@ -484,25 +481,19 @@ impl Cluster<'_> {
 
         // --- delete all at once, wait until gone and unpinned everywhere
         let before_delete = scrape_writes(&self.kubeconfig)?;
-        let mut deleted: HashMap<String, Instant> = HashMap::new();
-        let results: Vec<(String, kube::Result<()>, Instant)> =
-            futures::stream::iter(names.iter().cloned().map(|name| {
+        let deleted = each(
+            &names,
+            self.args.objects,
+            |n| format!("deleting {n}"),
+            |n| {
                 let api = objects_api.clone();
                 async move {
-                    let res = api
-                        .delete(&name, &DeleteParams::default())
-                        .await
-                        .map(|_| ());
-                    (name, res, Instant::now())
+                    api.delete(&n, &DeleteParams::default()).await?;
+                    Ok(())
                 }
-            }))
-            .buffer_unordered(self.args.objects)
-            .collect()
-            .await;
-        for (name, res, at) in results {
-            res.with_context(|| format!("deleting {name}"))?;
-            deleted.insert(name, at);
-        }
+            },
+        )
+        .await?;
         let mut gone: HashMap<String, Instant> = HashMap::new();
         let mut pending: BTreeSet<String> = BTreeSet::new();
         let mut done: HashMap<String, Instant> = HashMap::new();

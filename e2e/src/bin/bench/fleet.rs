@@ -16,7 +16,6 @@ use bpfpin_agent::cluster::heartbeat::LEASE_LABEL;
 use bpfpin_agent::{DesiredObject, Reconciler};
 use bpfpin_crds::{BpfNodeState, BpfObject, ObjectPhase};
 use bpfpin_e2e::{LEASE_NAMESPACE, Proc};
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
@@ -26,7 +25,8 @@ use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
 use crate::api::{
-    Stamped, WRITE_VERBS, apiserver_metrics, connect, drop_objects, samples, spawn_watch, wait_init,
+    Stamped, WRITE_VERBS, apiserver_metrics, connect, drop_objects, each, samples, spawn_watch,
+    wait_init,
 };
 use crate::args::Args;
 use crate::counter_object;
@@ -246,31 +246,6 @@ struct Fleet<'a> {
     nodes: Vec<String>,
 }
 
-/// Creates or deletes with bounded concurrency; returns when each request completed.
-async fn each<F, Fut>(names: &[String], f: F) -> Result<HashMap<String, Instant>>
-where
-    F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    let results: Vec<(String, Result<()>, Instant)> =
-        futures::stream::iter(names.iter().cloned().map(|n| {
-            let fut = f(n.clone());
-            async move {
-                let r = fut.await;
-                (n, r, Instant::now())
-            }
-        }))
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
-    let mut out = HashMap::new();
-    for (n, r, at) in results {
-        r.with_context(|| n.clone())?;
-        out.insert(n, at);
-    }
-    Ok(out)
-}
-
 impl Fleet<'_> {
     fn start_operator(&mut self) -> Result<()> {
         self.operator = Some(start_operator(
@@ -301,7 +276,7 @@ impl Fleet<'_> {
                 "bench: fleet: removing {} fleet Node objects (and with them their BpfNodeStates and Leases)",
                 left.len()
             );
-            each(&left, |n| {
+            each(&left, CONCURRENCY, str::to_owned, |n| {
                 let nodes = nodes.clone();
                 async move {
                     let _ = nodes.delete(&n, &DeleteParams::default()).await;
@@ -318,7 +293,7 @@ impl Fleet<'_> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         self.nodes = (0..self.fa.nodes).map(|i| format!("{PREFIX}{i}")).collect();
         let started = Instant::now();
-        each(&self.nodes, |n| {
+        each(&self.nodes, CONCURRENCY, str::to_owned, |n| {
             let nodes = nodes.clone();
             async move {
                 let mut labels = serde_json::json!({FLEET: "yes"});
@@ -500,7 +475,7 @@ impl Fleet<'_> {
             .collect::<Result<_>>()?;
         let bodies = Arc::new(bodies);
         let first = Instant::now();
-        let created = each(&names, |nm| {
+        let created = each(&names, CONCURRENCY, str::to_owned, |nm| {
             let (api, bodies) = (objects.clone(), bodies.clone());
             async move {
                 api.create(&PostParams::default(), &bodies[&nm]).await?;
@@ -843,7 +818,7 @@ impl Fleet<'_> {
 
         // --- delete everything at once
         let sec = "fleet: deletion (delete response -> the watch's Delete event: every agent reported it unpinned)";
-        let deleted = each(&names, |nm| {
+        let deleted = each(&names, CONCURRENCY, str::to_owned, |nm| {
             let api = objects.clone();
             async move {
                 api.delete(&nm, &DeleteParams::default()).await?;

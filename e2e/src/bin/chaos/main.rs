@@ -40,7 +40,7 @@ const COUNTING: usize = 3;
 
 /// The run's settings (e2e/README.md, "Chaos").
 #[derive(Debug, Clone, clap::Parser)]
-#[command(args_override_self = true)]
+#[command(name = "e2e/scripts/chaos", args_override_self = true)]
 struct Args {
     /// The seed of every choice (default: the current time).
     #[arg(long, default_value_t = now_secs())]
