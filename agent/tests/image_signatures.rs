@@ -1,19 +1,17 @@
 //! Signature verification of `bytecode.image` against the real registry (common/registry.rs)
-//! with signatures made by the real `cosign` CLI (built from its Go module by e2e/build-cosign):
+//! with signatures made by the real `cosign` CLI (built from its Go module by e2e/scripts/build-cosign):
 //! `cosign generate-key-pair`, then `cosign sign --key ... --tlog-upload=false` on the image's
 //! digest, which stores the signature as the registry tag `sha256-<hex>.sig`. The agent runs as
 //! `local --once` with `--image-verification-policy` and `--image-verification-keys`.
 
 mod common;
-#[path = "common/cosign.rs"]
-mod cosign;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::cosign::{KeyPair, key_dir};
 use common::registry::{OCI_MANIFEST, Registry, counter_labels, gzip, tar};
 use common::*;
-use cosign::{KeyPair, key_dir};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_bpfpin-agent");
 fn manifest(name: &str, image: &str) -> String {

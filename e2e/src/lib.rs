@@ -1,4 +1,4 @@
-//! The end-to-end harness: a real control plane (`e2e/cluster up`, started by `e2e/run`), the
+//! The end-to-end harness: a real control plane (`e2e/scripts/cluster up`, started by `e2e/run`), the
 //! operator as a process, and simulated nodes — a `Node` object, a private bpffs mount and a real
 //! `bpfpin-agent cluster` process each. The checks in `tests/` use it; the kind path
 //! (`e2e/kind/run`) runs the same scenarios against DaemonSet pods.
@@ -123,18 +123,30 @@ impl Env {
         })
     }
 
+    /// `N` simulated nodes `<group>-1` … `<group>-N`, each labelled `e2e-group=<group>`.
+    pub async fn nodes<const N: usize>(&self, group: &str) -> Result<[SimNode; N]> {
+        let mut nodes = Vec::with_capacity(N);
+        for i in 1..=N {
+            let name = format!("{group}-{i}");
+            nodes.push(self.node(&name, &[("e2e-group", group)]).await?);
+        }
+        Ok(nodes
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("{N} nodes were added")))
+    }
+
     /// Adds a simulated node with these labels (plus `bpfpin-e2e=<group>`) and starts its agent.
     pub async fn node(&self, name: &str, labels: &[(&str, &str)]) -> Result<SimNode> {
         let mut all: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         all.push("bpfpin-e2e=true".into());
-        let out = Command::new(repo().join("e2e/cluster"))
+        let out = Command::new(repo().join("e2e/scripts/cluster"))
             .args(["node", "add", name, "--labels", &all.join(",")])
             .env("KUBECONFIG", &self.kubeconfig)
             .env_remove("BPFPIN_AGENT")
             .output()?;
         if !out.status.success() {
             bail!(
-                "e2e/cluster node add {name}: {}",
+                "e2e/scripts/cluster node add {name}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
@@ -381,6 +393,22 @@ pub struct Proc {
     pub log: PathBuf,
 }
 
+/// SIGTERM, then SIGKILL when `child` has not exited 10 s later; reaps it either way.
+pub fn terminate(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Proc {
     /// Takes over a spawned child; `log` is where its output goes (may be empty).
     pub fn new(name: impl Into<String>, child: Child, log: PathBuf) -> Self {
@@ -413,19 +441,8 @@ impl Proc {
 
     /// SIGTERM and wait.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            terminate(c);
         }
     }
 
@@ -532,12 +549,12 @@ impl SimNode {
         v.get("id").and_then(|i| i.as_u64()).map(|i| i as u32)
     }
 
-    /// Stops the agent, deletes the Node and unmounts the bpffs (`e2e/cluster node remove`).
+    /// Stops the agent, deletes the Node and unmounts the bpffs (`e2e/scripts/cluster node remove`).
     pub fn remove(&mut self) {
         if let Some(mut a) = self.agent.take() {
             a.stop();
         }
-        let _ = Command::new(repo().join("e2e/cluster"))
+        let _ = Command::new(repo().join("e2e/scripts/cluster"))
             .args(["node", "remove", &self.name])
             .env("KUBECONFIG", &self.kubeconfig)
             .output();

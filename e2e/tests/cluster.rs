@@ -2,15 +2,11 @@
 //! simulated nodes running real agents on private bpffs mounts. Run through `e2e/run` (it starts
 //! the control plane, installs crds/ and runs these one at a time).
 
-#[path = "../../agent/tests/common/cgroup.rs"]
-mod cgroup;
-#[path = "../../agent/tests/common/registry.rs"]
-mod registry;
-
 use std::time::Instant;
 
 use bpfpin_crds::ObjectPhase;
 use bpfpin_e2e::*;
+use bpfpin_testkit::{cgroup, registry};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 
@@ -264,9 +260,7 @@ async fn bad_objects_fail_with_a_reason_and_others_stay_ready() -> anyhow::Resul
 async fn deletion_completes_with_a_dead_agent_and_a_deleted_node() -> anyhow::Result<()> {
     let env = Env::new().await?;
     let _op = env.operator("8s")?;
-    let d1 = env.node("del-1", &[("e2e-group", "del")]).await?;
-    let mut d2 = env.node("del-2", &[("e2e-group", "del")]).await?;
-    let mut d3 = env.node("del-3", &[("e2e-group", "del")]).await?;
+    let [d1, mut d2, mut d3] = env.nodes("del").await?;
     let started = Instant::now();
     env.apply(&manifest("del", &spec_counter(&env, "del")));
     env.wait_object("del", "Ready on 3 nodes", |o| ready_is(o, "True"))
@@ -368,12 +362,12 @@ async fn an_api_server_restart_during_reconciliation_converges() -> anyhow::Resu
         "an outage unpins nothing"
     );
 
-    let out = std::process::Command::new(repo().join("e2e/cluster"))
+    let out = std::process::Command::new(repo().join("e2e/scripts/cluster"))
         .arg("up")
         .output()?;
     assert!(
         out.status.success(),
-        "e2e/cluster up: {}",
+        "e2e/scripts/cluster up: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     env.wait_object("during-outage", "Ready after the outage", |o| {
@@ -415,10 +409,7 @@ async fn the_configmap_example_pins_when_its_configmap_appears_and_reloads_when_
 -> anyhow::Result<()> {
     let env = Env::new().await?;
     let _op = env.operator("30s")?;
-    let nodes = [
-        env.node("cm-1", &[("e2e-group", "cm")]).await?,
-        env.node("cm-2", &[("e2e-group", "cm")]).await?,
-    ];
+    let nodes: [SimNode; 2] = env.nodes("cm").await?;
     // examples/configmap names default/counter-bytecode, key counter.bpf.o.
     let (name, manifest) = example("configmap/configmap.yaml", "cm", |_| {});
     env.kubectl_ok(
@@ -540,10 +531,7 @@ async fn the_image_example_pulls_with_its_pull_secret_and_a_wrong_password_fails
 -> anyhow::Result<()> {
     let env = Env::new().await?;
     let _op = env.operator("30s")?;
-    let nodes = [
-        env.node("img-1", &[("e2e-group", "img")]).await?,
-        env.node("img-2", &[("e2e-group", "img")]).await?,
-    ];
+    let nodes: [SimNode; 2] = env.nodes("img").await?;
     // A real registry with htpasswd auth; the image built from examples/image/Containerfile.
     let registry = registry::Registry::start(true);
     let (user, password) = registry.credentials.clone().expect("credentials");
@@ -676,8 +664,7 @@ async fn the_image_example_pulls_with_its_pull_secret_and_a_wrong_password_fails
 async fn a_missing_attach_point_is_retried_until_it_appears() -> anyhow::Result<()> {
     let env = Env::new().await?;
     let _op = env.operator("30s")?;
-    let _n1 = env.node("late-1", &[("e2e-group", "late")]).await?;
-    let _n2 = env.node("late-2", &[("e2e-group", "late")]).await?;
+    let _nodes: [SimNode; 2] = env.nodes("late").await?;
     compile_bpf(
         &repo().join("examples/cgroup-skb/cgroup_skb.bpf.c"),
         &env.bytecode_dir.path().join("cgroup_skb.bpf.o"),

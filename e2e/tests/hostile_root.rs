@@ -2,16 +2,11 @@
 //! the API server: the reconcile core is the same in both modes, this checks the cluster path
 //! reports them (status reason and message) and leaves the other object's pins alone.
 
-#[path = "../../agent/tests/common/cgroup.rs"]
-mod cgroup;
-#[path = "../../agent/tests/common/memory_cgroup.rs"]
-mod memory_cgroup;
-
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 
 use bpfpin_e2e::*;
-use memory_cgroup::MemoryCgroup;
+use bpfpin_testkit::memory_cgroup::MemoryCgroup;
 
 fn spec(env: &Env, pin_path: &str) -> String {
     format!(

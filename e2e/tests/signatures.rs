@@ -1,14 +1,11 @@
 //! Image signature verification end to end: agents in cluster mode with
 //! `--image-verification-policy enforce` and a key folder, a real registry
-//! (agent/tests/common/registry.rs) and signatures made by the real `cosign` CLI
-//! (agent/tests/common/cosign.rs). A signed image becomes Ready on every node; an unsigned one
+//! (bpfpin-testkit's `registry`) and signatures made by the real `cosign` CLI
+//! (bpfpin-testkit's `cosign`). A signed image becomes Ready on every node; an unsigned one
 //! fails on every node with `SignatureInvalid` in the BpfObject's status and its Degraded
 //! condition, and the signed one is untouched. Run through `e2e/run`.
 
-#[path = "../../agent/tests/common/cosign.rs"]
-mod cosign;
-#[path = "../../agent/tests/common/registry.rs"]
-mod registry;
+use bpfpin_testkit::{cosign, registry};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

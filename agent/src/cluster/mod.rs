@@ -73,7 +73,7 @@ pub struct ClusterConfig {
 }
 
 /// What cluster mode needs of the core: [`Reconciler`] in the agent; the fleet bench
-/// (`e2e/bench --fleet`) runs many agents in one process with a stand-in that pins nothing, so
+/// (`e2e/scripts/bench --fleet`) runs many agents in one process with a stand-in that pins nothing, so
 /// everything above this seam (watches, selection, planning, status writes, heartbeats) is the
 /// real code.
 pub trait Core: Send + 'static {

@@ -2,11 +2,10 @@
 //! compiled from the C sources in the repo, dummy network interfaces.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
-pub mod cgroup;
 pub mod elf;
-pub mod hostile;
-pub mod memory_cgroup;
-pub mod registry;
+// Shared with the e2e suite: bpfpin-testkit.
+#[allow(unused_imports, reason = "each test binary uses a different subset")]
+pub use bpfpin_testkit::{cgroup, cosign, hostile, memory_cgroup, registry};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};

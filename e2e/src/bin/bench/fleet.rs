@@ -1,5 +1,5 @@
-//! `e2e/bench --fleet N [--objects M]`: the fleet bench. N `Node` objects (no kubelet, no
-//! bpffs), the real release operator, and N simulated agents in a few processes ([`super::sim`]:
+//! `e2e/scripts/bench --fleet N [--objects M]`: the fleet bench. N `Node` objects (no kubelet, no
+//! bpffs), the real release operator, and N simulated agents in a few processes ([`crate::sim`]:
 //! the agent's real cluster-mode code with a stand-in for the kernel core). Measures a rollout of M
 //! objects selecting every node, the steady state, one node relabelled, an operator restart and
 //! the deletion, and ends with the line `bench-fleet: key=value ...`. See docs/performance.md.
@@ -16,7 +16,6 @@ use bpfpin_agent::{DesiredObject, Reconciler};
 use bpfpin_crds::heartbeat::LEASE_LABEL;
 use bpfpin_crds::{BpfNodeState, BpfObject, ObjectPhase};
 use bpfpin_e2e::{LEASE_NAMESPACE, Proc};
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
@@ -25,11 +24,15 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
-use super::sim::{SimArgs, Stats, Template};
-use super::{
-    Args, COUNTER_PROGRAMS, Figure, Results, Stamped, binary, extra_args, memory_mib, mount_bpffs,
-    ms, percentile, umount, wait_init,
+use crate::api::{
+    Stamped, WRITE_VERBS, apiserver_metrics, connect, drop_objects, each, samples, spawn_watch,
+    wait_init,
 };
+use crate::args::Args;
+use crate::counter_object;
+use crate::host::{log_file, memory_mib, mount_bpffs, start_operator, umount};
+use crate::sim::{SimArgs, Stats, Template};
+use crate::stats::{Figure, Results, ms, percentile};
 
 /// Label on the fleet's Nodes and BpfObjects.
 const FLEET: &str = "bpfpin-fleet";
@@ -58,20 +61,7 @@ pub struct FleetArgs {
 }
 
 fn obj(name: &str, bytecode: &Path, selector: (&str, &str)) -> Result<BpfObject> {
-    let programs: Vec<serde_json::Value> = COUNTER_PROGRAMS
-        .iter()
-        .map(|p| serde_json::json!({"name": p}))
-        .collect();
-    Ok(serde_json::from_value(serde_json::json!({
-        "apiVersion": "bpfpin.io/v1alpha1",
-        "kind": "BpfObject",
-        "metadata": {"name": name, "labels": {FLEET: "yes"}},
-        "spec": {
-            "nodeSelector": {"matchLabels": {selector.0: selector.1}},
-            "bytecode": {"path": bytecode.join("counter.bpf.o").display().to_string()},
-            "programs": programs,
-        }
-    }))?)
+    counter_object(name, bytecode, FLEET, selector)
 }
 
 fn ready_on(o: &BpfObject, nodes: usize) -> bool {
@@ -190,50 +180,23 @@ struct ApiBytes {
     writes: BTreeMap<String, f64>,
 }
 
-const WRITE_VERBS: [&str; 6] = [
-    "POST",
-    "PUT",
-    "PATCH",
-    "APPLY",
-    "DELETE",
-    "DELETECOLLECTION",
-];
 const OURS: [&str; 3] = ["bpfobjects", "bpfnodestates", "leases"];
 
 fn scrape_api(kubeconfig: &Path) -> Result<ApiBytes> {
-    let text = super::run(
-        Command::new("kubectl")
-            .args(["get", "--raw", "/metrics"])
-            .env("KUBECONFIG", kubeconfig),
-    )?;
+    let text = apiserver_metrics(kubeconfig)?;
     let mut out = ApiBytes::default();
-    for line in text.lines() {
-        let (metric, rest) = match line.split_once('{') {
-            Some(x) => x,
-            None => continue,
-        };
-        let Some((labels, value)) = rest.split_once("} ") else {
-            continue;
-        };
-        let label = |k: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
-                .map(|v| v.trim_end_matches('"').to_owned())
-                .unwrap_or_default()
-        };
-        let resource = label("resource");
+    for sample in samples(&text) {
+        let resource = sample.label("resource");
         if !OURS.contains(&resource.as_str()) {
             continue;
         }
-        let v: f64 = value.trim().parse().unwrap_or(0.0);
-        match metric {
+        match sample.metric {
             // The body of every mutating request (the verb label is lowercase here).
             "apiserver_request_body_size_bytes_sum" => {
-                *out.bytes.entry(resource).or_default() += v;
+                *out.bytes.entry(resource).or_default() += sample.value;
             }
-            "apiserver_request_total" if WRITE_VERBS.contains(&label("verb").as_str()) => {
-                *out.writes.entry(resource).or_default() += v;
+            "apiserver_request_total" if WRITE_VERBS.contains(&sample.label("verb").as_str()) => {
+                *out.writes.entry(resource).or_default() += sample.value;
             }
             _ => {}
         }
@@ -263,7 +226,7 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / hz)
 }
 
-/// The pid of a control-plane component from `e2e/cluster`'s state dir.
+/// The pid of a control-plane component from `e2e/scripts/cluster`'s state dir.
 fn control_plane_pid(name: &str) -> Option<u32> {
     let state = std::env::var("BPFPIN_E2E_STATE").unwrap_or_else(|_| "/tmp/bpfpin-e2e".into());
     let text =
@@ -283,52 +246,13 @@ struct Fleet<'a> {
     nodes: Vec<String>,
 }
 
-/// Creates or deletes with bounded concurrency; returns when each request completed.
-async fn each<F, Fut>(names: &[String], f: F) -> Result<HashMap<String, Instant>>
-where
-    F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    let results: Vec<(String, Result<()>, Instant)> =
-        futures::stream::iter(names.iter().cloned().map(|n| {
-            let fut = f(n.clone());
-            async move {
-                let r = fut.await;
-                (n, r, Instant::now())
-            }
-        }))
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
-    let mut out = HashMap::new();
-    for (n, r, at) in results {
-        r.with_context(|| n.clone())?;
-        out.insert(n, at);
-    }
-    Ok(out)
-}
-
 impl Fleet<'_> {
-    fn log(&self, name: &str) -> Result<std::fs::File> {
-        std::fs::create_dir_all(&self.args.logs)?;
-        Ok(std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.args.logs.join(format!("{name}.log")))?)
-    }
-
     fn start_operator(&mut self) -> Result<()> {
-        let op = Command::new(binary("bpfpin-operator")?)
-            .args(["--no-leader-election", "--metrics-addr", "127.0.0.1:0"])
-            .args(extra_args("BPFPIN_BENCH_OPERATOR_ARGS"))
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(self.log("fleet-operator")?)
-            .stderr(self.log("fleet-operator")?)
-            .spawn()
-            .context("starting bpfpin-operator")?;
-        self.operator = Some(Proc::new("operator", op, PathBuf::new()));
+        self.operator = Some(start_operator(
+            &self.kubeconfig,
+            &self.args.logs,
+            "fleet-operator",
+        )?);
         Ok(())
     }
 
@@ -337,19 +261,8 @@ impl Fleet<'_> {
     }
 
     async fn clean_leftovers(&self) -> Result<()> {
-        let objects: Api<BpfObject> = Api::all(self.client.clone());
         let lp = ListParams::default().labels(&format!("{FLEET}=yes"));
-        for o in objects.list_metadata(&lp).await?.items {
-            let name = o.name_any();
-            let _ = objects.delete(&name, &DeleteParams::default()).await;
-            let _ = objects
-                .patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
-                )
-                .await;
-        }
+        drop_objects(&self.client, &lp).await?;
         let nodes: Api<Node> = Api::all(self.client.clone());
         let left: Vec<String> = nodes
             .list_metadata(&lp)
@@ -363,7 +276,7 @@ impl Fleet<'_> {
                 "bench: fleet: removing {} fleet Node objects (and with them their BpfNodeStates and Leases)",
                 left.len()
             );
-            each(&left, |n| {
+            each(&left, CONCURRENCY, str::to_owned, |n| {
                 let nodes = nodes.clone();
                 async move {
                     let _ = nodes.delete(&n, &DeleteParams::default()).await;
@@ -380,7 +293,7 @@ impl Fleet<'_> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         self.nodes = (0..self.fa.nodes).map(|i| format!("{PREFIX}{i}")).collect();
         let started = Instant::now();
-        each(&self.nodes, |n| {
+        each(&self.nodes, CONCURRENCY, str::to_owned, |n| {
             let nodes = nodes.clone();
             async move {
                 let mut labels = serde_json::json!({FLEET: "yes"});
@@ -426,7 +339,7 @@ impl Fleet<'_> {
                 .env("KUBECONFIG", &self.kubeconfig)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
-                .stderr(self.log(&format!("fleet-agents-{p}"))?)
+                .stderr(log_file(&self.args.logs, &format!("fleet-agents-{p}"))?)
                 .spawn()
                 .context("starting the simulated agents")?;
             let stdin = child.stdin.take().context("stdin")?;
@@ -541,7 +454,7 @@ impl Fleet<'_> {
         let n = self.fa.nodes;
         self.setup(load).await?;
         let objects: Api<BpfObject> = Api::all(self.client.clone());
-        let (mut rx, watch_task) = spawn_watch!(
+        let (mut rx, watch_task) = spawn_watch(
             objects.clone(),
             watcher::Config::default().labels(&format!("{FLEET}=yes")),
         );
@@ -562,7 +475,7 @@ impl Fleet<'_> {
             .collect::<Result<_>>()?;
         let bodies = Arc::new(bodies);
         let first = Instant::now();
-        let created = each(&names, |nm| {
+        let created = each(&names, CONCURRENCY, str::to_owned, |nm| {
             let (api, bodies) = (objects.clone(), bodies.clone());
             async move {
                 api.create(&PostParams::default(), &bodies[&nm]).await?;
@@ -809,7 +722,7 @@ impl Fleet<'_> {
         .await?;
         let node0 = format!("{PREFIX}0");
         let states: Api<BpfNodeState> = Api::all(self.client.clone());
-        let (mut srx, stask) = spawn_watch!(
+        let (mut srx, stask) = spawn_watch(
             states.clone(),
             watcher::Config::default().fields(&format!("metadata.name={node0}")),
         );
@@ -905,7 +818,7 @@ impl Fleet<'_> {
 
         // --- delete everything at once
         let sec = "fleet: deletion (delete response -> the watch's Delete event: every agent reported it unpinned)";
-        let deleted = each(&names, |nm| {
+        let deleted = each(&names, CONCURRENCY, str::to_owned, |nm| {
             let api = objects.clone();
             async move {
                 api.delete(&nm, &DeleteParams::default()).await?;
@@ -1004,12 +917,7 @@ pub async fn bench(args: &Args, fa: FleetArgs, work: &Path, bytecode: &Path) -> 
         serde_json::to_vec(&template)?,
     )?;
     let load = fa.load.unwrap_or(measured);
-    let kubeconfig = PathBuf::from(
-        std::env::var_os("KUBECONFIG").context("KUBECONFIG is not set: run through e2e/bench")?,
-    );
-    let client = Client::try_default()
-        .await
-        .context("connecting to the API server")?;
+    let (kubeconfig, client) = connect().await?;
     eprintln!(
         "bench: fleet: {} simulated nodes, {} objects, {} agent processes, stand-in load {:.2} ms (real load median {:.2} ms)",
         fa.nodes,

@@ -1,4 +1,4 @@
-//! The simulated agents of the fleet bench (`bench __fleet-agents`, started by `e2e/bench
+//! The simulated agents of the fleet bench (`bench __fleet-agents`, started by `e2e/scripts/bench
 //! --fleet`): many agents in one process, each running the agent's real cluster mode
 //! ([`bpfpin_agent::cluster::run_with`]: its Node and BpfObject watches, selection, desired-set
 //! planning and bytecode reads, BpfNodeState server-side apply, heartbeat Lease) with its own
@@ -214,18 +214,30 @@ impl Stats {
     }
 }
 
-/// Arguments of `bench __fleet-agents`.
-#[derive(Debug)]
+/// Arguments of `bench __fleet-agents`, positional: what [`SimArgs::to_args`] writes.
+#[derive(Debug, clap::Args)]
 pub struct SimArgs {
     /// Node names `<prefix><i>` for i in `from..to`.
     pub prefix: String,
     pub from: usize,
     pub to: usize,
+    /// The stand-in's time per load, in microseconds.
+    #[arg(value_parser = micros)]
     pub load: Duration,
     pub template: PathBuf,
     pub bytecode_dir: PathBuf,
+    /// The heartbeat interval, in milliseconds.
+    #[arg(value_parser = millis)]
     pub heartbeat: Duration,
     pub lease_namespace: String,
+}
+
+fn micros(s: &str) -> Result<Duration, std::num::ParseIntError> {
+    s.parse().map(Duration::from_micros)
+}
+
+fn millis(s: &str) -> Result<Duration, std::num::ParseIntError> {
+    s.parse().map(Duration::from_millis)
 }
 
 impl SimArgs {
@@ -242,23 +254,6 @@ impl SimArgs {
             self.heartbeat.as_millis().to_string(),
             self.lease_namespace.clone(),
         ]
-    }
-
-    /// Parses what [`Self::to_args`] wrote (after `__fleet-agents`).
-    pub fn parse(a: &[String]) -> Result<Self> {
-        let [prefix, from, to, load_us, template, dir, hb_ms, ns] = a else {
-            anyhow::bail!("__fleet-agents: expected 8 arguments, got {a:?}");
-        };
-        Ok(Self {
-            prefix: prefix.clone(),
-            from: from.parse()?,
-            to: to.parse()?,
-            load: Duration::from_micros(load_us.parse()?),
-            template: template.into(),
-            bytecode_dir: dir.into(),
-            heartbeat: Duration::from_millis(hb_ms.parse()?),
-            lease_namespace: ns.clone(),
-        })
     }
 }
 
@@ -433,7 +428,14 @@ mod tests {
             lease_namespace: "kube-system".into(),
         };
         let argv = a.to_args();
-        let b = SimArgs::parse(&argv[1..]).expect("parse");
+        // Through the bench's whole command line, as the child parses it.
+        let cli = <crate::args::Cli as clap::Parser>::try_parse_from(
+            std::iter::once("bench".to_owned()).chain(argv),
+        )
+        .expect("parse");
+        let Some(crate::args::Internal::FleetAgents(b)) = cli.sim else {
+            panic!("not parsed as __fleet-agents: {cli:?}");
+        };
         assert_eq!(
             (b.from, b.to, b.load, b.heartbeat),
             (3, 9, a.load, a.heartbeat)

@@ -1,9 +1,9 @@
-//! `e2e/chaos --seed S --minutes M`: churn of creates, updates, relabels and deletes over about
+//! `e2e/scripts/chaos --seed S --minutes M`: churn of creates, updates, relabels and deletes over about
 //! 100 BpfObjects on simulated nodes (real agents, private bpffs mounts) while agents, both
 //! operator replicas, kube-apiserver and etcd are SIGKILLed at random, with invariants checked
 //! throughout and after the faults stop (see e2e/README.md, "Chaos"). The last line of stdout is
 //! `chaos: faults=N checks=M violations=V`; the exit status is 1 when V > 0. Run it through
-//! `e2e/chaos` (it builds the binaries and brings the control plane up).
+//! `e2e/scripts/chaos` (it builds the binaries and brings the control plane up).
 
 mod model;
 mod probe;
@@ -38,71 +38,66 @@ const STALE_AFTER: &str = "15s";
 /// allows 64 programs per tracepoint, shared by every simulated node and other tests.
 const COUNTING: usize = 3;
 
-#[derive(Debug, Clone)]
+/// The run's settings (e2e/README.md, "Chaos").
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "e2e/scripts/chaos", args_override_self = true)]
 struct Args {
+    /// The seed of every choice (default: the current time).
+    #[arg(long, default_value_t = now_secs())]
     seed: u64,
+    /// How long the faults go on.
+    #[arg(long, default_value_t = 2.0)]
     minutes: f64,
+    /// Simulated nodes (at least 2).
+    #[arg(long, default_value_t = 4)]
     nodes: usize,
+    /// BpfObjects, the stable ones included.
+    #[arg(long, default_value_t = 100)]
     objects: usize,
+    /// Objects never written after their creation (at least 1, fewer than --objects).
+    #[arg(long, default_value_t = 20)]
     stable: usize,
+    /// How long the objects may take to converge after the faults, and to be cleaned up.
+    #[arg(long = "converge-secs", value_name = "SECS", value_parser = secs, default_value = "180")]
     converge: Duration,
+    /// The pause between two faults: `LOW-HIGH` milliseconds, 0 < LOW <= HIGH.
+    #[arg(long = "fault-every-ms", value_name = "LOW-HIGH", value_parser = ms_range, default_value = "3000-12000")]
     fault_ms: (u64, u64),
 }
 
-fn usage() -> ! {
-    eprintln!(
-        "usage: e2e/chaos [--seed S] [--minutes M] [--nodes 4] [--objects 100] [--stable 20]\n\
-         \x20                [--converge-secs 180] [--fault-every-ms 3000-12000]"
-    );
-    std::process::exit(2)
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(1)
+}
+
+fn secs(v: &str) -> Result<Duration, std::num::ParseIntError> {
+    v.parse().map(Duration::from_secs)
+}
+
+fn ms_range(v: &str) -> Result<(u64, u64), String> {
+    match v.split_once('-').map(|(l, h)| (l.parse(), h.parse())) {
+        Some((Ok(l), Ok(h))) if 0 < l && l <= h => Ok((l, h)),
+        _ => Err(format!("{v:?} is not LOW-HIGH with 0 < LOW <= HIGH")),
+    }
 }
 
 fn parse_args() -> Args {
-    let mut a = Args {
-        seed: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(1),
-        minutes: 2.0,
-        nodes: 4,
-        objects: 100,
-        stable: 20,
-        converge: Duration::from_secs(180),
-        fault_ms: (3000, 12000),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let Some(v) = it.next() else { usage() };
-        let ok = match flag.as_str() {
-            "--seed" => v.parse().map(|s| a.seed = s).is_ok(),
-            "--minutes" => v.parse().map(|m| a.minutes = m).is_ok(),
-            "--nodes" => v.parse().map(|n| a.nodes = n).is_ok(),
-            "--objects" => v.parse().map(|n| a.objects = n).is_ok(),
-            "--stable" => v.parse().map(|n| a.stable = n).is_ok(),
-            "--converge-secs" => v
-                .parse()
-                .map(|s| a.converge = Duration::from_secs(s))
-                .is_ok(),
-            "--fault-every-ms" => match v.split_once('-').map(|(l, h)| (l.parse(), h.parse())) {
-                Some((Ok(l), Ok(h))) if 0 < l && l <= h => {
-                    a.fault_ms = (l, h);
-                    true
-                }
-                _ => false,
-            },
-            _ => false,
-        };
-        if !ok {
-            usage()
-        }
-    }
+    use clap::{CommandFactory as _, Parser as _};
+    let a = Args::parse();
     if a.nodes < 2 || a.stable == 0 || a.objects <= a.stable || a.minutes <= 0.0 {
-        usage()
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ValueValidation,
+                "needs --nodes >= 2, 0 < --stable < --objects and --minutes > 0",
+            )
+            .exit()
     }
     a
 }
 
-/// A simulated node: Node object and bpffs from `e2e/cluster node add`, its agent run by the
+/// A simulated node: Node object and bpffs from `e2e/scripts/cluster node add`, its agent run by the
 /// driver (so it can be killed and restarted), and the reloads its agent logged.
 #[derive(Debug)]
 struct SimNode {
@@ -698,7 +693,7 @@ impl Chaos {
                             procs::cluster_up(&repo)
                         }));
                         Some(format!(
-                            "SIGKILL {} (pid {pid}; e2e/cluster up in {wait:?})",
+                            "SIGKILL {} (pid {pid}; e2e/scripts/cluster up in {wait:?})",
                             c.name()
                         ))
                     }
@@ -740,7 +735,7 @@ impl Chaos {
                     self.journal("control plane up");
                 }
                 Ok(Err(e)) => {
-                    self.note(format!("e2e/cluster up failed, retrying: {e:#}"));
+                    self.note(format!("e2e/scripts/cluster up failed, retrying: {e:#}"));
                     let repo = self.repo.clone();
                     self.restarting = Some(tokio::task::spawn_blocking(move || {
                         std::thread::sleep(Duration::from_secs(1));
@@ -1174,14 +1169,16 @@ impl Chaos {
             }
         }
         let states: Api<BpfNodeState> = Api::all(self.client.clone());
+        // The writes that must reload nothing: the same program ids before and after.
+        let unchanged: Vec<(usize, &str)> = respell
+            .iter()
+            .map(|&(i, _, _)| (i, "selector respelled"))
+            .chain(mood.iter().map(|&i| (i, "label of the object")))
+            .collect();
         let mut ids_before = BTreeMap::new();
         for n in &self.nodes {
             let st = call(states.get(&n.name)).await?;
-            for &(i, _, _) in &respell {
-                let o = &self.slots[i].name;
-                ids_before.insert((o.clone(), n.name.clone()), reported_ids(&st, o));
-            }
-            for &i in &mood {
+            for &(i, _) in &unchanged {
                 let o = &self.slots[i].name;
                 ids_before.insert((o.clone(), n.name.clone()), reported_ids(&st, o));
             }
@@ -1233,31 +1230,11 @@ impl Chaos {
                     true,
                 ));
             }
-            for &(i, _, _) in &respell {
+            for &(i, what) in &unchanged {
                 let o = &self.slots[i].name;
                 let same =
                     ids_before.get(&(o.clone(), n.name.clone())) == Some(&reported_ids(&st, o));
-                found.push((
-                    o.clone(),
-                    n.name.clone(),
-                    "selector respelled",
-                    delta(o),
-                    0,
-                    same,
-                ));
-            }
-            for &i in &mood {
-                let o = &self.slots[i].name;
-                let same =
-                    ids_before.get(&(o.clone(), n.name.clone())) == Some(&reported_ids(&st, o));
-                found.push((
-                    o.clone(),
-                    n.name.clone(),
-                    "label of the object",
-                    delta(o),
-                    0,
-                    same,
-                ));
+                found.push((o.clone(), n.name.clone(), what, delta(o), 0, same));
             }
         }
         for (o, node, what, got, want, same_ids) in found {

@@ -1,6 +1,6 @@
 //! The processes chaos kills: agents and operator replicas (children of the driver, restarted by
-//! it as a kubelet would), and etcd and kube-apiserver (started by `e2e/cluster`, found through
-//! its pidfiles, restarted with `e2e/cluster up`).
+//! it as a kubelet would), and etcd and kube-apiserver (started by `e2e/scripts/cluster`, found through
+//! its pidfiles, restarted with `e2e/scripts/cluster up`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -124,19 +124,8 @@ impl Managed {
 
     /// SIGTERM, then SIGKILL after 10 s.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            bpfpin_e2e::terminate(c);
         }
         self.restart_at = None;
     }
@@ -148,7 +137,7 @@ impl Drop for Managed {
     }
 }
 
-/// A control-plane component `e2e/cluster` runs.
+/// A control-plane component `e2e/scripts/cluster` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Component {
     /// etcd.
@@ -175,8 +164,8 @@ fn start_time(pid: u32) -> Option<String> {
     rest.split_whitespace().nth(19).map(str::to_owned)
 }
 
-/// SIGKILLs a component through `e2e/cluster`'s pidfile (`PID STARTTIME`: a reused pid is never
-/// signalled). `e2e/cluster` has no kill command; reading its pidfiles is its documented layout.
+/// SIGKILLs a component through `e2e/scripts/cluster`'s pidfile (`PID STARTTIME`: a reused pid is never
+/// signalled). `e2e/scripts/cluster` has no kill command; reading its pidfiles is its documented layout.
 pub fn kill_component(state: &Path, c: Component) -> Result<u32> {
     let file = state.join("run").join(format!("{}.pid", c.name()));
     let text =
@@ -200,32 +189,32 @@ pub fn kill_component(state: &Path, c: Component) -> Result<u32> {
     Ok(pid)
 }
 
-/// `e2e/cluster up`: restarts a half-up control plane (data, Nodes, certificates kept).
+/// `e2e/scripts/cluster up`: restarts a half-up control plane (data, Nodes, certificates kept).
 pub fn cluster_up(repo: &Path) -> Result<()> {
-    let out = Command::new(repo.join("e2e/cluster"))
+    let out = Command::new(repo.join("e2e/scripts/cluster"))
         .arg("up")
         .stdin(Stdio::null())
         .output()
-        .context("running e2e/cluster up")?;
+        .context("running e2e/scripts/cluster up")?;
     if !out.status.success() {
         bail!(
-            "e2e/cluster up failed: {}",
+            "e2e/scripts/cluster up failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
     Ok(())
 }
 
-/// `e2e/cluster node add NAME --labels ...`; returns the node's bpffs.
+/// `e2e/scripts/cluster node add NAME --labels ...`; returns the node's bpffs.
 pub fn node_add(repo: &Path, name: &str, labels: &str) -> Result<PathBuf> {
-    let out = Command::new(repo.join("e2e/cluster"))
+    let out = Command::new(repo.join("e2e/scripts/cluster"))
         .args(["node", "add", name, "--labels", labels])
         .env_remove("BPFPIN_AGENT")
         .output()
-        .context("running e2e/cluster node add")?;
+        .context("running e2e/scripts/cluster node add")?;
     if !out.status.success() {
         bail!(
-            "e2e/cluster node add {name}: {}",
+            "e2e/scripts/cluster node add {name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -236,9 +225,9 @@ pub fn node_add(repo: &Path, name: &str, labels: &str) -> Result<PathBuf> {
         .context("node add printed no mount point")
 }
 
-/// `e2e/cluster node remove NAME` (the agent is the driver's and already stopped).
+/// `e2e/scripts/cluster node remove NAME` (the agent is the driver's and already stopped).
 pub fn node_remove(repo: &Path, name: &str) {
-    let _ = Command::new(repo.join("e2e/cluster"))
+    let _ = Command::new(repo.join("e2e/scripts/cluster"))
         .args(["node", "remove", name])
         .output();
 }

@@ -1,5 +1,5 @@
-# shellcheck shell=bash disable=SC2153 # PORT, STATE, PKI, RUN, LOGS, SERVICE_IP: e2e/cluster's
-# Real nodes of e2e/cluster (sourced by it): containerd + a kubelet built by e2e/build-k8s,
+# shellcheck shell=bash disable=SC2153 # PORT, STATE, PKI, RUN, LOGS, SERVICE_IP: e2e/scripts/cluster's
+# Real nodes of e2e/scripts/cluster (sourced by it): containerd + a kubelet built by e2e/scripts/build-k8s,
 # registering a Node with the local API server, each node in its own mount and network namespace
 # so that nothing of it lands on the test machine:
 #
@@ -26,7 +26,7 @@
 # (anonymous + AlwaysAllow): the API server here has no kubelet client certificate.
 
 real_images_dir() {
-    printf '%s\n' "${BPFPIN_IMAGES_DIR:-${CARGO_TARGET_DIR:-$(cd "$E2E_DIR/.." && pwd)/target}/images}"
+    printf '%s\n' "${BPFPIN_IMAGES_DIR:-${CARGO_TARGET_DIR:-$(cd "$SCRIPTS_DIR/../.." && pwd)/target}/images}"
 }
 
 # 150..249: keeps clear of 10.96.0.0/16 (the Service range) for every port.
@@ -228,8 +228,8 @@ real_node_add() { # name labels
     command -v ctr >/dev/null 2>&1 || die "ctr (Debian package containerd) not found"
     command -v iptables >/dev/null 2>&1 || die "iptables not found (apt-get install iptables)"
     local bin
-    bin="$("$E2E_DIR/build-k8s" --print-bindir)"
-    [[ -x "$bin/kubelet" && -x "$bin/kube-scheduler" ]] || "$E2E_DIR/build-k8s" >&2 || die "e2e/build-k8s failed"
+    bin="$("$SCRIPTS_DIR/build-k8s" --print-bindir)"
+    [[ -x "$bin/kubelet" && -x "$bin/kube-scheduler" ]] || "$SCRIPTS_DIR/build-k8s" >&2 || die "e2e/scripts/build-k8s failed"
     local images
     images="$(real_images_dir)"
     [[ -f "$images/bpfpin-pause-dev.oci.tar" ]] ||
@@ -237,7 +237,7 @@ real_node_add() { # name labels
 
     local dir="$STATE/nodes/$name"
     if [[ -d "$dir" ]] && ! real_is "$name"; then
-        die "node $name exists and is a simulated node (e2e/cluster node remove $name first)"
+        die "node $name exists and is a simulated node (e2e/scripts/cluster node remove $name first)"
     fi
     if real_is "$name" && pid_alive "$dir/kubelet.pid" >/dev/null; then
         log "real node $name already running"

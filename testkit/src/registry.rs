@@ -1,14 +1,11 @@
 //! A real OCI registry on loopback for the tests of `bytecode.image`: CNCF distribution's
-//! `registry`, built from its Go module by e2e/build-registry (cached across runs), started on a
+//! `registry`, built from its Go module by e2e/scripts/build-registry (cached across runs), started on a
 //! free port with a temporary storage dir and optional htpasswd auth, and bytecode images pushed
 //! to it over the distribution API. [`TokenRegistry`]: the same registry with `auth: token`, its
-//! tokens from distribution's contrib/token-server (built by e2e/build-token-server), anonymous
+//! tokens from distribution's contrib/token-server (built by e2e/scripts/build-token-server), anonymous
 //! tokens from a small realm server here.
 //!
-//! One copy for every test that needs it: the agent's tests (`common::registry`) and the e2e
-//! suite (`#[path = "../../agent/tests/common/registry.rs"] mod registry;`), so it uses nothing of
-//! `common` and only crates both have.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
+//! The agent's tests reach it as `common::registry`, the e2e suite as `bpfpin_testkit::registry`.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -17,20 +14,67 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use bpfpin_agent::pin::desired::sha256_hex;
+use sha2::Digest as _;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 
-/// The registry binary, built once (e2e/build-registry caches it across runs).
+/// The lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The OCI digest (`sha256:<hex>`) of `bytes`.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(bytes))
+}
+
+/// This machine's architecture as OCI names it (Go's GOARCH), for the image configs pushed here.
+/// Written apart from the agent's own mapping on purpose: the harness does not use the code the
+/// tests check.
+pub fn oci_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+        "powerpc64" => "ppc64",
+        "loongarch64" => "loong64",
+        other => other,
+    }
+}
+
+/// The config of a linux image for this architecture with `labels`.
+pub fn image_config(labels: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "architecture": oci_architecture(),
+        "os": "linux",
+        "config": {"Labels": labels},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }))
+    .expect("config")
+}
+
+/// An OCI image manifest of `config` and one layer of media type `layer_type`.
+pub fn image_manifest(config: &[u8], layer: &[u8], layer_type: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": digest(config), "size": config.len()},
+        "layers": [{"mediaType": layer_type, "digest": digest(layer), "size": layer.len()}],
+    }))
+    .expect("manifest")
+}
+
+/// The registry binary, built once (e2e/scripts/build-registry caches it across runs).
 pub fn registry_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| built("build-registry")).clone()
 }
 
 /// The token server binary (distribution's contrib/token-server), built once
-/// (e2e/build-token-server caches it across runs).
+/// (e2e/scripts/build-token-server caches it across runs).
 pub fn token_server_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| built("build-token-server")).clone()
@@ -38,23 +82,22 @@ pub fn token_server_binary() -> PathBuf {
 
 /// Runs e2e/<script>, which builds a Go binary if it is not cached and prints its path last.
 fn built(script: &str) -> PathBuf {
-    // Both crates that use this file (agent/, e2e/) sit next to e2e/.
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../e2e")
+        .join("../e2e/scripts")
         .join(script);
     let out = Command::new(&path)
         .stderr(Stdio::inherit())
         .output()
-        .unwrap_or_else(|e| panic!("run e2e/{script}: {e}"));
+        .unwrap_or_else(|e| panic!("run e2e/scripts/{script}: {e}"));
     assert!(
         out.status.success(),
-        "e2e/{script} failed (it needs go and the Go module proxy)"
+        "e2e/scripts/{script} failed (it needs go and the Go module proxy)"
     );
     let bin = String::from_utf8_lossy(&out.stdout)
         .lines()
         .last()
         .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("e2e/{script} prints the binary's path"));
+        .unwrap_or_else(|| panic!("e2e/scripts/{script} prints the binary's path"));
     assert!(bin.is_file(), "{} is missing", bin.display());
     bin
 }
@@ -196,7 +239,7 @@ impl Registry {
 
     /// Uploads a blob (POST, then PUT with its digest); returns the digest.
     pub fn push_blob(&self, repo: &str, data: &[u8]) -> String {
-        let digest = format!("sha256:{}", sha256_hex(data));
+        let digest = digest(data);
         let started = self
             .authorize(
                 self.http
@@ -248,7 +291,7 @@ impl Registry {
             "put manifest {repo}:{reference}: {}",
             response.body_mut().read_to_string().unwrap_or_default()
         );
-        format!("sha256:{}", sha256_hex(body))
+        digest(body)
     }
 
     /// Pushes an image (config with `labels`, one layer) under `tag`; returns the manifest's
@@ -260,27 +303,15 @@ impl Registry {
         layer: &[u8],
         labels: serde_json::Value,
     ) -> (String, usize) {
-        let config = serde_json::to_vec(&serde_json::json!({
-            "architecture": bpfpin_agent::bytecode::image::node_architecture(),
-            "os": "linux",
-            "config": {"Labels": labels},
-            "rootfs": {"type": "layers", "diff_ids": []},
-        }))
-        .expect("config");
-        let config_digest = self.push_blob(repo, &config);
-        let layer_digest = self.push_blob(repo, layer);
+        let config = image_config(labels);
+        self.push_blob(repo, &config);
+        self.push_blob(repo, layer);
         let layer_type = if layer.starts_with(&[0x1f, 0x8b]) {
             "application/vnd.oci.image.layer.v1.tar+gzip"
         } else {
             "application/vnd.oci.image.layer.v1.tar"
         };
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
-            "layers": [{"mediaType": layer_type, "digest": layer_digest, "size": layer.len()}],
-        }))
-        .expect("manifest");
+        let manifest = image_manifest(&config, layer, layer_type);
         (
             self.push_manifest(repo, tag, OCI_MANIFEST, &manifest),
             manifest.len(),
@@ -399,7 +430,7 @@ pub const TOKEN_SERVICE: &str = "bpfpin-registry";
 /// - `front`: the registry the agent pulls from. Its challenge sends clients to the realm; it
 ///   trusts tokens signed by the harness's key (a JWKS with the key id the token server gives
 ///   it, and a certificate generated with openssl as `rootcertbundle`).
-/// - the token server: distribution's contrib/token-server (built by e2e/build-token-server),
+/// - the token server: distribution's contrib/token-server (built by e2e/scripts/build-token-server),
 ///   signing with that key. Its users are those of an htpasswd file (one here: `docker`), its
 ///   rule that a user gets the repositories under `<user>/` and nothing else: with credentials,
 ///   only `docker` and only `docker/*`.
@@ -410,9 +441,14 @@ pub const TOKEN_SERVICE: &str = "bpfpin-registry";
 ///   certificate in `x5c`).
 /// - `store`: a registry with htpasswd auth on the same storage, which the harness pushes
 ///   through, and whose provisioned htpasswd file (user `docker`) the token server reads.
+#[derive(Debug)]
 pub struct TokenRegistry {
     pub front: Registry,
     pub store: Registry,
+    #[expect(
+        dead_code,
+        reason = "held so that dropping the registry kills the token server"
+    )]
     token_server: Process,
     realm: Realm,
     dir: tempfile::TempDir,
@@ -582,6 +618,7 @@ impl TokenRegistry {
 }
 
 /// A child process, killed on drop.
+#[derive(Debug)]
 struct Process(Child);
 
 impl Drop for Process {
@@ -617,6 +654,7 @@ struct RealmConfig {
 }
 
 /// The realm server of [`TokenRegistry`]: one thread, one request a connection.
+#[derive(Debug)]
 struct Realm {
     port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -673,28 +711,10 @@ fn realm_request(
     config: &RealmConfig,
     http: &ureq::Agent,
 ) -> String {
-    use std::io::Read as _;
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 << 10 {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    let mut lines = head.lines();
-    let target = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("/")
-        .to_owned();
-    let authorization = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
-        .map(|(_, value)| value.trim().to_owned());
+    // A connection that ends early is answered all the same.
+    let (request, _) = crate::http::read_request(&mut stream);
+    let target = request.target.as_str();
+    let authorization = request.header("authorization").map(str::to_owned);
     let respond = |stream: &mut std::net::TcpStream,
                    status: u16,
                    challenge: Option<&str>,

@@ -1,11 +1,10 @@
-//! A memory cgroup with a limit, for the map-memory checks of the agent's tests and the e2e
-//! suite (which includes this file with `#[path]`, next to cgroup.rs).
-#![allow(dead_code, reason = "each test binary uses a different subset")]
+//! A memory cgroup with a limit, for the map-memory checks of the agent's tests and the e2e suite.
 
 use std::path::{Path, PathBuf};
 
 /// A memory cgroup of its own below this process's (v1 where the memory controller is there, as
 /// on hybrid hosts, else v2), with a limit; removed on drop.
+#[derive(Debug)]
 pub struct MemoryCgroup {
     /// Its directory.
     pub dir: PathBuf,
@@ -33,7 +32,7 @@ impl MemoryCgroup {
                     .lines()
                     .find_map(|l| l.strip_prefix("0::"))
                     .expect("a cgroup v2 path");
-                let parent = super::cgroup::cgroup2_mount().join(p.trim_start_matches('/'));
+                let parent = crate::cgroup::cgroup2_mount().join(p.trim_start_matches('/'));
                 let _ = std::fs::write(parent.join("cgroup.subtree_control"), "+memory");
                 (parent.join(name), false)
             }

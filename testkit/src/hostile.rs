@@ -5,29 +5,22 @@
 //! (VmHWM, from `wait4`) and its wall time.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The request line and headers of a request.
-#[derive(Debug, Clone)]
-pub struct Request {
-    /// The path, without the query.
-    pub path: String,
-    /// The query, without `?`.
-    pub query: String,
-    /// Header names (lowercase) and values.
-    pub headers: Vec<(String, String)>,
-}
+pub use crate::http::Request;
+use crate::registry::{OCI_MANIFEST, digest, image_config, image_manifest};
 
 /// What a server does on one path: writes whatever it wants to the connection. `stop` is set
 /// when the server is dropped, so handlers that stall end with the test.
 pub type Handler = Arc<dyn Fn(&Request, &mut TcpStream, &AtomicBool) + Send + Sync>;
 
 /// A server on 127.0.0.1 (a free port) whose paths are [`Handler`]s; others answer 404.
+#[derive(Debug)]
 pub struct Hostile {
     port: u16,
     stop: Arc<AtomicBool>,
@@ -93,33 +86,11 @@ fn serve(
     hits: &Mutex<HashMap<String, usize>>,
     stop: &AtomicBool,
 ) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     // One request per connection (`Connection: close` in every answer).
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 << 10 {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
+    let (request, whole) = crate::http::read_request(&mut stream);
+    if !whole {
+        return;
     }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    let mut lines = head.lines();
-    let target = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("/")
-        .to_owned();
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let request = Request {
-        path: path.to_owned(),
-        query: query.to_owned(),
-        headers: lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect(),
-    };
     *hits
         .lock()
         .expect("hits")
@@ -263,23 +234,16 @@ pub fn image_routes(
     config: &[u8],
     layer: &[u8],
 ) -> (Vec<(String, Handler)>, String) {
-    let digest = |b: &[u8]| format!("sha256:{}", bpfpin_agent::pin::desired::sha256_hex(b));
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": super::registry::OCI_MANIFEST,
-        "config": {"mediaType": super::registry::OCI_CONFIG, "digest": digest(config), "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(layer), "size": layer.len()}],
-    }))
-    .expect("manifest");
+    let manifest = image_manifest(config, layer, "application/vnd.oci.image.layer.v1.tar+gzip");
     let manifest_digest = digest(&manifest);
     let routes = vec![
         route(
             format!("/v2/{repo}/manifests/{tag}"),
-            typed(Some(super::registry::OCI_MANIFEST), manifest.clone()),
+            typed(Some(OCI_MANIFEST), manifest.clone()),
         ),
         route(
             format!("/v2/{repo}/manifests/{manifest_digest}"),
-            typed(Some(super::registry::OCI_MANIFEST), manifest),
+            typed(Some(OCI_MANIFEST), manifest),
         ),
         route(
             format!("/v2/{repo}/blobs/{}", digest(config)),
@@ -295,13 +259,7 @@ pub fn image_routes(
 
 /// The image config of a bytecode image with the counter's labels.
 pub fn bytecode_config() -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "architecture": bpfpin_agent::bytecode::image::node_architecture(),
-        "os": "linux",
-        "config": {"Labels": super::registry::counter_labels()},
-        "rootfs": {"type": "layers", "diff_ids": []},
-    }))
-    .expect("config")
+    image_config(crate::registry::counter_labels())
 }
 
 /// A finished run of the agent.

@@ -1,5 +1,4 @@
-//! The host's cgroup v2 mount, for the cgroup_skb tests of the agent and the e2e suite (which
-//! includes this file with `#[path]`, like registry.rs).
+//! The host's cgroup v2 mount, for the cgroup_skb tests of the agent and the e2e suite.
 
 use std::path::PathBuf;
 

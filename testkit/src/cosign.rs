@@ -1,8 +1,7 @@
-//! The real `cosign` CLI for the signature tests (built from its Go module by e2e/build-cosign,
-//! cached across runs): key pairs, and signatures stored in the registry as cosign does. Shared by
-//! the agent's tests (agent/tests/image_signatures.rs) and the e2e suite (e2e/tests/signatures.rs)
-//! with `#[path]`, so it uses only std and tempfile.
-#![allow(dead_code, reason = "each test binary uses a different subset")]
+//! The real `cosign` CLI for the signature tests (built from its Go module by
+//! e2e/scripts/build-cosign, cached across runs): key pairs, and signatures stored in the registry
+//! as cosign does. Used by the agent's tests (agent/tests/image_signatures.rs) and the e2e suite
+//! (e2e/tests/signatures.rs).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,24 +10,24 @@ use std::sync::OnceLock;
 /// The password of every key pair made here (`COSIGN_PASSWORD`).
 pub const PASSWORD: &str = "bpfpin-test";
 
-/// The cosign binary, built once (e2e/build-cosign caches it across runs).
+/// The cosign binary, built once (e2e/scripts/build-cosign caches it across runs).
 pub fn cosign() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/build-cosign");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/scripts/build-cosign");
         let out = Command::new(&script)
             .stderr(std::process::Stdio::inherit())
             .output()
-            .expect("run e2e/build-cosign");
+            .expect("run e2e/scripts/build-cosign");
         assert!(
             out.status.success(),
-            "e2e/build-cosign failed (it needs go and the Go module proxy)"
+            "e2e/scripts/build-cosign failed (it needs go and the Go module proxy)"
         );
         let bin = String::from_utf8_lossy(&out.stdout)
             .lines()
             .last()
             .map(PathBuf::from)
-            .expect("e2e/build-cosign prints the binary's path");
+            .expect("e2e/scripts/build-cosign prints the binary's path");
         assert!(bin.is_file(), "{} is missing", bin.display());
         bin
     })
@@ -55,6 +54,7 @@ pub fn run_cosign(dir: &Path, args: &[&str]) -> Output {
 }
 
 /// A cosign key pair, `<prefix>.key` (encrypted with [`PASSWORD`]) and `<prefix>.pub`.
+#[derive(Debug)]
 pub struct KeyPair {
     /// Where the files are.
     pub dir: PathBuf,
