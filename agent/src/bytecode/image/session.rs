@@ -23,6 +23,12 @@ use crate::error::ObjectError;
 use crate::error::Reason;
 
 /// One response, read whole.
+/// What a GET found: the answer, or a 404 with its body (for the registry's error text).
+enum Answer {
+    Found(Got),
+    NotFound(Vec<u8>),
+}
+
 pub(crate) struct Got {
     status: u16,
     content_type: Option<String>,
@@ -169,13 +175,32 @@ impl<'a> Session<'a> {
         Ok(got.body)
     }
 
-    /// GET with retries (transport errors, 429 and 5xx) and authentication on a 401 challenge.
+    /// GET with retries (transport errors, 429 and 5xx) and authentication on a 401 challenge;
+    /// a 404 is an error naming `what`.
     fn get(&mut self, url: &str, accept: &str, limit: u64, what: &str) -> Result<Got, ImageError> {
+        match self.get_if_exists(url, accept, limit, what)? {
+            Answer::Found(got) => Ok(got),
+            Answer::NotFound(body) => Err(self.fail(format!(
+                "{what} not found in registry {} (HTTP 404{})",
+                self.image.registry,
+                registry_error(&body)
+            ))),
+        }
+    }
+
+    /// [`Self::get`], where a 404 is an answer (a signature that was never pushed), not an error.
+    fn get_if_exists(
+        &mut self,
+        url: &str,
+        accept: &str,
+        limit: u64,
+        what: &str,
+    ) -> Result<Answer, ImageError> {
         let mut authenticated = false;
         loop {
             let got = self.send(url, accept, limit, what)?;
             match got.status {
-                200..=299 => return Ok(got),
+                200..=299 => return Ok(Answer::Found(got)),
                 401 if !authenticated => {
                     authenticated = true;
                     let challenge = got.challenge.as_deref().and_then(parse_challenge);
@@ -206,13 +231,7 @@ impl<'a> Session<'a> {
                         registry_error(&got.body)
                     )));
                 }
-                404 => {
-                    return Err(self.fail(format!(
-                        "{what} not found in registry {} (HTTP 404{})",
-                        self.image.registry,
-                        registry_error(&got.body)
-                    )));
-                }
+                404 => return Ok(Answer::NotFound(got.body)),
                 status => {
                     return Err(self.fail(format!(
                         "registry {} answered HTTP {status} for the {what}{}",
@@ -351,17 +370,10 @@ impl crate::signature::SignatureStore for Session<'_> {
         limit: u64,
     ) -> Result<Option<Vec<u8>>, ObjectError> {
         let url = format!("{}/manifests/{tag}", self.base);
-        match self.get(&url, MANIFEST_TYPES, limit, "signature manifest") {
-            Ok(got) => Ok(Some(got.body)),
-            // A 404 is "not signed", which the policy judges; every other failure is the
-            // registry's.
-            Err(e)
-                if e.to_string()
-                    .contains("signature manifest not found in registry") =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e.into()),
+        // A 404 is "not signed", which the policy judges; every other failure is the registry's.
+        match self.get_if_exists(&url, MANIFEST_TYPES, limit, "signature manifest")? {
+            Answer::Found(got) => Ok(Some(got.body)),
+            Answer::NotFound(_) => Ok(None),
         }
     }
 
