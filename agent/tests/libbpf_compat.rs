@@ -502,14 +502,7 @@ fn libbpf_style_corpus() {
 #[test]
 fn debian_xdp_tools_objects() {
     require_root();
-    let arch = std::process::Command::new("gcc")
-        .arg("-dumpmachine")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|| "x86_64-linux-gnu".into());
-    let dir = PathBuf::from(format!("/usr/lib/{arch}/bpf"));
+    let dir = PathBuf::from(format!("/usr/lib/{}/bpf", multiarch()));
     let mut objects: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| {
             panic!(

@@ -111,13 +111,7 @@ pub fn compile(src: &Path, out: &Path) {
         });
         return;
     }
-    let arch = std::process::Command::new("gcc")
-        .arg("-dumpmachine")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|| "x86_64-linux-gnu".into());
+    let arch = multiarch();
     let output = std::process::Command::new("clang")
         .args(["-O2", "-g", "-target", "bpf"])
         .arg(format!("-I/usr/include/{arch}"))
@@ -139,6 +133,18 @@ pub fn compile(src: &Path, out: &Path) {
         std::fs::copy(out, &exported)
             .unwrap_or_else(|e| panic!("BPFPIN_TEST_BPF_EXPORT: {}: {e}", exported.display()));
     }
+}
+
+/// The Debian multiarch triplet of this machine (`x86_64-linux-gnu`), where its headers and
+/// shipped BPF objects live.
+pub fn multiarch() -> String {
+    std::process::Command::new("gcc")
+        .arg("-dumpmachine")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "x86_64-linux-gnu".into())
 }
 
 pub fn bytes(name: &str) -> Vec<u8> {
