@@ -215,7 +215,20 @@ pub fn attach_and_pin(
             for p in &own {
                 let _ = std::fs::remove_file(&p.pin);
             }
-            attach()
+            // Unlinking the last pin releases the old link, but the kernel frees it after an RCU
+            // grace period (bpffs frees inodes by RCU, and the link is put from there): until
+            // then the program is still attached and tcx answers EEXIST. Wait for that, briefly.
+            let mut result = attach();
+            for _ in 0..100 {
+                match &result {
+                    Err(e) if super::has_errno(e.as_ref(), libc::EEXIST) => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        result = attach();
+                    }
+                    _ => break,
+                }
+            }
+            result
         }
         other => other,
     }
