@@ -846,3 +846,27 @@ fn an_interface_xdp_loader_holds_is_a_clear_error_and_its_program_keeps_running(
         .env("LIBXDP_BPFFS", fs.path())
         .output();
 }
+
+/// A program of another type with `attach.xdp.priority` is not loaded as an extension of the
+/// dispatcher: the error says its type is wrong for XDP (not that freplace failed), and nothing of
+/// it is pinned.
+#[test]
+fn a_non_xdp_program_with_a_priority_is_refused_for_its_type() {
+    let fs = Bpffs::new();
+    let object = desired(
+        "wrongtype",
+        "bytecode: {path: counter.bpf.o}\nprograms:\n- name: count_getpid\n  attach: {xdp: {interfaces: [lo], priority: 20}}\n",
+        "counter",
+    );
+    let mut r = Reconciler::new(fs.path()).expect("reconciler");
+    let report = r.reconcile(std::slice::from_ref(&object), &none());
+    let err = report.objects[0].error.as_ref().expect("it fails");
+    assert_eq!(err.reason.as_str(), "AttachFailed");
+    assert!(
+        err.message
+            .contains("program count_getpid has type TracePoint")
+            && err.message.contains("needs an XDP program"),
+        "{err}"
+    );
+    assert!(!fs.root().join("wrongtype").exists(), "nothing is pinned");
+}

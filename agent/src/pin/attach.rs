@@ -576,7 +576,7 @@ pub(crate) fn attach_and_pin(
             interface,
             mode,
             share: Some(share),
-        } => {
+        } if matches!(program, Program::Extension(_)) => {
             super::xdp_dispatcher::attach_and_pin(program, name, interface, *mode, share, path)?;
             return Ok(None);
         }

@@ -518,11 +518,17 @@ impl Attempt<'_> {
                 loader.map_max_entries(&m.name, max);
             }
         }
-        // Programs that share an XDP interface are loaded as extensions of its dispatcher.
+        // XDP programs that share an interface are loaded as extensions of its dispatcher (a
+        // program of another type keeps its own type, and its attach reports the wrong type).
+        let is_xdp = |name: &str| {
+            elf.programs
+                .get(name)
+                .is_some_and(|p| matches!(p.section, aya_obj::ProgramSection::Xdp { .. }))
+        };
         for p in spec
             .programs
             .iter()
-            .filter(|p| xdp_dispatcher::wants_dispatcher(p))
+            .filter(|p| xdp_dispatcher::wants_dispatcher(p) && is_xdp(&p.name))
         {
             loader.extension(&p.name);
         }
