@@ -29,6 +29,8 @@ fn pins_the_layout_and_the_tracepoint_counts_after_the_agent_is_gone() {
     assert_eq!(
         files,
         vec![
+            "globals/_layout/rodata",
+            "globals/rodata",
             "links/count_getpid/tracepoint-syscalls-sys_enter_getpid",
             "maps/counts",
             "progs/count_getpid",

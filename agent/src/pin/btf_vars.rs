@@ -206,6 +206,33 @@ pub fn global_vars(raw: &[u8]) -> Option<BTreeMap<String, GlobalVar>> {
     Some(vars)
 }
 
+/// The variables of each `.rodata*`, `.data*` and `.bss*` section, in the order the section
+/// holds them (clang writes a DATASEC in address order), each as `name: type (size)`; `None`
+/// when `raw` cannot be read. Two objects whose lists agree lay out that section alike: what
+/// decides whether a pinned internal map can serve a new load ([`super::internal_maps`]).
+pub fn section_layouts(raw: &[u8]) -> Option<BTreeMap<String, Vec<String>>> {
+    let btf = Btf::parse(raw)?;
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for sec in btf.types.iter().filter(|t| t.kind == DATASEC) {
+        let section = btf.name(sec);
+        if ![".rodata", ".data", ".bss"]
+            .iter()
+            .any(|p| section.starts_with(p))
+        {
+            continue;
+        }
+        let vars = out.entry(section.to_owned()).or_default();
+        for i in 0..usize::from(sec.vlen) {
+            let (var_id, secinfo_size) = (btf.data(sec, 3 * i)?, btf.data(sec, 3 * i + 2)?);
+            let var = btf.get(var_id)?;
+            let size = btf.size(var.size_or_type, 0).unwrap_or(secinfo_size.into());
+            let ty = btf.spell(var.size_or_type, 0);
+            vars.push(format!("{}: {ty} ({size})", btf.name(var)));
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +311,24 @@ mod tests {
             (vars["C"].size, vars["C"].type_name.as_str()),
             (16, "struct <anonymous>")
         );
+    }
+
+    #[test]
+    fn section_layouts_keep_the_order_of_the_section() {
+        // 1 int "u64"(8) · 2 var "b" : 1 · 3 var "a" : 1 · 4 datasec ".bss" (b, a) · 5 datasec
+        // ".maps" (ignored)
+        let strings = b"\0u64\0b\0a\0.bss\0.maps\0";
+        let types = vec![
+            (INT, 1, 8, 0, vec![64]),
+            (VAR, 5, 1, 0, vec![1]),
+            (VAR, 7, 1, 0, vec![1]),
+            (DATASEC, 9, 16, 2, vec![2, 0, 8, 3, 8, 8]),
+            (DATASEC, 14, 0, 1, vec![2, 0, 8]),
+        ];
+        let layouts = section_layouts(&raw(&types, strings)).expect("parses");
+        assert_eq!(layouts.len(), 1, "{layouts:?}");
+        assert_eq!(layouts[".bss"], ["b: u64 (8)", "a: u64 (8)"]);
+        assert_eq!(section_layouts(b"not btf"), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use bpfpin_crds::BpfObjectSpec;
 
 use super::attach::{self, AttachError, AttachPoint};
 use super::fsops::{self, FsError};
+use super::internal_maps::{InternalMapError, InternalMaps};
 use super::layout::Layout;
 use super::xdp_dispatcher;
 use crate::error::{Reason, StatusError, chain, verifier_log_tail};
@@ -180,6 +181,9 @@ pub enum LoadError {
     /// A program could not be attached.
     #[error(transparent)]
     Attach(#[from] AttachError),
+    /// An internal map (`.bss`, `.data`, `.rodata`) could not be pinned.
+    #[error(transparent)]
+    InternalMap(#[from] InternalMapError),
 }
 
 impl StatusError for LoadError {
@@ -222,6 +226,7 @@ impl StatusError for LoadError {
             E::Pin(..) => Reason::PinFailed,
             E::Fs(e) => e.reason(),
             E::Attach(e) => e.reason(),
+            E::InternalMap(e) => e.reason(),
         }
     }
 }
@@ -433,12 +438,14 @@ impl Attempt<'_> {
         self.prepare_shared(&elf, &plan)?;
         let globals = decode_globals(self.req.spec)?;
         check_globals_against_btf(&elf, &globals)?;
-        let (mut ebpf, reused) = self.load(btf, &elf, &plan, &globals)?;
+        let internal = InternalMaps::plan(self.req.object, &elf, &globals, self.req.previous);
+        let (mut ebpf, reused) = self.load(btf, &elf, &plan, &globals, &internal)?;
         fsops::create_dirs(self.layout.root(), &self.dir)?;
         self.rollback.version_dir = Some(self.dir.clone());
         let (programs, mut kept) = self.pin_programs(&mut ebpf, btf)?;
         fill_tail_calls(self.req.spec, &plan, &mut ebpf, &kept)?;
         let mut maps = self.pin_maps(&ebpf, &plan)?;
+        maps.extend(internal.pin(&ebpf, self.layout, self.req.object, &self.dir)?);
         let shared: Vec<PathBuf> = plan.shared.values().cloned().collect();
         maps.extend(shared.iter().cloned());
         let links = self.attach_all(&mut ebpf, &mut kept)?;
@@ -496,6 +503,7 @@ impl Attempt<'_> {
         elf: &aya_obj::Object,
         plan: &MapPlan,
         globals: &[(&str, Vec<u8>)],
+        internal: &InternalMaps,
     ) -> Result<(aya::Ebpf, BTreeSet<String>), LoadError> {
         let spec = self.req.spec;
         let mut loader = EbpfLoader::new();
@@ -545,6 +553,11 @@ impl Attempt<'_> {
                     reused.insert(name.clone());
                 }
             }
+        }
+        // Internal maps whose layout (and `.rodata` values) did not change: opened, not made.
+        for (name, old) in internal.reused() {
+            loader.map_pin_path(name, old);
+            reused.insert(name.to_owned());
         }
         // aya parses the object again: the same panic guard as `parse_elf`.
         let bytecode = self.req.bytecode;
@@ -677,8 +690,8 @@ fn decode_globals(spec: &BpfObjectSpec) -> Result<Vec<(&str, Vec<u8>)>, LoadErro
 }
 
 /// The previous version's program `name` when the newly loaded one is the same program: same
-/// type, same instructions (the kernel's tag) and the same maps. Programs that use global data get
-/// a fresh `.rodata`/`.bss` map at every load, so they never match and are always reloaded.
+/// type, same instructions (the kernel's tag) and the same maps. Programs that use global data
+/// match when their internal maps were reused (`super::internal_maps`).
 fn same_as_previous(prev: &Path, name: &str, new: &Program) -> Option<Program> {
     use aya::programs::{
         KProbe, ProgramInfo, SchedClassifier, SocketFilter, TracePoint, UProbe, Xdp,

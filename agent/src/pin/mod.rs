@@ -2,7 +2,8 @@
 //! a pass; [`loader`] builds one version of one object (ELF checks, load, pins) and [`attach`]
 //! attaches its programs with pinned links; [`layout`] names every path and [`fsops`] touches
 //! them without leaving the root; [`map_memory`] checks that new maps fit the agent's memory
-//! cgroup; [`btf_vars`] reads the global variables `globalData` overrides; [`xdp_dispatcher`] shares
+//! cgroup; [`btf_vars`] reads the global variables `globalData` overrides; [`internal_maps`] pins
+//! and reuses the maps that hold them; [`xdp_dispatcher`] shares
 //! an XDP interface among programs (libxdp's protocol) and places tcx programs by priority.
 //! Nothing here imports a bytecode source or a mode.
 
@@ -10,6 +11,7 @@ pub mod attach;
 pub mod btf_vars;
 pub mod desired;
 pub mod fsops;
+pub mod internal_maps;
 pub mod layout;
 pub mod loader;
 pub mod map_memory;

@@ -15,6 +15,7 @@ use super::attach::AttachPoint;
 use super::desired::{DesiredObject, sha256_hex, version_key};
 use super::fsops;
 use super::fsops::FsError;
+use super::internal_maps;
 use super::layout::{Layout, SHARED_DIR, STAGING_DIR, VERSIONS_DIR};
 use super::loader::LoadError;
 use super::loader::{self, BuildRequest, PinnedVersion};
@@ -599,7 +600,9 @@ impl Reconciler {
             if let Some(path) = plan.shared.get(name) {
                 return std::fs::symlink_metadata(path).is_err();
             }
-            !previous.is_some_and(|prev| Layout::map_in(prev, name).exists())
+            !previous.is_some_and(|prev| {
+                Layout::map_in(prev, name).exists() || internal_maps::pin_in(prev, name).exists()
+            })
         });
         let need: u64 = new.iter().map(|m| m.bytes).sum();
         let Some(room) = map_memory::headroom() else {
@@ -683,6 +686,13 @@ impl Reconciler {
             if !pin.exists() {
                 return None;
             }
+            maps.push(self.layout.public_path(&obj.name, &dir, &pin));
+        }
+        // A version pinned before its internal maps were is rebuilt, not adopted.
+        if !internal_maps::all_pinned(&dir, &elf) {
+            return None;
+        }
+        for pin in internal_maps::pins(&dir, &elf) {
             maps.push(self.layout.public_path(&obj.name, &dir, &pin));
         }
         let shared: Vec<PathBuf> = plan.shared.values().cloned().collect();

@@ -605,7 +605,7 @@ impl<'a> EbpfLoader<'a> {
             } else {
                 None
             };
-            let mut map = if let Some(pin_path) = map_pin_path_by_name.get(name.as_str()) {
+            let (mut map, opened) = if let Some(pin_path) = map_pin_path_by_name.get(name.as_str()) {
                 MapData::create_pinned_by_name(pin_path, map_obj, &name, btf_fd, inner_map_obj)?
             } else {
                 match map_obj.pinning() {
@@ -618,7 +618,15 @@ impl<'a> EbpfLoader<'a> {
                         } else {
                             None
                         };
-                        MapData::create_with_inner_map_fd(map_obj, &name, btf_fd, inner_map_fd)?
+                        (
+                            MapData::create_with_inner_map_fd(
+                                map_obj,
+                                &name,
+                                btf_fd,
+                                inner_map_fd,
+                            )?,
+                            false,
+                        )
                     }
                     PinningType::ByName => {
                         // pin maps in /sys/fs/bpf by default to align with libbpf
@@ -632,7 +640,13 @@ impl<'a> EbpfLoader<'a> {
                     }
                 }
             };
-            map.finalize()?;
+            // bpfpin patch: a map opened from an existing pin keeps what it holds, as libbpf's
+            // reuse of a pinned map does: upstream wrote the ELF's initial data into it again (a
+            // reused `.bss`/`.data` lost its contents) and froze it (a reused `.rodata`, already
+            // frozen, failed the load with EPERM).
+            if !opened {
+                map.finalize()?;
+            }
             maps.insert(name, map);
         }
 

@@ -865,7 +865,9 @@ impl MapData {
         name: &str,
         btf_fd: Option<BorrowedFd<'_>>,
         inner_map_obj: Option<aya_obj::Map>,
-    ) -> Result<Self, MapError> {
+    ) -> Result<(Self, bool), MapError> {
+        // bpfpin patch: also says whether the map was opened from an existing pin (`true`) rather
+        // than created, so the loader leaves an opened map's contents alone (see `finalize`).
         use std::os::unix::ffi::OsStrExt as _;
 
         // try to open map in case it's already pinned
@@ -883,10 +885,13 @@ impl MapData {
             }
         };
         if let Ok(fd) = bpf_get_object(&path_string) {
-            Ok(Self {
-                obj,
-                fd: MapFd::from_fd(fd),
-            })
+            Ok((
+                Self {
+                    obj,
+                    fd: MapFd::from_fd(fd),
+                },
+                true,
+            ))
         } else {
             let inner_map;
             let inner_map_fd = if let Some(inner) = inner_map_obj {
@@ -900,7 +905,7 @@ impl MapData {
                 name: Some(name.into()),
                 error,
             })?;
-            Ok(map)
+            Ok((map, false))
         }
     }
 
