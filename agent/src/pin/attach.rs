@@ -284,6 +284,15 @@ pub enum AttachError {
         String,
         #[source] Box<dyn std::error::Error + Send + Sync>,
     ),
+    /// XDP on the interface is taken (`EEXIST`, `EBUSY`): `(program, interface, who holds it,
+    /// aya's error)`.
+    #[error("attaching program {0} to XDP on interface {1}: the interface already runs XDP {2}; detach that program, or share the interface (attach.xdp.priority on every program there) ({cause})", cause = sources(&**.3))]
+    XdpTaken(
+        String,
+        String,
+        String,
+        #[source] Box<dyn std::error::Error + Send + Sync>,
+    ),
     /// XDP fell back to netlink, whose attachment cannot be pinned: `(interface, program, aya's
     /// error)`.
     #[error(
@@ -323,6 +332,7 @@ impl StatusError for AttachError {
             AttachError::WrongType(..)
             | AttachError::Target(..)
             | AttachError::Kernel(..)
+            | AttachError::XdpTaken(..)
             | AttachError::NotALink(..) => Reason::AttachFailed,
         }
     }
@@ -376,11 +386,32 @@ pub enum TargetError {
 struct At<'a> {
     program: &'a str,
     point: &'a AttachPoint,
+    /// The link's pin (inside the managed root: where a message looks up bpfpin's programs).
+    link: &'a Path,
 }
 
 impl At<'_> {
     fn kernel(&self, e: impl std::error::Error + Send + Sync + 'static) -> AttachError {
         AttachError::Kernel(self.program.to_owned(), self.point.describe(), Box::new(e))
+    }
+
+    /// An XDP attach error; a taken interface names its holder.
+    fn xdp(&self, interface: &str, e: aya::programs::ProgramError) -> AttachError {
+        // EEXIST: a program attached through netlink holds it; EBUSY: another bpf_link does.
+        if [libc::EEXIST, libc::EBUSY]
+            .iter()
+            .any(|&errno| super::xdp_dispatcher::has_errno(&e, errno))
+        {
+            let holder = super::diagnose::describe_xdp_holder(interface, self.link);
+            AttachError::XdpTaken(
+                self.program.to_owned(),
+                interface.to_owned(),
+                holder,
+                Box::new(e),
+            )
+        } else {
+            self.kernel(e)
+        }
     }
 
     fn target(&self, problem: TargetError) -> AttachError {
@@ -392,7 +423,12 @@ impl At<'_> {
     where
         &'p mut T: TryFrom<&'p mut Program>,
     {
-        let actual = format!("{:?}", program.prog_type());
+        // `Tracing` alone does not say tp_btf from fentry: the kind and the section do.
+        let actual = format!(
+            "{} (section `{}`)",
+            super::diagnose::program_kind(program),
+            program.section_name().unwrap_or_default()
+        );
         program.try_into().map_err(|_| {
             AttachError::WrongType(
                 self.program.to_owned(),
@@ -472,7 +508,9 @@ impl AttachPoint {
                     Some(SpecXdpMode::Drv) => XdpMode::Driver,
                     Some(SpecXdpMode::Hw) => XdpMode::Hardware,
                 };
-                let id = prog.attach(interface, mode).map_err(|e| at.kernel(e))?;
+                let id = prog
+                    .attach(interface, mode)
+                    .map_err(|e| at.xdp(interface, e))?;
                 let link = prog.take_link(id).map_err(|e| at.kernel(e))?;
                 FdLink::try_from(link)
                     .map_err(|source| {
@@ -596,6 +634,7 @@ pub(crate) fn attach_and_pin(
     let at = At {
         program: name,
         point,
+        link: path,
     };
     let Linked { link, replaced } = point.link(program, &at, previous_link)?;
     link.pin(path)

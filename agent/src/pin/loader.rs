@@ -135,6 +135,10 @@ pub enum LoadError {
         "program {0} (section `{1}`): the section must name its attach target (`tp_btf/<tracepoint>`, `lsm/<hook>`, `iter/<type>`)"
     )]
     NeedsTarget(String, String),
+    /// The kernel refused a program and wrote no verifier log (it refused before verifying):
+    /// `(program, the bpf(2) error)`.
+    #[error("the kernel refused to load program {0} and gave no verifier log: {1}")]
+    NoVerifierLog(String, #[source] std::io::Error),
     /// The verifier refused a program: `(program, the bpf(2) error, the verifier log's tail)`.
     #[error("the verifier rejected program {0} ({1}); log tail:\n{2}")]
     Verifier(String, #[source] std::io::Error, String),
@@ -218,6 +222,7 @@ impl StatusError for LoadError {
             E::NoKernelBtf(..) | E::UnsupportedType(..) => Reason::Unsupported,
             E::Verifier(..) => Reason::VerifierRejected,
             E::ProgramLoad(..)
+            | E::NoVerifierLog(..)
             | E::TrampolinesRefused(..)
             | E::ProgramInfo(..)
             | E::TailCallFd(..)
@@ -851,11 +856,10 @@ fn program_error(name: &str, err: ProgramError) -> LoadError {
         ProgramError::LoadError {
             io_error,
             verifier_log,
-        } => LoadError::Verifier(
-            name.to_owned(),
-            io_error,
-            verifier_log_tail(&verifier_log.to_string(), 8),
-        ),
+        } => match verifier_log_tail(&verifier_log.to_string(), 8) {
+            tail if tail.is_empty() => LoadError::NoVerifierLog(name.to_owned(), io_error),
+            tail => LoadError::Verifier(name.to_owned(), io_error, tail),
+        },
         source => LoadError::ProgramLoad(name.to_owned(), Box::new(source)),
     }
 }

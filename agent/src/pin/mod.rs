@@ -10,6 +10,7 @@
 pub mod attach;
 pub mod btf_vars;
 pub mod desired;
+pub mod diagnose;
 pub mod fsops;
 pub mod internal_maps;
 pub mod layout;

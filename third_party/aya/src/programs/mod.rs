@@ -179,7 +179,9 @@ pub enum ProgramError {
     NotAttached,
 
     /// Loading the program failed.
-    #[error("the BPF_PROG_LOAD syscall returned {io_error}. Verifier output: {verifier_log}")]
+    // bpfpin patch: an empty verifier log is said to be empty (upstream printed
+    // "Verifier output: " and nothing).
+    #[error("the BPF_PROG_LOAD syscall returned {io_error}. {}", verifier_output(verifier_log))]
     LoadError {
         /// The [`io::Error`] returned by the `BPF_PROG_LOAD` syscall.
         #[source]
@@ -261,6 +263,16 @@ pub enum ProgramError {
     /// An error occurred while working with Netlink.
     #[error(transparent)]
     NetlinkError(#[from] NetlinkError),
+}
+
+/// bpfpin patch: the verifier's log for [`ProgramError::LoadError`], or that there was none.
+fn verifier_output(log: &VerifierLog) -> String {
+    let log = log.to_string();
+    if log.trim().is_empty() {
+        "The kernel gave no verifier log".to_owned()
+    } else {
+        format!("Verifier output: {log}")
+    }
 }
 
 /// A [`Program`] file descriptor.
