@@ -251,3 +251,35 @@ fn a_changed_layout_makes_a_fresh_bss() {
     assert_eq!(map_id(&obj.join("globals/rodata")), rodata);
     assert_eq!(read_global(&obj.join("globals/data"), 0), 110);
 }
+
+#[test]
+fn an_upgraded_agent_pins_the_internal_maps_of_an_older_version_without_reloading() {
+    let fs = Bpffs::new();
+    let obj = fs.root().join("glob");
+    let want = counter("global_counter", 1, true);
+    let id = {
+        let mut r = Reconciler::new(fs.path()).expect("reconciler");
+        assert_eq!(pass(&mut r, &want), Action::Created);
+        getpid_n(6);
+        prog_id(&obj.join("progs/count_calls"))
+    };
+    // What an agent from before internal maps were pinned left: no globals/ at all.
+    std::fs::remove_dir_all(obj.join("globals")).expect("unpin globals/");
+
+    let mut r = Reconciler::new(fs.path()).expect("the upgraded agent");
+    assert_eq!(pass(&mut r, &want), Action::Adopted, "adopted, not rebuilt");
+    assert_eq!(prog_id(&obj.join("progs/count_calls")), id);
+    getpid_n(1);
+    assert_eq!(
+        read_global(&obj.join("globals/bss"), 0),
+        7,
+        "the pin is the program's own map"
+    );
+    // And the next update hands it over like any other.
+    assert_eq!(
+        pass(&mut r, &counter("global_counter", 1, false)),
+        Action::Updated
+    );
+    assert_eq!(prog_id(&obj.join("progs/count_calls")), id);
+    assert_eq!(read_global(&obj.join("globals/bss"), 0), 7);
+}

@@ -102,6 +102,68 @@ pub(crate) fn all_pinned(dir: &Path, elf: &aya_obj::Object) -> bool {
         .all(|s| pin_in(dir, s).exists() && std::fs::symlink_metadata(record_in(dir, s)).is_ok())
 }
 
+/// Pins the internal maps of a version an older agent pinned without them, taken from the maps
+/// its programs (`prog_pins`) use, so that upgrading the agent adopts instead of reloading.
+/// `spec` is the version's (its key matched, so the layout and values recorded are the ones
+/// loaded). `false` when a map cannot be found or pinned: the version is then rebuilt.
+pub(crate) fn pin_from_programs(
+    root: &Path,
+    dir: &Path,
+    elf: &aya_obj::Object,
+    spec: &bpfpin_crds::BpfObjectSpec,
+    prog_pins: &[PathBuf],
+) -> bool {
+    use base64::Engine as _;
+    let globals: Option<Vec<(&str, Vec<u8>)>> = spec
+        .global_data
+        .iter()
+        .map(|(n, b)| {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(b).ok()?;
+            Some((n.as_str(), bytes))
+        })
+        .collect();
+    let Some(globals) = globals else {
+        return false;
+    };
+    let plan = InternalMaps::plan("", elf, &globals, None);
+    let mut ids: Vec<u32> = prog_pins
+        .iter()
+        .filter_map(|p| aya::programs::ProgramInfo::from_pin(p).ok())
+        .filter_map(|info| info.map_ids().ok().flatten())
+        .flatten()
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let infos: Vec<MapInfo> = ids
+        .into_iter()
+        .filter_map(|id| MapInfo::from_id(id).ok())
+        .collect();
+    if fsops::create_dirs(root, &dir.join(GLOBALS_DIR).join(RECORD_DIR)).is_err() {
+        return false;
+    }
+    for m in &plan.maps {
+        // The kernel keeps 15 bytes of a map's name (BPF_OBJ_NAME_LEN).
+        let kernel_name: String = m.section.chars().take(15).collect();
+        let value_size = elf.maps[&m.section].value_size();
+        let found = infos.iter().find(|i| {
+            i.name_as_str() == Some(kernel_name.as_str()) && i.value_size() == value_size
+        });
+        let Some(info) = found else {
+            return false;
+        };
+        let Ok(map) = aya::maps::MapData::from_id(info.id()) else {
+            return false;
+        };
+        if map.pin(pin_in(dir, &m.section)).is_err()
+            || std::os::unix::fs::symlink(&m.record, record_in(dir, &m.section)).is_err()
+        {
+            return false;
+        }
+        tracing::info!(map = %m.section, path = %pin_in(dir, &m.section).display(), "pinned an internal map of a version pinned without it");
+    }
+    true
+}
+
 /// The pins of the object's internal maps in a version directory, by section name.
 pub(crate) fn pins(dir: &Path, elf: &aya_obj::Object) -> Vec<PathBuf> {
     sections(elf).iter().map(|s| pin_in(dir, s)).collect()

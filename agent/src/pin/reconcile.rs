@@ -688,9 +688,19 @@ impl Reconciler {
             }
             maps.push(self.layout.public_path(&obj.name, &dir, &pin));
         }
-        // A version pinned before its internal maps were is rebuilt, not adopted.
+        // A version an older agent pinned without its internal maps gets them from its programs'
+        // maps (so an upgrade adopts); where they cannot be found it is rebuilt.
         if !internal_maps::all_pinned(&dir, &elf) {
-            return None;
+            let progs: Vec<PathBuf> = obj
+                .spec
+                .programs
+                .iter()
+                .map(|p| Layout::prog_in(&dir, &p.name))
+                .collect();
+            let root = self.layout.root();
+            if !internal_maps::pin_from_programs(root, &dir, &elf, &obj.spec, &progs) {
+                return None;
+            }
         }
         for pin in internal_maps::pins(&dir, &elf) {
             maps.push(self.layout.public_path(&obj.name, &dir, &pin));
