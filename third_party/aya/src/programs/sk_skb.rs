@@ -84,6 +84,28 @@ impl SkSkb {
         data.links.insert(SkSkbLink::new(link))
     }
 
+    /// bpfpin patch: attaches the program to the given socket map (a sockmap or sockhash
+    /// descriptor) through a bpf_link
+    /// (`BPF_LINK_TYPE_SOCKMAP`, kernel 6.10+), with the attach type of its kind, instead of
+    /// `BPF_PROG_ATTACH`, so that the attachment can be pinned and outlives this process. The
+    /// link is returned, not kept by the program: dropping it (unpinned) detaches the program.
+    pub fn attach_link<T: std::os::fd::AsFd>(&mut self, map: T) -> Result<crate::programs::links::FdLink, ProgramError> {
+        let Self { data, kind } = self;
+        let prog_fd = data.fd()?;
+        let link_fd = crate::sys::bpf_link_create(
+            prog_fd.as_fd(),
+            crate::sys::LinkTarget::Fd(map.as_fd()),
+            *kind,
+            0,
+            None,
+        )
+        .map_err(|io_error| crate::sys::SyscallError {
+            call: "bpf_link_create",
+            io_error,
+        })?;
+        Ok(crate::programs::links::FdLink::new(link_fd))
+    }
+
     /// Creates a program from a pinned entry on a bpffs.
     ///
     /// Existing links will not be populated. To work with existing links you should use [`crate::programs::links::PinnedLink`].
