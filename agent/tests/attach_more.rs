@@ -395,6 +395,71 @@ fn sk_msg_and_sk_skb_run_for_the_sockets_of_the_objects_sockmap() {
     );
 }
 
+/// An update of the object (another program added) keeps the unchanged sk_msg/sk_skb programs and
+/// their links: a sockmap takes one program per attach type, so a reloaded copy could not attach
+/// to the kept map.
+#[test]
+fn an_update_keeps_unchanged_sockmap_programs_and_their_links() {
+    use aya::maps::{Map, MapData, SockMap};
+    use std::os::fd::AsRawFd;
+    let fs = Bpffs::new();
+    let programs = [
+        ("sk_msg_count", "{skMsg: {map: socks}}"),
+        ("sk_skb_count", "{skSkb: {map: socks}}"),
+    ];
+    let mut r = Reconciler::new(fs.path()).expect("reconciler");
+    let first = r.reconcile(
+        &[desired("upd", &spec_of(&programs), "attach_more")],
+        &BTreeSet::new(),
+    );
+    assert!(
+        first.objects[0].error.is_none(),
+        "{:?}",
+        first.objects[0].error
+    );
+    let link = fs.root().join("upd/links/sk_msg_count/skmsg-socks");
+    let prog = fs.root().join("upd/progs/sk_msg_count");
+    let (link_before, prog_before) = (link_id(&link), prog_id(&prog));
+    let more = spec_of(&programs) + "- name: raw_tp_any\n";
+    let second = r.reconcile(&[desired("upd", &more, "attach_more")], &BTreeSet::new());
+    assert!(
+        second.objects[0].error.is_none(),
+        "{:?}",
+        second.objects[0].error
+    );
+    assert_ne!(
+        first.objects[0].pinned.as_ref().map(|p| &p.version),
+        second.objects[0].pinned.as_ref().map(|p| &p.version),
+        "a new version"
+    );
+    assert_eq!(prog_id(&prog), prog_before, "the same program");
+    assert_eq!(link_id(&link), link_before, "the same link");
+    drop(r);
+    // Still running: traffic on sockets of the kept map is seen.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let mut client =
+        std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    let data = MapData::from_pin(fs.root().join("upd/maps/socks")).expect("socks");
+    let mut socks: SockMap<_> =
+        SockMap::try_from(Map::from_map_data(data).expect("map")).expect("sockmap");
+    socks.set(0, &client.as_raw_fd(), 0).expect("insert client");
+    socks.set(1, &server.as_raw_fd(), 0).expect("insert server");
+    client.write_all(b"again").expect("write");
+    let mut buf = [0u8; 5];
+    server.read_exact(&mut buf).expect("read");
+    assert!(hits(&fs, "upd", SK_MSG) > 0 && hits(&fs, "upd", SK_SKB) > 0);
+}
+
+fn link_id(path: &Path) -> u32 {
+    let link = aya::programs::links::PinnedLink::from_pin(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    aya::programs::links::FdLink::from(link)
+        .info()
+        .expect("link info")
+        .id()
+}
+
 #[test]
 fn a_perf_event_has_a_pinned_link_on_every_cpu_and_samples() {
     let fs = Bpffs::new();

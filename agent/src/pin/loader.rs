@@ -736,6 +736,30 @@ fn same_as_previous(prev: &Path, name: &str, new: &Program) -> Option<Program> {
         Program::KProbe(p) => Program::KProbe(KProbe::from_pin(&old_path, p.kind()).ok()?),
         Program::UProbe(p) => Program::UProbe(UProbe::from_pin(&old_path, p.kind()).ok()?),
         Program::SocketFilter(_) => Program::SocketFilter(SocketFilter::from_pin(&old_path).ok()?),
+        // Issue 13's kinds. A sockmap takes one program per attach type: a reloaded copy of an
+        // unchanged sk_msg/sk_skb program could not attach to the kept map (EBUSY).
+        other => return same_as_previous_more(&old_path, other),
+    };
+    Some(kept)
+}
+
+/// `same_as_previous` for issue 13's program types.
+fn same_as_previous_more(old_path: &Path, new: &Program) -> Option<Program> {
+    use aya::programs::{
+        CgroupDevice, CgroupSysctl, Iter, PerfEvent, RawTracePoint, SkLookup, SkMsg, SkSkb, SockOps,
+    };
+    let kept = match new {
+        Program::RawTracePoint(_) => {
+            Program::RawTracePoint(RawTracePoint::from_pin(old_path).ok()?)
+        }
+        Program::SockOps(_) => Program::SockOps(SockOps::from_pin(old_path).ok()?),
+        Program::CgroupSysctl(_) => Program::CgroupSysctl(CgroupSysctl::from_pin(old_path).ok()?),
+        Program::CgroupDevice(_) => Program::CgroupDevice(CgroupDevice::from_pin(old_path).ok()?),
+        Program::SkLookup(_) => Program::SkLookup(SkLookup::from_pin(old_path).ok()?),
+        Program::SkMsg(_) => Program::SkMsg(SkMsg::from_pin(old_path).ok()?),
+        Program::SkSkb(p) => Program::SkSkb(SkSkb::from_pin(old_path, p.kind()).ok()?),
+        Program::PerfEvent(_) => Program::PerfEvent(PerfEvent::from_pin(old_path).ok()?),
+        Program::Iter(_) => Program::Iter(Iter::from_pin(old_path).ok()?),
         _ => return None,
     };
     Some(kept)

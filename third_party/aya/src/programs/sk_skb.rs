@@ -66,6 +66,12 @@ impl SkSkb {
     /// The type of the program according to the kernel.
     pub const PROGRAM_TYPE: ProgramType = ProgramType::SkSkb;
 
+    /// bpfpin patch: the program's kind (its attach type), e.g. to reopen it from a pin with
+    /// [`SkSkb::from_pin`].
+    pub const fn kind(&self) -> SkSkbKind {
+        self.kind
+    }
+
     /// Loads the program inside the kernel.
     pub fn load(&mut self) -> Result<(), ProgramError> {
         let Self { data, kind: _ } = self;
