@@ -390,7 +390,8 @@ fn sk_msg_and_sk_skb_run_for_the_sockets_of_the_objects_sockmap() {
     );
     let e = pin_err(&fs, &[("sk_skb_count", "{skSkb: {map: hits}}")]);
     assert!(
-        e.message.contains("sk_skb_count") && e.message.contains("map hits is a Array"),
+        e.message.contains("sk_skb_count")
+            && e.message.contains("map hits has type Array, not SockMap"),
         "{e}"
     );
 }

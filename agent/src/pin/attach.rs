@@ -401,7 +401,7 @@ pub enum TargetError {
     #[error("the object has no map {0}")]
     NoSuchMap(String),
     /// The map is not a socket map: `(map, its type)`.
-    #[error("map {0} is a {1}, not a SockMap or SockHash")]
+    #[error("map {0} has type {1}, not SockMap or SockHash")]
     NotSockMap(String, String),
 }
 
