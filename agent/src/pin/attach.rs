@@ -690,6 +690,11 @@ fn check_tracepoint(category: &str, tracepoint: &str) -> Result<(), TargetError>
     Ok(())
 }
 
+/// Whether the tracepoint exists on this node (its tracefs `id` file checks out).
+pub(crate) fn tracepoint_exists(category: &str, tracepoint: &str) -> bool {
+    check_tracepoint(category, tracepoint).is_ok()
+}
+
 /// Fails when the kernel was built without kprobes (aya's error would not say so).
 fn check_kprobes() -> Result<(), TargetError> {
     let kprobe_pmu = Path::new("/sys/bus/event_source/devices/kprobe/type");

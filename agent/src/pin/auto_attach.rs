@@ -501,6 +501,54 @@ pub fn resolve<'a>(
     Ok(Cow::Owned(derived))
 }
 
+/// [`resolve`] on this node: a contradiction of a tracepoint or kprobe is refused only when the
+/// manifest's target exists here. A target that does not exist is reported as missing when it is
+/// attached (`AttachFailed`, naming it), as it always was: that is the more useful message.
+pub fn resolve_on_node<'a>(
+    program: &str,
+    section: &str,
+    attach: &'a Attach,
+) -> Result<Cow<'a, Attach>, AutoAttachError> {
+    match resolve(program, section, attach) {
+        Err(AutoAttachError::Contradicts(_, field, ..)) if !spec_target_exists(field, attach) => {
+            Ok(Cow::Borrowed(attach))
+        }
+        other => other,
+    }
+}
+
+/// Whether the target the manifest names for `field` exists on this node (`true` for the kinds
+/// whose target is not looked up here).
+fn spec_target_exists(field: &str, attach: &Attach) -> bool {
+    match field {
+        "tracepoint" => attach
+            .tracepoint
+            .as_ref()
+            .is_some_and(|t| super::attach::tracepoint_exists(&t.category, &t.name)),
+        "kprobe.function" => attach
+            .kprobe
+            .as_ref()
+            .is_some_and(|k| kernel_has_function(&k.function)),
+        _ => true,
+    }
+}
+
+/// Whether `/proc/kallsyms` lists a text symbol `function` (names are listed for every reader).
+fn kernel_has_function(function: &str) -> bool {
+    use std::io::BufRead;
+    let Ok(file) = std::fs::File::open("/proc/kallsyms") else {
+        return true;
+    };
+    std::io::BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| {
+            let mut fields = line.split_whitespace();
+            let kind = fields.nth(1).unwrap_or_default();
+            matches!(kind, "T" | "t") && fields.next() == Some(function)
+        })
+}
+
 /// An explicit attach against what the section names: only a kind the section's type takes is
 /// compared (another kind fails later as the wrong program type).
 fn check(
@@ -862,6 +910,26 @@ mod tests {
             derived("uprobe/nocolon"),
             Err(AutoAttachError::Malformed(..))
         ));
+    }
+
+    #[test]
+    fn on_a_node_a_missing_target_is_left_to_attach() {
+        let missing = attach("{tracepoint: {category: syscalls, name: sys_enter_nosuchcall}}");
+        let got = resolve_on_node("p", "tracepoint/syscalls/sys_enter_getpid", &missing);
+        assert!(matches!(got, Ok(Cow::Borrowed(_))), "{got:?}");
+        let missing = attach("{kprobe: {function: bpfpin_no_such_function}}");
+        let got = resolve_on_node("p", "kprobe/do_unlinkat", &missing);
+        assert!(matches!(got, Ok(Cow::Borrowed(_))), "{got:?}");
+        assert!(
+            kernel_has_function("do_unlinkat"),
+            "kallsyms lists do_unlinkat"
+        );
+        let present = attach("{kprobe: {function: do_unlinkat}}");
+        let got = resolve_on_node("p", "kprobe/vfs_read", &present);
+        assert!(
+            matches!(got, Err(AutoAttachError::Contradicts(..))),
+            "{got:?}"
+        );
     }
 
     #[test]

@@ -685,7 +685,7 @@ fn resolve_attach(
         let (Some(attach), Some(prog)) = (&p.attach, elf.programs.get(&p.name)) else {
             continue;
         };
-        let resolved = super::auto_attach::resolve(&p.name, &prog.section_name, attach)?;
+        let resolved = super::auto_attach::resolve_on_node(&p.name, &prog.section_name, attach)?;
         out.insert(p.name.clone(), resolved.into_owned());
     }
     Ok(out)

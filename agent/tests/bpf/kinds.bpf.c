@@ -27,9 +27,7 @@ int tc_count(struct __sk_buff *skb)
 	return -1; // TCX_NEXT: let the next program (or the stack) decide
 }
 
-// A bare `kprobe` section: the manifest names the function (a section naming one would have to
-// agree with it, and one test attaches this program to a function that does not exist).
-SEC("kprobe")
+SEC("kprobe/do_unlinkat")
 int kprobe_count(void *ctx)
 {
 	hit(KPROBE);
