@@ -7,6 +7,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+pub use crate::attach_kinds::{
+    CgroupAttach, IterAttach, PerfEventAttach, PerfEventName, RawTracepointAttach, SkLookupAttach,
+    SockMapAttach,
+};
 use crate::validation::{
     ValidationError, validate_elf_name, validate_object_name, validate_pin_path, validate_symbol,
     validate_url,
@@ -202,13 +206,17 @@ pub struct ProgramSpec {
     pub attach: Option<Attach>,
 }
 
-/// An attach point: exactly one kind must be set. The program's type (its ELF section) must fit
+/// An attach point: at most one kind may be set. The program's type (its ELF section) must fit
 /// the kind: `SEC("tracepoint/...")` for `tracepoint`, `SEC("xdp")` for `xdp`, `SEC("classifier")`
 /// for `tc`, `SEC("kprobe/...")` or `SEC("kretprobe/...")` for `kprobe`,
 /// `SEC("uprobe")` or `SEC("uretprobe")` for `uprobe`, `SEC("fentry/...")` / `SEC("fexit/...")`,
-/// `SEC("cgroup_skb/ingress|egress")` for `cgroupSkb`.
+/// `SEC("cgroup_skb/ingress|egress")` for `cgroupSkb`, and as the README's section table says for
+/// the other kinds. `attach: {}` (no kind) derives the attach point from the section where the
+/// section names it fully (`tracepoint/<category>/<name>`, `raw_tp/<name>`, `kprobe/<function>`,
+/// `fentry/<function>`, `iter/<type>`, ...); a kind whose target contradicts the section is
+/// refused (`InvalidSpec`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(validation = Rule::new("[has(self.tracepoint), has(self.xdp), has(self.tc), has(self.kprobe), has(self.uprobe), has(self.fentry), has(self.fexit), has(self.cgroupSkb)].filter(x, x).size() == 1").message("exactly one attach kind (tracepoint, xdp, tc, kprobe, uprobe, fentry, fexit, cgroupSkb) must be set"))]
+#[x_kube(validation = Rule::new("[has(self.tracepoint), has(self.xdp), has(self.tc), has(self.kprobe), has(self.uprobe), has(self.fentry), has(self.fexit), has(self.cgroupSkb), has(self.rawTracepoint), has(self.sockOps), has(self.cgroupSockAddr), has(self.cgroupSock), has(self.cgroupSysctl), has(self.cgroupSockopt), has(self.cgroupDevice), has(self.skLookup), has(self.skMsg), has(self.skSkb), has(self.perfEvent), has(self.iter)].filter(x, x).size() <= 1").message("at most one attach kind may be set (none: the attach point comes from the program's section)"))]
 #[serde(rename_all = "camelCase")]
 pub struct Attach {
     /// A kernel tracepoint (`/sys/kernel/tracing/events/<category>/<name>`). Link name:
@@ -246,6 +254,71 @@ pub struct Attach {
     /// A cgroup v2 socket-buffer hook. Link name: `cgroupskb-<direction>-<cgroup path>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_skb: Option<CgroupSkbAttach>,
+
+    // Issue 13's attach kinds (each a pinned bpf_link; see the README's section table).
+    /// A raw tracepoint (`SEC("raw_tp/...")` or `SEC("raw_tracepoint/...")`): the kernel
+    /// tracepoint by name, without tracefs. Link name: `rawtp-<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_tracepoint: Option<RawTracepointAttach>,
+
+    /// `SEC("sockops")`: TCP socket events of the sockets of a cgroup v2. Link name:
+    /// `sockops-<cgroup path>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sock_ops: Option<CgroupAttach>,
+
+    /// `SEC("cgroup/connect4|connect6|bind4|bind6|sendmsg4|sendmsg6|recvmsg4|recvmsg6|getpeername4|getpeername6|getsockname4|getsockname6|connect_unix|sendmsg_unix|recvmsg_unix|getpeername_unix|getsockname_unix")`:
+    /// socket address calls of processes in a cgroup v2; which call is decided by the section.
+    /// Link name: `cgroupsockaddr-<cgroup path>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_sock_addr: Option<CgroupAttach>,
+
+    /// `SEC("cgroup/sock_create|sock_release|post_bind4|post_bind6")` (and `SEC("cgroup/sock")`):
+    /// socket creation, release or bind of processes in a cgroup v2; which one is decided by the
+    /// section. Link name: `cgroupsock-<cgroup path>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_sock: Option<CgroupAttach>,
+
+    /// `SEC("cgroup/sysctl")`: `/proc/sys` reads and writes of processes in a cgroup v2. Link
+    /// name: `cgroupsysctl-<cgroup path>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_sysctl: Option<CgroupAttach>,
+
+    /// `SEC("cgroup/getsockopt|setsockopt")`: socket options of processes in a cgroup v2; get or
+    /// set is decided by the section. Link name: `cgroupsockopt-<cgroup path>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_sockopt: Option<CgroupAttach>,
+
+    /// `SEC("cgroup/dev")`: device access of processes in a cgroup v2. Link name:
+    /// `cgroupdevice-<cgroup path>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_device: Option<CgroupAttach>,
+
+    /// `SEC("sk_lookup")`: socket lookup of a network namespace. Link name:
+    /// `sklookup-<netns path>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sk_lookup: Option<SkLookupAttach>,
+
+    /// `SEC("sk_msg")`: messages sent on the sockets of a sockmap or sockhash of this object
+    /// (kernel 6.10+, whose sockmap links can be pinned). Link name: `skmsg-<map>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sk_msg: Option<SockMapAttach>,
+
+    /// `SEC("sk_skb/stream_parser|stream_verdict|verdict")` (plain `SEC("sk_skb")` is a stream
+    /// verdict): packets of the sockets of a sockmap or sockhash of this object (kernel 6.10+).
+    /// Link name: `skskb-<map>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sk_skb: Option<SockMapAttach>,
+
+    /// `SEC("perf_event")`: a perf event sampled on every online CPU, one link per CPU, named
+    /// `perfevent-<event>-cpu<N>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perf_event: Option<PerfEventAttach>,
+
+    /// `SEC("iter/<type>")`: a BPF iterator, whose link is pinned at `links/<program>/iter`;
+    /// reading that file (`cat`) runs the program and returns what it printed. `iter: {}`: the
+    /// type comes from the section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iter: Option<IterAttach>,
 }
 
 /// A tc (tcx) attach point.
@@ -595,14 +668,15 @@ impl BpfObjectSpec {
                     attach.fexit.is_some(),
                     attach.cgroup_skb.is_some(),
                 ];
-                if kinds.iter().filter(|k| **k).count() != 1 {
+                if kinds.iter().filter(|k| **k).count() + attach.more_kinds() > 1 {
                     return Err(ValidationError {
                         field: format!("spec.programs[{i}].attach"),
                         value: String::new(),
-                        reason: "exactly one attach kind (tracepoint, xdp, tc, kprobe, uprobe, fentry, fexit, cgroupSkb) must be set".into(),
+                        reason: "at most one attach kind may be set (none: the attach point comes from the program's section)".into(),
                     });
                 }
                 let at = |kind: &str| format!("spec.programs[{i}].attach.{kind}");
+                attach.validate_more(&at)?;
                 if let Some(t) = &attach.tracepoint {
                     validate_symbol(&at("tracepoint.category"), &t.category, 64)?;
                     validate_symbol(&at("tracepoint.name"), &t.name, 128)?;

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod attach_kinds;
 pub mod bpf_object;
 pub mod heartbeat;
 pub mod node_state;
@@ -17,10 +18,11 @@ pub mod selector;
 pub mod validation;
 
 pub use bpf_object::{
-    Attach, BpfObject, BpfObjectSpec, BpfObjectStatus, Bytecode, CgroupSkbAttach,
-    ConfigMapBytecode, Direction, FunctionAttach, KprobeAttach, LinkOrder, MapSpec, NodeCounts,
-    NodeFailure, ProgramSpec, SecretReference, TailCall, TcAttach, TracepointAttach, UprobeAttach,
-    XdpAttach, XdpMode,
+    Attach, BpfObject, BpfObjectSpec, BpfObjectStatus, Bytecode, CgroupAttach, CgroupSkbAttach,
+    ConfigMapBytecode, Direction, FunctionAttach, IterAttach, KprobeAttach, LinkOrder, MapSpec,
+    NodeCounts, NodeFailure, PerfEventAttach, PerfEventName, ProgramSpec, RawTracepointAttach,
+    SecretReference, SkLookupAttach, SockMapAttach, TailCall, TcAttach, TracepointAttach,
+    UprobeAttach, XdpAttach, XdpMode,
 };
 pub use node_state::{
     BpfNodeState, BpfNodeStateSpec, BpfNodeStateStatus, NodeObjectState, ObjectPhase, PinnedProgram,

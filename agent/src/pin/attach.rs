@@ -18,6 +18,12 @@ use super::layout::encode_name;
 use super::mounts::{CGROUP2_SUPER_MAGIC, DEBUGFS_MAGIC, TRACEFS_MAGIC, fd_fs_magic};
 use crate::error::{Reason, StatusError, sources};
 
+// Issue 13's kinds (raw tracepoints, cgroup hooks, sk_lookup, sockmap programs, perf events,
+// iterators) live in their own file.
+mod more;
+pub(crate) use more::SockMaps;
+pub use more::{CgroupHook, MorePoint, Sample};
+
 /// One attach point of a program (an `xdp` entry with three interfaces is three points).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttachPoint {
@@ -84,6 +90,8 @@ pub enum AttachPoint {
         /// Which way the packets go: ingress or egress.
         direction: Direction,
     },
+    /// One of issue 13's kinds (see `attach/more.rs`).
+    More(MorePoint),
 }
 
 fn direction_name(d: Direction) -> &'static str {
@@ -152,6 +160,7 @@ impl AttachPoint {
                 direction: c.direction,
             });
         }
+        more::points(attach, &mut points);
         points
     }
 
@@ -223,6 +232,7 @@ impl AttachPoint {
                 direction_name(*direction),
                 encode_name(cgroup.trim_start_matches('/'))
             ),
+            AttachPoint::More(p) => p.link_name(),
         }
     }
 
@@ -245,6 +255,7 @@ impl AttachPoint {
             AttachPoint::CgroupSkb { cgroup, direction } => {
                 format!("cgroup_skb {} on {cgroup}", direction_name(*direction))
             }
+            AttachPoint::More(p) => p.describe(),
         }
     }
 
@@ -262,6 +273,7 @@ impl AttachPoint {
             AttachPoint::Fentry { .. } => "an fentry program (SEC(\"fentry/...\"))",
             AttachPoint::Fexit { .. } => "an fexit program (SEC(\"fexit/...\"))",
             AttachPoint::CgroupSkb { .. } => "a cgroup_skb program (SEC(\"cgroup_skb/...\"))",
+            AttachPoint::More(p) => p.wants(),
         }
     }
 }
@@ -320,6 +332,10 @@ pub enum AttachError {
     /// A tcx program placed by priority could not be attached.
     #[error("{}", sources(.0))]
     Tcx(#[from] super::xdp_dispatcher::tcx::TcxError),
+    /// The descriptor of a socket map could not be duplicated for an sk_msg/sk_skb attach:
+    /// `(program, the error)`.
+    #[error("attaching program {0}: duplicating its socket map's descriptor: {1}")]
+    SockMapFd(String, #[source] std::io::Error),
 }
 
 impl StatusError for AttachError {
@@ -333,7 +349,8 @@ impl StatusError for AttachError {
             | AttachError::Target(..)
             | AttachError::Kernel(..)
             | AttachError::XdpTaken(..)
-            | AttachError::NotALink(..) => Reason::AttachFailed,
+            | AttachError::NotALink(..)
+            | AttachError::SockMapFd(..) => Reason::AttachFailed,
         }
     }
 }
@@ -380,6 +397,22 @@ pub enum TargetError {
     /// The kernel has no kprobes.
     #[error("this kernel has no kprobe support (built without CONFIG_KPROBES)")]
     NoKprobes,
+    // Issue 13's kinds.
+    /// The online CPUs a perf event is opened on could not be read.
+    #[error("{0}")]
+    OnlineCpus(String),
+    /// The network namespace file cannot be opened: `(path, the error)`.
+    #[error("network namespace {0}: {1}")]
+    NetnsOpen(String, #[source] std::io::Error),
+    /// The file is not a namespace file: `(path, its filesystem magic)`.
+    #[error("{0} is not a network namespace file (filesystem magic {1:#x}, not nsfs)")]
+    NotNetns(String, i64),
+    /// The map an sk_msg/sk_skb program attaches to is not in the object.
+    #[error("the object has no map {0}")]
+    NoSuchMap(String),
+    /// The map is not a socket map: `(map, its type)`.
+    #[error("map {0} has type {1}, not SockMap or SockHash")]
+    NotSockMap(String, String),
 }
 
 /// One program at one point: what every error of an attachment names.
@@ -475,6 +508,7 @@ impl AttachPoint {
         program: &mut Program,
         at: &At<'_>,
         previous_link: Option<&Path>,
+        maps: &SockMaps,
     ) -> Result<Linked, AttachError> {
         let linked = match self {
             AttachPoint::Tracepoint { category, name } => {
@@ -592,6 +626,7 @@ impl AttachPoint {
                 };
                 fd_link!(at, prog, prog.attach(&file, kind, CgroupAttachMode::Single))?.into()
             }
+            AttachPoint::More(p) => p.link(program, at, maps)?.into(),
         };
         Ok(linked)
     }
@@ -607,6 +642,7 @@ pub(crate) fn attach_and_pin(
     point: &AttachPoint,
     path: &Path,
     previous_link: Option<&Path>,
+    maps: &SockMaps,
 ) -> Result<Option<PathBuf>, AttachError> {
     // Programs that share their hook go through the dispatcher, which pins their links itself.
     match point {
@@ -636,7 +672,7 @@ pub(crate) fn attach_and_pin(
         point,
         link: path,
     };
-    let Linked { link, replaced } = point.link(program, &at, previous_link)?;
+    let Linked { link, replaced } = point.link(program, &at, previous_link, maps)?;
     link.pin(path)
         .map_err(|source| AttachError::Pin(name.to_owned(), path.to_path_buf(), source))?;
     tracing::info!(program = name, link = %path.display(), at = %point.describe(), "attached");
@@ -691,6 +727,11 @@ fn check_tracepoint(category: &str, tracepoint: &str) -> Result<(), TargetError>
         return Err(TargetError::TracepointNotFile(path, kind));
     }
     Ok(())
+}
+
+/// Whether the tracepoint exists on this node (its tracefs `id` file checks out).
+pub(crate) fn tracepoint_exists(category: &str, tracepoint: &str) -> bool {
+    check_tracepoint(category, tracepoint).is_ok()
 }
 
 /// Fails when the kernel was built without kprobes (aya's error would not say so).

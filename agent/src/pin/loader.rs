@@ -188,6 +188,9 @@ pub enum LoadError {
     /// An internal map (`.bss`, `.data`, `.rodata`) could not be pinned.
     #[error(transparent)]
     InternalMap(#[from] InternalMapError),
+    /// A program's attach cannot be had from its section, or contradicts it.
+    #[error(transparent)]
+    AutoAttach(#[from] super::auto_attach::AutoAttachError),
 }
 
 impl StatusError for LoadError {
@@ -232,6 +235,7 @@ impl StatusError for LoadError {
             E::Fs(e) => e.reason(),
             E::Attach(e) => e.reason(),
             E::InternalMap(e) => e.reason(),
+            E::AutoAttach(e) => e.reason(),
         }
     }
 }
@@ -411,6 +415,7 @@ pub(crate) fn build(
         req,
         dir: layout.version(req.object, req.version),
         rollback: Rollback::default(),
+        attach: BTreeMap::new(),
     };
     match attempt.run(btf) {
         Ok(v) => Ok(v),
@@ -429,6 +434,9 @@ struct Attempt<'a> {
     /// The new version directory.
     dir: PathBuf,
     rollback: Rollback,
+    /// Each attached program's attach point, with what `attach: {}` takes from the section
+    /// filled in (auto-attach).
+    attach: BTreeMap<String, bpfpin_crds::Attach>,
 }
 
 /// Programs identical to the previous version's, by name: that program object is kept (same id,
@@ -440,6 +448,7 @@ impl Attempt<'_> {
     /// (the only stage running traffic sees) last.
     fn run(&mut self, btf: &KernelBtf) -> Result<PinnedVersion, LoadError> {
         let (elf, plan) = self.check_elf()?;
+        self.attach = resolve_attach(self.req.spec, &elf)?;
         self.prepare_shared(&elf, &plan)?;
         let globals = decode_globals(self.req.spec)?;
         check_globals_against_btf(&elf, &globals)?;
@@ -587,10 +596,7 @@ impl Attempt<'_> {
             let program = ebpf
                 .program_mut(name)
                 .ok_or_else(|| LoadError::ProgramMissing(name.to_owned()))?;
-            let btf_function = prog_spec
-                .attach
-                .as_ref()
-                .and_then(AttachPoint::btf_function);
+            let btf_function = self.attach.get(name).and_then(AttachPoint::btf_function);
             match program {
                 Program::Extension(ext) => xdp_dispatcher::load(self.layout.root(), prog_spec, ext)
                     .map_err(AttachError::from)?,
@@ -644,11 +650,16 @@ impl Attempt<'_> {
     ) -> Result<Vec<PathBuf>, LoadError> {
         let mut links = Vec::new();
         for prog_spec in &self.req.spec.programs {
-            let Some(attach) = &prog_spec.attach else {
+            let Some(attach) = self.attach.get(&prog_spec.name) else {
                 continue;
             };
             let name = prog_spec.name.as_str();
-            for point in AttachPoint::all(attach) {
+            let points = AttachPoint::all(attach);
+            // sk_msg/sk_skb attach to a socket map of the object: its descriptor, taken before the
+            // program is borrowed.
+            let maps = attach::SockMaps::of(ebpf, &points)
+                .map_err(|e| AttachError::SockMapFd(name.to_owned(), e))?;
+            for point in points {
                 let path = Layout::link_in(&self.dir, name, &point.link_name());
                 fsops::create_dirs(self.layout.root(), path.parent().expect("links/<program>/"))?;
                 let previous_link = self
@@ -660,14 +671,14 @@ impl Attempt<'_> {
                     match previous_link.as_deref().filter(|p| p.exists()) {
                         Some(prev) => attach::repin_link(prev, &path)?,
                         None => {
-                            attach::attach_and_pin(program, name, &point, &path, None)?;
+                            attach::attach_and_pin(program, name, &point, &path, None, &maps)?;
                         }
                     }
                 } else {
                     let program = ebpf.program_mut(name).expect("loaded above");
                     let previous_link = previous_link.as_deref();
                     if let Some(replaced) =
-                        attach::attach_and_pin(program, name, &point, &path, previous_link)?
+                        attach::attach_and_pin(program, name, &point, &path, previous_link, &maps)?
                     {
                         let prev = self.req.previous.expect("replaced a previous link");
                         let prev_prog = Layout::prog_in(prev, name);
@@ -679,6 +690,23 @@ impl Attempt<'_> {
         }
         Ok(links)
     }
+}
+
+/// Every listed program's attach point, with auto-attach applied: checked against, or taken from,
+/// its ELF section (see `auto_attach`). Before anything is loaded, so a bad one pins nothing.
+fn resolve_attach(
+    spec: &BpfObjectSpec,
+    elf: &aya_obj::Object,
+) -> Result<BTreeMap<String, bpfpin_crds::Attach>, LoadError> {
+    let mut out = BTreeMap::new();
+    for p in &spec.programs {
+        let (Some(attach), Some(prog)) = (&p.attach, elf.programs.get(&p.name)) else {
+            continue;
+        };
+        let resolved = super::auto_attach::resolve_on_node(&p.name, &prog.section_name, attach)?;
+        out.insert(p.name.clone(), resolved.into_owned());
+    }
+    Ok(out)
 }
 
 /// The spec's `globalData`, base64-decoded.
@@ -726,6 +754,30 @@ fn same_as_previous(prev: &Path, name: &str, new: &Program) -> Option<Program> {
         Program::KProbe(p) => Program::KProbe(KProbe::from_pin(&old_path, p.kind()).ok()?),
         Program::UProbe(p) => Program::UProbe(UProbe::from_pin(&old_path, p.kind()).ok()?),
         Program::SocketFilter(_) => Program::SocketFilter(SocketFilter::from_pin(&old_path).ok()?),
+        // Issue 13's kinds. A sockmap takes one program per attach type: a reloaded copy of an
+        // unchanged sk_msg/sk_skb program could not attach to the kept map (EBUSY).
+        other => return same_as_previous_more(&old_path, other),
+    };
+    Some(kept)
+}
+
+/// `same_as_previous` for issue 13's program types.
+fn same_as_previous_more(old_path: &Path, new: &Program) -> Option<Program> {
+    use aya::programs::{
+        CgroupDevice, CgroupSysctl, Iter, PerfEvent, RawTracePoint, SkLookup, SkMsg, SkSkb, SockOps,
+    };
+    let kept = match new {
+        Program::RawTracePoint(_) => {
+            Program::RawTracePoint(RawTracePoint::from_pin(old_path).ok()?)
+        }
+        Program::SockOps(_) => Program::SockOps(SockOps::from_pin(old_path).ok()?),
+        Program::CgroupSysctl(_) => Program::CgroupSysctl(CgroupSysctl::from_pin(old_path).ok()?),
+        Program::CgroupDevice(_) => Program::CgroupDevice(CgroupDevice::from_pin(old_path).ok()?),
+        Program::SkLookup(_) => Program::SkLookup(SkLookup::from_pin(old_path).ok()?),
+        Program::SkMsg(_) => Program::SkMsg(SkMsg::from_pin(old_path).ok()?),
+        Program::SkSkb(p) => Program::SkSkb(SkSkb::from_pin(old_path, p.kind()).ok()?),
+        Program::PerfEvent(_) => Program::PerfEvent(PerfEvent::from_pin(old_path).ok()?),
+        Program::Iter(_) => Program::Iter(Iter::from_pin(old_path).ok()?),
         _ => return None,
     };
     Some(kept)

@@ -8,6 +8,7 @@
 //! Nothing here imports a bytecode source or a mode.
 
 pub mod attach;
+pub mod auto_attach;
 pub mod btf_vars;
 pub mod desired;
 pub mod diagnose;

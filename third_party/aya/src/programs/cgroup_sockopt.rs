@@ -157,3 +157,7 @@ define_link_wrapper!(
     CgroupSockoptLinkIdInner,
     CgroupSockopt,
 );
+
+// bpfpin patch: the link can be pinned (its attachment then outlives the process), as for
+// the other cgroup program types.
+crate::programs::links::impl_try_into_fdlink!(CgroupSockoptLink, CgroupSockoptLinkInner);

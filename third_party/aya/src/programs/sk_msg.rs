@@ -8,6 +8,8 @@ use aya_obj::generated::{
 
 use crate::{
     maps::sock::SockMapFd,
+    programs::links::FdLink,
+    sys::{LinkTarget, SyscallError, bpf_link_create},
     programs::{
         CgroupAttachMode, ProgAttachLink, ProgAttachLinkId, ProgramData, ProgramError, ProgramType,
         define_link_wrapper, load_program_with_attach_type,
@@ -95,6 +97,27 @@ impl SkMsg {
         )?;
 
         self.data.links.insert(SkMsgLink::new(link))
+    }
+
+    /// bpfpin patch: attaches the program to the given socket map (a sockmap or sockhash
+    /// descriptor) through a bpf_link
+    /// (`BPF_LINK_TYPE_SOCKMAP`, kernel 6.10+) instead of `BPF_PROG_ATTACH`, so that the
+    /// attachment can be pinned and outlives this process. The link is returned, not kept by the
+    /// program: dropping it (unpinned) detaches the program.
+    pub fn attach_link<T: std::os::fd::AsFd>(&mut self, map: T) -> Result<FdLink, ProgramError> {
+        let prog_fd = self.fd()?;
+        let link_fd = bpf_link_create(
+            prog_fd.as_fd(),
+            LinkTarget::Fd(map.as_fd()),
+            BPF_SK_MSG_VERDICT,
+            0,
+            None,
+        )
+        .map_err(|io_error| SyscallError {
+            call: "bpf_link_create",
+            io_error,
+        })?;
+        Ok(FdLink::new(link_fd))
     }
 }
 

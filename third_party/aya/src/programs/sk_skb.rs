@@ -66,6 +66,12 @@ impl SkSkb {
     /// The type of the program according to the kernel.
     pub const PROGRAM_TYPE: ProgramType = ProgramType::SkSkb;
 
+    /// bpfpin patch: the program's kind (its attach type), e.g. to reopen it from a pin with
+    /// [`SkSkb::from_pin`].
+    pub const fn kind(&self) -> SkSkbKind {
+        self.kind
+    }
+
     /// Loads the program inside the kernel.
     pub fn load(&mut self) -> Result<(), ProgramError> {
         let Self { data, kind: _ } = self;
@@ -82,6 +88,28 @@ impl SkSkb {
         let link = ProgAttachLink::attach(prog_fd, map.as_fd(), *kind, CgroupAttachMode::Single)?;
 
         data.links.insert(SkSkbLink::new(link))
+    }
+
+    /// bpfpin patch: attaches the program to the given socket map (a sockmap or sockhash
+    /// descriptor) through a bpf_link
+    /// (`BPF_LINK_TYPE_SOCKMAP`, kernel 6.10+), with the attach type of its kind, instead of
+    /// `BPF_PROG_ATTACH`, so that the attachment can be pinned and outlives this process. The
+    /// link is returned, not kept by the program: dropping it (unpinned) detaches the program.
+    pub fn attach_link<T: std::os::fd::AsFd>(&mut self, map: T) -> Result<crate::programs::links::FdLink, ProgramError> {
+        let Self { data, kind } = self;
+        let prog_fd = data.fd()?;
+        let link_fd = crate::sys::bpf_link_create(
+            prog_fd.as_fd(),
+            crate::sys::LinkTarget::Fd(map.as_fd()),
+            *kind,
+            0,
+            None,
+        )
+        .map_err(|io_error| crate::sys::SyscallError {
+            call: "bpf_link_create",
+            io_error,
+        })?;
+        Ok(crate::programs::links::FdLink::new(link_fd))
     }
 
     /// Creates a program from a pinned entry on a bpffs.

@@ -1,0 +1,995 @@
+//! Auto-attach: what a program's ELF section says about its attach point, as libbpf's
+//! `section_defs` table reads it. Where the section names the whole point
+//! (`tracepoint/syscalls/sys_enter_execve`, `raw_tp/sched_switch`, `kprobe/do_unlinkat`,
+//! `uprobe//usr/bin/bash:readline`, `fentry/do_unlinkat`, `iter/task`), `attach: {}` derives it;
+//! where the section names part of it (`cgroup_skb/egress`, `tcx/ingress`: a direction) or only
+//! the hook (`cgroup/connect4`, `sockops`, `xdp`), the manifest names the target, and `attach: {}`
+//! is refused saying which field to set. An explicit attach of the same kind whose target the
+//! section contradicts is refused too, naming both. One table, [`PREFIXES`], holds every libbpf
+//! prefix.
+
+use std::borrow::Cow;
+
+use bpfpin_crds::{
+    Attach, Direction, FunctionAttach, IterAttach, KprobeAttach, RawTracepointAttach,
+    TracepointAttach, UprobeAttach,
+};
+
+use crate::error::{Reason, StatusError};
+
+/// What a section prefix says about the attach point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Derive {
+    /// `tracepoint/<category>/<name>`: the whole tracepoint.
+    Tracepoint,
+    /// `raw_tp/<name>`: the whole raw tracepoint.
+    RawTracepoint,
+    /// `kprobe/<function>[+<offset>]`: the whole kprobe.
+    Kprobe,
+    /// `uprobe/<binary>:<function>[+<offset>]`: the whole uprobe.
+    Uprobe,
+    /// `fentry/<function>`.
+    Fentry,
+    /// `fexit/<function>`.
+    Fexit,
+    /// `iter/<type>`: the whole iterator.
+    Iter,
+    /// `cgroup_skb/<direction>`: the direction; the manifest gives the cgroup.
+    CgroupSkb(Direction),
+    /// `tc/<direction>`, `tcx/<direction>`: the direction; the manifest gives the interfaces.
+    Tc(Direction),
+    /// The section names the program type (and hook) only; the manifest sets this attach field.
+    Needs(&'static str),
+    /// The section names the point, but for a kind derived elsewhere (not on this host's kinds).
+    Elsewhere(&'static str),
+    /// The program has no attach point of its own (it runs from a map entry, a socket, ...).
+    Nothing(&'static str),
+}
+
+/// Every prefix of libbpf's `section_defs` (libbpf 1.x `src/libbpf.c`), most specific first. An
+/// entry ending in `/` matches any section that starts with it; the others match the section
+/// exactly or followed by `/` (libbpf's `SEC_ATTACHABLE` names without `+`). Names aya 0.14 cannot
+/// load are here too: the loader refuses those before attach is looked at.
+pub const PREFIXES: &[(&str, Derive)] = &[
+    ("tracepoint/", Derive::Tracepoint),
+    ("tp/", Derive::Tracepoint),
+    ("tracepoint.s/", Derive::Tracepoint),
+    ("tp.s/", Derive::Tracepoint),
+    ("raw_tracepoint/", Derive::RawTracepoint),
+    ("raw_tp/", Derive::RawTracepoint),
+    ("raw_tracepoint.s/", Derive::RawTracepoint),
+    ("raw_tp.s/", Derive::RawTracepoint),
+    ("raw_tracepoint.w/", Derive::RawTracepoint),
+    ("raw_tp.w/", Derive::RawTracepoint),
+    (
+        "kprobe.multi/",
+        Derive::Needs("kprobe (kprobe.multi is not loadable)"),
+    ),
+    (
+        "kretprobe.multi/",
+        Derive::Needs("kprobe (kretprobe.multi is not loadable)"),
+    ),
+    (
+        "kprobe.session/",
+        Derive::Needs("kprobe (kprobe.session is not loadable)"),
+    ),
+    ("kprobe/", Derive::Kprobe),
+    ("kretprobe/", Derive::Kprobe),
+    ("kprobe", Derive::Needs("kprobe.function")),
+    ("kretprobe", Derive::Needs("kprobe.function")),
+    ("ksyscall/", Derive::Elsewhere("ksyscall")),
+    ("kretsyscall/", Derive::Elsewhere("ksyscall")),
+    (
+        "uprobe.multi",
+        Derive::Needs("uprobe (uprobe.multi is not loadable)"),
+    ),
+    (
+        "uretprobe.multi",
+        Derive::Needs("uprobe (uretprobe.multi is not loadable)"),
+    ),
+    (
+        "uprobe.session",
+        Derive::Needs("uprobe (uprobe.session is not loadable)"),
+    ),
+    (
+        "uprobe.multi.s",
+        Derive::Needs("uprobe (uprobe.multi.s is not loadable)"),
+    ),
+    (
+        "uretprobe.multi.s",
+        Derive::Needs("uprobe (uretprobe.multi.s is not loadable)"),
+    ),
+    (
+        "uprobe.session.s",
+        Derive::Needs("uprobe (uprobe.session.s is not loadable)"),
+    ),
+    ("uprobe/", Derive::Uprobe),
+    ("uretprobe/", Derive::Uprobe),
+    ("uprobe.s/", Derive::Uprobe),
+    ("uretprobe.s/", Derive::Uprobe),
+    ("uprobe", Derive::Needs("uprobe.target and uprobe.symbol")),
+    (
+        "uretprobe",
+        Derive::Needs("uprobe.target and uprobe.symbol"),
+    ),
+    ("uprobe.s", Derive::Needs("uprobe.target and uprobe.symbol")),
+    (
+        "uretprobe.s",
+        Derive::Needs("uprobe.target and uprobe.symbol"),
+    ),
+    (
+        "usdt",
+        Derive::Nothing("USDT probes are not attached by bpfpin (load and pin only)"),
+    ),
+    (
+        "usdt.s",
+        Derive::Nothing("USDT probes are not attached by bpfpin (load and pin only)"),
+    ),
+    ("fentry/", Derive::Fentry),
+    ("fentry.s/", Derive::Fentry),
+    ("fexit/", Derive::Fexit),
+    ("fexit.s/", Derive::Fexit),
+    (
+        "fmod_ret/",
+        Derive::Nothing("fmod_ret is not loadable (aya 0.14)"),
+    ),
+    (
+        "fmod_ret.s/",
+        Derive::Nothing("fmod_ret is not loadable (aya 0.14)"),
+    ),
+    (
+        "freplace/",
+        Derive::Nothing("freplace programs extend a program bpfpin loads itself"),
+    ),
+    ("tp_btf/", Derive::Elsewhere("tpBtf")),
+    ("tp_btf.s/", Derive::Elsewhere("tpBtf")),
+    ("lsm/", Derive::Elsewhere("lsm")),
+    ("lsm.s/", Derive::Elsewhere("lsm")),
+    (
+        "lsm_cgroup/",
+        Derive::Nothing("lsm_cgroup is not loadable (aya 0.14)"),
+    ),
+    ("iter/", Derive::Iter),
+    ("iter.s/", Derive::Iter),
+    ("cgroup_skb/ingress", Derive::CgroupSkb(Direction::Ingress)),
+    ("cgroup_skb/egress", Derive::CgroupSkb(Direction::Egress)),
+    (
+        "cgroup/skb",
+        Derive::Needs("cgroupSkb.cgroup and cgroupSkb.direction"),
+    ),
+    ("tc/ingress", Derive::Tc(Direction::Ingress)),
+    ("tc/egress", Derive::Tc(Direction::Egress)),
+    ("tcx/ingress", Derive::Tc(Direction::Ingress)),
+    ("tcx/egress", Derive::Tc(Direction::Egress)),
+    ("tc", Derive::Needs("tc.interfaces and tc.direction")),
+    (
+        "classifier",
+        Derive::Needs("tc.interfaces and tc.direction"),
+    ),
+    (
+        "netkit/primary",
+        Derive::Nothing("netkit links are not made by bpfpin"),
+    ),
+    (
+        "netkit/peer",
+        Derive::Nothing("netkit links are not made by bpfpin"),
+    ),
+    (
+        "action",
+        Derive::Nothing("SCHED_ACT is not loadable (aya 0.14)"),
+    ),
+    (
+        "xdp.frags/devmap",
+        Derive::Nothing("a devmap entry runs it"),
+    ),
+    ("xdp/devmap", Derive::Nothing("a devmap entry runs it")),
+    (
+        "xdp.frags/cpumap",
+        Derive::Nothing("a cpumap entry runs it"),
+    ),
+    ("xdp/cpumap", Derive::Nothing("a cpumap entry runs it")),
+    ("xdp.frags", Derive::Needs("xdp.interfaces")),
+    ("xdp", Derive::Needs("xdp.interfaces")),
+    (
+        "perf_event",
+        Derive::Needs("perfEvent.event and perfEvent.frequency or perfEvent.period"),
+    ),
+    ("sockops", Derive::Needs("sockOps.cgroup")),
+    ("sk_skb/stream_parser", Derive::Needs("skSkb.map")),
+    ("sk_skb/stream_verdict", Derive::Needs("skSkb.map")),
+    ("sk_skb/verdict", Derive::Needs("skSkb.map")),
+    ("sk_skb", Derive::Needs("skSkb.map")),
+    ("sk_msg", Derive::Needs("skMsg.map")),
+    ("sk_lookup", Derive::Needs("skLookup.netns")),
+    (
+        "sk_reuseport/migrate",
+        Derive::Nothing("a reuseport socket array runs it"),
+    ),
+    (
+        "sk_reuseport",
+        Derive::Nothing("a reuseport socket array runs it"),
+    ),
+    (
+        "socket",
+        Derive::Nothing("a socket runs it (SO_ATTACH_BPF)"),
+    ),
+    (
+        "flow_dissector",
+        Derive::Nothing("flow dissector links are not made by bpfpin"),
+    ),
+    ("lirc_mode2", Derive::Nothing("a LIRC device runs it")),
+    ("lwt_in", Derive::Nothing("lwt is not loadable (aya 0.14)")),
+    ("lwt_out", Derive::Nothing("lwt is not loadable (aya 0.14)")),
+    (
+        "lwt_xmit",
+        Derive::Nothing("lwt is not loadable (aya 0.14)"),
+    ),
+    (
+        "lwt_seg6local",
+        Derive::Nothing("lwt is not loadable (aya 0.14)"),
+    ),
+    ("cgroup/sock_create", Derive::Needs("cgroupSock.cgroup")),
+    ("cgroup/sock_release", Derive::Needs("cgroupSock.cgroup")),
+    ("cgroup/sock", Derive::Needs("cgroupSock.cgroup")),
+    ("cgroup/post_bind4", Derive::Needs("cgroupSock.cgroup")),
+    ("cgroup/post_bind6", Derive::Needs("cgroupSock.cgroup")),
+    ("cgroup/bind4", Derive::Needs("cgroupSockAddr.cgroup")),
+    ("cgroup/bind6", Derive::Needs("cgroupSockAddr.cgroup")),
+    ("cgroup/connect4", Derive::Needs("cgroupSockAddr.cgroup")),
+    ("cgroup/connect6", Derive::Needs("cgroupSockAddr.cgroup")),
+    (
+        "cgroup/connect_unix",
+        Derive::Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
+    ),
+    ("cgroup/sendmsg4", Derive::Needs("cgroupSockAddr.cgroup")),
+    ("cgroup/sendmsg6", Derive::Needs("cgroupSockAddr.cgroup")),
+    (
+        "cgroup/sendmsg_unix",
+        Derive::Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
+    ),
+    ("cgroup/recvmsg4", Derive::Needs("cgroupSockAddr.cgroup")),
+    ("cgroup/recvmsg6", Derive::Needs("cgroupSockAddr.cgroup")),
+    (
+        "cgroup/recvmsg_unix",
+        Derive::Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
+    ),
+    (
+        "cgroup/getpeername4",
+        Derive::Needs("cgroupSockAddr.cgroup"),
+    ),
+    (
+        "cgroup/getpeername6",
+        Derive::Needs("cgroupSockAddr.cgroup"),
+    ),
+    (
+        "cgroup/getpeername_unix",
+        Derive::Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
+    ),
+    (
+        "cgroup/getsockname4",
+        Derive::Needs("cgroupSockAddr.cgroup"),
+    ),
+    (
+        "cgroup/getsockname6",
+        Derive::Needs("cgroupSockAddr.cgroup"),
+    ),
+    (
+        "cgroup/getsockname_unix",
+        Derive::Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
+    ),
+    ("cgroup/sysctl", Derive::Needs("cgroupSysctl.cgroup")),
+    ("cgroup/getsockopt", Derive::Needs("cgroupSockopt.cgroup")),
+    ("cgroup/setsockopt", Derive::Needs("cgroupSockopt.cgroup")),
+    ("cgroup/dev", Derive::Needs("cgroupDevice.cgroup")),
+    (
+        "struct_ops/",
+        Derive::Nothing("struct_ops is not loadable (aya 0.14)"),
+    ),
+    (
+        "struct_ops.s/",
+        Derive::Nothing("struct_ops is not loadable (aya 0.14)"),
+    ),
+    (
+        "syscall",
+        Derive::Nothing("BPF_PROG_TYPE_SYSCALL is not loadable (aya 0.14)"),
+    ),
+    (
+        "netfilter",
+        Derive::Nothing("netfilter is not loadable (aya 0.14)"),
+    ),
+];
+
+/// The table's entry for a section, and what follows its prefix (`syscalls/sys_enter_execve` of
+/// `tracepoint/syscalls/sys_enter_execve`).
+pub fn lookup(section: &str) -> Option<(Derive, &str)> {
+    PREFIXES.iter().find_map(|(prefix, derive)| {
+        if prefix.ends_with('/') {
+            section
+                .strip_prefix(prefix)
+                .filter(|rest| !rest.is_empty())
+                .map(|rest| (*derive, rest))
+        } else if section == *prefix {
+            Some((*derive, ""))
+        } else {
+            section
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .map(|rest| (*derive, rest))
+        }
+    })
+}
+
+/// Why a program's attach cannot be had from its section, or contradicts it.
+#[derive(Debug, thiserror::Error)]
+pub enum AutoAttachError {
+    /// `attach: {}`, and the section does not name the attach point: `(program, section, the
+    /// fields to set)`.
+    #[error(
+        "program {0} (section `{1}`): `attach: {{}}` takes the attach point from the section, and this section does not name it; set attach.{2}"
+    )]
+    NotNamed(String, String, &'static str),
+    /// `attach: {}` for a section whose program has no attach point: `(program, section, why)`.
+    #[error("program {0} (section `{1}`) has no attach point bpfpin makes ({2}); remove `attach`")]
+    NoPoint(String, String, &'static str),
+    /// `attach: {}` for a kind derived elsewhere: `(program, section, the kind)`.
+    #[error(
+        "program {0} (section `{1}`): set attach.{2} (this kind is not derived from the section)"
+    )]
+    Elsewhere(String, String, &'static str),
+    /// The section cannot be read as its prefix says: `(program, section, what is expected)`.
+    #[error("program {0}: section `{1}` does not have the form {2}")]
+    Malformed(String, String, &'static str),
+    /// An explicit attach contradicts the section: `(program, the attach field, its value,
+    /// section, what the section says)`.
+    #[error(
+        "program {0}: attach.{1} is {2}, but its section `{3}` names {4}; make them agree, or use `attach: {{}}` to take the section's"
+    )]
+    Contradicts(String, &'static str, String, String, String),
+}
+
+impl StatusError for AutoAttachError {
+    fn reason(&self) -> Reason {
+        Reason::InvalidSpec
+    }
+}
+
+/// The number of kinds set in `attach`.
+fn kinds(attach: &Attach) -> usize {
+    [
+        attach.tracepoint.is_some(),
+        attach.xdp.is_some(),
+        attach.tc.is_some(),
+        attach.kprobe.is_some(),
+        attach.uprobe.is_some(),
+        attach.fentry.is_some(),
+        attach.fexit.is_some(),
+        attach.cgroup_skb.is_some(),
+    ]
+    .iter()
+    .filter(|k| **k)
+    .count()
+        + attach.more_kinds()
+}
+
+/// `<function>[+<offset>]`, the offset decimal or `0x` hex (libbpf's kprobe and uprobe forms).
+fn function_offset(s: &str) -> Option<(&str, Option<u64>)> {
+    match s.split_once('+') {
+        None => Some((s, None)),
+        Some((f, off)) => {
+            let off = match off.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16).ok()?,
+                None => off.parse().ok()?,
+            };
+            Some((f, Some(off)))
+        }
+    }
+}
+
+fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "Ingress",
+        Direction::Egress => "Egress",
+    }
+}
+
+/// The attach point of program `program` with ELF section `section`: `attach` itself when it sets
+/// a kind (after checking it against the section), or the point the section names when it sets
+/// none.
+pub fn resolve<'a>(
+    program: &str,
+    section: &str,
+    attach: &'a Attach,
+) -> Result<Cow<'a, Attach>, AutoAttachError> {
+    let Some((derive, rest)) = lookup(section) else {
+        // Not a libbpf name: the loader refuses the program before attach matters.
+        return Ok(Cow::Borrowed(attach));
+    };
+    let malformed =
+        |form: &'static str| AutoAttachError::Malformed(program.into(), section.into(), form);
+    let contradicts = |field: &'static str, spec: String, named: String| {
+        AutoAttachError::Contradicts(program.into(), field, spec, section.into(), named)
+    };
+    if kinds(attach) > 0 {
+        check(derive, rest, attach, &contradicts)?;
+        return Ok(Cow::Borrowed(attach));
+    }
+    let mut derived = Attach::default();
+    match derive {
+        Derive::Tracepoint => {
+            let (category, name) = rest
+                .split_once('/')
+                .filter(|(c, n)| !c.is_empty() && !n.is_empty() && !n.contains('/'))
+                .ok_or_else(|| malformed("tracepoint/<category>/<name>"))?;
+            derived.tracepoint = Some(TracepointAttach {
+                category: category.into(),
+                name: name.into(),
+            });
+        }
+        Derive::RawTracepoint => {
+            derived.raw_tracepoint = Some(RawTracepointAttach { name: rest.into() });
+        }
+        Derive::Kprobe => {
+            let (function, offset) =
+                function_offset(rest).ok_or_else(|| malformed("kprobe/<function>[+<offset>]"))?;
+            derived.kprobe = Some(KprobeAttach {
+                function: function.into(),
+                offset,
+            });
+        }
+        Derive::Uprobe => {
+            // libbpf: `uprobe/<binary>:<function>[+<offset>]`; an absolute binary gives `//`.
+            let (target, func) = rest
+                .rsplit_once(':')
+                .filter(|(t, f)| !t.is_empty() && !f.is_empty())
+                .ok_or_else(|| malformed("uprobe/<binary>:<function>[+<offset>]"))?;
+            let (symbol, offset) = function_offset(func)
+                .ok_or_else(|| malformed("uprobe/<binary>:<function>[+<offset>]"))?;
+            derived.uprobe = Some(UprobeAttach {
+                target: target.into(),
+                symbol: Some(symbol.into()),
+                offset,
+                pid: None,
+            });
+        }
+        Derive::Fentry => {
+            derived.fentry = Some(FunctionAttach {
+                function: rest.into(),
+            })
+        }
+        Derive::Fexit => {
+            derived.fexit = Some(FunctionAttach {
+                function: rest.into(),
+            })
+        }
+        Derive::Iter => derived.iter = Some(IterAttach {}),
+        Derive::CgroupSkb(_) => {
+            return Err(AutoAttachError::NotNamed(
+                program.into(),
+                section.into(),
+                "cgroupSkb.cgroup (and cgroupSkb.direction, which must be the section's)",
+            ));
+        }
+        Derive::Tc(_) => {
+            return Err(AutoAttachError::NotNamed(
+                program.into(),
+                section.into(),
+                "tc.interfaces (and tc.direction, which must be the section's)",
+            ));
+        }
+        Derive::Needs(fields) => {
+            return Err(AutoAttachError::NotNamed(
+                program.into(),
+                section.into(),
+                fields,
+            ));
+        }
+        Derive::Elsewhere(kind) => {
+            return Err(AutoAttachError::Elsewhere(
+                program.into(),
+                section.into(),
+                kind,
+            ));
+        }
+        Derive::Nothing(why) => {
+            return Err(AutoAttachError::NoPoint(
+                program.into(),
+                section.into(),
+                why,
+            ));
+        }
+    }
+    Ok(Cow::Owned(derived))
+}
+
+/// [`resolve`] on this node: a contradiction of a tracepoint or kprobe is refused only when the
+/// manifest's target exists here. A target that does not exist is reported as missing when it is
+/// attached (`AttachFailed`, naming it), as it always was: that is the more useful message.
+pub fn resolve_on_node<'a>(
+    program: &str,
+    section: &str,
+    attach: &'a Attach,
+) -> Result<Cow<'a, Attach>, AutoAttachError> {
+    match resolve(program, section, attach) {
+        Err(AutoAttachError::Contradicts(_, field, ..)) if !spec_target_exists(field, attach) => {
+            Ok(Cow::Borrowed(attach))
+        }
+        other => other,
+    }
+}
+
+/// Whether the target the manifest names for `field` exists on this node (`true` for the kinds
+/// whose target is not looked up here).
+fn spec_target_exists(field: &str, attach: &Attach) -> bool {
+    match field {
+        "tracepoint" => attach
+            .tracepoint
+            .as_ref()
+            .is_some_and(|t| super::attach::tracepoint_exists(&t.category, &t.name)),
+        "kprobe.function" => attach
+            .kprobe
+            .as_ref()
+            .is_some_and(|k| kernel_has_function(&k.function)),
+        _ => true,
+    }
+}
+
+/// Whether `/proc/kallsyms` lists a text symbol `function` (names are listed for every reader).
+fn kernel_has_function(function: &str) -> bool {
+    use std::io::BufRead;
+    let Ok(file) = std::fs::File::open("/proc/kallsyms") else {
+        return true;
+    };
+    std::io::BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| {
+            let mut fields = line.split_whitespace();
+            let kind = fields.nth(1).unwrap_or_default();
+            matches!(kind, "T" | "t") && fields.next() == Some(function)
+        })
+}
+
+/// An explicit attach against what the section names: only a kind the section's type takes is
+/// compared (another kind fails later as the wrong program type).
+fn check(
+    derive: Derive,
+    rest: &str,
+    attach: &Attach,
+    contradicts: &dyn Fn(&'static str, String, String) -> AutoAttachError,
+) -> Result<(), AutoAttachError> {
+    match derive {
+        Derive::Tracepoint => {
+            if let (Some(tp), Some((c, n))) = (&attach.tracepoint, rest.split_once('/'))
+                && (tp.category != c || tp.name != n)
+            {
+                return Err(contradicts(
+                    "tracepoint",
+                    format!("{}/{}", tp.category, tp.name),
+                    format!("{c}/{n}"),
+                ));
+            }
+        }
+        Derive::RawTracepoint => {
+            if let Some(r) = &attach.raw_tracepoint
+                && r.name != rest
+            {
+                return Err(contradicts(
+                    "rawTracepoint.name",
+                    r.name.clone(),
+                    rest.into(),
+                ));
+            }
+        }
+        Derive::Kprobe => {
+            if let (Some(k), Some((f, off))) = (&attach.kprobe, function_offset(rest))
+                && (k.function != f || (off.is_some() && off != k.offset))
+            {
+                return Err(contradicts(
+                    "kprobe.function",
+                    k.function.clone(),
+                    rest.to_owned(),
+                ));
+            }
+        }
+        Derive::Uprobe => {
+            if let (Some(u), Some((_, func))) = (&attach.uprobe, rest.rsplit_once(':'))
+                && let Some((sym, _)) = function_offset(func)
+                && u.symbol.as_deref().is_some_and(|s| s != sym)
+            {
+                return Err(contradicts(
+                    "uprobe.symbol",
+                    u.symbol.clone().unwrap_or_default(),
+                    sym.to_owned(),
+                ));
+            }
+        }
+        Derive::Fentry => {
+            if let Some(f) = &attach.fentry
+                && f.function != rest
+            {
+                return Err(contradicts(
+                    "fentry.function",
+                    f.function.clone(),
+                    rest.into(),
+                ));
+            }
+        }
+        Derive::Fexit => {
+            if let Some(f) = &attach.fexit
+                && f.function != rest
+            {
+                return Err(contradicts(
+                    "fexit.function",
+                    f.function.clone(),
+                    rest.into(),
+                ));
+            }
+        }
+        Derive::CgroupSkb(d) => {
+            if let Some(c) = &attach.cgroup_skb
+                && c.direction != d
+            {
+                return Err(contradicts(
+                    "cgroupSkb.direction",
+                    direction_name(c.direction).into(),
+                    direction_name(d).into(),
+                ));
+            }
+        }
+        Derive::Tc(d) => {
+            if let Some(t) = &attach.tc
+                && t.direction != d
+            {
+                return Err(contradicts(
+                    "tc.direction",
+                    direction_name(t.direction).into(),
+                    direction_name(d).into(),
+                ));
+            }
+        }
+        Derive::Iter | Derive::Needs(_) | Derive::Elsewhere(_) | Derive::Nothing(_) => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attach(yaml: &str) -> Attach {
+        serde_yaml::from_str(yaml).expect("attach")
+    }
+
+    fn derived(section: &str) -> Result<Attach, AutoAttachError> {
+        resolve("p", section, &Attach::default()).map(Cow::into_owned)
+    }
+
+    /// Every section name libbpf's `section_defs` accepts (libbpf 1.x), with an attach target
+    /// where the prefix takes one: each is in the table.
+    const LIBBPF_SECTIONS: &[&str] = &[
+        "socket",
+        "sk_reuseport/migrate",
+        "sk_reuseport",
+        "kprobe/f",
+        "uprobe/b:f",
+        "uprobe.s/b:f",
+        "kretprobe/f",
+        "uretprobe/b:f",
+        "uretprobe.s/b:f",
+        "kprobe.multi/f",
+        "kretprobe.multi/f",
+        "kprobe.session/f",
+        "uprobe.multi/b:f",
+        "uretprobe.multi/b:f",
+        "uprobe.session/b:f",
+        "uprobe.multi.s/b:f",
+        "uretprobe.multi.s/b:f",
+        "uprobe.session.s/b:f",
+        "ksyscall/s",
+        "kretsyscall/s",
+        "usdt/b:p:n",
+        "usdt.s/b:p:n",
+        "tc/ingress",
+        "tc/egress",
+        "tcx/ingress",
+        "tcx/egress",
+        "tc",
+        "classifier",
+        "action",
+        "netkit/primary",
+        "netkit/peer",
+        "tracepoint/c/n",
+        "tp/c/n",
+        "tracepoint.s/c/n",
+        "tp.s/c/n",
+        "raw_tracepoint/n",
+        "raw_tp/n",
+        "raw_tracepoint.s/n",
+        "raw_tp.s/n",
+        "raw_tracepoint.w/n",
+        "raw_tp.w/n",
+        "tp_btf/n",
+        "tp_btf.s/n",
+        "fentry/f",
+        "fmod_ret/f",
+        "fexit/f",
+        "fentry.s/f",
+        "fmod_ret.s/f",
+        "fexit.s/f",
+        "freplace/f",
+        "lsm/h",
+        "lsm.s/h",
+        "lsm_cgroup/h",
+        "iter/task",
+        "iter.s/task",
+        "syscall",
+        "xdp.frags/devmap",
+        "xdp/devmap",
+        "xdp.frags/cpumap",
+        "xdp/cpumap",
+        "xdp.frags",
+        "xdp",
+        "perf_event",
+        "lwt_in",
+        "lwt_out",
+        "lwt_xmit",
+        "lwt_seg6local",
+        "sockops",
+        "sk_skb/stream_parser",
+        "sk_skb/stream_verdict",
+        "sk_skb/verdict",
+        "sk_skb",
+        "sk_msg",
+        "lirc_mode2",
+        "flow_dissector",
+        "cgroup_skb/ingress",
+        "cgroup_skb/egress",
+        "cgroup/skb",
+        "cgroup/sock_create",
+        "cgroup/sock_release",
+        "cgroup/sock",
+        "cgroup/post_bind4",
+        "cgroup/post_bind6",
+        "cgroup/bind4",
+        "cgroup/bind6",
+        "cgroup/connect4",
+        "cgroup/connect6",
+        "cgroup/connect_unix",
+        "cgroup/sendmsg4",
+        "cgroup/sendmsg6",
+        "cgroup/sendmsg_unix",
+        "cgroup/recvmsg4",
+        "cgroup/recvmsg6",
+        "cgroup/recvmsg_unix",
+        "cgroup/getpeername4",
+        "cgroup/getpeername6",
+        "cgroup/getpeername_unix",
+        "cgroup/getsockname4",
+        "cgroup/getsockname6",
+        "cgroup/getsockname_unix",
+        "cgroup/sysctl",
+        "cgroup/getsockopt",
+        "cgroup/setsockopt",
+        "cgroup/dev",
+        "struct_ops/x",
+        "struct_ops.s/x",
+        "sk_lookup",
+        "netfilter",
+    ];
+
+    #[test]
+    fn every_libbpf_section_is_in_the_table() {
+        for section in LIBBPF_SECTIONS {
+            assert!(lookup(section).is_some(), "{section} is not in PREFIXES");
+        }
+        // Every table entry is one of libbpf's (no invented prefixes).
+        for (prefix, _) in PREFIXES {
+            let probe = if prefix.ends_with('/') {
+                format!("{prefix}x")
+            } else {
+                (*prefix).to_owned()
+            };
+            let p = prefix.trim_end_matches('/');
+            assert!(
+                LIBBPF_SECTIONS
+                    .iter()
+                    .any(|s| *s == p || s.starts_with(&format!("{p}/"))),
+                "{prefix} is not a libbpf prefix"
+            );
+            assert!(lookup(&probe).is_some(), "{prefix}");
+        }
+        assert!(lookup("nonsense").is_none());
+        // The most specific entry wins.
+        assert_eq!(
+            lookup("kprobe.multi/f").map(|d| d.0),
+            Some(Derive::Needs("kprobe (kprobe.multi is not loadable)"))
+        );
+        assert_eq!(lookup("kprobe/f"), Some((Derive::Kprobe, "f")));
+        assert_eq!(
+            lookup("xdp.frags/devmap").map(|d| d.0),
+            Some(Derive::Nothing("a devmap entry runs it"))
+        );
+    }
+
+    #[test]
+    fn sections_that_name_the_point_derive_it() {
+        let a = derived("tracepoint/syscalls/sys_enter_execve").expect("tp");
+        assert_eq!(
+            a.tracepoint,
+            Some(TracepointAttach {
+                category: "syscalls".into(),
+                name: "sys_enter_execve".into()
+            })
+        );
+        let a = derived("tp/sched/sched_switch").expect("tp");
+        assert_eq!(a.tracepoint.expect("tp").name, "sched_switch");
+        let a = derived("raw_tp/sched_switch").expect("raw tp");
+        assert_eq!(a.raw_tracepoint.expect("raw").name, "sched_switch");
+        let a = derived("kprobe/do_unlinkat").expect("kprobe");
+        assert_eq!(
+            a.kprobe,
+            Some(KprobeAttach {
+                function: "do_unlinkat".into(),
+                offset: None
+            })
+        );
+        let a = derived("kretprobe/do_sys_openat2+0x10").expect("kretprobe");
+        assert_eq!(a.kprobe.expect("kprobe").offset, Some(16));
+        let a = derived("uprobe//usr/bin/bash:readline").expect("uprobe");
+        let u = a.uprobe.expect("uprobe");
+        assert_eq!(
+            (u.target.as_str(), u.symbol.as_deref()),
+            ("/usr/bin/bash", Some("readline"))
+        );
+        let a = derived("uretprobe/libc.so.6:malloc+4").expect("uretprobe");
+        let u = a.uprobe.expect("uprobe");
+        assert_eq!((u.target.as_str(), u.offset), ("libc.so.6", Some(4)));
+        assert_eq!(
+            derived("fentry/do_unlinkat")
+                .expect("fentry")
+                .fentry
+                .expect("f")
+                .function,
+            "do_unlinkat"
+        );
+        assert_eq!(
+            derived("fexit.s/do_unlinkat")
+                .expect("fexit")
+                .fexit
+                .expect("f")
+                .function,
+            "do_unlinkat"
+        );
+        assert!(derived("iter/task").expect("iter").iter.is_some());
+        // Each derived attach sets exactly one kind.
+        for s in [
+            "tracepoint/a/b",
+            "raw_tp/x",
+            "kprobe/f",
+            "uprobe/b:f",
+            "fentry/f",
+            "iter/task",
+        ] {
+            assert_eq!(kinds(&derived(s).expect(s)), 1, "{s}");
+        }
+    }
+
+    #[test]
+    fn sections_that_do_not_name_it_say_which_field_to_set() {
+        for (section, field) in [
+            ("cgroup_skb/egress", "cgroupSkb.cgroup"),
+            ("tcx/ingress", "tc.interfaces"),
+            ("cgroup/connect4", "cgroupSockAddr.cgroup"),
+            ("sockops", "sockOps.cgroup"),
+            ("xdp", "xdp.interfaces"),
+            ("sk_msg", "skMsg.map"),
+            ("kprobe", "kprobe.function"),
+            ("uprobe", "uprobe.target"),
+        ] {
+            let e = derived(section).expect_err(section);
+            assert!(matches!(e, AutoAttachError::NotNamed(..)), "{section}: {e}");
+            assert!(
+                e.to_string().contains(&format!("set attach.{field}")),
+                "{e}"
+            );
+            assert_eq!(e.reason(), Reason::InvalidSpec);
+        }
+        assert!(matches!(
+            derived("tp_btf/sched_switch"),
+            Err(AutoAttachError::Elsewhere(..))
+        ));
+        assert!(matches!(
+            derived("socket"),
+            Err(AutoAttachError::NoPoint(..))
+        ));
+        assert!(matches!(
+            derived("tracepoint/syscalls"),
+            Err(AutoAttachError::Malformed(..))
+        ));
+        assert!(matches!(
+            derived("uprobe/nocolon"),
+            Err(AutoAttachError::Malformed(..))
+        ));
+    }
+
+    #[test]
+    fn on_a_node_a_missing_target_is_left_to_attach() {
+        let missing = attach("{tracepoint: {category: syscalls, name: sys_enter_nosuchcall}}");
+        let got = resolve_on_node("p", "tracepoint/syscalls/sys_enter_getpid", &missing);
+        assert!(matches!(got, Ok(Cow::Borrowed(_))), "{got:?}");
+        let missing = attach("{kprobe: {function: bpfpin_no_such_function}}");
+        let got = resolve_on_node("p", "kprobe/do_unlinkat", &missing);
+        assert!(matches!(got, Ok(Cow::Borrowed(_))), "{got:?}");
+        assert!(
+            kernel_has_function("do_unlinkat"),
+            "kallsyms lists do_unlinkat"
+        );
+        let present = attach("{kprobe: {function: do_unlinkat}}");
+        let got = resolve_on_node("p", "kprobe/vfs_read", &present);
+        assert!(
+            matches!(got, Err(AutoAttachError::Contradicts(..))),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn an_explicit_attach_that_contradicts_the_section_names_both() {
+        let e = resolve(
+            "count_execve",
+            "tracepoint/syscalls/sys_enter_execve",
+            &attach("{tracepoint: {category: syscalls, name: sys_enter_getpid}}"),
+        )
+        .expect_err("contradiction");
+        assert_eq!(
+            e.to_string(),
+            "program count_execve: attach.tracepoint is syscalls/sys_enter_getpid, but its section `tracepoint/syscalls/sys_enter_execve` names syscalls/sys_enter_execve; make them agree, or use `attach: {}` to take the section's"
+        );
+        assert_eq!(e.reason(), Reason::InvalidSpec);
+        for (section, yaml) in [
+            (
+                "cgroup_skb/egress",
+                "{cgroupSkb: {cgroup: /sys/fs/cgroup, direction: Ingress}}",
+            ),
+            ("tcx/ingress", "{tc: {interfaces: [lo], direction: Egress}}"),
+            ("raw_tp/sched_switch", "{rawTracepoint: {name: sys_enter}}"),
+            ("kprobe/do_unlinkat", "{kprobe: {function: vfs_read}}"),
+            (
+                "kprobe/do_unlinkat+8",
+                "{kprobe: {function: do_unlinkat, offset: 4}}",
+            ),
+            ("fentry/do_unlinkat", "{fentry: {function: vfs_read}}"),
+            (
+                "uprobe/libc.so.6:malloc",
+                "{uprobe: {target: libc, symbol: free}}",
+            ),
+        ] {
+            let e = resolve("p", section, &attach(yaml)).expect_err(section);
+            assert!(
+                matches!(e, AutoAttachError::Contradicts(..)),
+                "{section}: {e}"
+            );
+        }
+        // Agreeing, or a section that names nothing, or another kind: the attach is kept as is.
+        for (section, yaml) in [
+            (
+                "tracepoint/syscalls/sys_enter_getpid",
+                "{tracepoint: {category: syscalls, name: sys_enter_getpid}}",
+            ),
+            (
+                "cgroup_skb/egress",
+                "{cgroupSkb: {cgroup: /sys/fs/cgroup, direction: Egress}}",
+            ),
+            ("kprobe", "{kprobe: {function: anything}}"),
+            ("classifier", "{tc: {interfaces: [lo], direction: Egress}}"),
+            (
+                "kprobe/do_unlinkat",
+                "{tracepoint: {category: syscalls, name: sys_enter_getpid}}",
+            ),
+            ("sockops", "{sockOps: {cgroup: /sys/fs/cgroup}}"),
+        ] {
+            let a = attach(yaml);
+            let got = resolve("p", section, &a).expect(section);
+            assert!(matches!(got, Cow::Borrowed(_)), "{section}");
+        }
+    }
+}
