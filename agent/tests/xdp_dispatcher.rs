@@ -140,6 +140,53 @@ fn slot_ids(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// `prog<N>-link` and `prog<N>-prog` for `n` slots, as `tree` lists them.
+fn slot_pins(n: usize) -> Vec<String> {
+    let mut v: Vec<String> = (0..n)
+        .flat_map(|k| [format!("prog{k}-link"), format!("prog{k}-prog")])
+        .collect();
+    v.sort();
+    v
+}
+
+/// The dispatcher id a `dispatch-<ifindex>-<id>` directory names.
+fn dir_id(dir: &Path) -> u32 {
+    let name = dir
+        .file_name()
+        .expect("a name")
+        .to_string_lossy()
+        .into_owned();
+    name.rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("dispatch-<ifindex>-<id>")
+}
+
+/// The XDP program attached to `interface` (0: none), from `ip -d link show`.
+fn xdp_prog_id(interface: &str) -> u32 {
+    let out = Command::new("ip")
+        .args(["-d", "-j", "link", "show", "dev", interface])
+        .output()
+        .expect("ip link show");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+    v[0]["xdp"]["prog"]["id"]
+        .as_u64()
+        .or_else(|| v[0]["xdp"]["attached"][0]["prog"]["id"].as_u64())
+        .unwrap_or(0) as u32
+}
+
+/// The entries of bpfpin's record of the programs it put in slots.
+fn ledger(fs: &Bpffs) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(fs.path().join("xdp/bpfpin-slots"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 fn ok(report: &bpfpin_agent::PassReport) {
     for o in &report.objects {
         assert!(o.error.is_none(), "{}: {:?}", o.name, o.error);
@@ -220,12 +267,12 @@ fn xdp_programs_run_in_priority_order_and_chain_on_their_actions() {
                 "count_and_pass"
             }
         ));
-        assert_eq!(
-            tree(&links),
-            [format!("dispatcher-xdp-{i}"), format!("xdp-{i}")],
-            "{o}"
-        );
+        assert_eq!(tree(&links), [format!("xdp-{i}")], "{o}");
     }
+    // libxdp's layout: each slot's program and link, and the dispatcher attached through netlink
+    // (the interface's XDP program is the dispatcher, with no bpf_link of bpfpin's on it).
+    assert_eq!(tree(&dirs[0]), slot_pins(3), "libxdp's pins of three slots");
+    assert_eq!(xdp_prog_id(i), dir_id(&dirs[0]), "the dispatcher is on {i}");
     assert!(!ping(&veth, 3), "b drops every packet");
     let (ha, hb) = (hits(&fs, "a"), hits(&fs, "b"));
     assert!(ha >= 3 && hb >= 3, "a saw {ha}, b saw {hb}");
@@ -262,16 +309,30 @@ fn xdp_programs_run_in_priority_order_and_chain_on_their_actions() {
     );
     assert!(hits(&fs, "a") >= ha + 3 && hits(&fs, "c") >= hc + 3);
 
-    // Removing b: its slot goes with its pins; a and c keep running, pings pass.
+    // Removing b: its slot goes in the same pass (one rebuild), with its pins; a and c keep
+    // running, pings pass.
+    let b_id = slot_ids(&dispatchers(&fs, &veth)[0])[1];
     let report = r.reconcile(&[a.clone(), c.clone()], &none());
     ok(&report);
     assert!(!fs.root().join("b").exists());
+    let dirs = dispatchers(&fs, &veth);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert_eq!(tree(&dirs[0]), slot_pins(2), "b's prog<N>-* pins are gone");
+    assert_eq!(slot_ids(&dirs[0]), order(&["a", "c"]));
+    assert!(
+        !ledger(&fs).iter().any(|e| e.contains(&format!("-{b_id}-"))),
+        "b's program is no longer recorded as in a slot: {:?}",
+        ledger(&fs)
+    );
     let (ha, hc) = (hits(&fs, "a"), hits(&fs, "c"));
     assert!(ping(&veth, 3), "nothing drops any more");
     assert!(hits(&fs, "a") >= ha + 3 && hits(&fs, "c") >= hc + 3);
 
     // With every holder gone the dispatcher leaves the interface: a direct attach works again.
     ok(&r.reconcile(&[], &none()));
+    assert_eq!(xdp_prog_id(i), 0, "nothing is attached to {i}");
+    assert!(dispatchers(&fs, &veth).is_empty());
+    assert!(ledger(&fs).is_empty(), "{:?}", ledger(&fs));
     let d = object("d", "count_and_pass", i, "");
     ok(&r.reconcile(&[d], &none()));
     assert!(ping(&veth, 2));
@@ -779,72 +840,314 @@ fn tcx_priorities_place_programs_before_and_after_each_other() {
     assert_eq!(order.len(), 4, "the old link of t30 is gone: {order:?}");
 }
 
-#[test]
-fn an_interface_xdp_loader_holds_is_a_clear_error_and_its_program_keeps_running() {
-    let fs = Bpffs::new();
-    let veth = veth(51);
-    let i = veth.host.as_str();
-    let Some(loader) = xdp_loader() else {
+/// Runs `xdp-loader` with libxdp's state in the test's bpffs; its output when it fails.
+fn run_loader(loader: &Path, fs: &Bpffs, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(loader)
+        .args(args)
+        .env("LIBXDP_BPFFS", fs.path())
+        .output()
+        .expect("xdp-loader");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("xdp-loader {args:?}: {text}"))
+    }
+}
+
+/// `xdp-loader load` of xdp_chain's `count_and_pass` in skb mode with a priority.
+fn loader_load(
+    loader: &Path,
+    fs: &Bpffs,
+    interface: &str,
+    priority: u32,
+) -> Result<String, String> {
+    let object = bpf_object("xdp_chain");
+    let prio = priority.to_string();
+    run_loader(
+        loader,
+        fs,
+        &[
+            "load",
+            "-m",
+            "skb",
+            "-P",
+            &prio,
+            "-n",
+            "count_and_pass",
+            interface,
+            object.to_str().expect("a path"),
+        ],
+    )
+}
+
+/// What the program `id` has counted in its `hits` map (a program xdp-loader loaded, whose map
+/// is pinned nowhere).
+fn prog_hits(id: u32) -> u64 {
+    let info = aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .unwrap_or_else(|| panic!("program {id} is not loaded"));
+    for map_id in info.map_ids().expect("map ids").unwrap_or_default() {
+        let data = aya::maps::MapData::from_id(map_id).expect("map");
+        if data.info().expect("map info").name_as_str() == Some("hits") {
+            let array: aya::maps::Array<_, u64> =
+                aya::maps::Array::try_from(aya::maps::Map::from_map_data(data).expect("map"))
+                    .expect("an array");
+            return array.get(&0, 0).expect("hits[0]");
+        }
+    }
+    panic!("program {id} has no hits map")
+}
+
+/// xdp-loader, or (outside the VM) None after saying why the test skips.
+fn loader_or_skip(what: &str) -> Option<PathBuf> {
+    let loader = xdp_loader();
+    if loader.is_none() {
         assert!(
             !require_freplace(),
             "BPFPIN_REQUIRE_ALL_ATTACH_KINDS=1 but xdp-loader is not installed"
         );
-        eprintln!("SKIPPED xdp-loader beside bpfpin: xdp-loader (xdp-tools) is not installed");
+        eprintln!("SKIPPED {what}: xdp-loader (xdp-tools) is not installed");
+    }
+    loader
+}
+
+/// (a) bpfpin first: `xdp-loader load` builds libxdp's dispatcher with bpfpin's program in it,
+/// bpfpin's next rebuild keeps xdp-loader's program, a restart adopts, and `xdp-loader unload`
+/// still works. Traffic proves each side runs at each step.
+#[test]
+fn xdp_loader_loads_beside_bpfpins_programs_and_both_keep_running() {
+    let fs = Bpffs::new();
+    let veth = veth(52);
+    let i = veth.host.as_str();
+    let lead = object("lead", "count_and_pass", i, "priority: 10");
+    let mut r = Reconciler::new(fs.path()).expect("reconciler");
+    let Some(_) = reconcile_or_skip(
+        &mut r,
+        std::slice::from_ref(&lead),
+        "xdp-loader beside bpfpin",
+    ) else {
         return;
     };
-    // xdp-loader's own program, through libxdp's dispatcher (attached with netlink): it drops.
-    let load = Command::new(&loader)
-        .args(["load", "-m", "skb", "-n", "count_and_drop", i])
-        .arg(bpf_object("xdp_chain"))
-        .env("LIBXDP_BPFFS", fs.path())
-        .output()
-        .expect("xdp-loader load");
-    let said = String::from_utf8_lossy(&load.stderr).into_owned();
-    assert!(load.status.success(), "xdp-loader load: {said}");
-    assert!(!ping(&veth, 2), "xdp-loader's program drops");
-    let mut r = Reconciler::new(fs.path()).expect("reconciler");
-    let report = r.reconcile(
-        &[object("late", "count_and_pass", i, "priority: 10")],
-        &none(),
+    let Some(loader) = loader_or_skip("xdp-loader beside bpfpin") else {
+        return;
+    };
+    let lead_id = prog_id(&fs.root().join("lead/progs/count_and_pass"));
+    let said = loader_load(&loader, &fs, i, 20);
+    assert!(said.is_ok(), "{said:?}");
+    let dirs = dispatchers(&fs, &veth);
+    assert_eq!(
+        dirs.len(),
+        1,
+        "libxdp replaced bpfpin's dispatcher: {dirs:?}"
     );
-    let err = report.objects[0]
-        .error
-        .as_ref()
-        .expect("bpfpin's program fails");
-    eprintln!("bpfpin beside xdp-loader: {err}");
-    assert_eq!(err.reason.as_str(), "AttachFailed");
-    if err.message.contains(REFUSED) {
-        assert!(
-            !require_freplace(),
-            "BPFPIN_REQUIRE_ALL_ATTACH_KINDS=1 but {err}"
-        );
-    } else {
-        assert!(
-            err.message.contains(&format!("XDP on interface {i}"))
-                && err
-                    .message
-                    .contains("holds an XDP program bpfpin did not attach"),
-            "{err}"
-        );
-    }
-    assert!(!fs.root().join("late").exists(), "nothing of it is pinned");
+    let ids = slot_ids(&dirs[0]);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(
+        ids[0], lead_id,
+        "bpfpin's program is in libxdp's dispatcher, first"
+    );
+    let theirs = ids[1];
+    assert_eq!(
+        xdp_prog_id(i),
+        dir_id(&dirs[0]),
+        "libxdp's dispatcher is on {i}"
+    );
+    let (hl, ht) = (hits(&fs, "lead"), prog_hits(theirs));
+    assert!(ping(&veth, 3));
     assert!(
-        std::fs::read_dir(fs.path().join("xdp"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .all(|e| !e
-                .file_name()
-                .to_string_lossy()
-                .contains(&format!("-{}-", ifindex(i)))
-                || e.path().join("prog0-prog").exists()),
-        "no half-built dispatcher directory of bpfpin is left"
+        hits(&fs, "lead") >= hl + 3,
+        "bpfpin's program runs in libxdp's dispatcher"
     );
-    assert!(!ping(&veth, 2), "xdp-loader's program still runs");
-    let _ = Command::new(&loader)
-        .args(["unload", "-a", i])
-        .env("LIBXDP_BPFFS", fs.path())
-        .output();
+    assert!(prog_hits(theirs) >= ht + 3, "xdp-loader's program runs");
+
+    // bpfpin rebuilds (a second object after both) and keeps xdp-loader's program in its place.
+    let tail = object("tail", "count_and_pass", i, "priority: 30");
+    ok(&r.reconcile(&[lead.clone(), tail.clone()], &none()));
+    let dirs = dispatchers(&fs, &veth);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let tail_id = prog_id(&fs.root().join("tail/progs/count_and_pass"));
+    assert_eq!(slot_ids(&dirs[0]), [lead_id, theirs, tail_id]);
+    assert_eq!(
+        tree(&dirs[0]),
+        slot_pins(3),
+        "libxdp's layout for all three"
+    );
+    let (hl, ht, htail) = (hits(&fs, "lead"), prog_hits(theirs), hits(&fs, "tail"));
+    assert!(ping(&veth, 3));
+    assert!(hits(&fs, "lead") >= hl + 3 && hits(&fs, "tail") >= htail + 3);
+    assert!(
+        prog_hits(theirs) >= ht + 3,
+        "xdp-loader's program runs in bpfpin's dispatcher"
+    );
+    let status = run_loader(&loader, &fs, &["status", i]).expect("xdp-loader status");
+    eprintln!("xdp-loader status {i}:\n{status}");
+    assert_eq!(status.matches("count_and_pass").count(), 3, "{status}");
+
+    // A restart adopts the dispatcher as it is.
+    drop(r);
+    let mut r = Reconciler::new(fs.path()).expect("a restarted agent");
+    let report = r.reconcile(&[lead.clone(), tail.clone()], &none());
+    ok(&report);
+    assert!(
+        report.objects.iter().all(|o| o.action == Action::Adopted),
+        "{report:?}"
+    );
+    assert_eq!(dispatchers(&fs, &veth), dirs, "no rebuild");
+
+    // xdp-loader can still take its program out; bpfpin's keep running.
+    let said = run_loader(&loader, &fs, &["unload", i, "-i", &theirs.to_string()]);
+    assert!(said.is_ok(), "{said:?}");
+    let dirs = dispatchers(&fs, &veth);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert_eq!(slot_ids(&dirs[0]), [lead_id, tail_id]);
+    let (hl, htail) = (hits(&fs, "lead"), hits(&fs, "tail"));
+    assert!(ping(&veth, 2));
+    assert!(hits(&fs, "lead") >= hl + 2 && hits(&fs, "tail") >= htail + 2);
+    // bpfpin's pass after libxdp's rebuild changes nothing.
+    ok(&r.reconcile(&[lead.clone(), tail.clone()], &none()));
+    assert_eq!(dispatchers(&fs, &veth), dirs, "no rebuild");
+
+    ok(&r.reconcile(&[], &none()));
+    assert_eq!(xdp_prog_id(i), 0, "nothing is left on {i}");
+    assert!(dispatchers(&fs, &veth).is_empty());
+}
+
+/// (b) xdp-loader first: bpfpin's dispatcher keeps xdp-loader's program (from its `prog<N>-prog`
+/// pin), through bpfpin's rebuilds, and `xdp-loader unload` of it later still works.
+#[test]
+fn a_program_xdp_loader_attached_first_keeps_running_beside_bpfpins() {
+    let fs = Bpffs::new();
+    let veth = veth(51);
+    let i = veth.host.as_str();
+    let Some(loader) = loader_or_skip("bpfpin beside xdp-loader") else {
+        return;
+    };
+    let mut r = Reconciler::new(fs.path()).expect("reconciler");
+    // Where the kernel refuses freplace libxdp cannot build its dispatcher either.
+    if let Err(said) = loader_load(&loader, &fs, i, 50) {
+        assert!(!require_freplace(), "{said}");
+        eprintln!("SKIPPED bpfpin beside xdp-loader: {said}");
+        return;
+    }
+    let late = object("late", "count_and_pass", i, "priority: 10");
+    let Some(_) = reconcile_or_skip(
+        &mut r,
+        std::slice::from_ref(&late),
+        "bpfpin beside xdp-loader",
+    ) else {
+        return;
+    };
+    let late_id = prog_id(&fs.root().join("late/progs/count_and_pass"));
+    let dirs = dispatchers(&fs, &veth);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let ids = slot_ids(&dirs[0]);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert_eq!(ids[0], late_id, "priority 10 runs before xdp-loader's 50");
+    let theirs = ids[1];
+    let (hl, ht) = (hits(&fs, "late"), prog_hits(theirs));
+    assert!(ping(&veth, 3));
+    assert!(hits(&fs, "late") >= hl + 3, "bpfpin's program runs");
+    assert!(
+        prog_hits(theirs) >= ht + 3,
+        "xdp-loader's program keeps running"
+    );
+
+    // A rebuild of bpfpin's (another object) keeps it.
+    let more = object("more", "count_and_pass", i, "priority: 60");
+    ok(&r.reconcile(&[late.clone(), more.clone()], &none()));
+    let dirs = dispatchers(&fs, &veth);
+    let more_id = prog_id(&fs.root().join("more/progs/count_and_pass"));
+    assert_eq!(slot_ids(&dirs[0]), [late_id, theirs, more_id]);
+    let ht = prog_hits(theirs);
+    assert!(ping(&veth, 2));
+    assert!(
+        prog_hits(theirs) >= ht + 2,
+        "xdp-loader's program runs after the rebuild"
+    );
+
+    // bpfpin removing one of its own keeps xdp-loader's program too.
+    ok(&r.reconcile(std::slice::from_ref(&late), &none()));
+    let dirs = dispatchers(&fs, &veth);
+    assert_eq!(slot_ids(&dirs[0]), [late_id, theirs]);
+    assert_eq!(tree(&dirs[0]), slot_pins(2));
+
+    let said = run_loader(&loader, &fs, &["unload", i, "-i", &theirs.to_string()]);
+    assert!(said.is_ok(), "{said:?}");
+    let dirs = dispatchers(&fs, &veth);
+    assert_eq!(
+        slot_ids(&dirs[0]),
+        [late_id],
+        "xdp-loader took its program out"
+    );
+    let hl = hits(&fs, "late");
+    assert!(ping(&veth, 2));
+    assert!(
+        hits(&fs, "late") >= hl + 2,
+        "bpfpin's program keeps running"
+    );
+    ok(&r.reconcile(&[], &none()));
+    assert_eq!(xdp_prog_id(i), 0, "nothing is left on {i}");
+}
+
+/// An update that fails after its program took the slot (its second interface does not exist)
+/// is rolled back: the old program is back in its slot, in its place, within the same pass, and
+/// nothing of the failed version stays in the dispatcher.
+#[test]
+fn a_failed_xdp_update_keeps_the_old_program_in_its_slot() {
+    let fs = Bpffs::new();
+    let veth = veth(53);
+    let i = veth.host.as_str();
+    let keep = object("keep", "count_and_pass", i, "priority: 10");
+    let upd = object("upd", "count_and_pass", i, "priority: 20");
+    let mut r = Reconciler::new(fs.path()).expect("reconciler");
+    let Some(_) = reconcile_or_skip(&mut r, &[keep.clone(), upd.clone()], "failed update") else {
+        return;
+    };
+    let keep_id = prog_id(&fs.root().join("keep/progs/count_and_pass"));
+    let old_id = prog_id(&fs.root().join("upd/progs/count_and_pass"));
+    let broken = object(
+        "upd",
+        "count_and_pass",
+        &format!("{i}, nosuchxdp0"),
+        "priority: 5",
+    );
+    let report = r.reconcile(&[keep.clone(), broken], &none());
+    let failed = report
+        .objects
+        .iter()
+        .find(|o| o.name == "upd")
+        .expect("reported");
+    let err = failed.error.as_ref().expect("the update fails");
+    assert_eq!(err.reason.as_str(), "AttachFailed", "{err}");
+    assert!(
+        err.message.contains("nosuchxdp0: no such interface"),
+        "{err}"
+    );
+    assert_eq!(
+        prog_id(&fs.root().join("upd/progs/count_and_pass")),
+        old_id,
+        "the old version stays current"
+    );
+    let dirs = dispatchers(&fs, &veth);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert_eq!(
+        slot_ids(&dirs[0]),
+        [keep_id, old_id],
+        "the old program, in its old place"
+    );
+    assert_eq!(tree(&dirs[0]), slot_pins(2));
+    let (hk, hu) = (hits(&fs, "keep"), hits(&fs, "upd"));
+    assert!(ping(&veth, 3));
+    assert!(hits(&fs, "keep") >= hk + 3 && hits(&fs, "upd") >= hu + 3);
+    // The next good update takes the slot.
+    let good = object("upd", "count_and_pass", i, "priority: 5");
+    ok(&r.reconcile(&[keep.clone(), good], &none()));
+    let new_id = prog_id(&fs.root().join("upd/progs/count_and_pass"));
+    assert_ne!(new_id, old_id);
+    assert_eq!(slot_ids(&dispatchers(&fs, &veth)[0]), [new_id, keep_id]);
 }
 
 /// A program of another type with `attach.xdp.priority` is not loaded as an extension of the
@@ -869,4 +1172,146 @@ fn a_non_xdp_program_with_a_priority_is_refused_for_its_type() {
         "{err}"
     );
     assert!(!fs.root().join("wrongtype").exists(), "nothing is pinned");
+}
+
+/// Rebuilds by hand the layout an earlier bpfpin left: the interface's dispatcher attached
+/// through a bpf_link that the holder pins as `dispatcher-xdp-<interface>`, its slot link pinned
+/// only in the holder's version directory, `prog<N>-prog` alone in the dispatcher's directory,
+/// and no record of bpfpin's slots. Returns the dispatcher's id.
+fn make_link_held_dispatcher(fs: &Bpffs, veth: &Veth, object: &str, priority: u32) -> u32 {
+    use aya::programs::links::FdLink;
+    use bpfpin_agent::pin::xdp_dispatcher::{DISPATCHER_OBJECT, Share, config_for, mask_of};
+    let i = veth.host.as_str();
+    let links = fs.root().join(object).join("links/count_and_pass");
+    let prog = fs.root().join(object).join("progs/count_and_pass");
+    let share = Share {
+        priority,
+        chain_mask: mask_of(&[]) | (1 << 2),
+    };
+    let mut ebpf = aya::EbpfLoader::new()
+        .override_global("conf", &config_for(&[share]), true)
+        .load(DISPATCHER_OBJECT)
+        .expect("load the dispatcher object");
+    let xdp: &mut aya::programs::Xdp = ebpf
+        .program_mut("xdp_dispatcher")
+        .expect("entry")
+        .try_into()
+        .expect("xdp");
+    xdp.load().expect("load the dispatcher");
+    let id = xdp.info().expect("info").id();
+    // Off with bpfpin's netlink dispatcher, on with a link, as before.
+    let off = Command::new("ip")
+        .args(["link", "set", "dev", i, "xdpgeneric", "off"])
+        .status()
+        .expect("ip");
+    assert!(off.success());
+    let link_id = xdp
+        .attach(i, aya::programs::XdpMode::Skb)
+        .expect("attach through a bpf_link");
+    let link = FdLink::try_from(xdp.take_link(link_id).expect("link")).expect("an fd link");
+    link.pin(links.join(format!("dispatcher-xdp-{i}")))
+        .expect("pin the XDP link");
+    let mut ext = aya::programs::Extension::from_pin(&prog).expect("the slot program");
+    let fd = xdp.fd().expect("fd").try_clone().expect("fd");
+    let slot = ext.attach_to_program(&fd, "prog0").expect("slot 0");
+    let slot = FdLink::from(ext.take_link(slot).expect("slot link"));
+    std::fs::remove_file(links.join(format!("xdp-{i}"))).expect("old slot link pin");
+    slot.pin(links.join(format!("xdp-{i}")))
+        .expect("pin the slot link");
+    for d in dispatchers(fs, veth) {
+        for e in std::fs::read_dir(&d).expect("dir").flatten() {
+            std::fs::remove_file(e.path()).expect("unpin");
+        }
+        std::fs::remove_dir(&d).expect("rmdir");
+    }
+    for e in std::fs::read_dir(fs.path().join("xdp/bpfpin-slots"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        std::fs::remove_file(e.path()).expect("unpin");
+    }
+    let dir = fs.path().join(format!("xdp/dispatch-{}-{id}", ifindex(i)));
+    std::fs::create_dir(&dir).expect("mkdir");
+    ext.pin(dir.join("prog0-prog")).expect("pin prog0-prog");
+    id
+}
+
+/// A dispatcher an earlier bpfpin attached through a bpf_link is adopted as it is (no rebuild),
+/// rebuilt with link updates when a program joins or leaves (the kernel refuses to replace a link
+/// through netlink, and detaching it first would drop packets), and leaves the interface with its
+/// last holder.
+#[test]
+fn an_xdp_dispatcher_an_earlier_bpfpin_attached_by_link_is_adopted() {
+    let fs = Bpffs::new();
+    let veth = veth(54);
+    let i = veth.host.as_str();
+    let old = object("old", "count_and_pass", i, "priority: 10");
+    let mut r = Reconciler::new(fs.path()).expect("reconciler");
+    let Some(_) = reconcile_or_skip(&mut r, std::slice::from_ref(&old), "link-held dispatcher")
+    else {
+        return;
+    };
+    drop(r);
+    let id = make_link_held_dispatcher(&fs, &veth, "old", 10);
+    assert_eq!(xdp_prog_id(i), id);
+    let h = hits(&fs, "old");
+    assert!(ping(&veth, 2));
+    assert!(hits(&fs, "old") >= h + 2, "the hand-made layout runs");
+
+    let mut r = Reconciler::new(fs.path()).expect("a restarted agent");
+    let report = r.reconcile(std::slice::from_ref(&old), &none());
+    ok(&report);
+    assert_eq!(report.objects[0].action, Action::Adopted);
+    assert_eq!(xdp_prog_id(i), id, "adopted, not replaced");
+    assert_eq!(dispatchers(&fs, &veth).len(), 1);
+
+    // A program joins: one link update; the new holder pins the interface's link too.
+    let new = object("new", "count_and_pass", i, "priority: 20");
+    ok(&r.reconcile(&[old.clone(), new.clone()], &none()));
+    let dirs = dispatchers(&fs, &veth);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert_eq!(
+        xdp_prog_id(i),
+        dir_id(&dirs[0]),
+        "the link now runs the new dispatcher"
+    );
+    let old_id = prog_id(&fs.root().join("old/progs/count_and_pass"));
+    let new_id = prog_id(&fs.root().join("new/progs/count_and_pass"));
+    assert_eq!(slot_ids(&dirs[0]), [old_id, new_id]);
+    assert_eq!(
+        tree(&dirs[0]),
+        slot_pins(2),
+        "libxdp's full layout from now on"
+    );
+    assert_eq!(
+        tree(&fs.root().join("new/links/count_and_pass")),
+        [format!("dispatcher-xdp-{i}"), format!("xdp-{i}")]
+    );
+    let (ho, hn) = (hits(&fs, "old"), hits(&fs, "new"));
+    assert!(ping(&veth, 2));
+    assert!(hits(&fs, "old") >= ho + 2 && hits(&fs, "new") >= hn + 2);
+
+    // The first holder leaves: its slot goes in the same pass; the link stays with the second.
+    ok(&r.reconcile(std::slice::from_ref(&new), &none()));
+    let dirs = dispatchers(&fs, &veth);
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    assert_eq!(slot_ids(&dirs[0]), [new_id]);
+    assert_eq!(tree(&dirs[0]), slot_pins(1));
+    let hn = hits(&fs, "new");
+    assert!(ping(&veth, 2));
+    assert!(hits(&fs, "new") >= hn + 2);
+
+    // The last leaves: the link goes with its pins (the kernel frees it after an RCU grace
+    // period), and a later pass removes the directory and the record.
+    let mut passes = 0;
+    loop {
+        ok(&r.reconcile(&[], &none()));
+        passes += 1;
+        if xdp_prog_id(i) == 0 && dispatchers(&fs, &veth).is_empty() && ledger(&fs).is_empty() {
+            break;
+        }
+        assert!(passes < 40, "the dispatcher is still on {i} or pinned");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -258,6 +258,8 @@ impl Reconciler {
             .chain(hold.iter().copied())
             .collect();
         self.sweep_objects(&wanted, &mut report);
+        // XDP dispatchers: slots of swept programs go, slots lost by a rolled-back update return.
+        super::xdp_dispatcher::sync(self.layout.root());
         if shared_known {
             let mut keep: BTreeSet<PathBuf> = BTreeSet::new();
             for r in &report.objects {

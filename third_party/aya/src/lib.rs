@@ -63,6 +63,9 @@ pub use programs::{
 };
 #[doc(hidden)]
 pub use sys::netlink_set_link_up;
+// bpfpin patch: netlink XDP attach with exact flags, and the query (third_party/README.md).
+#[doc(hidden)]
+pub use sys::{netlink_xdp_query, netlink_xdp_set};
 
 // See https://github.com/rust-lang/rust/pull/124210; this structure exists to avoid crashing the
 // process when we try to close a fake file descriptor.

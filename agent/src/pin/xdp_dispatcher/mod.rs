@@ -4,24 +4,33 @@
 //! (`BPF_PROG_TYPE_EXT`, freplace) instead of an XDP program, and runs in a slot of the
 //! interface's dispatcher (`bpf/xdp_dispatcher.bpf.c`, libxdp's protocol version 2). Every change
 //! of the interface's set of programs loads a new dispatcher with the new order in its `.rodata`,
-//! attaches every program to its slot, and swaps the new dispatcher in with one
-//! `BPF_LINK_UPDATE` of the interface's XDP link: packets see either the old chain or the new one.
+//! attaches every program to its slot, and swaps the new dispatcher in with one netlink
+//! `XDP_FLAGS_REPLACE` naming the one it replaces, as libxdp does ([`rebuild`]): packets see
+//! either the old chain or the new one, and libxdp (xdp-loader) can rebuild bpfpin's dispatcher
+//! and bpfpin libxdp's, each keeping the other's programs.
 //!
 //! Pins (the bpffs the agent manages, e.g. `/sys/fs/bpf`; libxdp's `LIBXDP_BPFFS`):
 //! ```text
 //! <bpffs>/xdp/                                   libxdp's directory; flock(2) on it is the lock
-//!   dispatch-<ifindex>-<dispatcher id>/prog<N>-prog   the program in slot N (libxdp reads these)
+//!   dispatch-<ifindex>-<dispatcher id>/prog<N>-prog   the program in slot N (libxdp's layout)
+//!   dispatch-<ifindex>-<dispatcher id>/prog<N>-link   its slot link (libxdp's layout)
+//!   bpfpin-slots/<ifindex>-<id>-<prio>-<mask>    which slot programs are bpfpin's ([`ledger`])
 //! <root>/_versions/<object>/<version>/links/<program>/
-//!   xdp-<interface>                              the freplace link of the program's slot
-//!   dispatcher-xdp-<interface>                   the interface's XDP link (one pin per holder)
+//!   xdp-<interface>                              the program's slot link (a second pin)
+//!   dispatcher-xdp-<interface>                   only on a link-held dispatcher (see below)
 //! ```
-//! The slot's link lives only in the holder's version directory, so when the agent's sweep
-//! removes that directory the slot's program detaches and the empty slot passes packets on (its
-//! return value is in every chain mask): removal needs no rebuild. Every holder pins the XDP link,
-//! so the dispatcher leaves the interface with the last holder. Nothing is kept in memory: a
-//! restarted agent finds the dispatcher, its slots and their holders from these pins.
+//! The dispatcher's directory holds the slots, so removing an object's pins does not detach its
+//! program: [`sync`], after the pass's sweep, rebuilds each interface whose dispatcher holds a
+//! bpfpin program without a holder, or lacks a holder's program (a rolled-back update), and
+//! detaches a dispatcher left with no program. Nothing is kept in memory: a restarted agent finds
+//! the dispatcher (netlink), its slots and their holders from these pins. A dispatcher an older
+//! bpfpin attached through a bpf_link (pinned by every holder as `dispatcher-xdp-<interface>`) is
+//! adopted and rebuilt with `BPF_LINK_UPDATE` until its last holder goes: the kernel refuses to
+//! replace a link through netlink, and detaching it first would drop packets.
 
 mod config;
+mod ledger;
+mod rebuild;
 pub mod tcx;
 
 use std::os::fd::AsRawFd;
@@ -29,12 +38,14 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, Map, MapData};
 use aya::programs::links::{FdLink, LinkType, PinnedLink};
-use aya::programs::xdp::XdpLink;
-use aya::programs::{Extension, Program, ProgramError, ProgramFd, ProgramInfo, Xdp, XdpMode};
+use aya::programs::{Extension, Program, ProgramError, ProgramFd, ProgramInfo, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use bpfpin_crds::{ProgramSpec, XdpMode as SpecXdpMode};
 
 pub use config::{Config, MAX_SLOTS, Share, config_for, mask_of};
+pub use ledger::LEDGER_DIR;
+use ledger::Ledger;
+use rebuild::{Hook, Iface, Owner, Refusal, Slot, read_hook};
 
 use crate::error::Reason;
 use crate::pin::layout::{VERSIONS_DIR, encode_name};
@@ -383,31 +394,6 @@ impl Lock {
     }
 }
 
-/// One slot of the dispatcher being built.
-struct Slot {
-    share: Share,
-    /// Sort key after the priority (`object/program`, or the program's kernel name).
-    name: String,
-    who: String,
-    source: SlotSource,
-}
-
-enum SlotSource {
-    /// The program being attached now.
-    New,
-    /// A bpfpin program already in a slot: its link is re-pinned at `link`.
-    Held { prog: PathBuf, link: PathBuf },
-}
-
-/// The interface's current dispatcher: its id, configuration and directory.
-struct Current {
-    id: u32,
-    conf: Config,
-    dir: PathBuf,
-    /// A pin of the interface's XDP link.
-    xdp_link: PathBuf,
-}
-
 fn read_config(id: u32) -> Result<Config, BoxError> {
     let info = aya::programs::loaded_programs()
         .flatten()
@@ -442,9 +428,22 @@ fn slot_prog(dir: &Path, n: usize) -> PathBuf {
     dir.join(format!("prog{n}-prog"))
 }
 
+fn slot_link(dir: &Path, n: usize) -> PathBuf {
+    dir.join(format!("prog{n}-link"))
+}
+
+fn ifindex_of(interface: &str) -> u32 {
+    match std::ffi::CString::new(interface) {
+        // SAFETY: a NUL-terminated string.
+        Ok(c) => unsafe { libc::if_nametoindex(c.as_ptr()) },
+        Err(_) => 0,
+    }
+}
+
 /// Attaches the extension `program` to a slot of `interface`'s dispatcher (creating the
 /// dispatcher when the interface has none) and pins the slot's link at `path`. The dispatcher is
-/// rebuilt with the new slot in priority order and swapped in with one link update.
+/// rebuilt with the new slot in priority order, every other program kept (bpfpin's and
+/// xdp-loader's), and swapped in with one netlink replacement (or one link update).
 pub fn attach_and_pin(
     program: &mut Program,
     name: &str,
@@ -479,12 +478,7 @@ pub fn attach_and_pin(
         )
     })?;
     let bpffs = root.parent().unwrap_or(root);
-    let ifindex = {
-        let c = std::ffi::CString::new(interface)
-            .map_err(|e| pins_err("interface name", path, e.into()))?;
-        // SAFETY: a NUL-terminated string.
-        unsafe { libc::if_nametoindex(c.as_ptr()) }
-    };
+    let ifindex = ifindex_of(interface);
     if ifindex == 0 {
         return Err(DispatcherError::NoInterface {
             interface: interface.to_owned(),
@@ -493,72 +487,34 @@ pub fn attach_and_pin(
     }
     let libxdp = bpffs.join(LIBXDP_DIR);
     let _lock = Lock::take(&libxdp).map_err(|e| pins_err("locking", &libxdp, e.into()))?;
+    let ledger = Ledger::new(&libxdp);
+    let iface = Iface {
+        name: interface,
+        ifindex,
+        libxdp: &libxdp,
+        ledger: &ledger,
+    };
 
     let holders = scan_holders(root, interface);
     let is_self = |h: &Holder| h.object == object && h.program == name;
-    // The XDP link of the interface: a holder's pin of it, or this program's own earlier direct
-    // link (an update from direct to shared replaces the program of that link).
-    let mut xdp_link: Option<PathBuf> = None;
-    let mut current: Option<Current> = None;
-    for h in &holders {
-        match (&h.kind, &h.dispatcher_link) {
-            (Some((LinkType::Xdp, _)), _) if !is_self(h) => {
-                return Err(DispatcherError::HeldDirectly {
-                    interface: interface.to_owned(),
-                    program: name.to_owned(),
-                    holder: h.describe(),
-                });
-            }
-            (Some((LinkType::Xdp, _)), _) => xdp_link = Some(h.link.clone()),
-            (_, Some(dl)) if current.is_none() => {
-                if let Some((_, id)) = link_info(dl) {
-                    let conf = read_config(id).map_err(|e| pins_err("reading", dl, e))?;
-                    current = Some(Current {
-                        id,
-                        conf,
-                        dir: libxdp.join(format!("dispatch-{ifindex}-{id}")),
-                        xdp_link: dl.clone(),
-                    });
-                }
-            }
-            _ => {}
+    let hook = match read_hook(&iface, &holders, &is_self)? {
+        Ok(hook) => hook,
+        Err(Refusal::Direct(h)) => {
+            return Err(DispatcherError::HeldDirectly {
+                interface: interface.to_owned(),
+                program: name.to_owned(),
+                holder: h.describe(),
+            });
         }
-    }
-
-    // The slots to keep: programs of the current dispatcher that still have a holder (or that
-    // someone else attached), except this program's previous version.
-    let mut slots = Vec::new();
-    if let Some(cur) = &current {
-        for n in 0..usize::from(cur.conf.num_progs_enabled).min(MAX_SLOTS) {
-            let prog = slot_prog(&cur.dir, n);
-            let Ok(info) = ProgramInfo::from_pin(&prog) else {
-                continue;
-            };
-            let share = Share {
-                priority: cur.conf.run_prios[n],
-                chain_mask: cur.conf.chain_call_actions[n],
-            };
-            let holder = holders
-                .iter()
-                .find(|h| matches!(h.kind, Some((LinkType::Tracing, id)) if id == info.id()));
-            match holder {
-                Some(h) if is_self(h) => {}
-                Some(h) => slots.push(Slot {
-                    share,
-                    name: format!("{}/{}", h.object, h.program),
-                    who: h.describe(),
-                    source: SlotSource::Held {
-                        prog,
-                        link: h.link.clone(),
-                    },
-                }),
-                // Its holder is gone (the slot's link was unpinned with it): dropped. (Programs
-                // xdp-loader attached cannot be here: libxdp attaches through netlink, and the
-                // kernel refuses that while bpfpin's bpf_link holds the interface.)
-                None => {}
-            }
+        Err(Refusal::Foreign(id)) => {
+            return Err(attach_err(
+                "attaching the dispatcher to the interface, which holds an XDP program bpfpin did not attach (xdp-loader, ip link)".into(),
+                format!("program {id} is attached and is no libxdp dispatcher").into(),
+            ));
         }
-    }
+    };
+    // This program's previous version leaves its slot to the new one.
+    let (mut slots, _) = rebuild::current_slots(&iface, &hook, &holders, &is_self);
     if slots.len() >= MAX_SLOTS {
         return Err(DispatcherError::Full {
             interface: interface.to_owned(),
@@ -574,162 +530,214 @@ pub fn attach_and_pin(
         share: share.clone(),
         name: format!("{object}/{name}"),
         who: format!("program {name} of object {object}"),
-        source: SlotSource::New,
+        prog: None,
+        id: 0,
+        owner: Owner::Bpfpin {
+            link: path.to_path_buf(),
+        },
     });
-    slots.sort_by(|a, b| (a.share.priority, &a.name).cmp(&(b.share.priority, &b.name)));
-
-    let shares: Vec<Share> = slots.iter().map(|s| s.share.clone()).collect();
-    let mut next = load_dispatcher(interface, &config_for(&shares))?;
-    let dir = libxdp.join(format!("dispatch-{ifindex}-{}", next.id));
-    let built = build(&mut next, ext, &slots, &dir, interface, name);
-    let links = match built {
-        Ok(links) => links,
-        Err(e) => {
-            remove_dir(&dir);
-            return Err(e);
-        }
+    let order: Vec<String> = {
+        let mut v: Vec<_> = slots
+            .iter()
+            .map(|s| (s.share.priority, s.name.clone()))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, n)| n).collect()
     };
-
-    // The swap: one link update when the interface has an XDP link, else a new link.
-    let swap = match current.as_ref().map(|c| c.xdp_link.clone()).or(xdp_link) {
-        Some(pin) => (|| -> Result<FdLink, BoxError> {
-            let link = XdpLink::try_from(FdLink::from(PinnedLink::from_pin(&pin)?))?;
-            let id = next.program().attach_to_link(link)?;
-            Ok(FdLink::try_from(next.program().take_link(id)?)?)
-        })()
-        .map_err(|e| {
-            attach_err(
-                "updating the interface's XDP link to the new dispatcher".into(),
-                e,
-            )
-        }),
-        None => {
-            let mode = match mode {
-                None => XdpMode::Default,
-                Some(SpecXdpMode::Skb) => XdpMode::Skb,
-                Some(SpecXdpMode::Drv) => XdpMode::Driver,
-                Some(SpecXdpMode::Hw) => XdpMode::Hardware,
-            };
-            (|| -> Result<FdLink, BoxError> {
-                let id = next.program().attach(interface, mode)?;
-                Ok(FdLink::try_from(next.program().take_link(id)?)?)
-            })()
-            .map_err(|e| {
-                let what = if has_errno(e.as_ref(), libc::EBUSY) {
-                    "attaching the dispatcher to the interface, which holds an XDP program bpfpin did not attach (xdp-loader, ip link)"
-                } else {
-                    "attaching the dispatcher to the interface"
-                };
-                attach_err(what.into(), e)
-            })
-        }
+    let replaced = match &hook {
+        Hook::Netlink { id, .. } => Some(*id),
+        Hook::Link { current, .. } => current.as_ref().map(|c| c.0),
+        Hook::Empty => None,
     };
-    let xdp = match swap {
-        Ok(l) => l,
-        Err(e) => {
-            remove_dir(&dir);
-            return Err(e);
-        }
-    };
-
-    // Pins: this program's slot link and its pin of the XDP link; the other holders' slot links
-    // replace theirs (each by one rename, so a holder always has a link pinned).
-    let file = path
-        .file_name()
-        .and_then(|f| f.to_str())
-        .unwrap_or_default();
-    let dispatcher_pin = path.with_file_name(format!("{DISPATCHER_LINK_PREFIX}{file}"));
-    let _ = std::fs::remove_file(&dispatcher_pin);
-    xdp.pin(&dispatcher_pin)
-        .map_err(|e| pins_err("pinning", &dispatcher_pin, e.into()))?;
-    for (slot, link) in slots.iter().zip(links) {
-        match &slot.source {
-            SlotSource::New => {
-                link.pin(path)
-                    .map_err(|e| pins_err("pinning", path, e.into()))?;
-            }
-            SlotSource::Held { link: at, .. } => {
-                let f = at.file_name().and_then(|f| f.to_str()).unwrap_or_default();
-                let tmp = at.with_file_name(format!("{NEXT_PREFIX}{f}"));
-                let _ = std::fs::remove_file(&tmp);
-                link.pin(&tmp)
-                    .map_err(|e| pins_err("pinning", &tmp, e.into()))?;
-                std::fs::rename(&tmp, at).map_err(|e| pins_err("renaming over", at, e.into()))?;
-            }
-        }
-    }
-    // Older dispatchers of this interface: their slot links (and programs) go with the pins.
-    for entry in std::fs::read_dir(&libxdp).into_iter().flatten().flatten() {
-        let p = entry.path();
-        let stale = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(&format!("dispatch-{ifindex}-")));
-        if stale && p != dir {
-            remove_dir(&p);
-        }
-    }
+    let id = rebuild::rebuild(
+        &iface,
+        &hook,
+        slots,
+        Some((ext, path)),
+        rebuild::mode_flag(mode),
+        name,
+    )?;
     tracing::info!(
         program = name,
         object = %object,
         interface,
-        dispatcher = next.id,
-        replaced = current.as_ref().map(|c| c.id),
-        order = ?slots.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        dispatcher = id,
+        replaced,
+        order = ?order,
         "attached through the XDP dispatcher"
     );
     Ok(())
 }
 
-/// Attaches every slot's program to the new dispatcher and pins the slot programs in its
-/// directory. Returns the slot links, in slot order.
-fn build(
-    next: &mut Loaded,
-    ext: &mut Extension,
-    slots: &[Slot],
-    dir: &Path,
-    interface: &str,
-    name: &str,
-) -> Result<Vec<FdLink>, DispatcherError> {
-    let pins_err = |what: &'static str, path: &Path, source: BoxError| DispatcherError::Pins {
-        interface: interface.to_owned(),
-        what,
-        path: path.to_path_buf(),
-        source,
-    };
-    std::fs::create_dir(dir).map_err(|e| pins_err("creating", dir, e.into()))?;
-    let mut links = Vec::with_capacity(slots.len());
-    for (n, slot) in slots.iter().enumerate() {
-        let func = format!("prog{n}");
-        let attach = |prog: &mut Extension| -> Result<FdLink, BoxError> {
-            let id = prog.attach_to_program(&next.fd, &func)?;
-            Ok(FdLink::from(prog.take_link(id)?))
-        };
-        let fail = |e: BoxError| DispatcherError::Attach {
-            interface: interface.to_owned(),
-            program: name.to_owned(),
-            what: format!("attaching {} to slot {n} of the new dispatcher", slot.who),
-            source: e,
-        };
-        let link = match &slot.source {
-            SlotSource::New => {
-                let link = attach(ext).map_err(fail)?;
-                let at = slot_prog(dir, n);
-                ext.pin(&at)
-                    .map_err(|e| pins_err("pinning", &at, e.into()))?;
-                link
-            }
-            SlotSource::Held { prog, .. } => {
-                let mut p = Extension::from_pin(prog).map_err(|e| fail(e.into()))?;
-                let link = attach(&mut p).map_err(fail)?;
-                let at = slot_prog(dir, n);
-                p.pin(&at).map_err(|e| pins_err("pinning", &at, e.into()))?;
-                link
-            }
-        };
-        links.push(link);
+/// The pass's clean-up of every interface where bpfpin has put programs in a dispatcher, after
+/// the sweep: a program whose object or version is gone leaves its slot, a holder whose program
+/// lost its slot (a failed update that the loader rolled back, `xdp-loader unload` of it) gets it
+/// back, and a dispatcher left with no program leaves the interface. Each is one rebuild, as an
+/// attach is; an interface whose dispatcher already holds what it should is not touched (so a
+/// restart adopts). xdp-loader's programs are kept. Failures are logged; the next pass retries.
+pub fn sync(root: &Path) {
+    let bpffs = root.parent().unwrap_or(root);
+    let libxdp = bpffs.join(LIBXDP_DIR);
+    if !libxdp.is_dir() {
+        return;
     }
-    Ok(links)
+    let Ok(_lock) = Lock::take(&libxdp) else {
+        tracing::warn!(path = %libxdp.display(), "cannot lock the XDP dispatchers' directory: not synced this pass");
+        return;
+    };
+    let ledger = Ledger::new(&libxdp);
+    let mut ifindexes: Vec<u32> = ledger.entries().iter().map(|e| e.ifindex).collect();
+    for e in std::fs::read_dir(&libxdp).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(i) = name
+            .strip_prefix("dispatch-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|i| i.parse().ok())
+        {
+            ifindexes.push(i);
+        }
+    }
+    ifindexes.sort_unstable();
+    ifindexes.dedup();
+    for ifindex in ifindexes {
+        let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+        // SAFETY: the buffer has IF_NAMESIZE bytes, as if_indextoname requires.
+        let named = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+        let iface_name = if named.is_null() {
+            None
+        } else {
+            // SAFETY: if_indextoname wrote a NUL-terminated name.
+            Some(
+                unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        };
+        let Some(interface) = iface_name else {
+            // The interface is gone, and its XDP programs with it.
+            let iface = Iface {
+                name: "?",
+                ifindex,
+                libxdp: &libxdp,
+                ledger: &ledger,
+            };
+            if ledger.entries().iter().any(|e| e.ifindex == ifindex) {
+                rebuild::remove_other_dirs(&iface, None);
+                ledger.prune(ifindex, &|_| false);
+            }
+            continue;
+        };
+        let iface = Iface {
+            name: &interface,
+            ifindex,
+            libxdp: &libxdp,
+            ledger: &ledger,
+        };
+        if let Err(e) = sync_interface(root, &iface) {
+            tracing::warn!(interface, error = %crate::error::chain(&e), "could not sync the XDP dispatcher (retried next pass)");
+        }
+    }
+}
+
+fn sync_interface(root: &Path, iface: &Iface<'_>) -> Result<(), DispatcherError> {
+    let holders: Vec<Holder> = scan_holders(root, iface.name)
+        .into_iter()
+        .filter(|h| matches!(h.kind, Some((LinkType::Tracing, _))))
+        .collect();
+    let ours = iface
+        .ledger
+        .entries()
+        .iter()
+        .any(|e| e.ifindex == iface.ifindex);
+    if holders.is_empty() && !ours {
+        // Only another loader's dispatcher: not bpfpin's to touch.
+        return Ok(());
+    }
+    let hook = match read_hook(iface, &holders, &|_| false)? {
+        Ok(hook) => hook,
+        // Someone else replaced the dispatcher with a plain program: bpfpin's slots are gone with
+        // it, and bpfpin does not take the interface back.
+        Err(_) => return Ok(()),
+    };
+    let (mut slots, dropped) = rebuild::current_slots(iface, &hook, &holders, &|_| false);
+    let mut missing = Vec::new();
+    for h in &holders {
+        let Some((_, id)) = h.kind else { continue };
+        if slots.iter().any(|s| s.id == id) {
+            continue;
+        }
+        let Some(prog) = rebuild::holder_prog(h) else {
+            continue;
+        };
+        let share = iface
+            .ledger
+            .of(iface.ifindex, id)
+            .map(|e| e.share)
+            .unwrap_or(Share {
+                priority: u32::from(bpfpin_crds::XdpAttach::DEFAULT_PRIORITY),
+                chain_mask: mask_of(&[]),
+            });
+        missing.push(h.describe());
+        slots.push(Slot {
+            share,
+            name: format!("{}/{}", h.object, h.program),
+            who: h.describe(),
+            prog: Some(prog),
+            id,
+            owner: Owner::Bpfpin {
+                link: h.link.clone(),
+            },
+        });
+    }
+    let in_slots: Vec<u32> = slots.iter().map(|s| s.id).collect();
+    if dropped.is_empty() && missing.is_empty() {
+        if matches!(hook, Hook::Empty) {
+            rebuild::remove_other_dirs(iface, None);
+        } else if let Hook::Netlink { dir, conf, .. } = &hook {
+            // Holders re-pinned at the dispatcher's slot links: after xdp-loader rebuilt it, their
+            // old links would keep the old dispatcher loaded.
+            for n in 0..usize::from(conf.num_progs_enabled).min(MAX_SLOTS) {
+                let link = slot_link(dir, n);
+                let Ok(info) = ProgramInfo::from_pin(slot_prog(dir, n)) else {
+                    continue;
+                };
+                if let Some(h) = holders
+                    .iter()
+                    .find(|h| matches!(h.kind, Some((_, p)) if p == info.id()))
+                    && link_id(&h.link) != link_id(&link)
+                {
+                    rebuild::repin(iface, &link, &h.link)?;
+                }
+            }
+        }
+        iface.ledger.prune(iface.ifindex, &|id| {
+            in_slots.contains(&id)
+                || holders
+                    .iter()
+                    .any(|h| matches!(h.kind, Some((_, p)) if p == id))
+        });
+        return Ok(());
+    }
+    let id = rebuild::rebuild(iface, &hook, slots, None, 0, "(sync)")?;
+    iface.ledger.prune(iface.ifindex, &|id| {
+        in_slots.contains(&id)
+            || holders
+                .iter()
+                .any(|h| matches!(h.kind, Some((_, p)) if p == id))
+    });
+    tracing::info!(
+        interface = iface.name,
+        dispatcher = id,
+        dropped = ?dropped,
+        restored = ?missing,
+        "rebuilt the XDP dispatcher"
+    );
+    Ok(())
+}
+
+fn link_id(path: &Path) -> Option<u32> {
+    let link = FdLink::from(PinnedLink::from_pin(path).ok()?);
+    Some(link.info().ok()?.id())
 }
 
 /// Whether the kernel returned `errno` somewhere in the error's chain.

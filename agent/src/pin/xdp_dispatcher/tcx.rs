@@ -6,9 +6,12 @@
 //! the last one that sorts before it, else last. A prioritized link is pinned as
 //! `links/<program>/prio<NNNN>-tc-<direction>-<interface>`: the name holds the priority, so a later
 //! attachment (or a restarted agent) finds the others' places without any state of its own, and a
-//! new priority is a new attachment. tcx refuses the same program twice on one hook, so when an
+//! new priority is a new attachment. tcx refuses the same program twice on one hook (mprog's
+//! EEXIST) and has no move (a link update or `BPF_F_REPLACE` keeps the old position), so when an
 //! update keeps the program and only changes its priority, its old link is unpinned (detached)
-//! just before the program is attached at its new place: packets in between skip it.
+//! just before the program is attached at its new place: packets in between skip it. A second
+//! instance of the bytecode would be accepted at the new place first, but the loader keeps an
+//! unchanged program across versions and has none to give here.
 //!
 //! tcx runs the next program only after `TCX_NEXT` (-1); every other verdict (`TC_ACT_OK`,
 //! `TC_ACT_SHOT`, …) ends the chain. That is unlike XDP's `proceedOn`, and unlike legacy tc,

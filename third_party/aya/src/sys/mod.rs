@@ -22,6 +22,8 @@ pub use feature_probe::{BpfHelper, is_helper_supported, is_map_supported, is_pro
 pub use netlink::NetlinkError;
 #[doc(hidden)]
 pub use netlink::netlink_set_link_up;
+#[doc(hidden)]
+pub use netlink::{netlink_xdp_query, netlink_xdp_set};
 pub(crate) use netlink::*;
 pub(crate) use perf_event::*;
 use thiserror::Error;

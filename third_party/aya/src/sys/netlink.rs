@@ -424,6 +424,129 @@ pub(crate) fn netlink_find_filter_with_name(
     }))
 }
 
+/// bpfpin patch: sets an interface's XDP program through netlink with exactly `flags` (mode bits,
+/// `XDP_FLAGS_REPLACE`, `XDP_FLAGS_UPDATE_IF_NOEXIST`), as libxdp's `xdp_attach_fd` does.
+/// `netlink_set_xdp_fd` above always adds `XDP_FLAGS_UPDATE_IF_NOEXIST`, which the kernel refuses
+/// (EBUSY) together with a replacement of an attached program. `fd: None` detaches.
+///
+/// # Safety
+///
+/// This function performs pointer arithmetic to satisfy netlink alignments.
+#[doc(hidden)]
+pub unsafe fn netlink_xdp_set(
+    if_index: i32,
+    fd: Option<BorrowedFd<'_>>,
+    expected_fd: Option<BorrowedFd<'_>>,
+    flags: u32,
+) -> Result<(), NetlinkError> {
+    let sock = NetlinkSocket::open()?;
+
+    // Safety: Request is POD so this is safe
+    let mut req = unsafe { mem::zeroed::<Request>() };
+
+    let nlmsg_len = size_of::<nlmsghdr>() + size_of::<ifinfomsg>();
+    req.header = nlmsghdr {
+        nlmsg_len: nlmsg_len as u32,
+        nlmsg_flags: (NLM_F_REQUEST | NLM_F_ACK) as u16,
+        nlmsg_type: RTM_SETLINK,
+        nlmsg_pid: 0,
+        nlmsg_seq: 1,
+    };
+    req.if_info.ifi_family = AF_UNSPEC as u8;
+    req.if_info.ifi_index = if_index;
+
+    let io = |e| NetlinkError(NetlinkErrorInternal::IoError(e));
+    let attrs_buf = unsafe { request_attributes(&mut req, nlmsg_len) };
+    let mut attrs = NestedAttrs::new(attrs_buf, IFLA_XDP);
+    attrs
+        .write_attr(IFLA_XDP_FD as u16, fd.map_or(-1, |fd| fd.as_raw_fd()))
+        .map_err(io)?;
+    if flags != 0 {
+        attrs.write_attr(IFLA_XDP_FLAGS as u16, flags).map_err(io)?;
+    }
+    if let Some(expected_fd) = expected_fd {
+        attrs
+            .write_attr(IFLA_XDP_EXPECTED_FD as u16, expected_fd.as_raw_fd())
+            .map_err(io)?;
+    }
+    let nla_len = attrs.finish().map_err(io)?;
+    req.header.nlmsg_len += nla_align!(nla_len) as u32;
+
+    sock.send(&bytes_of(&req)[..req.header.nlmsg_len as usize])?;
+    for msg in sock.recv() {
+        msg?;
+    }
+    Ok(())
+}
+
+/// bpfpin patch: the XDP program attached to an interface, as netlink reports it
+/// (`IFLA_XDP_ATTACHED`, `IFLA_XDP_PROG_ID`): `(attach mode, program id)`, `(0, 0)` when none.
+/// The mode is `XDP_ATTACHED_{DRV=1,SKB=2,HW=3,MULTI=4}`; the program is reported whether it was
+/// attached through netlink or a bpf_link.
+#[doc(hidden)]
+pub fn netlink_xdp_query(if_index: i32) -> Result<(u8, u32), NetlinkError> {
+    const IFLA_XDP_ATTACHED: u16 = 2;
+    const IFLA_XDP_PROG_ID: u16 = 4;
+    let sock = NetlinkSocket::open()?;
+
+    // Safety: Request is POD so this is safe
+    let mut req = unsafe { mem::zeroed::<Request>() };
+    let nlmsg_len = size_of::<nlmsghdr>() + size_of::<ifinfomsg>();
+    req.header = nlmsghdr {
+        nlmsg_len: nlmsg_len as u32,
+        nlmsg_flags: NLM_F_REQUEST as u16,
+        nlmsg_type: libc::RTM_GETLINK,
+        nlmsg_pid: 0,
+        nlmsg_seq: 1,
+    };
+    req.if_info.ifi_family = AF_UNSPEC as u8;
+    req.if_info.ifi_index = if_index;
+    let io = |e| NetlinkError(NetlinkErrorInternal::IoError(e));
+    // Without the statistics the answer fits aya's receive buffer.
+    let attrs_buf = unsafe { request_attributes(&mut req, nlmsg_len) };
+    let (_, len) = write_attr(
+        attrs_buf,
+        libc::IFLA_EXT_MASK,
+        libc::RTEXT_FILTER_SKIP_STATS as u32,
+    )
+    .map_err(io)?;
+    req.header.nlmsg_len += nla_align!(len) as u32;
+
+    sock.send(&bytes_of(&req)[..req.header.nlmsg_len as usize])?;
+    let mut found = (0, 0);
+    for msg in sock.recv() {
+        let msg = msg?;
+        if msg.header.nlmsg_type != libc::RTM_NEWLINK {
+            continue;
+        }
+        let Some(attrs_buf) = msg.data.get(size_of::<ifinfomsg>()..) else {
+            continue;
+        };
+        let nl = |e| NetlinkError(NetlinkErrorInternal::NlAttrError(e));
+        for attr in NlAttrsIterator::new(attrs_buf) {
+            let attr = attr.map_err(nl)?;
+            if attr.header.nla_type & NLA_TYPE_MASK as u16 != IFLA_XDP {
+                continue;
+            }
+            for inner in NlAttrsIterator::new(attr.data) {
+                let inner = inner.map_err(nl)?;
+                match inner.header.nla_type & NLA_TYPE_MASK as u16 {
+                    IFLA_XDP_ATTACHED => {
+                        found.0 = inner.data.first().copied().unwrap_or_default();
+                    }
+                    IFLA_XDP_PROG_ID => {
+                        if let Some(b) = inner.data.get(..4) {
+                            found.1 = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
 #[doc(hidden)]
 pub unsafe fn netlink_set_link_up(if_index: i32) -> Result<(), NetlinkError> {
     let sock = NetlinkSocket::open()?;
