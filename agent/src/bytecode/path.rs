@@ -12,7 +12,7 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{ObjectError, Reason};
+use crate::error::{ObjectError, Reason, StatusError};
 use crate::fd::{MAX_BYTES, describe_type, fd_path, open_path};
 
 /// Why a `bytecode.path` gave no bytecode.
@@ -79,13 +79,12 @@ fn resolves(path: &Path, real: &Path) -> String {
     }
 }
 
-impl From<PathError> for ObjectError {
-    fn from(e: PathError) -> Self {
-        let reason = match e {
+impl StatusError for PathError {
+    fn reason(&self) -> Reason {
+        match self {
             PathError::NotAllowed { .. } => Reason::BytecodePathNotAllowed,
             _ => Reason::BytecodeUnavailable,
-        };
-        ObjectError::new(reason, e.to_string())
+        }
     }
 }
 
@@ -157,12 +156,6 @@ fn canonical(dirs: &[PathBuf]) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Reads `bytecode.path` in cluster mode: it must resolve inside one of `dirs`. A relative path is
-/// taken relative to the first of `dirs` where it exists.
-pub fn read_path(path: &str, dirs: &[PathBuf]) -> Result<Vec<u8>, ObjectError> {
-    Ok(BytecodeDirs::cluster(dirs).read(path)?)
-}
-
 /// Opens `folder/path`, checks what was opened (inside `allowed`, a regular file, at most
 /// [`MAX_BYTES`]) and reads it from that descriptor.
 pub fn read_file(path: &Path, folder: &Path, allowed: &[PathBuf]) -> Result<Vec<u8>, ObjectError> {
@@ -229,10 +222,16 @@ fn read_checked(path: &Path, folder: &Path, allowed: &[PathBuf]) -> Result<Vec<u
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::fs::File;
 
     use super::*;
+
+    /// Reads `bytecode.path` as cluster mode does: it must resolve inside one of `dirs`. A
+    /// relative path is taken relative to the first of `dirs` where it exists.
+    pub(crate) fn read_path(path: &str, dirs: &[PathBuf]) -> Result<Vec<u8>, ObjectError> {
+        Ok(BytecodeDirs::cluster(dirs).read(path)?)
+    }
 
     fn dirs() -> (tempfile::TempDir, Vec<PathBuf>) {
         let dir = tempfile::tempdir().expect("tempdir");
