@@ -571,14 +571,7 @@ impl SimNode {
 
     /// Kernel program id of a pinned program (via bpftool).
     pub fn program_id(&self, object: &str, program: &str) -> Option<u32> {
-        let path = self.root().join(object).join("progs").join(program);
-        let out = Command::new("bpftool")
-            .args(["-j", "prog", "show", "pinned"])
-            .arg(&path)
-            .output()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v.get("id").and_then(|i| i.as_u64()).map(|i| i as u32)
+        program_id(&self.root().join(object).join("progs").join(program)).ok()
     }
 
     /// Stops the agent, deletes the Node and unmounts the bpffs (`e2e/scripts/cluster node remove`).
@@ -597,6 +590,34 @@ impl Drop for SimNode {
             self.remove();
         }
     }
+}
+
+/// `bpftool -j ARGS PATH`, as JSON.
+pub fn bpftool(args: &[&str], path: &Path) -> Result<serde_json::Value> {
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .arg(path)
+        .output()
+        .context("running bpftool (hack/deps installs it)")?;
+    if !out.status.success() {
+        bail!(
+            "bpftool {} {}: {}",
+            args.join(" "),
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("bpftool printed no JSON")
+}
+
+/// The kernel id of the program pinned at `path`.
+pub fn program_id(path: &Path) -> Result<u32> {
+    let v = bpftool(&["prog", "show", "pinned"], path)?;
+    v.get("id")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|i| u32::try_from(i).ok())
+        .with_context(|| format!("bpftool prog show pinned {}: no id in {v}", path.display()))
 }
 
 /// Program ids a node state reports for an object.

@@ -4,21 +4,13 @@
 use std::collections::BTreeMap;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 use bpfpin_crds::selector::Selector;
+use bpfpin_e2e::bpftool;
+pub use bpfpin_e2e::program_id;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
-
-/// The kernel id of the program pinned at `path`.
-pub fn program_id(path: &Path) -> Result<u32> {
-    let v = bpftool(&["prog", "show", "pinned"], path)?;
-    v.get("id")
-        .and_then(Value::as_u64)
-        .and_then(|i| u32::try_from(i).ok())
-        .with_context(|| format!("bpftool prog show pinned {}: no id in {v}", path.display()))
-}
 
 /// `counts[0]` of the array map pinned at `path`.
 pub fn counter(path: &Path) -> Result<u64> {
@@ -47,24 +39,6 @@ pub fn counter(path: &Path) -> Result<u64> {
         }
         other => bail!("counter value {other} is neither a number nor bytes"),
     }
-}
-
-fn bpftool(args: &[&str], path: &Path) -> Result<Value> {
-    let out = Command::new("bpftool")
-        .arg("-j")
-        .args(args)
-        .arg(path)
-        .output()
-        .context("running bpftool (hack/deps installs it)")?;
-    if !out.status.success() {
-        bail!(
-            "bpftool {} {}: {}",
-            args.join(" "),
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    serde_json::from_slice(&out.stdout).context("bpftool printed no JSON")
 }
 
 /// Names of the objects that have anything under a managed root: `<root>/<object>` entries and
