@@ -156,6 +156,12 @@ fn canonical(dirs: &[PathBuf]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Reads `bytecode.path` in cluster mode: it must resolve inside one of `dirs`. A relative path is
+/// taken relative to the first of `dirs` where it exists.
+pub fn read_path(path: &str, dirs: &[PathBuf]) -> Result<Vec<u8>, ObjectError> {
+    Ok(BytecodeDirs::cluster(dirs).read(path)?)
+}
+
 /// Opens `folder/path`, checks what was opened (inside `allowed`, a regular file, at most
 /// [`MAX_BYTES`]) and reads it from that descriptor.
 pub fn read_file(path: &Path, folder: &Path, allowed: &[PathBuf]) -> Result<Vec<u8>, ObjectError> {
@@ -222,16 +228,10 @@ fn read_checked(path: &Path, folder: &Path, allowed: &[PathBuf]) -> Result<Vec<u
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::fs::File;
 
     use super::*;
-
-    /// Reads `bytecode.path` as cluster mode does: it must resolve inside one of `dirs`. A
-    /// relative path is taken relative to the first of `dirs` where it exists.
-    pub(crate) fn read_path(path: &str, dirs: &[PathBuf]) -> Result<Vec<u8>, ObjectError> {
-        Ok(BytecodeDirs::cluster(dirs).read(path)?)
-    }
 
     fn dirs() -> (tempfile::TempDir, Vec<PathBuf>) {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -63,7 +63,7 @@ mod tests {
 
     use super::*;
     use crate::bytecode::ImagePull;
-    use crate::bytecode::path::tests::read_path;
+    use crate::bytecode::path::read_path;
     use crate::error::Reason;
 
     fn spec(yaml: &str) -> BpfObjectSpec {
