@@ -1,13 +1,12 @@
 //! Why an object could not be pinned. Each failure carries the object it concerns and a CamelCase
 //! reason that ends up in `BpfNodeState` and in the `BpfObject`'s conditions.
 
-use std::fmt;
-
 /// The reasons are part of the agent↔operator contract, so they live in the API crate.
 pub use bpfpin_crds::reason::Reason;
 
 /// One object's failure: `object counter: VerifierRejected: program unchecked: ...`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
 pub struct ObjectError {
     /// The reason, for status and metrics.
     pub reason: Reason,
@@ -25,14 +24,6 @@ impl ObjectError {
     }
 }
 
-impl fmt::Display for ObjectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.reason, self.message)
-    }
-}
-
-impl std::error::Error for ObjectError {}
-
 /// An error of the kernel core that is reported in status: its `Display` is the status message,
 /// and `reason` the reason. Each module's error enum implements it next to its variants, so the
 /// mapping to `(Reason, message)` is written once per error type.
@@ -49,28 +40,23 @@ impl<E: StatusError> From<E> for ObjectError {
 
 /// An error and every cause below it, joined with `: `.
 pub fn sources(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    join(err, false)
 }
 
 /// Like [`sources`], leaving out a cause whose text the message already holds (aya's messages
 /// often repeat their cause).
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    join(err, true)
+}
+
+fn join(err: &(dyn std::error::Error + 'static), skip_repeated: bool) -> String {
     let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
+    for s in std::iter::successors(err.source(), |s| s.source()) {
         let text = s.to_string();
-        if !out.contains(&text) {
+        if !(skip_repeated && out.contains(&text)) {
             out.push_str(": ");
             out.push_str(&text);
         }
-        source = s.source();
     }
     out
 }

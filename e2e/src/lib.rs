@@ -29,11 +29,16 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn binary(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+/// Where cargo puts the debug binaries (`$CARGO_TARGET_DIR/debug`).
+pub fn target_debug() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
-    let path = target.join("debug").join(name);
+        .unwrap_or_else(|| repo().join("target"))
+        .join("debug")
+}
+
+fn binary(name: &str) -> PathBuf {
+    let path = target_debug().join(name);
     assert!(
         path.exists(),
         "{} is missing: e2e/run builds it (cargo build -p bpfpin-agent -p bpfpin-operator)",
@@ -116,11 +121,7 @@ impl Env {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting bpfpin-operator")?;
-        Ok(Proc {
-            name: "operator".into(),
-            child: Some(child),
-            log,
-        })
+        Ok(Proc::new("operator", child, log))
     }
 
     /// `N` simulated nodes `<group>-1` … `<group>-N`, each labelled `e2e-group=<group>`.
@@ -139,25 +140,9 @@ impl Env {
     pub async fn node(&self, name: &str, labels: &[(&str, &str)]) -> Result<SimNode> {
         let mut all: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         all.push("bpfpin-e2e=true".into());
-        let out = Command::new(repo().join("e2e/scripts/cluster"))
-            .args(["node", "add", name, "--labels", &all.join(",")])
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env_remove("BPFPIN_AGENT")
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "e2e/scripts/cluster node add {name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let bpffs = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .map(|l| PathBuf::from(l.trim()))
-            .context("node add printed no mount point")?;
         let mut node = SimNode {
             name: name.to_owned(),
-            bpffs,
+            bpffs: add_node(&self.kubeconfig, name, &all.join(","))?,
             agent: None,
             kubeconfig: self.kubeconfig.clone(),
             bytecode_dir: self.bytecode_dir.path().to_path_buf(),
@@ -346,6 +331,59 @@ pub fn compile_bpf(src: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `e2e/scripts/cluster node add NAME --labels LABELS`; returns the node's bpffs mount point.
+pub fn add_node(kubeconfig: &Path, name: &str, labels: &str) -> Result<PathBuf> {
+    let out = Command::new(repo().join("e2e/scripts/cluster"))
+        .args(["node", "add", name, "--labels", labels])
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("BPFPIN_AGENT")
+        .output()
+        .context("running e2e/scripts/cluster node add")?;
+    if !out.status.success() {
+        bail!(
+            "e2e/scripts/cluster node add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(|l| PathBuf::from(l.trim()))
+        .context("node add printed no mount point")
+}
+
+/// `e2e/scripts/cluster node remove NAME`: deletes the Node and unmounts its bpffs.
+pub fn remove_node(kubeconfig: &Path, name: &str) {
+    let _ = Command::new(repo().join("e2e/scripts/cluster"))
+        .args(["node", "remove", name])
+        .env("KUBECONFIG", kubeconfig)
+        .output();
+}
+
+/// The arguments of a simulated node's `bpfpin-agent cluster` (after any global flag).
+pub fn agent_args(node: &str, bpffs: &Path, bytecode_dir: &Path, cache_dir: &Path) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    [
+        "cluster",
+        "--node-name",
+        node,
+        "--bpffs",
+        &path(bpffs),
+        "--bytecode-dir",
+        &path(bytecode_dir),
+        "--cache-dir",
+        &path(cache_dir),
+        "--heartbeat-interval",
+        "2s",
+        "--metrics-addr",
+        "none",
+        "--lease-namespace",
+        LEASE_NAMESPACE,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A `BpfObject` manifest for the tests: `spec` is YAML nested under `spec:`.
 pub fn manifest(name: &str, spec: &str) -> String {
     let body: String = spec.lines().map(|l| format!("  {l}\n")).collect();
@@ -510,14 +548,12 @@ impl SimNode {
     pub fn start_agent(&mut self) -> Result<()> {
         let log = log_path(&format!("agent-{}", self.name));
         let child = Command::new(binary("bpfpin-agent"))
-            .args(["cluster", "--node-name", &self.name, "--bpffs"])
-            .arg(&self.bpffs)
-            .arg("--bytecode-dir")
-            .arg(&self.bytecode_dir)
-            .arg("--cache-dir")
-            .arg(&self.cache_dir)
-            .args(["--heartbeat-interval", "2s", "--metrics-addr", "none"])
-            .args(["--lease-namespace", LEASE_NAMESPACE])
+            .args(agent_args(
+                &self.name,
+                &self.bpffs,
+                &self.bytecode_dir,
+                &self.cache_dir,
+            ))
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -529,24 +565,13 @@ impl SimNode {
             )
             .spawn()
             .context("starting bpfpin-agent")?;
-        self.agent = Some(Proc {
-            name: format!("agent of {}", self.name),
-            child: Some(child),
-            log,
-        });
+        self.agent = Some(Proc::new(format!("agent of {}", self.name), child, log));
         Ok(())
     }
 
     /// Kernel program id of a pinned program (via bpftool).
     pub fn program_id(&self, object: &str, program: &str) -> Option<u32> {
-        let path = self.root().join(object).join("progs").join(program);
-        let out = Command::new("bpftool")
-            .args(["-j", "prog", "show", "pinned"])
-            .arg(&path)
-            .output()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v.get("id").and_then(|i| i.as_u64()).map(|i| i as u32)
+        program_id(&self.root().join(object).join("progs").join(program)).ok()
     }
 
     /// Stops the agent, deletes the Node and unmounts the bpffs (`e2e/scripts/cluster node remove`).
@@ -554,10 +579,7 @@ impl SimNode {
         if let Some(mut a) = self.agent.take() {
             a.stop();
         }
-        let _ = Command::new(repo().join("e2e/scripts/cluster"))
-            .args(["node", "remove", &self.name])
-            .env("KUBECONFIG", &self.kubeconfig)
-            .output();
+        remove_node(&self.kubeconfig, &self.name);
         self.name.clear();
     }
 }
@@ -568,6 +590,34 @@ impl Drop for SimNode {
             self.remove();
         }
     }
+}
+
+/// `bpftool -j ARGS PATH`, as JSON.
+pub fn bpftool(args: &[&str], path: &Path) -> Result<serde_json::Value> {
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .arg(path)
+        .output()
+        .context("running bpftool (hack/deps installs it)")?;
+    if !out.status.success() {
+        bail!(
+            "bpftool {} {}: {}",
+            args.join(" "),
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("bpftool printed no JSON")
+}
+
+/// The kernel id of the program pinned at `path`.
+pub fn program_id(path: &Path) -> Result<u32> {
+    let v = bpftool(&["prog", "show", "pinned"], path)?;
+    v.get("id")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|i| u32::try_from(i).ok())
+        .with_context(|| format!("bpftool prog show pinned {}: no id in {v}", path.display()))
 }
 
 /// Program ids a node state reports for an object.

@@ -41,23 +41,15 @@ impl Notice {
 pub fn status_events(old: Option<&BpfObjectStatus>, new: &BpfObjectStatus) -> Vec<Notice> {
     let old_conditions = old.map_or(&[][..], |s| s.conditions.as_slice());
     let old_status = |t| find(old_conditions, t).map(|c| c.status.as_str());
+    // Every status event is the aggregation's.
+    let notice = |type_, reason: &str, note: &str| Notice::new(type_, reason, note, "Aggregate");
     let mut out = Vec::new();
 
     if let Some(ready) = find(&new.conditions, READY) {
         match (old_status(READY), ready.status.as_str()) {
             (Some("True"), "True") | (Some("False") | None, "False") => {}
-            (_, "True") => out.push(Notice::new(
-                EventType::Normal,
-                "Ready",
-                &ready.message,
-                "Aggregate",
-            )),
-            (Some("True"), _) => out.push(Notice::new(
-                EventType::Warning,
-                "NotReady",
-                &ready.message,
-                "Aggregate",
-            )),
+            (_, "True") => out.push(notice(EventType::Normal, "Ready", &ready.message)),
+            (Some("True"), _) => out.push(notice(EventType::Warning, "NotReady", &ready.message)),
             _ => {}
         }
     }
@@ -68,20 +60,14 @@ pub fn status_events(old: Option<&BpfObjectStatus>, new: &BpfObjectStatus) -> Ve
         if degraded.status == "True" {
             // A new failure reason is news; more nodes failing the same way is in the status.
             if !was || old.is_some_and(|c| c.reason != degraded.reason) {
-                out.push(Notice::new(
+                out.push(notice(
                     EventType::Warning,
                     &degraded.reason,
                     &degraded.message,
-                    "Aggregate",
                 ));
             }
         } else if was {
-            out.push(Notice::new(
-                EventType::Normal,
-                "Recovered",
-                &degraded.message,
-                "Aggregate",
-            ));
+            out.push(notice(EventType::Normal, "Recovered", &degraded.message));
         }
     }
     out

@@ -3,8 +3,7 @@
 
 use std::time::Instant;
 
-use bpfpin_runtime::admin::Admin;
-use prometheus_client::encoding::EncodeLabelSet;
+use bpfpin_runtime::admin::{Admin, ReasonLabel as Reason};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -18,11 +17,6 @@ const BUCKETS: [f64; 12] = [
 
 /// `/readyz` while not ready: a leader is ready once its caches are synced, a standby once started.
 const NOT_READY: &str = "not ready: caches not synced yet";
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Reason {
-    reason: &'static str,
-}
 
 /// The operator's metrics and readiness.
 #[derive(Debug)]

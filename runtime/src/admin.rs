@@ -23,6 +23,13 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
 
+/// The `reason` label of both binaries' `..._reconcile_errors_total{reason}` families.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// A `Reason` (agent) or a failed step (operator).
+    pub reason: &'static str,
+}
+
 /// What the endpoints report: readiness and a metrics registry. Cheap to clone (shared).
 #[derive(Debug, Clone)]
 pub struct Admin(Arc<Inner>);

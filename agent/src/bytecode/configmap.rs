@@ -1,7 +1,7 @@
 //! `bytecode.configMap` (cluster mode): the bytes of a key of a ConfigMap the agent watches. The
 //! watch itself is cluster mode's; this is what an object is told when the key is not there.
 
-use crate::error::{ObjectError, Reason};
+use crate::error::{Reason, StatusError};
 
 /// Why a `bytecode.configMap` gave no bytecode.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -17,8 +17,8 @@ pub(crate) enum ConfigMapError {
     Unreadable { configmap: String, error: String },
 }
 
-impl From<ConfigMapError> for ObjectError {
-    fn from(e: ConfigMapError) -> Self {
-        ObjectError::new(Reason::BytecodeUnavailable, e.to_string())
+impl StatusError for ConfigMapError {
+    fn reason(&self) -> Reason {
+        Reason::BytecodeUnavailable
     }
 }

@@ -12,7 +12,7 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::{ObjectError, Reason};
+use crate::error::{ObjectError, Reason, StatusError};
 use crate::fd::{MAX_BYTES, describe_type, fd_path, open_path};
 
 /// Why a `bytecode.path` gave no bytecode.
@@ -79,13 +79,12 @@ fn resolves(path: &Path, real: &Path) -> String {
     }
 }
 
-impl From<PathError> for ObjectError {
-    fn from(e: PathError) -> Self {
-        let reason = match e {
+impl StatusError for PathError {
+    fn reason(&self) -> Reason {
+        match self {
             PathError::NotAllowed { .. } => Reason::BytecodePathNotAllowed,
             _ => Reason::BytecodeUnavailable,
-        };
-        ObjectError::new(reason, e.to_string())
+        }
     }
 }
 

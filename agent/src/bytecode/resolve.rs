@@ -13,7 +13,7 @@ use super::fetcher::Fetcher;
 use super::http::seconds;
 use super::image::{self, ImageRef, RegistryAuth};
 use super::path::BytecodeDirs;
-use crate::error::{ObjectError, Reason};
+use crate::error::{ObjectError, Reason, StatusError};
 use crate::pin::desired::DesiredObject;
 
 /// Where an object's bytecode comes from, as far as a mode can tell without blocking.
@@ -82,9 +82,9 @@ pub(crate) enum SourceError {
     },
 }
 
-impl From<SourceError> for ObjectError {
-    fn from(e: SourceError) -> Self {
-        let reason = match e {
+impl StatusError for SourceError {
+    fn reason(&self) -> Reason {
+        match self {
             SourceError::ImageDigestRequired { .. } | SourceError::DigestRequired { .. } => {
                 Reason::DigestRequired
             }
@@ -93,8 +93,7 @@ impl From<SourceError> for ObjectError {
             SourceError::NotWaitedFor | SourceError::StillDownloading { .. } => {
                 Reason::BytecodeUnavailable
             }
-        };
-        ObjectError::new(reason, e.to_string())
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use super::cache::Cache;
 use super::digest;
 use super::fetcher::Fetcher;
 use super::http::{self, Attempt, Deadline, describe, final_reason, is_final, seconds};
-use crate::error::{ObjectError, Reason};
+use crate::error::{Reason, StatusError};
 
 /// Why a `bytecode.url` gave no bytecode.
 #[derive(Debug, thiserror::Error)]
@@ -56,21 +56,14 @@ pub(crate) enum UrlError {
     TooLarge { url: String, limit: u64 },
 }
 
-impl UrlError {
-    /// The reason status reports.
-    pub(crate) fn reason(&self) -> Reason {
+impl StatusError for UrlError {
+    fn reason(&self) -> Reason {
         match self {
             UrlError::NoDigest => Reason::InvalidSpec,
             UrlError::DigestMismatch { .. } => Reason::DigestMismatch,
             UrlError::Refused { source, .. } => final_reason(source),
             _ => Reason::BytecodeUnavailable,
         }
-    }
-}
-
-impl From<UrlError> for ObjectError {
-    fn from(e: UrlError) -> Self {
-        ObjectError::new(e.reason(), e.to_string())
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bpfpin_runtime::admin::Admin;
+use bpfpin_runtime::admin::{Admin, ReasonLabel as Reason};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -69,11 +69,6 @@ impl Watched {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Kind {
     kind: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Reason {
-    reason: &'static str,
 }
 
 /// Metrics of one agent, shared by the pass loop and the admin endpoint.

@@ -248,23 +248,7 @@ fn document_entry(document: usize, value: serde_yaml::Value) -> Option<Entry> {
 /// `BpfObject` is a typo, not another kind to skip.
 fn looks_like_bpfobject(kind: &str) -> bool {
     let lower = kind.to_ascii_lowercase();
-    lower == "bpfobject" || edit_distance(&lower, "bpfobject") <= 2
-}
-
-/// Levenshtein distance of two short strings (a dozen lines: no crate needed for a typo check).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
+    lower == "bpfobject" || strsim::levenshtein(&lower, "bpfobject") <= 2
 }
 
 fn check_depth(value: &Value, depth: usize) -> Result<(), String> {
@@ -806,6 +790,6 @@ mod tests {
         assert!(looks_like_bpfobject("BpfObect"));
         assert!(!looks_like_bpfobject("BpfNodeState"));
         assert!(!looks_like_bpfobject("ConfigMap"));
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(strsim::levenshtein("kitten", "sitting"), 3);
     }
 }

@@ -31,20 +31,13 @@ pub struct LocalConfig {
 pub fn print_pass(report: &PassReport, errors: &[ManifestError]) -> bool {
     let mut ok = errors.is_empty();
     for e in errors {
-        match &e.object {
-            Some(name) => eprintln!(
-                "{name}: FAILED {}: {}: {}",
-                e.problem.as_str(),
-                e.file.display(),
-                e.message
-            ),
-            None => eprintln!(
-                "{}: FAILED {}: {}",
-                e.file.display(),
-                e.problem.as_str(),
-                e.message
-            ),
-        }
+        // Named by its object when it has one (then the file follows the reason), else its file.
+        let file = e.file.display();
+        let (who, at) = match &e.object {
+            Some(name) => (name.clone(), format!("{file}: ")),
+            None => (file.to_string(), String::new()),
+        };
+        eprintln!("{who}: FAILED {}: {at}{}", e.problem.as_str(), e.message);
     }
     for r in &report.objects {
         match (&r.error, &r.pinned) {

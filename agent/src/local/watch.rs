@@ -108,10 +108,7 @@ pub async fn watch(mut reconciler: Reconciler, config: LocalConfig) -> anyhow::R
         } else {
             Some(std::time::Instant::now() + UNWATCHED_POLL)
         };
-        let due = match (retries.next_due(), poll) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let due = retries.next_due().into_iter().chain(poll).min();
         tokio::select! {
             () = &mut stop => {
                 tracing::info!("shutting down; pins stay in place");

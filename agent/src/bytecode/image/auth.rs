@@ -99,9 +99,7 @@ impl Session<'_> {
     fn token(&self, url: &str, basic: Option<String>) -> Result<String, ImageError> {
         #[derive(Deserialize)]
         struct Token {
-            #[serde(default)]
             token: Option<String>,
-            #[serde(default)]
             access_token: Option<String>,
         }
         let service = url.split('?').next().unwrap_or(url);

@@ -35,21 +35,17 @@ impl fmt::Debug for RegistryAuth {
 
 #[derive(Deserialize)]
 struct DockerConfig {
-    #[serde(default)]
     auths: Option<BTreeMap<String, DockerAuth>>,
-    #[serde(default, rename = "credsStore")]
+    #[serde(rename = "credsStore")]
     creds_store: Option<String>,
-    #[serde(default, rename = "credHelpers")]
+    #[serde(rename = "credHelpers")]
     cred_helpers: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
 struct DockerAuth {
-    #[serde(default)]
     auth: Option<String>,
-    #[serde(default)]
     username: Option<String>,
-    #[serde(default)]
     password: Option<String>,
 }
 

@@ -1,6 +1,6 @@
 //! Why a `bytecode.image` gave no bytecode, and the reason status reports for it.
 
-use crate::error::{ObjectError, Reason};
+use crate::error::{ObjectError, Reason, StatusError};
 
 /// Why a `bytecode.image` gave no bytecode.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -27,20 +27,13 @@ pub(crate) enum ImageError {
     Signature(ObjectError),
 }
 
-impl ImageError {
-    /// The reason status reports.
-    pub(crate) fn reason(&self) -> Reason {
+impl StatusError for ImageError {
+    fn reason(&self) -> Reason {
         match self {
             ImageError::InvalidReference { .. } => Reason::InvalidSpec,
             ImageError::ObjectDigest { .. } => Reason::DigestMismatch,
             ImageError::Pull { reason, .. } => *reason,
             ImageError::Signature(e) => e.reason,
         }
-    }
-}
-
-impl From<ImageError> for ObjectError {
-    fn from(e: ImageError) -> Self {
-        ObjectError::new(e.reason(), e.to_string())
     }
 }

@@ -31,7 +31,6 @@ pub(crate) struct Descriptor {
     pub(crate) digest: String,
     #[serde(default)]
     pub(crate) size: u64,
-    #[serde(default)]
     pub(crate) platform: Option<Platform>,
     #[serde(default)]
     pub(crate) annotations: BTreeMap<String, String>,
@@ -50,15 +49,10 @@ pub(crate) struct Platform {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ManifestOrIndex {
-    #[serde(default)]
     pub(crate) media_type: Option<String>,
-    #[serde(default)]
     pub(crate) schema_version: Option<u32>,
-    #[serde(default)]
     pub(crate) config: Option<Descriptor>,
-    #[serde(default)]
     pub(crate) layers: Option<Vec<Descriptor>>,
-    #[serde(default)]
     pub(crate) manifests: Option<Vec<Descriptor>>,
 }
 
@@ -117,13 +111,12 @@ pub(crate) fn select_platform<'a>(
 
 #[derive(Deserialize)]
 struct ImageConfig {
-    #[serde(default)]
     config: Option<ImageConfigSection>,
 }
 
 #[derive(Deserialize)]
 struct ImageConfigSection {
-    #[serde(default, rename = "Labels")]
+    #[serde(rename = "Labels")]
     labels: Option<BTreeMap<String, String>>,
 }
 

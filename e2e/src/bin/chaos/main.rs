@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use bpfpin_crds::{BpfNodeState, BpfObject, ObjectPhase};
 use bpfpin_e2e::{Env, LEASE_NAMESPACE, entry, ready_is, repo, reported_ids};
+use bpfpin_e2e::{add_node, agent_args, remove_node, target_debug};
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectList, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -125,13 +126,22 @@ struct Tally {
     notes: Vec<String>,
 }
 
+impl Tally {
+    /// Counts a write `op` tried, and whether it succeeded.
+    fn op(&mut self, op: &'static str, ok: bool) {
+        let e = self.ops.entry(op).or_default();
+        e.0 += 1;
+        e.1 += u64::from(ok);
+    }
+}
+
 struct Chaos {
     args: Args,
     repo: PathBuf,
     state: PathBuf,
     client: Client,
     /// Holds the compiled objects' folder (and the download caches) for the agents.
-    _env: Env,
+    env: Env,
     bytecode: String,
     nodes: Vec<SimNode>,
     operators: Vec<Managed>,
@@ -221,10 +231,7 @@ impl Chaos {
         let journal_path = logs.join("chaos-events.log");
         let journal = std::fs::File::create(&journal_path)
             .with_context(|| format!("creating {}", journal_path.display()))?;
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo.join("target"))
-            .join("debug");
+        let target = target_debug();
         let kubeconfig = env.kubeconfig.display().to_string();
         let mut operators = Vec::new();
         for replica in ["a", "b"] {
@@ -259,10 +266,10 @@ impl Chaos {
         let mut tiers = model::Tiers::default();
         for i in 0..args.nodes {
             let name = format!("chaos-{i}");
-            procs::node_remove(&repo, &name);
+            remove_node(&env.kubeconfig, &name);
             let tier = if i % 2 == 0 { "a" } else { "b" };
-            let bpffs = procs::node_add(
-                &repo,
+            let bpffs = add_node(
+                &env.kubeconfig,
                 &name,
                 &format!("{}=true,{}={tier}", model::NODE_LABEL, model::TIER_LABEL),
             )?;
@@ -273,25 +280,15 @@ impl Chaos {
                 format!("agent {name}"),
                 procs::Spec {
                     program: target.join("bpfpin-agent"),
-                    args: vec![
-                        "--log-format".into(),
-                        "json".into(),
-                        "cluster".into(),
-                        "--node-name".into(),
-                        name.clone(),
-                        "--bpffs".into(),
-                        bpffs.display().to_string(),
-                        "--bytecode-dir".into(),
-                        env.bytecode_dir.path().display().to_string(),
-                        "--cache-dir".into(),
-                        env.cache_dir.path().join(&name).display().to_string(),
-                        "--heartbeat-interval".into(),
-                        "2s".into(),
-                        "--metrics-addr".into(),
-                        "none".into(),
-                        "--lease-namespace".into(),
-                        LEASE_NAMESPACE.into(),
-                    ],
+                    args: ["--log-format".into(), "json".into()]
+                        .into_iter()
+                        .chain(agent_args(
+                            &name,
+                            &bpffs,
+                            env.bytecode_dir.path(),
+                            &env.cache_dir.path().join(&name),
+                        ))
+                        .collect(),
                     env: vec![
                         ("KUBECONFIG".into(), kubeconfig.clone()),
                         ("RUST_LOG".into(), "info".into()),
@@ -317,7 +314,7 @@ impl Chaos {
             repo,
             state,
             client,
-            _env: env,
+            env,
             bytecode,
             nodes,
             operators,
@@ -347,20 +344,9 @@ impl Chaos {
         for n in &mut self.nodes {
             n.agent.start()?;
         }
-        let leftovers = call(self.objects().list(&self.by_label())).await?;
-        for o in &leftovers {
-            call(
-                self.objects()
-                    .delete(&o.name_any(), &DeleteParams::default()),
-            )
-            .await?;
-        }
+        self.delete_all().await?;
         let deadline = Instant::now() + self.args.converge;
-        while !call(self.objects().list(&self.by_label()))
-            .await?
-            .items
-            .is_empty()
-        {
+        while !self.list().await?.items.is_empty() {
             if Instant::now() > deadline {
                 bail!("objects of an earlier run were not deleted");
             }
@@ -369,8 +355,7 @@ impl Chaos {
         for name in self.stable.clone() {
             let counting = self.counting(&name);
             let body = model::object(&name, model::stable_spec(&self.bytecode, counting), 0, 0);
-            let o: BpfObject = serde_json::from_value(body)?;
-            call(self.objects().create(&PostParams::default(), &o)).await?;
+            self.create_object(body).await?;
         }
         for i in 0..self.slots.len() {
             let content = self.churn_rng.usize(..model::CONTENTS.len());
@@ -382,8 +367,7 @@ impl Chaos {
                 content,
                 selector,
             );
-            let o: BpfObject = serde_json::from_value(body)?;
-            call(self.objects().create(&PostParams::default(), &o)).await?;
+            self.create_object(body).await?;
             self.slots[i].known = Known::Present { content, selector };
             self.slots[i].reload_causes += 1;
         }
@@ -424,8 +408,40 @@ impl Chaos {
         self.stable.iter().take(COUNTING).any(|s| s == name)
     }
 
-    fn by_label(&self) -> ListParams {
-        ListParams::default().labels(&format!("{}=true", model::OBJECT_LABEL))
+    /// Every chaos object.
+    async fn list(&self) -> Result<ObjectList<BpfObject>> {
+        let by_label = ListParams::default().labels(&format!("{}=true", model::OBJECT_LABEL));
+        call(self.objects().list(&by_label)).await
+    }
+
+    /// Deletes every chaos object (the finalizers then hold them until the nodes unpin).
+    async fn delete_all(&self) -> Result<()> {
+        for o in self.list().await? {
+            call(
+                self.objects()
+                    .delete(&o.name_any(), &DeleteParams::default()),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn create_object(&self, body: Value) -> Result<()> {
+        let o: BpfObject = serde_json::from_value(body)?;
+        call(self.objects().create(&PostParams::default(), &o)).await?;
+        Ok(())
+    }
+
+    /// Sets the object's mood label: a write that changes no spec, so no reload.
+    async fn relabel_object(&mut self, slot: usize, mood: String) {
+        let patch = json!({"metadata": {"labels": {model::MOOD_LABEL: mood}}});
+        let name = self.slots[slot].name.clone();
+        let r = call(
+            self.objects()
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+        )
+        .await;
+        self.outcome(slot, "relabel-object", r.map(|_| ()), None);
     }
 
     fn record_stable(&mut self) -> Result<()> {
@@ -446,15 +462,9 @@ impl Chaos {
     async fn cleanup(&mut self) -> Result<Duration> {
         let started = Instant::now();
         let deadline = started + self.args.converge;
-        for o in call(self.objects().list(&self.by_label())).await? {
-            call(
-                self.objects()
-                    .delete(&o.name_any(), &DeleteParams::default()),
-            )
-            .await?;
-        }
+        self.delete_all().await?;
         loop {
-            let left = call(self.objects().list(&self.by_label())).await?;
+            let left = self.list().await?;
             let mut pinned = Vec::new();
             for n in &self.nodes {
                 for p in probe::leftovers(&n.root()) {
@@ -497,7 +507,7 @@ impl Chaos {
             op.stop();
         }
         for n in &self.nodes {
-            procs::node_remove(&self.repo, &n.name);
+            remove_node(&self.env.kubeconfig, &n.name);
         }
     }
 
@@ -527,16 +537,8 @@ impl Chaos {
                     let new = (selector + selector_roll) % model::SELECTORS;
                     self.update(slot, "update-selector", content, new).await;
                 } else if roll < 75 {
-                    let patch =
-                        json!({"metadata": {"labels": {model::MOOD_LABEL: format!("m{mood}")}}});
-                    let r = call(self.objects().patch(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    ))
-                    .await;
                     self.slots[slot].touched = true;
-                    self.outcome(slot, "relabel-object", r.map(|_| ()), None);
+                    self.relabel_object(slot, format!("m{mood}")).await;
                 } else {
                     let r = call(self.objects().delete(&name, &DeleteParams::default())).await;
                     self.slots[slot].touched = true;
@@ -594,11 +596,9 @@ impl Chaos {
 
     fn outcome(&mut self, slot: usize, op: &'static str, r: Result<()>, then: Option<Known>) {
         let name = self.slots[slot].name.clone();
-        let e = self.tally.ops.entry(op).or_default();
-        e.0 += 1;
+        self.tally.op(op, r.is_ok());
         match r {
             Ok(()) => {
-                e.1 += 1;
                 if let Some(k) = then {
                     self.slots[slot].known = k;
                 }
@@ -628,11 +628,9 @@ impl Chaos {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let patch = json!({"metadata": {"labels": {model::TIER_LABEL: tier}}});
         let r = call(nodes.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))).await;
-        let e = self.tally.ops.entry("relabel-node").or_default();
-        e.0 += 1;
+        self.tally.op("relabel-node", r.is_ok());
         match r {
             Ok(_) => {
-                e.1 += 1;
                 self.tiers.tier.insert(name.clone(), tier.into());
                 self.journal(&format!("relabel-node {name} {tier} ok"));
             }
@@ -657,25 +655,18 @@ impl Chaos {
             70..85 => "kube-apiserver",
             _ => "etcd",
         };
+        let count = self.nodes.len();
         let what = match kind {
-            "agent" => {
-                let count = self.nodes.len();
-                let n = &mut self.nodes[target % count];
-                if !n.agent.up() {
-                    None
-                } else {
-                    n.agent.kill(delay);
-                    Some(format!("SIGKILL agent {} (restart in {delay:?})", n.name))
-                }
-            }
-            "operator" => {
-                let op = &mut self.operators[target % 2];
-                if !op.up() {
-                    None
-                } else {
-                    op.kill(delay);
-                    Some(format!("SIGKILL {} (restart in {delay:?})", op.name))
-                }
+            "agent" | "operator" => {
+                let p = match kind {
+                    "agent" => &mut self.nodes[target % count].agent,
+                    _ => &mut self.operators[target % 2],
+                };
+                p.up().then(|| {
+                    p.kill(delay);
+                    // `agent chaos-1`, `operator b`.
+                    format!("SIGKILL {} (restart in {delay:?})", p.name)
+                })
             }
             _ => {
                 let c = if kind == "etcd" {
@@ -991,7 +982,7 @@ impl Chaos {
         self.check_stable(4);
         self.check_reload_bounds();
         if self.restarting.is_none()
-            && let Ok(list) = call(self.objects().list(&self.by_label())).await
+            && let Ok(list) = self.list().await
         {
             self.check_listed(&list.items);
         }
@@ -1001,7 +992,7 @@ impl Chaos {
     /// the nodes its selector picks, pinned there (with the ids the node reports) and nowhere
     /// else, nothing deleting, nothing pinned of an object the API server does not have.
     async fn problems(&mut self, probe_ids: bool) -> Result<Vec<String>> {
-        let list = call(self.objects().list(&self.by_label())).await?;
+        let list = self.list().await?;
         let nodes: Api<Node> = Api::all(self.client.clone());
         let node_list =
             call(nodes.list(&ListParams::default().labels(&format!("{}=true", model::NODE_LABEL))))
@@ -1023,15 +1014,14 @@ impl Chaos {
                 p.push(format!("{name}: still deleting"));
                 continue;
             }
-            let spec = serde_json::to_value(&o.spec)?;
-            let selector = spec.get("nodeSelector").cloned().unwrap_or(Value::Null);
+            let selector = o.spec.node_selector.as_ref();
             let expected: Vec<&SimNode> = self
                 .nodes
                 .iter()
                 .filter(|n| {
                     labels
                         .get(&n.name)
-                        .is_some_and(|l| probe::selects(&selector, l))
+                        .is_some_and(|l| probe::selects(selector, l))
                 })
                 .collect();
             let counts = o.status.as_ref().and_then(|s| s.nodes.as_ref());
@@ -1147,7 +1137,7 @@ impl Chaos {
     /// nodes spelled differently, or a label of the object, loads nothing and keeps the ids.
     async fn exact_reloads(&mut self) -> Result<()> {
         self.refresh_logs();
-        let list = call(self.objects().list(&self.by_label())).await?;
+        let list = self.list().await?;
         self.check_listed(&list.items);
         let mut content = Vec::new();
         let mut respell = Vec::new();
@@ -1193,16 +1183,7 @@ impl Chaos {
             self.update(i, "update-selector", c, 3 - sel).await;
         }
         for &i in &mood {
-            let patch = json!({"metadata": {"labels": {model::MOOD_LABEL: "final"}}});
-            let name = self.slots[i].name.clone();
-            let r = call(self.objects().patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            ))
-            .await
-            .map(|_| ());
-            self.outcome(i, "relabel-object", r, None);
+            self.relabel_object(i, "final".into()).await;
         }
         self.converge("the exact-reload writes").await?;
         self.refresh_logs();

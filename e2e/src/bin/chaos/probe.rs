@@ -4,19 +4,13 @@
 use std::collections::BTreeMap;
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
+use bpfpin_crds::selector::Selector;
+use bpfpin_e2e::bpftool;
+pub use bpfpin_e2e::program_id;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
-
-/// The kernel id of the program pinned at `path`.
-pub fn program_id(path: &Path) -> Result<u32> {
-    let v = bpftool(&["prog", "show", "pinned"], path)?;
-    v.get("id")
-        .and_then(Value::as_u64)
-        .and_then(|i| u32::try_from(i).ok())
-        .with_context(|| format!("bpftool prog show pinned {}: no id in {v}", path.display()))
-}
 
 /// `counts[0]` of the array map pinned at `path`.
 pub fn counter(path: &Path) -> Result<u64> {
@@ -45,24 +39,6 @@ pub fn counter(path: &Path) -> Result<u64> {
         }
         other => bail!("counter value {other} is neither a number nor bytes"),
     }
-}
-
-fn bpftool(args: &[&str], path: &Path) -> Result<Value> {
-    let out = Command::new("bpftool")
-        .arg("-j")
-        .args(args)
-        .arg(path)
-        .output()
-        .context("running bpftool (hack/deps installs it)")?;
-    if !out.status.success() {
-        bail!(
-            "bpftool {} {}: {}",
-            args.join(" "),
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    serde_json::from_slice(&out.stdout).context("bpftool printed no JSON")
 }
 
 /// Names of the objects that have anything under a managed root: `<root>/<object>` entries and
@@ -95,26 +71,18 @@ pub fn pinned_objects(root: &Path) -> Vec<String> {
 
 /// Everything under a managed root except empty folders: what a cleaned-up node must not have.
 pub fn leftovers(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(p),
-                _ => out.push(p),
-            }
-        }
-    }
+    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(root)
+        .into_iter()
+        .flatten()
+        .filter(|e| !e.file_type().is_dir())
+        .map(walkdir::DirEntry::into_path)
+        .collect();
     out.sort();
     out
 }
 
 /// What one agent logged, read incrementally from its JSON log.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct AgentLog {
     path: PathBuf,
     offset: u64,
@@ -132,11 +100,7 @@ impl AgentLog {
     pub fn new(path: PathBuf) -> Self {
         Self {
             path,
-            offset: 0,
-            partial: String::new(),
-            pinned: BTreeMap::new(),
-            unpinned: BTreeMap::new(),
-            adopted: BTreeMap::new(),
+            ..Self::default()
         }
     }
 
@@ -181,42 +145,10 @@ impl AgentLog {
     }
 }
 
-/// Whether a `LabelSelector` (as JSON; null selects everything) selects these labels.
-pub fn selects(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
-    if selector.is_null() {
-        return true;
-    }
-    if let Some(m) = selector.get("matchLabels").and_then(Value::as_object) {
-        for (k, v) in m {
-            if labels.get(k).map(String::as_str) != v.as_str() {
-                return false;
-            }
-        }
-    }
-    for e in selector
-        .get("matchExpressions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let key = e["key"].as_str().unwrap_or_default();
-        let values: Vec<&str> = e["values"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        let have = labels.get(key).map(String::as_str);
-        let ok = match e["operator"].as_str().unwrap_or_default() {
-            "In" => have.is_some_and(|h| values.contains(&h)),
-            "NotIn" => have.is_none_or(|h| !values.contains(&h)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
+/// Whether a node selector (`None` selects every node) selects these labels: with the selector
+/// both binaries decide by, so an invalid one selects nothing, as the operator reports it.
+pub fn selects(selector: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+    Selector::parse(selector).is_ok_and(|s| s.matches(labels))
 }
 
 #[cfg(test)]
@@ -224,6 +156,13 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// `selects` of a selector written as JSON (null: none).
+    fn selects(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
+        let selector: Option<LabelSelector> =
+            serde_json::from_value(selector.clone()).expect("a LabelSelector");
+        super::selects(selector.as_ref(), labels)
+    }
 
     #[test]
     fn selectors() {

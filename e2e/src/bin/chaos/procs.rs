@@ -204,30 +204,3 @@ pub fn cluster_up(repo: &Path) -> Result<()> {
     }
     Ok(())
 }
-
-/// `e2e/scripts/cluster node add NAME --labels ...`; returns the node's bpffs.
-pub fn node_add(repo: &Path, name: &str, labels: &str) -> Result<PathBuf> {
-    let out = Command::new(repo.join("e2e/scripts/cluster"))
-        .args(["node", "add", name, "--labels", labels])
-        .env_remove("BPFPIN_AGENT")
-        .output()
-        .context("running e2e/scripts/cluster node add")?;
-    if !out.status.success() {
-        bail!(
-            "e2e/scripts/cluster node add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .map(|l| PathBuf::from(l.trim()))
-        .context("node add printed no mount point")
-}
-
-/// `e2e/scripts/cluster node remove NAME` (the agent is the driver's and already stopped).
-pub fn node_remove(repo: &Path, name: &str) {
-    let _ = Command::new(repo.join("e2e/scripts/cluster"))
-        .args(["node", "remove", name])
-        .output();
-}
