@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod bpf_object;
+pub mod capabilities;
 pub mod heartbeat;
 pub mod node_state;
 pub mod reason;
@@ -19,9 +20,10 @@ pub mod validation;
 pub use bpf_object::{
     Attach, BpfObject, BpfObjectSpec, BpfObjectStatus, Bytecode, CgroupSkbAttach,
     ConfigMapBytecode, Direction, FunctionAttach, KprobeAttach, LinkOrder, MapSpec, NodeCounts,
-    NodeFailure, ProgramSpec, SecretReference, TailCall, TcAttach, TracepointAttach, UprobeAttach,
-    XdpAttach, XdpMode,
+    NodeFailure, ProgramSpec, SecretReference, TailCall, TcAttach, TracepointAttach,
+    UnsupportedNode, UprobeAttach, XdpAttach, XdpMode,
 };
+pub use capabilities::{AttachType, NodeCapabilities, ProgramType, Requirements};
 pub use node_state::{
     BpfNodeState, BpfNodeStateSpec, BpfNodeStateStatus, NodeObjectState, ObjectPhase, PinnedProgram,
 };
