@@ -16,7 +16,11 @@ fn bpftool() -> (BTreeMap<String, bool>, BTreeMap<String, String>) {
         .args(["feature", "probe", "kernel"])
         .output()
         .expect("bpftool runs (hack/deps installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let mut types = BTreeMap::new();
     let mut config = BTreeMap::new();
@@ -52,7 +56,10 @@ fn the_probe_reports_what_this_kernel_loads_and_refuses() {
     for t in ProgramType::ALL {
         let ours = caps.program_types.contains(&t);
         let Some(&theirs) = bpftool_types.get(t.as_str()) else {
-            println!("{:<24} bpfpin {ours:<5} (bpftool does not probe it)", t.as_str());
+            println!(
+                "{:<24} bpfpin {ours:<5} (bpftool does not probe it)",
+                t.as_str()
+            );
             continue;
         };
         println!("{:<24} bpfpin {ours:<5} bpftool {theirs}", t.as_str());
@@ -60,7 +67,11 @@ fn the_probe_reports_what_this_kernel_loads_and_refuses() {
         if matches!(t, ProgramType::Tracing | ProgramType::Lsm) {
             // aya also attaches a trampoline for these, which bpftool does not try: bpfpin may
             // refuse what bpftool loads, never the other way round.
-            assert!(!ours || theirs, "{}: bpfpin says it loads, bpftool refuses it", t.as_str());
+            assert!(
+                !ours || theirs,
+                "{}: bpfpin says it loads, bpftool refuses it",
+                t.as_str()
+            );
         } else {
             assert_eq!(ours, theirs, "program type {}", t.as_str());
         }
@@ -72,13 +83,24 @@ fn the_probe_reports_what_this_kernel_loads_and_refuses() {
     let attach = |t| caps.attach_types.contains(&t);
     println!(
         "attach types {:?}",
-        caps.attach_types.iter().map(|t| t.as_str()).collect::<Vec<_>>()
+        caps.attach_types
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
     );
     if let Some(kprobes) = set("CONFIG_KPROBE_EVENTS") {
-        assert_eq!(attach(AttachType::Kprobe), kprobes, "kprobe vs CONFIG_KPROBE_EVENTS");
+        assert_eq!(
+            attach(AttachType::Kprobe),
+            kprobes,
+            "kprobe vs CONFIG_KPROBE_EVENTS"
+        );
     }
     if let Some(uprobes) = set("CONFIG_UPROBE_EVENTS") {
-        assert_eq!(attach(AttachType::Uprobe), uprobes, "uprobe vs CONFIG_UPROBE_EVENTS");
+        assert_eq!(
+            attach(AttachType::Uprobe),
+            uprobes,
+            "uprobe vs CONFIG_UPROBE_EVENTS"
+        );
     }
     let tracing = caps.program_types.contains(&ProgramType::Tracing);
     assert_eq!(attach(AttachType::Fentry), tracing);
