@@ -331,6 +331,28 @@ async fn requires_keeps_objects_off_nodes_that_cannot_run_them_and_nodes_report_
         let want = format!("node {node} now runs bytecode sha256:{sha2}, was sha256:{sha}");
         assert!(notes.iter().any(|n| n == &want), "{want} in {notes:#?}");
     }
+
+    // Tightening spec.requires again unpins it from the node that now falls short.
+    env.apply(&manifest(
+        "cap-new",
+        &spec(&variant.display().to_string(), "{kernel: {min: '6.1'}}"),
+    ));
+    env.wait_object("cap-new", "unsupported on cap-2 again", |o| {
+        o.status
+            .as_ref()
+            .and_then(|s| s.nodes.as_ref())
+            .is_some_and(|n| n.ready == 1 && n.unsupported == 1)
+    })
+    .await?;
+    env.wait_node_state("cap-2", "cap-new Unsupported again", |s| {
+        entry(s, "cap-new").is_some_and(|e| e.phase == ObjectPhase::Unsupported)
+    })
+    .await?;
+    assert!(
+        !old.has_object("cap-new"),
+        "unpinned where the kernel falls short"
+    );
+    assert!(real.has_program("cap-new", "count_getpid"));
     env.delete("cap-new").await?;
     Ok(())
 }
