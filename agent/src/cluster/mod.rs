@@ -112,6 +112,9 @@ pub async fn run(reconciler: Reconciler, config: ClusterConfig) -> anyhow::Resul
             .await
             .context("connecting to the API server (KUBECONFIG, ~/.kube/config or in-cluster)")?;
         let metrics = Arc::new(Metrics::default());
+        // The capability probe loads a program of each type and parses the kernel's BTF (0.5-5 s
+        // in a debug build): on the blocking pool, so Agent::new finds it done.
+        let _ = tokio::task::spawn_blocking(capabilities::probed).await;
         run_with(client, reconciler, config, metrics, stop.requested()).await
     }
     .instrument(span)
