@@ -75,6 +75,11 @@ enum Mode {
         /// Where /healthz, /readyz and /metrics listen (port 0: any free port; `none`: off).
         #[arg(long, default_value = "0.0.0.0:8081", value_parser = flags::parse_metrics_addr)]
         metrics_addr: MetricsAddr,
+        /// TEST ONLY, never on a real node: report this kernel release (e.g. 5.10.0) in the
+        /// node's capabilities instead of the real one, so that e2e can run agents with different
+        /// kernels on one host. The program and attach type probes stay real.
+        #[arg(long, value_name = "RELEASE")]
+        test_only_kernel_release: Option<String>,
         #[command(flatten)]
         downloads: Downloads,
     },
@@ -167,8 +172,12 @@ fn main() -> ExitCode {
             heartbeat_interval,
             lease_namespace,
             metrics_addr,
+            test_only_kernel_release,
             downloads,
         } => {
+            if let Some(release) = test_only_kernel_release {
+                cluster::capabilities::set_test_only_kernel_release(release);
+            }
             let fetcher = match downloads.fetcher() {
                 Ok(f) => f,
                 Err(code) => return code,

@@ -35,6 +35,8 @@ pub const MAX_STATUS_FAILURES: usize = 10;
     printcolumn(name = "Nodes", type_ = "string", description = "ready/selected nodes", json_path = ".status.nodesReady"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Unsupported", type_ = "integer", description = "selected nodes whose kernel does not meet spec.requires", json_path = ".status.nodes.unsupported", priority = 1),
+    printcolumn(name = "Digest", type_ = "string", description = "sha256 of the bytecode the ready nodes run, or how many distinct ones", json_path = ".status.digest", priority = 1),
     validation = Rule::new("!self.metadata.name.contains('.')").message("BpfObject names become bpffs directory names and bpffs refuses names containing '.'; use '-' instead"),
     validation = Rule::new("self.metadata.name != 'shared'").message("the name 'shared' is reserved: /sys/fs/bpf/bpfpin/shared holds maps shared between objects"),
     validation = Rule::new("size(self.metadata.name) <= 63").message("BpfObject names are at most 63 characters")
@@ -82,6 +84,14 @@ pub struct BpfObjectSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub tail_calls: Vec<TailCall>,
+
+    /// What a node's kernel must offer to run this object (kernel version range, BTF, program
+    /// and attach types). A selected node that falls short counts as not selected: nothing is
+    /// pinned there and it is listed in `status.unsupported` with the requirement it fails.
+    /// Each agent publishes what its kernel offers in its `BpfNodeState`
+    /// (`status.capabilities`); see docs/capabilities.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires: Option<crate::capabilities::Requirements>,
 }
 
 /// One entry of a program array.
@@ -542,6 +552,30 @@ pub struct BpfObjectStatus {
     /// The first failures (at most 10), by node name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<NodeFailure>,
+
+    /// Nodes the node selector selects but whose kernel does not meet `spec.requires` (at most
+    /// 10, by node name; the count is `nodes.unsupported`). They are not counted as selected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsupported: Vec<UnsupportedNode>,
+    /// The `sha256:<hex>` of the bytecode the ready nodes run, when they all run the same;
+    /// otherwise `<n> distinct digests` (each node's is in its `BpfNodeState`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The image manifest digest (`sha256:<hex>`) the ready nodes pulled their bytecode from,
+    /// when it came from `bytecode.image` and they all agree; otherwise `<n> distinct digests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+}
+
+/// A selected node that cannot run the object.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UnsupportedNode {
+    /// The node.
+    pub node: String,
+    /// The requirement of `spec.requires` it fails, e.g. `kernel 5.10.0 is older than
+    /// spec.requires.kernel.min 5.15`.
+    pub requirement: String,
 }
 
 /// How many nodes are selected, ready and failed.
@@ -554,6 +588,10 @@ pub struct NodeCounts {
     pub ready: i32,
     /// Selected nodes that report a failure for this generation.
     pub failed: i32,
+    /// Nodes the node selector matches whose kernel does not meet `spec.requires` (not
+    /// counted in `selected`).
+    #[serde(default)]
+    pub unsupported: i32,
 }
 
 /// A failure on one node.
@@ -646,6 +684,9 @@ impl BpfObjectSpec {
                     reason: "must be one of spec.programs".into(),
                 });
             }
+        }
+        if let Some(requires) = &self.requires {
+            requires.validate()?;
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, prog) in self.programs.iter().enumerate() {

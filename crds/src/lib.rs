@@ -11,6 +11,7 @@
 
 pub mod attach_kinds;
 pub mod bpf_object;
+pub mod capabilities;
 pub mod heartbeat;
 pub mod node_state;
 pub mod reason;
@@ -22,8 +23,9 @@ pub use bpf_object::{
     ConfigMapBytecode, Direction, FunctionAttach, IterAttach, KprobeAttach, LinkOrder, MapSpec,
     NodeCounts, NodeFailure, PerfEventAttach, PerfEventName, ProgramSpec, RawTracepointAttach,
     SecretReference, SkLookupAttach, SockMapAttach, TailCall, TcAttach, TracepointAttach,
-    UprobeAttach, XdpAttach, XdpMode,
+    UnsupportedNode, UprobeAttach, XdpAttach, XdpMode,
 };
+pub use capabilities::{AttachType, NodeCapabilities, ProgramType, Requirements};
 pub use node_state::{
     BpfNodeState, BpfNodeStateSpec, BpfNodeStateStatus, NodeObjectState, ObjectPhase, PinnedProgram,
 };

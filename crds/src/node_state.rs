@@ -24,6 +24,18 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Pinned", type_ = "integer", json_path = ".status.pinned"),
     printcolumn(name = "Failed", type_ = "integer", json_path = ".status.failed"),
     printcolumn(
+        name = "Kernel",
+        type_ = "string",
+        json_path = ".status.capabilities.kernel",
+        priority = 1
+    ),
+    printcolumn(
+        name = "BTF",
+        type_ = "boolean",
+        json_path = ".status.capabilities.btf",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -54,6 +66,11 @@ pub struct BpfNodeStateStatus {
     /// One entry per `BpfObject` selected for this node, and per object still pinned here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objects: Vec<NodeObjectState>,
+
+    /// What this node's kernel can run, probed once when the agent started; objects whose
+    /// `spec.requires` it does not meet are listed with phase `Unsupported` and not pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<crate::capabilities::NodeCapabilities>,
 }
 
 /// The state of one `BpfObject` on one node.
@@ -67,7 +84,8 @@ pub struct NodeObjectState {
     pub uid: Option<String>,
     /// The `metadata.generation` this entry describes.
     pub generation: i64,
-    /// `Pinned`, `Failed`, or `Pending` (not reconciled yet, e.g. waiting for its bytecode).
+    /// `Pinned`, `Failed`, `Pending` (not reconciled yet, e.g. waiting for its bytecode), or
+    /// `Unsupported` (the kernel does not meet `spec.requires`).
     pub phase: ObjectPhase,
     /// A CamelCase reason when `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,6 +105,19 @@ pub struct NodeObjectState {
     /// Pinned link paths (one per attachment).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<String>,
+
+    /// Provenance: the lowercase hex SHA-256 of the ELF bytecode this node runs for the object
+    /// (for a failed update, the previous version's, which stays pinned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytecode_sha256: Option<String>,
+    /// Provenance: the manifest digest (`sha256:<hex>`) of the `bytecode.image` the bytecode was
+    /// pulled from, as resolved on this node (a tag resolves to the digest of its last pull).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    /// Provenance: who signed the image, as this node verified it: the fingerprint of the
+    /// public key (`sha256:<hex>` of its DER form). Absent when no signature was verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_by: Option<String>,
 }
 
 /// A pinned program.
@@ -109,4 +140,7 @@ pub enum ObjectPhase {
     Pinned,
     /// Could not be pinned at `generation`; see `reason` and `message`.
     Failed,
+    /// Not pinned: this node's kernel does not meet the object's `spec.requires`; `message`
+    /// names the requirement. The node counts as not selected, not as failed.
+    Unsupported,
 }

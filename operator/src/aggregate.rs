@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bpfpin_crds::bpf_object::MAX_STATUS_FAILURES;
-use bpfpin_crds::{BpfNodeState, BpfObjectStatus, NodeCounts, NodeFailure, ObjectPhase};
+use bpfpin_crds::{
+    BpfNodeState, BpfObjectStatus, NodeCounts, NodeFailure, ObjectPhase, Requirements,
+    UnsupportedNode,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
 
@@ -38,6 +41,8 @@ pub struct Input<'a> {
     pub now: Timestamp,
     /// A node whose agent's heartbeat is older than this is not reporting.
     pub stale_after: Duration,
+    /// `spec.requires`: nodes whose published capabilities fall short are not selected.
+    pub requires: Option<&'a Requirements>,
 }
 
 /// A Node as far as selection is concerned.
@@ -90,6 +95,11 @@ pub struct Aggregate {
     pub failed: Vec<NodeFailure>,
     /// Nodes still pending, by name.
     pub pending: Vec<PendingNode>,
+    /// Nodes the selector matches that cannot run the object (`spec.requires`), by name; not
+    /// counted in `selected`.
+    pub unsupported: Vec<UnsupportedNode>,
+    /// The `bytecodeSha256` and `imageDigest` each ready node reports (when it does).
+    pub digests: Vec<(Option<String>, Option<String>)>,
 }
 
 /// Aggregates the reports of the selected `nodes`; `state_of` returns a node's `BpfNodeState`,
@@ -109,6 +119,8 @@ pub fn aggregate<'a>(
         ready: Vec::new(),
         failed: Vec::new(),
         pending: Vec::new(),
+        unsupported: Vec::new(),
+        digests: Vec::new(),
     };
     let selector = match Selector::parse(input.selector) {
         Ok(s) => s,
@@ -124,8 +136,6 @@ pub fn aggregate<'a>(
         .collect();
     selected.sort_unstable();
     selected.dedup();
-    out.selected = selected.len();
-
     for node in selected {
         let pending = |why| PendingNode {
             node: node.to_owned(),
@@ -133,8 +143,17 @@ pub fn aggregate<'a>(
         };
         let Some(state) = state_of(node) else {
             out.pending.push(pending(Waiting::NoNodeState));
+            out.selected += 1;
             continue;
         };
+        if let Some(requirement) = unsupported(input, &state) {
+            out.unsupported.push(UnsupportedNode {
+                node: node.to_owned(),
+                requirement,
+            });
+            continue;
+        }
+        out.selected += 1;
         match node_report::liveness(heartbeat_of(node), input.now, input.stale_after) {
             Liveness::Live { .. } => {}
             Liveness::Stale { .. } => {
@@ -156,7 +175,20 @@ pub fn aggregate<'a>(
             continue;
         }
         match entry.phase {
-            ObjectPhase::Pinned => out.ready.push(node.to_owned()),
+            ObjectPhase::Pinned => {
+                out.ready.push(node.to_owned());
+                out.digests
+                    .push((entry.bytecode_sha256.clone(), entry.image_digest.clone()));
+            }
+            // The agent judged it unsupported, but its capabilities are not published (or
+            // judge otherwise): not counted as selected either way.
+            ObjectPhase::Unsupported => {
+                out.selected -= 1;
+                out.unsupported.push(UnsupportedNode {
+                    node: node.to_owned(),
+                    requirement: entry.message.clone().unwrap_or_default(),
+                });
+            }
             ObjectPhase::Failed => out.failed.push(NodeFailure {
                 node: node.to_owned(),
                 reason: entry
@@ -179,6 +211,23 @@ pub fn aggregate<'a>(
         }
     }
     out
+}
+
+/// The requirement of `spec.requires` that `state`'s published capabilities fail, if any.
+fn unsupported(input: &Input<'_>, state: &BpfNodeState) -> Option<String> {
+    let caps = state.status.as_ref()?.capabilities.as_ref()?;
+    input.requires?.unmet(caps)
+}
+
+/// One digest when every value agrees, `<n> distinct digests` otherwise, `None` when no node
+/// reports one.
+fn agreed<'a>(values: impl Iterator<Item = Option<&'a String>>, prefix: &str) -> Option<String> {
+    let distinct: std::collections::BTreeSet<&String> = values.flatten().collect();
+    match distinct.len() {
+        0 => None,
+        1 => distinct.first().map(|d| format!("{prefix}{d}")),
+        n => Some(format!("{n} distinct digests")),
+    }
 }
 
 impl Waiting {
@@ -249,6 +298,25 @@ impl Aggregate {
         format!(" ({out})")
     }
 
+    fn unsupported_names(&self) -> Vec<&str> {
+        self.unsupported.iter().map(|u| u.node.as_str()).collect()
+    }
+
+    /// `n1: kernel 5.10.0 is older than …; 2 more nodes`: the first unsupported node's reason.
+    fn unsupported_details(&self) -> String {
+        let Some(first) = self.unsupported.first() else {
+            return String::new();
+        };
+        let mut out = format!("{}: {}", first.node, first.requirement);
+        if self.unsupported.len() > 1 {
+            out.push_str(&format!(
+                "; {} more unsupported nodes",
+                self.unsupported.len() - 1
+            ));
+        }
+        out
+    }
+
     fn failure_text(f: &NodeFailure) -> String {
         format!("{}: {}: {}", f.node, f.reason, f.message)
     }
@@ -262,6 +330,17 @@ impl Aggregate {
                 Desired::new(READY, false, "InvalidNodeSelector", msg.clone()),
                 Desired::new(PROGRESSING, false, "InvalidNodeSelector", msg.clone()),
                 Desired::new(DEGRADED, true, "InvalidNodeSelector", msg),
+            ];
+        }
+        if self.selected == 0 && !self.unsupported.is_empty() {
+            let msg = format!(
+                "no selected node can run it (spec.requires): {}",
+                self.unsupported_details()
+            );
+            return vec![
+                Desired::new(READY, true, "NoSupportedNodes", msg.clone()),
+                Desired::new(PROGRESSING, false, "NoSupportedNodes", msg.clone()),
+                Desired::new(DEGRADED, false, "NoFailures", msg),
             ];
         }
         if self.selected == 0 {
@@ -303,8 +382,20 @@ impl Aggregate {
                     self.pending_details()
                 ),
             )
-        } else {
+        } else if self.unsupported.is_empty() {
             Desired::new(READY, true, "Pinned", self.summary())
+        } else {
+            Desired::new(
+                READY,
+                true,
+                "Pinned",
+                format!(
+                    "{}; not run on {} (spec.requires: {})",
+                    self.summary(),
+                    messages::names(&self.unsupported_names()),
+                    self.unsupported_details()
+                ),
+            )
         };
 
         let progressing = if self.pending.is_empty() {
@@ -379,6 +470,7 @@ impl Aggregate {
                 selected: count(self.selected),
                 ready: count(self.ready.len()),
                 failed: count(self.failed.len()),
+                unsupported: count(self.unsupported.len()),
             }),
             nodes_ready: Some(format!("{}/{}", self.ready.len(), self.selected)),
             failures: self
@@ -387,6 +479,14 @@ impl Aggregate {
                 .take(MAX_STATUS_FAILURES)
                 .cloned()
                 .collect(),
+            unsupported: self
+                .unsupported
+                .iter()
+                .take(MAX_STATUS_FAILURES)
+                .cloned()
+                .collect(),
+            digest: agreed(self.digests.iter().map(|d| d.0.as_ref()), "sha256:"),
+            image_digest: agreed(self.digests.iter().map(|d| d.1.as_ref()), ""),
         }
     }
 }
@@ -405,6 +505,7 @@ mod tests {
     struct World {
         nodes: Vec<(String, BTreeMap<String, String>)>,
         states: BTreeMap<String, Arc<BpfNodeState>>,
+        requires: Option<Requirements>,
     }
 
     impl World {
@@ -423,6 +524,7 @@ mod tests {
                     })
                     .collect(),
                 states: BTreeMap::new(),
+                requires: None,
             }
         }
 
@@ -445,6 +547,7 @@ mod tests {
                 selector,
                 now: t0(),
                 stale_after: STALE,
+                requires: self.requires.as_ref(),
             };
             aggregate(
                 &input,
@@ -466,6 +569,143 @@ mod tests {
         (c.status.clone(), c.reason.clone(), c.message.clone())
     }
 
+    /// A live state of `node` whose agent published kernel `kernel`.
+    fn probed(
+        node: &str,
+        kernel: &str,
+        objects: Vec<bpfpin_crds::NodeObjectState>,
+    ) -> BpfNodeState {
+        let mut s = live(node, objects);
+        if let Some(status) = &mut s.status {
+            status.capabilities = Some(bpfpin_crds::NodeCapabilities {
+                kernel: kernel.into(),
+                btf: true,
+                ..Default::default()
+            });
+        }
+        s
+    }
+
+    fn pinned_with(sha: &str, image: Option<&str>) -> bpfpin_crds::NodeObjectState {
+        bpfpin_crds::NodeObjectState {
+            bytecode_sha256: Some(sha.into()),
+            image_digest: image.map(Into::into),
+            ..entry("counter", 2, Pinned)
+        }
+    }
+
+    #[test]
+    fn nodes_whose_kernel_fails_spec_requires_are_unsupported_not_selected() {
+        let mut w = World::plain(&["n1", "n2", "n3", "n4"])
+            .report(probed("n1", "6.18.44", vec![pinned_with("aa", None)]))
+            // Its agent still lists an old entry; the published kernel decides.
+            .report(probed("n2", "5.10.0", vec![entry("counter", 1, Failed)]))
+            // Capabilities not published (an older agent): the agent's own verdict counts.
+            .report(live(
+                "n3",
+                vec![bpfpin_crds::NodeObjectState {
+                    reason: Some("Unsupported".into()),
+                    message: Some(
+                        "kernel 5.4.0 is older than spec.requires.kernel.min 5.15".into(),
+                    ),
+                    ..entry("counter", 2, bpfpin_crds::ObjectPhase::Unsupported)
+                }],
+            ))
+            .report(probed("n4", "6.1.0", vec![entry("counter", 2, Pending)]));
+        w.requires = Some(
+            serde_json::from_value(serde_json::json!({"kernel": {"min": "5.15"}}))
+                .expect("requires"),
+        );
+        let a = w.run(None, 2);
+        assert_eq!(a.selected, 2);
+        assert_eq!(a.ready, ["n1"]);
+        assert!(a.failed.is_empty(), "an unsupported node is not a failure");
+        let s = a.status(None, t0());
+        assert_eq!(
+            s.nodes,
+            Some(NodeCounts {
+                selected: 2,
+                ready: 1,
+                failed: 0,
+                unsupported: 2
+            })
+        );
+        assert_eq!(
+            s.unsupported,
+            [
+                UnsupportedNode {
+                    node: "n2".into(),
+                    requirement: "kernel 5.10.0 is older than spec.requires.kernel.min 5.15".into()
+                },
+                UnsupportedNode {
+                    node: "n3".into(),
+                    requirement: "kernel 5.4.0 is older than spec.requires.kernel.min 5.15".into()
+                },
+            ]
+        );
+        assert_eq!(cond(&s, DEGRADED).0, "False");
+        assert_eq!(s.nodes_ready.as_deref(), Some("1/2"));
+
+        // n4 pins too: Ready, and the message says where it does not run and why.
+        let w = w.report(probed("n4", "6.1.0", vec![pinned_with("aa", None)]));
+        let s = w.run(None, 2).status(None, t0());
+        assert_eq!(
+            cond(&s, READY),
+            (
+                "True".into(),
+                "Pinned".into(),
+                "2/2 nodes pinned generation 2; not run on n2, n3 (spec.requires: n2: kernel 5.10.0 is older than spec.requires.kernel.min 5.15; 1 more unsupported nodes)".into()
+            )
+        );
+        assert_eq!(s.digest.as_deref(), Some("sha256:aa"));
+
+        // Without spec.requires the same nodes are all selected.
+        let mut w = w;
+        w.requires = None;
+        let a = w.run(None, 2);
+        assert_eq!(
+            a.selected, 3,
+            "n3's own Unsupported entry still keeps it out"
+        );
+    }
+
+    #[test]
+    fn no_node_that_can_run_it_is_ready_with_its_reason() {
+        let mut w = World::plain(&["n1"]).report(probed("n1", "5.10.0", vec![]));
+        w.requires = Some(
+            serde_json::from_value(serde_json::json!({"kernel": {"min": "6.1"}}))
+                .expect("requires"),
+        );
+        let s = w.run(None, 1).status(None, t0());
+        assert_eq!(
+            cond(&s, READY),
+            (
+                "True".into(),
+                "NoSupportedNodes".into(),
+                "no selected node can run it (spec.requires): n1: kernel 5.10.0 is older than spec.requires.kernel.min 6.1".into()
+            )
+        );
+        assert_eq!(cond(&s, DEGRADED).0, "False");
+    }
+
+    #[test]
+    fn one_digest_when_ready_nodes_agree_else_a_count() {
+        let w = World::plain(&["n1", "n2", "n3"])
+            .report(live("n1", vec![pinned_with("aa", Some("sha256:11"))]))
+            .report(live("n2", vec![pinned_with("aa", Some("sha256:11"))]))
+            .report(live("n3", vec![entry("counter", 2, Failed)]));
+        let s = w.run(None, 2).status(None, t0());
+        assert_eq!(s.digest.as_deref(), Some("sha256:aa"));
+        assert_eq!(s.image_digest.as_deref(), Some("sha256:11"));
+        let w = w.report(live("n3", vec![pinned_with("bb", Some("sha256:22"))]));
+        let s = w.run(None, 2).status(None, t0());
+        assert_eq!(s.digest.as_deref(), Some("2 distinct digests"));
+        assert_eq!(s.image_digest.as_deref(), Some("2 distinct digests"));
+        // Nodes that report no digest (an older agent) leave it out.
+        let w = World::plain(&["n1"]).report(live("n1", vec![entry("counter", 2, Pinned)]));
+        assert_eq!(w.run(None, 2).status(None, t0()).digest, None);
+    }
+
     #[test]
     fn all_pinned_is_ready() {
         let w = World::plain(&["n1", "n2", "n3"])
@@ -484,7 +724,8 @@ mod tests {
             Some(NodeCounts {
                 selected: 3,
                 ready: 3,
-                failed: 0
+                failed: 0,
+                unsupported: 0
             })
         );
         assert_eq!(s.nodes_ready.as_deref(), Some("3/3"));
@@ -616,7 +857,8 @@ mod tests {
             Some(NodeCounts {
                 selected: 4,
                 ready: 1,
-                failed: 2
+                failed: 2,
+                unsupported: 0
             })
         );
         assert_eq!(
@@ -704,7 +946,8 @@ mod tests {
             Some(NodeCounts {
                 selected: 2,
                 ready: 1,
-                failed: 0
+                failed: 0,
+                unsupported: 0
             })
         );
         assert_eq!(
@@ -726,7 +969,8 @@ mod tests {
             Some(NodeCounts {
                 selected: 0,
                 ready: 0,
-                failed: 0
+                failed: 0,
+                unsupported: 0
             })
         );
         assert_eq!(s.nodes_ready.as_deref(), Some("0/0"));
@@ -788,7 +1032,8 @@ mod tests {
             Some(NodeCounts {
                 selected: 25,
                 ready: 0,
-                failed: 25
+                failed: 25,
+                unsupported: 0
             })
         );
         assert_eq!(s.failures.len(), MAX_STATUS_FAILURES);

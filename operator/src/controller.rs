@@ -152,6 +152,7 @@ async fn apply(obj: &BpfObject, ctx: &Context) -> Result<Action, Error> {
         selector: obj.spec.node_selector.as_ref(),
         now,
         stale_after: ctx.config.stale_after,
+        requires: obj.spec.requires.as_ref(),
     };
     let aggregate = aggregate::aggregate(
         &input,
@@ -417,9 +418,11 @@ mod progress_tests {
                 selected: 3,
                 ready,
                 failed: 0,
+                ..Default::default()
             }),
             nodes_ready: Some(format!("{ready}/3")),
             failures: vec![],
+            ..Default::default()
         }
     }
 

@@ -58,6 +58,9 @@ struct EntryKey {
     phase: ObjectPhase,
     reason: Option<String>,
     message: Option<String>,
+    /// `status.digest` is aggregated from it.
+    bytecode_sha256: Option<String>,
+    image_digest: Option<String>,
 }
 
 impl From<&NodeObjectState> for EntryKey {
@@ -68,6 +71,8 @@ impl From<&NodeObjectState> for EntryKey {
             phase: e.phase,
             reason: e.reason.clone(),
             message: e.message.clone(),
+            bytecode_sha256: e.bytecode_sha256.clone(),
+            image_digest: e.image_digest.clone(),
         }
     }
 }

@@ -315,6 +315,7 @@ mod tests {
             }],
             maps: vec!["/sys/fs/bpf/bpfpin/a/maps/m".into()],
             links: vec!["/sys/fs/bpf/bpfpin/a/links/p/xdp-eth0".into()],
+            ..Default::default()
         };
         let mut s = BpfNodeState::new(
             "n1",
@@ -329,6 +330,7 @@ mod tests {
             pinned: 0,
             failed: 1,
             objects: vec![entry.clone()],
+            ..Default::default()
         });
         project(&mut s);
         let kept = &s.status.as_ref().expect("status").objects[0];

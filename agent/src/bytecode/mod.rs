@@ -6,7 +6,7 @@
 //!
 //! Nothing of the kernel core imports from here: the core gets bytes.
 
-mod cache;
+pub(crate) mod cache;
 pub(crate) mod configmap;
 mod digest;
 mod downloads;

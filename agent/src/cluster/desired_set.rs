@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use bpfpin_crds::BpfObjectSpec;
 use bpfpin_crds::selector;
+use bpfpin_crds::{BpfObjectSpec, NodeCapabilities, NodeObjectState, ObjectPhase};
 
 use super::bytecode::{self, Source};
 use super::configmaps::{ConfigMapCache, ConfigMapRef};
@@ -50,6 +50,39 @@ pub fn select<'a>(
             }
         })
         .collect()
+}
+
+/// Splits the selected objects into those this node's kernel can run and the entries of those it
+/// cannot (`spec.requires` unmet: phase `Unsupported`, the requirement as message). Without
+/// capabilities (the fleet bench's stand-in core) nothing is gated.
+pub fn gate<'a>(
+    selected: Vec<(&'a String, &'a ObjectEntry)>,
+    capabilities: Option<&NodeCapabilities>,
+) -> (Vec<(&'a String, &'a ObjectEntry)>, Vec<NodeObjectState>) {
+    let Some(caps) = capabilities else {
+        return (selected, Vec::new());
+    };
+    let mut unsupported = Vec::new();
+    let runnable = selected
+        .into_iter()
+        .filter(|(name, obj)| {
+            let Some(why) = obj.spec.requires.as_ref().and_then(|r| r.unmet(caps)) else {
+                return true;
+            };
+            tracing::debug!(object = %name, %why, "spec.requires not met: not pinned here");
+            unsupported.push(NodeObjectState {
+                name: (*name).clone(),
+                uid: obj.uid.clone(),
+                generation: obj.generation,
+                phase: ObjectPhase::Unsupported,
+                reason: Some(crate::error::Reason::Unsupported.as_str().to_owned()),
+                message: Some(why),
+                ..Default::default()
+            });
+            false
+        })
+        .collect();
+    (runnable, unsupported)
 }
 
 /// The ConfigMaps the selected objects take their bytecode from.
@@ -211,6 +244,52 @@ mod tests {
             }]
         );
         assert!(configmaps_of(&select(&objects, &BTreeMap::new())).is_empty());
+    }
+
+    #[test]
+    fn objects_whose_requirements_the_kernel_fails_are_unsupported_not_selected() {
+        let mut objects = objects();
+        objects.insert(
+            "old-kernels".into(),
+            entry(
+                "bytecode: {path: o.o}\nprograms: [{name: p}]\nrequires: {kernel: {max: '5.15'}}",
+                false,
+            ),
+        );
+        objects.insert(
+            "needs-fentry".into(),
+            entry(
+                "bytecode: {path: f.o}\nprograms: [{name: p}]\nrequires: {btf: true, attachTypes: [fentry]}",
+                false,
+            ),
+        );
+        let caps = NodeCapabilities {
+            kernel: "6.18.44".into(),
+            btf: true,
+            program_types: vec![],
+            attach_types: vec![bpfpin_crds::AttachType::Fentry],
+        };
+        let selected = select(&objects, &BTreeMap::new());
+        assert_eq!(selected.len(), 4);
+        let (runnable, unsupported) = gate(selected.clone(), Some(&caps));
+        assert_eq!(names(&runnable), ["all", "core", "needs-fentry"]);
+        assert_eq!(unsupported.len(), 1);
+        assert_eq!(unsupported[0].name, "old-kernels");
+        assert_eq!(unsupported[0].phase, ObjectPhase::Unsupported);
+        assert_eq!(unsupported[0].reason.as_deref(), Some("Unsupported"));
+        assert_eq!(
+            unsupported[0].message.as_deref(),
+            Some("kernel 6.18.44 is newer than spec.requires.kernel.max 5.15")
+        );
+        let no_fentry = NodeCapabilities {
+            attach_types: vec![],
+            ..caps
+        };
+        let (runnable, unsupported) = gate(selected.clone(), Some(&no_fentry));
+        assert_eq!(names(&runnable), ["all", "core"]);
+        assert_eq!(unsupported.len(), 2);
+        // Without capabilities (a stand-in core) nothing is gated.
+        assert_eq!(gate(selected, None).0.len(), 4);
     }
 
     /// A server on loopback: `/good` answers `body`, anything else is never answered.

@@ -11,6 +11,7 @@
 //! - Shutdown (SIGTERM/SIGINT) stops the watches and leaves every pin in place.
 
 pub(crate) mod bytecode;
+pub mod capabilities;
 pub(crate) mod configmaps;
 pub(crate) mod desired_set;
 pub mod flags;
@@ -18,6 +19,7 @@ pub(crate) mod heartbeat;
 pub(crate) mod index;
 pub mod metrics;
 pub(crate) mod node_state;
+pub(crate) mod provenance;
 pub(crate) mod trigger;
 pub(crate) mod watch;
 
@@ -81,6 +83,10 @@ pub trait Core: Send + 'static {
     fn root(&self) -> &Path;
     /// One pass; see [`Reconciler::reconcile`].
     fn reconcile(&mut self, desired: &[DesiredObject], hold: &BTreeSet<String>) -> PassReport;
+    /// What the node's kernel can run ([`capabilities::probed`]); `None` gates nothing.
+    fn capabilities(&self) -> Option<&'static bpfpin_crds::NodeCapabilities> {
+        None
+    }
 }
 
 impl Core for Reconciler {
@@ -89,6 +95,9 @@ impl Core for Reconciler {
     }
     fn reconcile(&mut self, desired: &[DesiredObject], hold: &BTreeSet<String>) -> PassReport {
         Reconciler::reconcile(self, desired, hold)
+    }
+    fn capabilities(&self) -> Option<&'static bpfpin_crds::NodeCapabilities> {
+        Some(capabilities::probed())
     }
 }
 
@@ -103,6 +112,9 @@ pub async fn run(reconciler: Reconciler, config: ClusterConfig) -> anyhow::Resul
             .await
             .context("connecting to the API server (KUBECONFIG, ~/.kube/config or in-cluster)")?;
         let metrics = Arc::new(Metrics::default());
+        // The capability probe loads a program of each type and parses the kernel's BTF (0.5-5 s
+        // in a debug build): on the blocking pool, so Agent::new finds it done.
+        let _ = tokio::task::spawn_blocking(capabilities::probed).await;
         run_with(client, reconciler, config, metrics, stop.requested()).await
     }
     .instrument(span)
@@ -160,6 +172,10 @@ struct Agent<C> {
     waiting: Option<String>,
     /// When the last pass started (the debounce of the next one counts from it).
     last_pass: Option<std::time::Instant>,
+    /// This node's kernel capabilities (`spec.requires` is judged with them).
+    capabilities: Option<&'static bpfpin_crds::NodeCapabilities>,
+    /// Events on a `BpfObject` whose running bytecode changed here.
+    events: provenance::Events,
 }
 
 impl<C: Core> Agent<C> {
@@ -199,7 +215,11 @@ impl<C: Core> Agent<C> {
             config.heartbeat_interval,
             metrics.clone(),
         );
+        let capabilities = reconciler.capabilities();
+        let events = provenance::Events::new(client.clone(), &config.node_name);
         Self {
+            capabilities,
+            events,
             root: reconciler.root().to_path_buf(),
             reconciler: Some(reconciler),
             client,
@@ -222,6 +242,9 @@ impl<C: Core> Agent<C> {
 
     async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         check_crds_installed(&self.client).await?;
+        if let Some(caps) = self.capabilities {
+            capabilities::label_node(&self.client, &self.config.node_name, caps).await;
+        }
         self.earlier = match Api::<BpfNodeState>::all(self.client.clone())
             .get_opt(&self.config.node_name)
             .await
@@ -311,7 +334,7 @@ impl<C: Core> Agent<C> {
 
     /// One pass, if the initial lists are complete and the Node exists.
     async fn pass(&mut self) -> anyhow::Result<()> {
-        let (node_uid, selected, configmaps) = {
+        let (node_uid, selected, configmaps, unsupported) = {
             let inputs = self.inputs.lock();
             let node = inputs.node.get(&self.config.node_name);
             let why = if !inputs.node.is_synced() || !inputs.objects.is_synced() {
@@ -336,12 +359,13 @@ impl<C: Core> Agent<C> {
             self.waiting = None;
             let node = node.cloned().unwrap_or_default();
             let selected = desired_set::select(inputs.objects.items(), &node.labels);
+            let (selected, unsupported) = desired_set::gate(selected, self.capabilities);
             let configmaps = desired_set::configmaps_of(&selected);
             let owned: Vec<(String, watch::ObjectEntry)> = selected
                 .into_iter()
                 .map(|(n, o)| (n.clone(), o.clone()))
                 .collect();
-            (node.uid.unwrap_or_default(), owned, configmaps)
+            (node.uid.unwrap_or_default(), owned, configmaps, unsupported)
         };
         self.configmaps.sync(
             &configmaps,
@@ -361,16 +385,18 @@ impl<C: Core> Agent<C> {
         let dirs = self.config.bytecode_dirs.clone();
         let fetcher = self.config.fetcher.clone();
         let span = tracing::Span::current();
-        let (reconciler, report, held, elapsed) = tokio::task::spawn_blocking(move || {
-            let _span = span.enter();
-            let (desired, held) = desired_set::materialize(planned, &dirs, &fetcher);
-            let hold = held.keys().cloned().collect();
-            let started = std::time::Instant::now();
-            let report = reconciler.reconcile(&desired, &hold);
-            (reconciler, report, held, started.elapsed())
-        })
-        .await
-        .context("the reconcile pass panicked; restarting the agent adopts what is pinned")?;
+        let (reconciler, report, held, elapsed, provenance) =
+            tokio::task::spawn_blocking(move || {
+                let _span = span.enter();
+                let (desired, held) = desired_set::materialize(planned, &dirs, &fetcher);
+                let provenance = provenance::of(&desired, &fetcher);
+                let hold = held.keys().cloned().collect();
+                let started = std::time::Instant::now();
+                let report = reconciler.reconcile(&desired, &hold);
+                (reconciler, report, held, started.elapsed(), provenance)
+            })
+            .await
+            .context("the reconcile pass panicked; restarting the agent adopts what is pinned")?;
         self.reconciler = Some(reconciler);
 
         self.metrics.observe_pass(&report, elapsed);
@@ -379,7 +405,11 @@ impl<C: Core> Agent<C> {
         log_pass(&report, held.len(), elapsed);
         let earlier = self.earlier.take();
         let previous = self.status.as_ref().map(|(s, _)| s).or(earlier.as_ref());
-        let status = node_state::build_status(&report, &held, previous, &self.root);
+        let mut status = node_state::build_status(&report, &held, previous, &self.root);
+        provenance::apply(&mut status, &report, &provenance, previous);
+        node_state::add_gating(&mut status, unsupported, self.capabilities);
+        let changed = provenance::changes(previous, &status);
+        self.events.publish(&changed).await;
         self.status = Some((status, node_uid));
         Ok(())
     }

@@ -93,7 +93,23 @@ pub fn build_status(
         pinned: count(ObjectPhase::Pinned),
         failed: count(ObjectPhase::Failed),
         objects,
+        capabilities: None,
     }
+}
+
+/// Adds to `status` the entries of the objects this node's kernel cannot run (phase
+/// `Unsupported`) and the capabilities they were judged with.
+pub fn add_gating(
+    status: &mut BpfNodeStateStatus,
+    unsupported: Vec<NodeObjectState>,
+    capabilities: Option<&bpfpin_crds::NodeCapabilities>,
+) {
+    status.capabilities = capabilities.cloned();
+    if unsupported.is_empty() {
+        return;
+    }
+    status.objects.extend(unsupported);
+    status.objects.sort_by(|a, b| a.name.cmp(&b.name));
 }
 
 /// The owner reference that ties the `BpfNodeState` to its `Node` for garbage collection.
