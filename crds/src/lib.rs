@@ -22,9 +22,11 @@ pub use bpf_object::{
     NodeFailure, ProgramSpec, SecretReference, TailCall, TcAttach, TracepointAttach, UprobeAttach,
     XdpAttach, XdpMode,
 };
+pub use bpf_object::{NetworkNamespaces, PodCounts};
 pub use node_state::{
     BpfNodeState, BpfNodeStateSpec, BpfNodeStateStatus, NodeObjectState, ObjectPhase, PinnedProgram,
 };
+pub use node_state::{PodAttachments, PodFailure};
 pub use {k8s_openapi, kube, schemars};
 
 use kube::CustomResourceExt;

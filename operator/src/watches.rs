@@ -315,6 +315,7 @@ mod tests {
             }],
             maps: vec!["/sys/fs/bpf/bpfpin/a/maps/m".into()],
             links: vec!["/sys/fs/bpf/bpfpin/a/links/p/xdp-eth0".into()],
+            pods: None,
         };
         let mut s = BpfNodeState::new(
             "n1",
