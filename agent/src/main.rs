@@ -75,6 +75,10 @@ enum Mode {
         /// Where /healthz, /readyz and /metrics listen (port 0: any free port; `none`: off).
         #[arg(long, default_value = "0.0.0.0:8081", value_parser = flags::parse_metrics_addr)]
         metrics_addr: MetricsAddr,
+        /// Where the container runtime bind-mounts pod network namespaces (for
+        /// `networkNamespaces`; containerd's and CRI-O's default).
+        #[arg(long, default_value = cluster::pods::DEFAULT_NETNS_DIR)]
+        netns_dir: std::path::PathBuf,
         #[command(flatten)]
         downloads: Downloads,
     },
@@ -167,6 +171,7 @@ fn main() -> ExitCode {
             heartbeat_interval,
             lease_namespace,
             metrics_addr,
+            netns_dir,
             downloads,
         } => {
             let fetcher = match downloads.fetcher() {
@@ -182,6 +187,7 @@ fn main() -> ExitCode {
                     heartbeat_interval,
                     lease_namespace,
                     metrics_addr: metrics_addr.0,
+                    netns_dir,
                 },
             )
         }

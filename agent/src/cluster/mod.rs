@@ -18,6 +18,7 @@ pub(crate) mod heartbeat;
 pub(crate) mod index;
 pub mod metrics;
 pub(crate) mod node_state;
+pub mod pods;
 pub(crate) mod trigger;
 pub(crate) mod watch;
 
@@ -70,6 +71,8 @@ pub struct ClusterConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Downloads `bytecode.url`.
     pub fetcher: crate::bytecode::Fetcher,
+    /// Where the container runtime bind-mounts pod network namespaces (`networkNamespaces`).
+    pub netns_dir: PathBuf,
 }
 
 /// What cluster mode needs of the core: [`Reconciler`] in the agent; the fleet bench
@@ -160,6 +163,10 @@ struct Agent<C> {
     waiting: Option<String>,
     /// When the last pass started (the debounce of the next one counts from it).
     last_pass: Option<std::time::Instant>,
+    /// This node's pods, watched once an object names `networkNamespaces`.
+    pods: pods::PodWatch,
+    /// The pod-link step after each pass.
+    pod_attacher: Arc<std::sync::Mutex<pods::PodAttacher>>,
 }
 
 impl<C: Core> Agent<C> {
@@ -199,7 +206,10 @@ impl<C: Core> Agent<C> {
             config.heartbeat_interval,
             metrics.clone(),
         );
+        let pod_attacher = pods::PodAttacher::new(reconciler.root(), &config.netns_dir);
         Self {
+            pods: pods::PodWatch::default(),
+            pod_attacher: Arc::new(std::sync::Mutex::new(pod_attacher)),
             root: reconciler.root().to_path_buf(),
             reconciler: Some(reconciler),
             client,
@@ -260,6 +270,7 @@ impl<C: Core> Agent<C> {
             task.abort();
         }
         self.configmaps.stop_all();
+        self.pods.stop();
         tracing::info!("shutting down; pins stay in place");
         result
     }
@@ -343,6 +354,15 @@ impl<C: Core> Agent<C> {
                 .collect();
             (node.uid.unwrap_or_default(), owned, configmaps)
         };
+        let pod_scoped = selected.iter().any(|(_, o)| pods::is_pod_scoped(&o.spec));
+        self.pods.ensure(
+            pod_scoped,
+            &self.client,
+            &self.config.node_name,
+            &self.trigger,
+        );
+        let pod_snapshot = self.pods.snapshot();
+        let pod_attacher = self.pod_attacher.clone();
         self.configmaps.sync(
             &configmaps,
             &self.client,
@@ -361,16 +381,23 @@ impl<C: Core> Agent<C> {
         let dirs = self.config.bytecode_dirs.clone();
         let fetcher = self.config.fetcher.clone();
         let span = tracing::Span::current();
-        let (reconciler, report, held, elapsed) = tokio::task::spawn_blocking(move || {
-            let _span = span.enter();
-            let (desired, held) = desired_set::materialize(planned, &dirs, &fetcher);
-            let hold = held.keys().cloned().collect();
-            let started = std::time::Instant::now();
-            let report = reconciler.reconcile(&desired, &hold);
-            (reconciler, report, held, started.elapsed())
-        })
-        .await
-        .context("the reconcile pass panicked; restarting the agent adopts what is pinned")?;
+        let (reconciler, report, held, elapsed, pod_report) =
+            tokio::task::spawn_blocking(move || {
+                let _span = span.enter();
+                let (desired, held) = desired_set::materialize(planned, &dirs, &fetcher);
+                let hold = held.keys().cloned().collect();
+                let started = std::time::Instant::now();
+                let report = reconciler.reconcile(&desired, &hold);
+                let pod_report = pod_snapshot.map(|p| {
+                    let mut attacher = pod_attacher
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    attacher.sync(&desired, &report, &p)
+                });
+                (reconciler, report, held, started.elapsed(), pod_report)
+            })
+            .await
+            .context("the reconcile pass panicked; restarting the agent adopts what is pinned")?;
         self.reconciler = Some(reconciler);
 
         self.metrics.observe_pass(&report, elapsed);
@@ -379,7 +406,13 @@ impl<C: Core> Agent<C> {
         log_pass(&report, held.len(), elapsed);
         let earlier = self.earlier.take();
         let previous = self.status.as_ref().map(|(s, _)| s).or(earlier.as_ref());
-        let status = node_state::build_status(&report, &held, previous, &self.root);
+        let mut status = node_state::build_status(&report, &held, previous, &self.root);
+        if let Some(pod_report) = &pod_report {
+            pods::annotate(&mut status, pod_report);
+            if pod_report.retry {
+                self.pods.retry_later(&self.trigger);
+            }
+        }
         self.status = Some((status, node_uid));
         Ok(())
     }
