@@ -90,6 +90,8 @@ pub struct Aggregate {
     pub failed: Vec<NodeFailure>,
     /// Nodes still pending, by name.
     pub pending: Vec<PendingNode>,
+    /// Pod-scoped attachments summed over the nodes that report this generation.
+    pub pods: Option<bpfpin_crds::PodCounts>,
 }
 
 /// Aggregates the reports of the selected `nodes`; `state_of` returns a node's `BpfNodeState`,
@@ -109,6 +111,7 @@ pub fn aggregate<'a>(
         ready: Vec::new(),
         failed: Vec::new(),
         pending: Vec::new(),
+        pods: None,
     };
     let selector = match Selector::parse(input.selector) {
         Ok(s) => s,
@@ -154,6 +157,12 @@ pub fn aggregate<'a>(
             out.pending
                 .push(pending(Waiting::OtherGeneration(entry.generation)));
             continue;
+        }
+        if let Some(p) = &entry.pods {
+            let sum = out.pods.get_or_insert_default();
+            sum.matched += p.matched;
+            sum.attached += p.attached;
+            sum.failed += p.matched - p.attached;
         }
         match entry.phase {
             ObjectPhase::Pinned => out.ready.push(node.to_owned()),
@@ -387,6 +396,7 @@ impl Aggregate {
                 .take(MAX_STATUS_FAILURES)
                 .cloned()
                 .collect(),
+            pods: self.pods.clone(),
         }
     }
 }

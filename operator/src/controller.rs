@@ -420,6 +420,7 @@ mod progress_tests {
             }),
             nodes_ready: Some(format!("{ready}/3")),
             failures: vec![],
+            pods: None,
         }
     }
 
