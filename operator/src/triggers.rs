@@ -58,6 +58,8 @@ struct EntryKey {
     phase: ObjectPhase,
     reason: Option<String>,
     message: Option<String>,
+    /// Pods matched and attached (`networkNamespaces`), which `status.pods` sums.
+    pods: Option<(i32, i32)>,
 }
 
 impl From<&NodeObjectState> for EntryKey {
@@ -68,6 +70,7 @@ impl From<&NodeObjectState> for EntryKey {
             phase: e.phase,
             reason: e.reason.clone(),
             message: e.message.clone(),
+            pods: e.pods.as_ref().map(|p| (p.matched, p.attached)),
         }
     }
 }
