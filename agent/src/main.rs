@@ -80,6 +80,10 @@ enum Mode {
         /// kernels on one host. The program and attach type probes stay real.
         #[arg(long, value_name = "RELEASE")]
         test_only_kernel_release: Option<String>,
+        /// Where the container runtime bind-mounts pod network namespaces (for
+        /// `networkNamespaces`; containerd's and CRI-O's default).
+        #[arg(long, default_value = cluster::pods::DEFAULT_NETNS_DIR)]
+        netns_dir: std::path::PathBuf,
         #[command(flatten)]
         downloads: Downloads,
     },
@@ -173,6 +177,7 @@ fn main() -> ExitCode {
             lease_namespace,
             metrics_addr,
             test_only_kernel_release,
+            netns_dir,
             downloads,
         } => {
             if let Some(release) = test_only_kernel_release {
@@ -191,6 +196,7 @@ fn main() -> ExitCode {
                     heartbeat_interval,
                     lease_namespace,
                     metrics_addr: metrics_addr.0,
+                    netns_dir,
                 },
             )
         }

@@ -334,11 +334,17 @@ pub struct Attach {
 /// A tc (tcx) attach point.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.networkNamespaces) != (has(self.interfaces) && size(self.interfaces) > 0)").message("set either interfaces (on the node) or networkNamespaces (inside pods), not both"))]
+#[x_kube(validation = Rule::new("!has(self.networkNamespaces) || !has(self.priority)").message("priority is not supported with networkNamespaces"))]
 pub struct TcAttach {
-    /// Network interface names on the node.
+    /// Network interface names on the node (empty with `networkNamespaces`).
+    #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Set)]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(max = 64))]
     pub interfaces: Vec<InterfaceName>,
+    /// Attach inside the network namespace of every matching pod on the node instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_namespaces: Option<NetworkNamespaces>,
     /// `Ingress` or `Egress`.
     pub direction: Direction,
     /// Where the link goes among the interface's other tcx programs: `Last` (default) or `First`.
@@ -448,12 +454,18 @@ pub struct TracepointAttach {
 /// An XDP attach point.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.networkNamespaces) != (has(self.interfaces) && size(self.interfaces) > 0)").message("set either interfaces (on the node) or networkNamespaces (inside pods), not both"))]
+#[x_kube(validation = Rule::new("!has(self.networkNamespaces) || (!has(self.priority) && (!has(self.proceedOn) || size(self.proceedOn) == 0))").message("priority and proceedOn are not supported with networkNamespaces"))]
 pub struct XdpAttach {
     /// Network interface names on the node. An interface that does not exist fails the object on
-    /// that node with reason `AttachFailed`.
+    /// that node with reason `AttachFailed`. Empty with `networkNamespaces`.
+    #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Set)]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(max = 64))]
     pub interfaces: Vec<InterfaceName>,
+    /// Attach inside the network namespace of every matching pod on the node instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_namespaces: Option<NetworkNamespaces>,
     /// Attach mode: `Skb` (generic, works everywhere), `Drv` (native driver), `Hw` (offload).
     /// Absent lets the kernel choose.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -532,6 +544,212 @@ pub enum XdpMode {
     Hw,
 }
 
+// --- Pod-aware attachment (issue 14) ---
+
+/// The pods whose network namespaces an `xdp` or `tc` program attaches in (bpfman's field names):
+/// on each node, every pod of `namespace` that `podSelector` matches, scheduled there, with a
+/// network namespace of its own (hostNetwork pods are skipped). A pod that starts later is
+/// attached when its IP is known; a deleted pod's links are unpinned.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkNamespaces {
+    /// The pods' namespace.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Which pods of `namespace` (labels; empty selects every pod of it).
+    #[serde(default)]
+    pub pod_selector: LabelSelector,
+    /// Interfaces inside each pod's network namespace. Default `[eth0]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[schemars(length(max = 16))]
+    pub interfaces: Vec<InterfaceName>,
+}
+
+// `LabelSelector` is only `PartialEq` in k8s-openapi, but its equality is on strings.
+impl Eq for NetworkNamespaces {}
+
+impl NetworkNamespaces {
+    /// The interfaces to attach on inside each pod (`[eth0]` when none are listed).
+    pub fn interfaces(&self) -> Vec<InterfaceName> {
+        if self.interfaces.is_empty() {
+            vec!["eth0".to_owned()]
+        } else {
+            self.interfaces.clone()
+        }
+    }
+
+    /// The checks of the schema, again in Rust; `at` is the field path of the attach kind.
+    fn validate(&self, at: &str, host_interfaces: usize) -> Result<(), ValidationError> {
+        let refuse = |field: &str, value: &str, reason: &str| ValidationError {
+            field: format!("{at}.{field}"),
+            value: value.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if host_interfaces > 0 {
+            return Err(refuse(
+                "interfaces",
+                "",
+                "set either interfaces (on the node) or networkNamespaces (inside pods), not both",
+            ));
+        }
+        let ns = &self.namespace;
+        if ns.is_empty()
+            || ns.len() > 63
+            || !ns
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(refuse(
+                "networkNamespaces.namespace",
+                ns,
+                "must be a namespace name (a DNS label)",
+            ));
+        }
+        crate::selector::Selector::parse(Some(&self.pod_selector))
+            .map_err(|e| refuse("networkNamespaces.podSelector", "", &e.to_string()))?;
+        for (i, name) in self.interfaces.iter().enumerate() {
+            // IFNAMSIZ is 16 with its NUL; the kernel refuses '/' and whitespace in names.
+            if name.is_empty()
+                || name.len() > 15
+                || name.contains('/')
+                || name.chars().any(char::is_whitespace)
+            {
+                return Err(refuse(
+                    &format!("networkNamespaces.interfaces[{i}]"),
+                    name,
+                    "must be an interface name (1 to 15 characters, no '/' or spaces)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Attach {
+    /// The pods this attach point follows, when it is pod-scoped.
+    pub fn network_namespaces(&self) -> Option<&NetworkNamespaces> {
+        self.xdp
+            .as_ref()
+            .and_then(|x| x.network_namespaces.as_ref())
+            .or(self.tc.as_ref().and_then(|t| t.network_namespaces.as_ref()))
+    }
+
+    /// The pod-scoped checks of `spec.programs[i].attach` (`at`).
+    fn validate_pods(&self, at: &str) -> Result<(), ValidationError> {
+        if let Some(x) = &self.xdp {
+            let at = format!("{at}.xdp");
+            match &x.network_namespaces {
+                Some(n) => {
+                    n.validate(&at, x.interfaces.len())?;
+                    if x.priority.is_some() || !x.proceed_on.is_empty() {
+                        return Err(ValidationError {
+                            field: format!("{at}.networkNamespaces"),
+                            value: String::new(),
+                            reason:
+                                "priority and proceedOn are not supported with networkNamespaces"
+                                    .into(),
+                        });
+                    }
+                }
+                None if x.interfaces.is_empty() => return Err(no_interfaces(&at)),
+                None => {}
+            }
+        }
+        if let Some(t) = &self.tc {
+            let at = format!("{at}.tc");
+            match &t.network_namespaces {
+                Some(n) => {
+                    n.validate(&at, t.interfaces.len())?;
+                    if t.priority.is_some() {
+                        return Err(ValidationError {
+                            field: format!("{at}.networkNamespaces"),
+                            value: String::new(),
+                            reason: "priority is not supported with networkNamespaces".into(),
+                        });
+                    }
+                }
+                None if t.interfaces.is_empty() => return Err(no_interfaces(&at)),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn no_interfaces(at: &str) -> ValidationError {
+    ValidationError {
+        field: format!("{at}.interfaces"),
+        value: String::new(),
+        reason: "set either interfaces (on the node) or networkNamespaces (inside pods)".into(),
+    }
+}
+
+#[cfg(test)]
+mod pod_tests {
+    use super::*;
+
+    fn spec(attach: &str) -> BpfObjectSpec {
+        serde_yaml::from_str(&format!(
+            "bytecode: {{path: n.o}}\nprograms:\n- name: p\n  attach: {attach}\n"
+        ))
+        .expect("spec parses")
+    }
+
+    #[test]
+    fn network_namespaces_validate() {
+        let good = spec(
+            "{xdp: {networkNamespaces: {namespace: web, podSelector: {matchLabels: {app: web}}}}}",
+        );
+        assert_eq!(good.validate("o"), Ok(()));
+        let nn = good.programs[0]
+            .attach
+            .as_ref()
+            .and_then(Attach::network_namespaces)
+            .expect("pod-scoped");
+        assert_eq!(nn.interfaces(), vec!["eth0".to_owned()]);
+        assert_eq!(
+            spec("{tc: {direction: Ingress, networkNamespaces: {namespace: web, interfaces: [net1]}}}")
+                .validate("o"),
+            Ok(())
+        );
+        let refused = |attach: &str| spec(attach).validate("o").expect_err(attach);
+        let e = refused("{xdp: {interfaces: [eth0], networkNamespaces: {namespace: web}}}");
+        assert_eq!(e.field, "spec.programs[0].attach.xdp.interfaces");
+        assert!(e.reason.contains("not both"), "{e}");
+        let e = refused("{xdp: {}}");
+        assert!(e.reason.contains("either interfaces"), "{e}");
+        let e = refused("{tc: {direction: Egress}}");
+        assert_eq!(e.field, "spec.programs[0].attach.tc.interfaces");
+        let e = refused("{xdp: {networkNamespaces: {namespace: Web_1}}}");
+        assert_eq!(
+            e.field,
+            "spec.programs[0].attach.xdp.networkNamespaces.namespace"
+        );
+        let e = refused(
+            "{xdp: {networkNamespaces: {namespace: web, interfaces: [a.very.long.name0]}}}",
+        );
+        assert_eq!(
+            e.field,
+            "spec.programs[0].attach.xdp.networkNamespaces.interfaces[0]"
+        );
+        let e = refused("{xdp: {priority: 10, networkNamespaces: {namespace: web}}}");
+        assert!(e.reason.contains("priority"), "{e}");
+        let e =
+            refused("{tc: {direction: Egress, priority: 10, networkNamespaces: {namespace: web}}}");
+        assert!(e.reason.contains("priority"), "{e}");
+        let e = refused(
+            "{xdp: {networkNamespaces: {namespace: web, podSelector: {matchExpressions: [{key: a, operator: Is}]}}}}",
+        );
+        assert_eq!(
+            e.field,
+            "spec.programs[0].attach.xdp.networkNamespaces.podSelector"
+        );
+    }
+}
+
+// --- end of pod-aware attachment ---
+
 /// Observed state, aggregated by the operator from every selected node's `BpfNodeState`.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -565,6 +783,10 @@ pub struct BpfObjectStatus {
     /// when it came from `bytecode.image` and they all agree; otherwise `<n> distinct digests`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_digest: Option<String>,
+    /// Pod-scoped attachments (`networkNamespaces`) summed over the nodes that report this
+    /// generation; which pod failed is in each node's `BpfNodeState`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodCounts>,
 }
 
 /// A selected node that cannot run the object.
@@ -576,6 +798,18 @@ pub struct UnsupportedNode {
     /// The requirement of `spec.requires` it fails, e.g. `kernel 5.10.0 is older than
     /// spec.requires.kernel.min 5.15`.
     pub requirement: String,
+}
+
+/// Pods matched and attached, summed over the nodes.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodCounts {
+    /// Pods that some program's `networkNamespaces` selects.
+    pub matched: i32,
+    /// Of those, pods with every selected program attached.
+    pub attached: i32,
+    /// Pods whose attachment failed on their node (see its `BpfNodeState`).
+    pub failed: i32,
 }
 
 /// How many nodes are selected, ready and failed.
@@ -716,6 +950,7 @@ impl BpfObjectSpec {
                         reason: "at most one attach kind may be set (none: the attach point comes from the program's section)".into(),
                     });
                 }
+                attach.validate_pods(&format!("spec.programs[{i}].attach"))?;
                 let at = |kind: &str| format!("spec.programs[{i}].attach.{kind}");
                 attach.validate_more(&at)?;
                 if let Some(t) = &attach.tracepoint {

@@ -26,9 +26,11 @@ pub use bpf_object::{
     UnsupportedNode, UprobeAttach, XdpAttach, XdpMode,
 };
 pub use capabilities::{AttachType, NodeCapabilities, ProgramType, Requirements};
+pub use bpf_object::{NetworkNamespaces, PodCounts};
 pub use node_state::{
     BpfNodeState, BpfNodeStateSpec, BpfNodeStateStatus, NodeObjectState, ObjectPhase, PinnedProgram,
 };
+pub use node_state::{PodAttachments, PodFailure};
 pub use {k8s_openapi, kube, schemars};
 
 use kube::CustomResourceExt;

@@ -118,7 +118,55 @@ pub struct NodeObjectState {
     /// public key (`sha256:<hex>` of its DER form). Absent when no signature was verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified_by: Option<String>,
+    /// Pod-scoped attachments (`networkNamespaces`): how many pods of this node match, how many
+    /// are attached, and which failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodAttachments>,
 }
+
+// --- Pod-aware attachment (issue 14) ---
+
+/// The most entries in `pods.failures`.
+pub const MAX_POD_FAILURES: usize = 10;
+
+/// The pod-scoped attachments of one object on one node.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodAttachments {
+    /// Pods on this node that some program's `networkNamespaces` selects (with a network
+    /// namespace of their own and an IP).
+    pub matched: i32,
+    /// Of those, pods with every selected program attached on every listed interface.
+    pub attached: i32,
+    /// Pods that match but have no IP yet (their sandbox is being created).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waiting: i32,
+    /// The first failures (at most 10): the pod, the interface and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<PodFailure>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
+/// One pod-scoped attachment that failed.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodFailure {
+    /// `namespace/name` of the pod.
+    pub pod: String,
+    /// The program.
+    pub program: String,
+    /// The interface inside the pod.
+    pub interface: String,
+    /// A CamelCase reason, e.g. `AttachFailed`.
+    pub reason: String,
+    /// What went wrong, in a sentence.
+    pub message: String,
+}
+
+// --- end of pod-aware attachment ---
 
 /// A pinned program.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]

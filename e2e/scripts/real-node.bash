@@ -112,7 +112,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   path = "$dir/containerd/opt"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "localhost/bpfpin-pause:dev"
-  netns_mounts_under_state_dir = true
+  # Pod network namespaces under /var/run/netns (the node's own tmpfs /run), where the
+  # chart's agent.podNetworkNamespaces.hostPath finds them on every node.
+  netns_mounts_under_state_dir = false
   disable_apparmor = true
   # The machine's capability bounding set may lack CAP_SYS_RESOURCE: runc cannot lower
   # oom_score_adj then, and every sandbox fails unless it keeps the parent's.

@@ -100,6 +100,8 @@ pub struct Aggregate {
     pub unsupported: Vec<UnsupportedNode>,
     /// The `bytecodeSha256` and `imageDigest` each ready node reports (when it does).
     pub digests: Vec<(Option<String>, Option<String>)>,
+    /// Pod-scoped attachments summed over the nodes that report this generation.
+    pub pods: Option<bpfpin_crds::PodCounts>,
 }
 
 /// Aggregates the reports of the selected `nodes`; `state_of` returns a node's `BpfNodeState`,
@@ -121,6 +123,7 @@ pub fn aggregate<'a>(
         pending: Vec::new(),
         unsupported: Vec::new(),
         digests: Vec::new(),
+        pods: None,
     };
     let selector = match Selector::parse(input.selector) {
         Ok(s) => s,
@@ -173,6 +176,12 @@ pub fn aggregate<'a>(
             out.pending
                 .push(pending(Waiting::OtherGeneration(entry.generation)));
             continue;
+        }
+        if let Some(p) = &entry.pods {
+            let sum = out.pods.get_or_insert_default();
+            sum.matched += p.matched;
+            sum.attached += p.attached;
+            sum.failed += p.matched - p.attached;
         }
         match entry.phase {
             ObjectPhase::Pinned => {
@@ -487,6 +496,7 @@ impl Aggregate {
                 .collect(),
             digest: agreed(self.digests.iter().map(|d| d.0.as_ref()), "sha256:"),
             image_digest: agreed(self.digests.iter().map(|d| d.1.as_ref()), ""),
+            pods: self.pods.clone(),
         }
     }
 }

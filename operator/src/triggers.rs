@@ -61,6 +61,8 @@ struct EntryKey {
     /// `status.digest` is aggregated from it.
     bytecode_sha256: Option<String>,
     image_digest: Option<String>,
+    /// Pods matched and attached (`networkNamespaces`), which `status.pods` sums.
+    pods: Option<(i32, i32)>,
 }
 
 impl From<&NodeObjectState> for EntryKey {
@@ -73,6 +75,7 @@ impl From<&NodeObjectState> for EntryKey {
             message: e.message.clone(),
             bytecode_sha256: e.bytecode_sha256.clone(),
             image_digest: e.image_digest.clone(),
+            pods: e.pods.as_ref().map(|p| (p.matched, p.attached)),
         }
     }
 }

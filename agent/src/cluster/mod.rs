@@ -20,6 +20,7 @@ pub(crate) mod index;
 pub mod metrics;
 pub(crate) mod node_state;
 pub(crate) mod provenance;
+pub mod pods;
 pub(crate) mod trigger;
 pub(crate) mod watch;
 
@@ -72,6 +73,8 @@ pub struct ClusterConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Downloads `bytecode.url`.
     pub fetcher: crate::bytecode::Fetcher,
+    /// Where the container runtime bind-mounts pod network namespaces (`networkNamespaces`).
+    pub netns_dir: PathBuf,
 }
 
 /// What cluster mode needs of the core: [`Reconciler`] in the agent; the fleet bench
@@ -176,6 +179,10 @@ struct Agent<C> {
     capabilities: Option<&'static bpfpin_crds::NodeCapabilities>,
     /// Events on a `BpfObject` whose running bytecode changed here.
     events: provenance::Events,
+    /// This node's pods, watched once an object names `networkNamespaces`.
+    pods: pods::PodWatch,
+    /// The pod-link step after each pass.
+    pod_attacher: Arc<std::sync::Mutex<pods::PodAttacher>>,
 }
 
 impl<C: Core> Agent<C> {
@@ -217,9 +224,12 @@ impl<C: Core> Agent<C> {
         );
         let capabilities = reconciler.capabilities();
         let events = provenance::Events::new(client.clone(), &config.node_name);
+        let pod_attacher = pods::PodAttacher::new(reconciler.root(), &config.netns_dir);
         Self {
             capabilities,
             events,
+            pods: pods::PodWatch::default(),
+            pod_attacher: Arc::new(std::sync::Mutex::new(pod_attacher)),
             root: reconciler.root().to_path_buf(),
             reconciler: Some(reconciler),
             client,
@@ -283,6 +293,7 @@ impl<C: Core> Agent<C> {
             task.abort();
         }
         self.configmaps.stop_all();
+        self.pods.stop();
         tracing::info!("shutting down; pins stay in place");
         result
     }
@@ -367,6 +378,15 @@ impl<C: Core> Agent<C> {
                 .collect();
             (node.uid.unwrap_or_default(), owned, configmaps, unsupported)
         };
+        let pod_scoped = selected.iter().any(|(_, o)| pods::is_pod_scoped(&o.spec));
+        self.pods.ensure(
+            pod_scoped,
+            &self.client,
+            &self.config.node_name,
+            &self.trigger,
+        );
+        let pod_snapshot = self.pods.snapshot();
+        let pod_attacher = self.pod_attacher.clone();
         self.configmaps.sync(
             &configmaps,
             &self.client,
@@ -385,7 +405,7 @@ impl<C: Core> Agent<C> {
         let dirs = self.config.bytecode_dirs.clone();
         let fetcher = self.config.fetcher.clone();
         let span = tracing::Span::current();
-        let (reconciler, report, held, elapsed, provenance) =
+        let (reconciler, report, held, elapsed, provenance, pod_report) =
             tokio::task::spawn_blocking(move || {
                 let _span = span.enter();
                 let (desired, held) = desired_set::materialize(planned, &dirs, &fetcher);
@@ -393,7 +413,20 @@ impl<C: Core> Agent<C> {
                 let hold = held.keys().cloned().collect();
                 let started = std::time::Instant::now();
                 let report = reconciler.reconcile(&desired, &hold);
-                (reconciler, report, held, started.elapsed(), provenance)
+                let pod_report = pod_snapshot.map(|p| {
+                    let mut attacher = pod_attacher
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    attacher.sync(&desired, &report, &p)
+                });
+                (
+                    reconciler,
+                    report,
+                    held,
+                    started.elapsed(),
+                    provenance,
+                    pod_report,
+                )
             })
             .await
             .context("the reconcile pass panicked; restarting the agent adopts what is pinned")?;
@@ -410,6 +443,12 @@ impl<C: Core> Agent<C> {
         node_state::add_gating(&mut status, unsupported, self.capabilities);
         let changed = provenance::changes(previous, &status);
         self.events.publish(&changed).await;
+        if let Some(pod_report) = &pod_report {
+            pods::annotate(&mut status, pod_report);
+            if pod_report.retry {
+                self.pods.retry_later(&self.trigger);
+            }
+        }
         self.status = Some((status, node_uid));
         Ok(())
     }

@@ -748,6 +748,11 @@ mod tests {
             ("spec.sha256", "self.matches('^[0-9a-f]{64}$')", "x".into(), format!("{plain}\nsha256: '{}'", "A".repeat(64)), "spec.sha256"),
             ("spec.tailCalls[].map", "self.matches('^[A-Za-z_][A-Za-z0-9_]*$')", "x".into(), format!("{plain}\ntailCalls: [{{map: 'm-1', index: 0, program: p}}]"), "spec.tailCalls[0].map"),
             ("spec.tailCalls[].program", "self.matches('^[A-Za-z_][A-Za-z0-9_]*$')", "x".into(), format!("{plain}\ntailCalls: [{{map: m, index: 0, program: 'p-1'}}]"), "spec.tailCalls[0].program"),
+            // networkNamespaces (pod-aware attachment)
+            ("spec.programs[].attach.tc", "has(self.networkNamespaces) != (has(self.interfaces) && size(self.interfaces) > 0)", "x".into(), prog("{tc: {direction: Egress, interfaces: [eth0], networkNamespaces: {namespace: web}}}"), "spec.programs[0].attach.tc.interfaces"),
+            ("spec.programs[].attach.tc", "!has(self.networkNamespaces) || !has(self.priority)", "x".into(), prog("{tc: {direction: Egress, priority: 10, networkNamespaces: {namespace: web}}}"), "spec.programs[0].attach.tc.networkNamespaces"),
+            ("spec.programs[].attach.xdp", "has(self.networkNamespaces) != (has(self.interfaces) && size(self.interfaces) > 0)", "x".into(), prog("{xdp: {interfaces: [eth0], networkNamespaces: {namespace: web}}}"), "spec.programs[0].attach.xdp.interfaces"),
+            ("spec.programs[].attach.xdp", "!has(self.networkNamespaces) || (!has(self.priority) && (!has(self.proceedOn) || size(self.proceedOn) == 0))", "x".into(), prog("{xdp: {proceedOn: [Pass], networkNamespaces: {namespace: web}}}"), "spec.programs[0].attach.xdp.networkNamespaces"),
         ];
         let mut rules = Vec::new();
         cel_rules(crd_schema(), "", &mut rules);

@@ -18,5 +18,6 @@ pub mod layout;
 pub mod loader;
 pub mod map_memory;
 pub mod mounts;
+pub mod netns;
 pub mod reconcile;
 pub mod xdp_dispatcher;

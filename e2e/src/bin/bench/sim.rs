@@ -292,6 +292,7 @@ pub fn main(args: SimArgs) -> Result<()> {
                 lease_namespace: args.lease_namespace.clone(),
                 metrics_addr: None,
                 fetcher: bpfpin_agent::bytecode::Fetcher::default(),
+                netns_dir: bpfpin_agent::cluster::pods::DEFAULT_NETNS_DIR.into(),
             };
             let core = StandIn::new(args.load, template.clone(), loads.clone());
             let m = metrics[k].clone();

@@ -1,0 +1,442 @@
+//! Pod-aware attachment (`networkNamespaces` on `xdp` and `tc`): the watch of this node's pods and
+//! the step after each pass that makes the pod links equal to the matching pods.
+//!
+//! - The pods of this node only, by the field selector `spec.nodeName=<node>`; the watch starts
+//!   with the first selected object that names `networkNamespaces`, and feeds an index that keeps
+//!   only what the step reads (labels, IP, hostNetwork, whether it ended), so status churn wakes
+//!   no pass.
+//! - One link per pod, program and interface, pinned in the object's current version at
+//!   `links/<program>/xdp-pod-<pod uid>-<interface>` (or `tc-<direction>-pod-...`). A new version
+//!   of the object starts without them and the step attaches its programs again; a pod that is
+//!   gone, or has ended, loses its pins; a pod whose sandbox was re-created (a new network
+//!   namespace) is attached again.
+//! - A pod is attached as soon as its IP is known, before its containers start; the namespace is
+//!   found by that IP ([`crate::pin::netns`] says why).
+//! - Nothing is removed before the first complete list of the pods: a restarted agent keeps
+//!   every pod link until it knows which pods exist.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bpfpin_crds::selector::Selector;
+use bpfpin_crds::{
+    BpfNodeStateStatus, BpfObjectSpec, LinkOrder, NetworkNamespaces, PodAttachments, PodFailure,
+    node_state::MAX_POD_FAILURES,
+};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tracing::Instrument;
+
+use super::index::{Index, IndexEvent};
+use super::trigger::Trigger;
+use crate::error::ObjectError;
+use crate::pin::desired::DesiredObject;
+use crate::pin::fsops;
+use crate::pin::layout::Layout;
+use crate::pin::netns::{self, Netns, NetnsDir, PodHook};
+use crate::pin::reconcile::PassReport;
+
+/// Where containerd and CRI-O bind-mount pod network namespaces.
+pub const DEFAULT_NETNS_DIR: &str = "/var/run/netns";
+
+/// A failed or waiting pod is tried again after this long (or at the next pod event).
+const RETRY: Duration = Duration::from_secs(2);
+
+/// What the agent keeps of one pod of its node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodEntry {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.uid`: names its links.
+    pub uid: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// `status.podIP`, once the sandbox has one.
+    pub ip: Option<IpAddr>,
+    /// `spec.hostNetwork`: no namespace of its own.
+    pub host_network: bool,
+    /// Phase `Succeeded` or `Failed`: its sandbox is gone or going.
+    pub ended: bool,
+    /// `metadata.creationTimestamp`, to log how long the pod waited for its programs.
+    pub created: Option<k8s_openapi::jiff::Timestamp>,
+}
+
+/// The part of a `Pod` the agent keeps.
+pub fn pod_entry(pod: &Pod) -> (String, PodEntry) {
+    let namespace = pod.namespace().unwrap_or_default();
+    let status = pod.status.as_ref();
+    let entry = PodEntry {
+        name: pod.name_any(),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        ip: status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok()),
+        host_network: pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false),
+        ended: matches!(
+            status.and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        ),
+        created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        namespace,
+    };
+    (format!("{}/{}", entry.namespace, entry.name), entry)
+}
+
+/// The pods of this node, shared between their watch and the pass loop.
+#[derive(Debug, Clone, Default)]
+pub struct PodWatch {
+    index: Arc<Mutex<Index<PodEntry>>>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    retry_armed: Arc<AtomicBool>,
+}
+
+impl PodWatch {
+    fn lock(&self) -> MutexGuard<'_, Index<PodEntry>> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts the watch of this node's pods if `needed` and not started yet (it then runs until
+    /// [`PodWatch::stop`]).
+    pub fn ensure(&self, needed: bool, client: &Client, node: &str, trigger: &Trigger) {
+        let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if !needed || task.is_some() {
+            return;
+        }
+        let api: Api<Pod> = Api::all(client.clone());
+        let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        let stream = watcher(api, config).default_backoff();
+        let index = self.index.clone();
+        let trigger = trigger.clone();
+        tracing::info!(node, "watching this node's pods (networkNamespaces)");
+        *task = Some(tokio::spawn(
+            async move {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(event) => {
+                            let changed = index
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .apply(IndexEvent::from_watch(event, pod_entry));
+                            if changed {
+                                trigger.poke();
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(kind = "Pod", %error, "watch failed; keeping the last known pods and retrying");
+                        }
+                    }
+                }
+            }
+            .instrument(tracing::Span::current()),
+        ));
+    }
+
+    /// Stops the watch.
+    pub fn stop(&self) {
+        if let Some(task) = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+
+    /// The pods as last listed completely; `None` before the first complete list.
+    pub fn snapshot(&self) -> Option<BTreeMap<String, PodEntry>> {
+        let index = self.lock();
+        index.is_synced().then(|| index.items().clone())
+    }
+
+    /// Pokes `trigger` after [`RETRY`] (once, however often it is asked meanwhile).
+    pub fn retry_later(&self, trigger: &Trigger) {
+        if self.retry_armed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let armed = self.retry_armed.clone();
+        let trigger = trigger.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RETRY).await;
+            armed.store(false, Ordering::SeqCst);
+            trigger.poke();
+        });
+    }
+}
+
+/// Whether any program of `spec` attaches in pods.
+pub fn is_pod_scoped(spec: &BpfObjectSpec) -> bool {
+    spec.programs
+        .iter()
+        .filter_map(|p| p.attach.as_ref())
+        .any(|a| a.network_namespaces().is_some())
+}
+
+/// What the step did, per object.
+#[derive(Debug, Default)]
+pub struct PodReport {
+    /// Per object name.
+    pub objects: BTreeMap<String, PodAttachments>,
+    /// Public paths of the pod links, per object name.
+    pub links: BTreeMap<String, Vec<String>>,
+    /// Something failed or waits for its pod: try again soon.
+    pub retry: bool,
+}
+
+/// The pod links of one program: the hook, and the selection.
+struct Scoped<'a> {
+    program: &'a str,
+    hook: PodHook,
+    pods: &'a NetworkNamespaces,
+}
+
+fn scoped_programs(spec: &BpfObjectSpec) -> Vec<Scoped<'_>> {
+    let mut out = Vec::new();
+    for p in &spec.programs {
+        let Some(attach) = &p.attach else { continue };
+        if let Some(x) = &attach.xdp
+            && let Some(pods) = &x.network_namespaces
+        {
+            out.push(Scoped {
+                program: &p.name,
+                hook: PodHook::Xdp(x.mode),
+                pods,
+            });
+        }
+        if let Some(t) = &attach.tc
+            && let Some(pods) = &t.network_namespaces
+        {
+            out.push(Scoped {
+                program: &p.name,
+                hook: PodHook::Tc(t.direction, t.order == Some(LinkOrder::First)),
+                pods,
+            });
+        }
+    }
+    out
+}
+
+/// Makes the pod links of the pinned objects equal to the matching pods. Runs on the blocking
+/// pool after the reconciler's pass.
+#[derive(Debug)]
+pub struct PodAttacher {
+    root: PathBuf,
+    netns: NetnsDir,
+    /// The namespace inode each link this process made (or found) was attached in.
+    attached: HashMap<PathBuf, u64>,
+}
+
+impl PodAttacher {
+    /// The attacher of the managed root `root`, finding namespaces in `netns_dir`.
+    pub fn new(root: &Path, netns_dir: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            netns: NetnsDir::new(netns_dir),
+            attached: HashMap::new(),
+        }
+    }
+
+    /// One step over every pinned pod-scoped object of the pass.
+    pub fn sync(
+        &mut self,
+        desired: &[DesiredObject],
+        report: &PassReport,
+        pods: &BTreeMap<String, PodEntry>,
+    ) -> PodReport {
+        let mut out = PodReport::default();
+        let mut namespaces: Option<HashMap<IpAddr, Netns>> = None;
+        let mut kept: BTreeSet<PathBuf> = BTreeSet::new();
+        for obj in desired {
+            let scoped = scoped_programs(&obj.spec);
+            if scoped.is_empty() {
+                continue;
+            }
+            let pinned = report
+                .objects
+                .iter()
+                .any(|r| r.name == obj.name && r.pinned.is_some());
+            let Some(version_dir) = self.version_dir(&obj.name).filter(|_| pinned) else {
+                continue;
+            };
+            let mut state = PodAttachments::default();
+            let mut links = Vec::new();
+            let mut matched: BTreeSet<&str> = BTreeSet::new();
+            let mut complete: BTreeMap<&str, bool> = BTreeMap::new();
+            for s in &scoped {
+                let selector = Selector::parse(Some(&s.pods.pod_selector)).unwrap_or_default();
+                let prog_pin = Layout::prog_in(&version_dir, s.program);
+                let link_dir = version_dir.join("links").join(s.program);
+                for pod in pods.values() {
+                    if pod.namespace != s.pods.namespace
+                        || pod.host_network
+                        || pod.ended
+                        || !selector.matches(&pod.labels)
+                    {
+                        continue;
+                    }
+                    let Some(ip) = pod.ip else {
+                        state.waiting += 1;
+                        out.retry = true;
+                        continue;
+                    };
+                    matched.insert(&pod.uid);
+                    let ok = complete.entry(&pod.uid).or_insert(true);
+                    let found = namespaces.get_or_insert_with(|| self.scan()).get(&ip);
+                    for iface in s.pods.interfaces() {
+                        let link = link_dir.join(s.hook.link_name(&pod.uid, &iface));
+                        kept.insert(link.clone());
+                        let result = match found {
+                            Some(ns) => self.ensure_link(ns, &prog_pin, s.hook, &iface, &link, pod),
+                            None => Err(netns::NetnsError::NotFound(
+                                ip,
+                                self.netns.dir().to_path_buf(),
+                            )),
+                        };
+                        match result {
+                            Ok(()) => links.push(
+                                self.root
+                                    .join(&obj.name)
+                                    .join("links")
+                                    .join(s.program)
+                                    .join(link.file_name().unwrap_or_default())
+                                    .display()
+                                    .to_string(),
+                            ),
+                            Err(error) => {
+                                *ok = false;
+                                out.retry = true;
+                                let error = ObjectError::from(error);
+                                tracing::warn!(object = %obj.name, program = s.program, pod = %format!("{}/{}", pod.namespace, pod.name), interface = %iface, reason = %error.reason, error = %error.message, "pod attachment failed");
+                                if state.failures.len() < MAX_POD_FAILURES {
+                                    state.failures.push(PodFailure {
+                                        pod: format!("{}/{}", pod.namespace, pod.name),
+                                        program: s.program.to_owned(),
+                                        interface: iface.clone(),
+                                        reason: error.reason.as_str().to_owned(),
+                                        message: error.message,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+                self.sweep(&link_dir, &kept);
+            }
+            state.matched = i32::try_from(matched.len()).unwrap_or(i32::MAX);
+            state.attached =
+                i32::try_from(complete.values().filter(|ok| **ok).count()).unwrap_or(i32::MAX);
+            links.sort();
+            out.objects.insert(obj.name.clone(), state);
+            out.links.insert(obj.name.clone(), links);
+        }
+        self.attached.retain(|path, _| kept.contains(path));
+        out
+    }
+
+    /// `<root>/_versions/<object>/<version>`, the real directory behind `<root>/<object>`.
+    fn version_dir(&self, object: &str) -> Option<PathBuf> {
+        let target = std::fs::read_link(self.root.join(object)).ok()?;
+        Layout::version_from_target(object, &target)?;
+        Some(self.root.join(target))
+    }
+
+    /// Every pod namespace by IP (one look at the runtime's directory per step).
+    fn scan(&mut self) -> HashMap<IpAddr, Netns> {
+        match self.netns.scan() {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%error, "cannot find pod network namespaces");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// The link is pinned and attached in the pod's current namespace, or made so.
+    fn ensure_link(
+        &mut self,
+        ns: &Netns,
+        prog_pin: &Path,
+        hook: PodHook,
+        iface: &str,
+        link: &Path,
+        pod: &PodEntry,
+    ) -> Result<(), netns::NetnsError> {
+        if link.exists() {
+            match self.attached.get(link) {
+                // Pinned by an earlier run: adopted (a link holds its interface, so an existing
+                // pin of a live namespace is attached).
+                None => {
+                    self.attached.insert(link.to_path_buf(), ns.inode);
+                    return Ok(());
+                }
+                Some(ino) if *ino == ns.inode => return Ok(()),
+                Some(_) => {
+                    tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), link = %link.display(), "the pod has a new network namespace: attaching again");
+                    fsops::remove_tree(&self.root, link);
+                }
+            }
+        }
+        if let Some(dir) = link.parent()
+            && let Err(e) = fsops::create_dirs(&self.root, dir)
+        {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot create the pod link directory");
+        }
+        netns::attach(ns, prog_pin, hook, iface, link)?;
+        self.attached.insert(link.to_path_buf(), ns.inode);
+        let waited_ms = pod.created.map(|t| {
+            (k8s_openapi::jiff::Timestamp::now() - t)
+                .get_milliseconds()
+                .max(0)
+        });
+        tracing::info!(
+            pod = %format!("{}/{}", pod.namespace, pod.name),
+            interface = iface,
+            link = %link.display(),
+            netns = %ns.path.display(),
+            since_pod_created_ms = waited_ms,
+            "attached in pod"
+        );
+        Ok(())
+    }
+
+    /// Unpins the pod links of `dir` that no matching pod has any more.
+    fn sweep(&mut self, dir: &Path, kept: &BTreeSet<PathBuf>) {
+        for (name, _) in fsops::list(&self.root, dir) {
+            let path = dir.join(&name);
+            if PodHook::is_pod_link(&name) && !kept.contains(&path) {
+                fsops::remove_tree(&self.root, &path);
+                self.attached.remove(&path);
+                tracing::info!(link = %path.display(), "pod gone: unpinned its link");
+            }
+        }
+    }
+}
+
+/// Puts the step's counts, failures and links into the objects of `status`.
+pub fn annotate(status: &mut BpfNodeStateStatus, report: &PodReport) {
+    for entry in &mut status.objects {
+        if let Some(pods) = report.objects.get(&entry.name) {
+            entry.pods = Some(pods.clone());
+        }
+        if let Some(links) = report.links.get(&entry.name) {
+            entry.links.extend(links.iter().cloned());
+            entry.links.sort();
+            entry.links.dedup();
+        }
+    }
+}
