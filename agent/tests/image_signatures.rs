@@ -678,3 +678,92 @@ fn a_broken_trusted_root_or_identities_file_is_a_clear_error_at_start() {
         stderr(&out)
     );
 }
+
+#[test]
+fn an_object_opts_out_of_verification_only_where_the_node_allows_it() {
+    require_root();
+    let registry = Registry::start(false);
+    let work = tempfile::tempdir().expect("tempdir");
+    let key = KeyPair::generate(work.path(), "release");
+    let keys = key_dir(&[&key]);
+    let (good, _) = push(&registry, "good", "v1", "good");
+    key.sign(&good);
+    let (unsigned, _) = push(&registry, "unsigned", "v1", "unsigned");
+    let manifests = tempfile::tempdir().expect("tempdir");
+    write(manifests.path(), "good", &good);
+    std::fs::write(
+        manifests.path().join("optout.yaml"),
+        format!(
+            "apiVersion: bpfpin.io/v1alpha1\nkind: BpfObject\nmetadata: {{name: optout}}\nspec:\n  bytecode: {{image: '{unsigned}', skipSignatureVerification: true}}\n  programs: [{{name: count_getpid}}]\n"
+        ),
+    )
+    .expect("write");
+
+    // Not allowed: the object fails alone, nothing of it pinned.
+    let cache = tempfile::tempdir().expect("tempdir");
+    let fs = Bpffs::new();
+    let out = once(
+        manifests.path(),
+        &fs,
+        cache.path(),
+        "enforce",
+        Some(keys.path()),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(fs.root().join("good/progs/count_getpid").exists(), "{err}");
+    assert!(!fs.root().join("optout").exists(), "{err}");
+    assert!(
+        failure(&err, "optout").contains(&format!(
+            "optout: FAILED SignatureInvalid: image {unsigned}: spec.bytecode.skipSignatureVerification is set, but this node verifies signatures (--image-verification-policy enforce) and does not let objects opt out (--image-verification-allow-opt-out)"
+        )),
+        "{err}"
+    );
+
+    // Allowed: the unsigned image is pinned without a signature fetch; the good one is still
+    // verified.
+    let before = signature_gets(&registry, "unsigned");
+    let fs2 = Bpffs::new();
+    let allow: &[&std::ffi::OsStr] = &["--image-verification-allow-opt-out".as_ref()];
+    let out = once_with(
+        manifests.path(),
+        &fs2,
+        cache.path(),
+        "enforce",
+        Some(keys.path()),
+        allow,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(fs2.root().join("optout/progs/count_getpid").exists());
+    assert!(fs2.root().join("good/progs/count_getpid").exists());
+    assert_eq!(
+        signature_gets(&registry, "unsigned"),
+        before,
+        "{}",
+        registry.log()
+    );
+
+    // A spec that sets it without an image is refused as invalid.
+    let bad = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        bad.path().join("path.yaml"),
+        "apiVersion: bpfpin.io/v1alpha1\nkind: BpfObject\nmetadata: {name: path}\nspec:\n  bytecode: {path: /nonexistent.o, skipSignatureVerification: true}\n  programs: [{name: count_getpid}]\n",
+    )
+    .expect("write");
+    let fs3 = Bpffs::new();
+    let out = once_with(
+        bad.path(),
+        &fs3,
+        cache.path(),
+        "enforce",
+        Some(keys.path()),
+        allow,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("spec.bytecode.skipSignatureVerification")
+            && stderr(&out).contains("is only used with image"),
+        "{}",
+        stderr(&out)
+    );
+}
