@@ -767,3 +767,67 @@ fn an_object_opts_out_of_verification_only_where_the_node_allows_it() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_signature_stored_as_an_oci_referrer_is_found_through_the_tag_fallback() {
+    require_root();
+    let registry = Registry::start(false);
+    let work = tempfile::tempdir().expect("tempdir");
+    let key = KeyPair::generate(work.path(), "release");
+    let stranger = KeyPair::generate(work.path(), "stranger");
+    let keys = key_dir(&[&key]);
+    let (good, good_digest) = push(&registry, "referred", "v1", "referred");
+    key.sign_as_referrer(&good);
+    let (wrongkey, _) = push(&registry, "referredwrong", "v1", "referredwrong");
+    stranger.sign_as_referrer(&wrongkey);
+    // This registry (CNCF distribution) has no referrers API: cosign wrote the fallback index
+    // under the tag sha256-<hex>, and no .sig tag.
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let api = http
+        .get(&registry.url(&format!("/v2/referred/referrers/{good_digest}")))
+        .call()
+        .expect("referrers");
+    assert_eq!(
+        api.status().as_u16(),
+        404,
+        "the registry has a referrers API now: test it too"
+    );
+    let index: serde_json::Value = serde_json::from_slice(&get_manifest(
+        &registry,
+        "referred",
+        &good_digest.replacen(':', "-", 1),
+    ))
+    .expect("json");
+    assert_eq!(
+        index["manifests"][0]["artifactType"], "application/vnd.dev.cosign.artifact.sig.v1+json",
+        "{index}"
+    );
+
+    let manifests = tempfile::tempdir().expect("tempdir");
+    let cache = tempfile::tempdir().expect("tempdir");
+    write(manifests.path(), "referred", &good);
+    write(manifests.path(), "referredwrong", &wrongkey);
+    let fs = Bpffs::new();
+    let out = once(
+        manifests.path(),
+        &fs,
+        cache.path(),
+        "enforce",
+        Some(keys.path()),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        fs.root().join("referred/progs/count_getpid").exists(),
+        "{err}"
+    );
+    assert!(!fs.root().join("referredwrong").exists(), "{err}");
+    assert!(
+        failure(&err, "referredwrong")
+            .contains("signature 1: it does not verify with any configured key"),
+        "{err}"
+    );
+}

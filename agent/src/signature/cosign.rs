@@ -40,6 +40,13 @@ pub trait SignatureStore {
     /// none (HTTP 404). At most `limit` bytes.
     fn signature_manifest(&mut self, tag: &str, limit: u64)
     -> Result<Option<Vec<u8>>, ObjectError>;
+    /// The OCI 1.1 referrers index of `digest` (`/v2/<name>/referrers/<digest>`), or `None`
+    /// when the registry has no referrers API (HTTP 404). At most `limit` bytes.
+    fn signature_referrers(
+        &mut self,
+        digest: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, ObjectError>;
     /// The blob `digest` (`sha256:<hex>`, checked), of `size` bytes as its descriptor says, at
     /// most `limit`.
     fn signature_payload(
@@ -55,7 +62,7 @@ pub trait SignatureStore {
 pub enum SignatureError {
     /// The registry has no signature for the digest.
     #[error(
-        "image {image}: not signed: the registry has no cosign signature for {digest} (no tag {tag})"
+        "image {image}: not signed: the registry has no cosign signature for {digest} (no tag {tag}, no OCI 1.1 referrer)"
     )]
     Unsigned {
         /// The reference as written.
@@ -251,6 +258,94 @@ pub fn signature_tag(digest: &str) -> String {
     format!("{}.sig", digest.replacen(':', "-", 1))
 }
 
+/// The `artifactType` of a cosign signature manifest stored as an OCI 1.1 referrer
+/// (`cosign sign --registry-referrers-mode=oci-1-1`).
+pub const SIGNATURE_ARTIFACT: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+
+#[derive(Deserialize)]
+struct Index {
+    #[serde(default)]
+    manifests: Vec<IndexEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexEntry {
+    digest: String,
+    #[serde(default)]
+    artifact_type: String,
+}
+
+/// The signature manifests of `digest` stored as OCI 1.1 referrers: from the referrers API, or
+/// its fallback, an index tagged `sha256-<hex>` (what cosign writes to a registry without the
+/// API). Each manifest is fetched by digest and checked against it. `Ok(None)`: no referrer.
+fn referrer_manifests(
+    digest: &str,
+    store: &mut dyn SignatureStore,
+    malformed: &dyn Fn(String) -> SignatureError,
+    fetch: &dyn Fn(ObjectError) -> SignatureError,
+) -> Result<Option<Vec<Vec<u8>>>, SignatureError> {
+    let index = match store
+        .signature_referrers(digest, MAX_SIGNATURE_MANIFEST)
+        .map_err(fetch)?
+    {
+        Some(index) => index,
+        None => match store
+            .signature_manifest(&digest.replacen(':', "-", 1), MAX_SIGNATURE_MANIFEST)
+            .map_err(fetch)?
+        {
+            Some(index) => index,
+            None => return Ok(None),
+        },
+    };
+    let index: Index = serde_json::from_slice(&index)
+        .map_err(|e| malformed(format!("its referrers index is not JSON: {e}")))?;
+    let signatures: Vec<&IndexEntry> = index
+        .manifests
+        .iter()
+        .filter(|m| m.artifact_type == SIGNATURE_ARTIFACT)
+        .collect();
+    if signatures.is_empty() {
+        return Ok(None);
+    }
+    if signatures.len() > MAX_SIGNATURES {
+        return Err(malformed(format!(
+            "its referrers index lists {} signatures, over the limit of {MAX_SIGNATURES}",
+            signatures.len()
+        )));
+    }
+    let mut manifests = Vec::new();
+    let mut total = 0;
+    for entry in signatures {
+        let Some(bytes) = store
+            .signature_manifest(&entry.digest, MAX_SIGNATURE_MANIFEST)
+            .map_err(fetch)?
+        else {
+            return Err(malformed(format!(
+                "its referrer {} is listed but missing",
+                entry.digest
+            )));
+        };
+        let got = format!("sha256:{}", crate::pin::desired::sha256_hex(&bytes));
+        if got != entry.digest {
+            return Err(malformed(format!(
+                "its referrer {} has digest {got}",
+                entry.digest
+            )));
+        }
+        // All referrers together are held to the limit of one signature manifest.
+        total += bytes.len() as u64;
+        if total > MAX_SIGNATURE_MANIFEST {
+            return Err(malformed(format!(
+                "its referrers are over the {} MiB limit together",
+                MAX_SIGNATURE_MANIFEST >> 20
+            )));
+        }
+        manifests.push(bytes);
+    }
+    Ok(Some(manifests))
+}
+
 /// Verifies that the image `image` with manifest digest `digest` is signed by one of `keys`.
 pub fn verify(
     image: &str,
@@ -270,26 +365,36 @@ pub fn verify(
         image: image.to_owned(),
         source,
     };
-    let Some(manifest) = store
-        .signature_manifest(&tag, MAX_SIGNATURE_MANIFEST)
-        .map_err(fetch)?
-    else {
-        return Err(SignatureError::Unsigned {
-            image: image.to_owned(),
-            digest: digest.to_owned(),
-            tag,
-        });
-    };
     let malformed = |why: String| SignatureError::Malformed {
         image: image.to_owned(),
         tag: tag.clone(),
         why,
     };
-    let manifest: SignatureManifest =
-        serde_json::from_slice(&manifest).map_err(|e| malformed(format!("not JSON: {e}")))?;
-    let layers = manifest.layers.unwrap_or_default();
-    if layers.is_empty() {
-        return Err(malformed("it has no layers".into()));
+    let manifests = match store
+        .signature_manifest(&tag, MAX_SIGNATURE_MANIFEST)
+        .map_err(fetch)?
+    {
+        Some(manifest) => vec![manifest],
+        None => match referrer_manifests(digest, store, &malformed, &fetch)? {
+            Some(manifests) => manifests,
+            None => {
+                return Err(SignatureError::Unsigned {
+                    image: image.to_owned(),
+                    digest: digest.to_owned(),
+                    tag: tag.clone(),
+                });
+            }
+        },
+    };
+    let mut layers = Vec::new();
+    for manifest in manifests {
+        let manifest: SignatureManifest =
+            serde_json::from_slice(&manifest).map_err(|e| malformed(format!("not JSON: {e}")))?;
+        let these = manifest.layers.unwrap_or_default();
+        if these.is_empty() {
+            return Err(malformed("it has no layers".into()));
+        }
+        layers.extend(these);
     }
     if layers.len() > MAX_SIGNATURES {
         return Err(malformed(format!(
@@ -454,6 +559,13 @@ mod tests {
             _limit: u64,
         ) -> Result<Option<Vec<u8>>, ObjectError> {
             Ok(self.manifests.get(tag).cloned())
+        }
+        fn signature_referrers(
+            &mut self,
+            digest: &str,
+            _limit: u64,
+        ) -> Result<Option<Vec<u8>>, ObjectError> {
+            Ok(self.manifests.get(&format!("referrers/{digest}")).cloned())
         }
         fn signature_payload(
             &mut self,
