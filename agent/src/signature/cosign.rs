@@ -708,6 +708,46 @@ mod tests {
     }
 
     #[test]
+    fn referrers_are_read_from_the_api_and_checked_against_their_digests() {
+        let (signer, keys) = key(1);
+        let mut store = Store::default();
+        let p = payload(DIGEST);
+        // Stored under a scratch tag, then moved behind a referrers index by digest.
+        sign(&mut store, OTHER, &p, der(&signer, &p));
+        let manifest = store
+            .manifests
+            .remove(&signature_tag(OTHER))
+            .expect("manifest");
+        let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
+        store.manifests.insert(manifest_digest.clone(), manifest);
+        let index = |digest: &str| {
+            serde_json::to_vec(&serde_json::json!({"manifests": [
+                {"digest": "sha256:0000", "artifactType": "application/other"},
+                {"digest": digest, "artifactType": SIGNATURE_ARTIFACT}]}))
+            .expect("json")
+        };
+        store
+            .manifests
+            .insert(format!("referrers/{DIGEST}"), index(&manifest_digest));
+        let verified = verify("img", DIGEST, &keys, &mut store).expect("verifies");
+        assert!(matches!(verified.signer, Signer::Key { .. }));
+
+        // A referrer whose bytes are not its digest is refused.
+        let forged = format!("sha256:{}", "3".repeat(64));
+        let bytes = store.manifests[&manifest_digest].clone();
+        store.manifests.insert(forged.clone(), bytes);
+        store
+            .manifests
+            .insert(format!("referrers/{DIGEST}"), index(&forged));
+        let e = verify("img", DIGEST, &keys, &mut store).expect_err("forged");
+        assert!(
+            e.to_string()
+                .contains(&format!("its referrer {forged} has digest")),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_signature_tag_is_the_digest_with_a_dash() {
         assert_eq!(
             signature_tag(DIGEST),
