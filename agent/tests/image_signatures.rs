@@ -9,6 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use bpfpin_testkit::cosign_ca::{FulcioCa, Subject, trusted_root};
 use common::cosign::{KeyPair, key_dir};
 use common::registry::{OCI_MANIFEST, Registry, counter_labels, gzip, tar};
 use common::*;
@@ -25,6 +26,18 @@ fn write(dir: &Path, name: &str, image: &str) {
 }
 
 fn once(manifests: &Path, fs: &Bpffs, cache: &Path, policy: &str, keys: Option<&Path>) -> Output {
+    once_with(manifests, fs, cache, policy, keys, &[])
+}
+
+/// [`once`] with more agent flags (the keyless ones).
+fn once_with(
+    manifests: &Path,
+    fs: &Bpffs,
+    cache: &Path,
+    policy: &str,
+    keys: Option<&Path>,
+    extra: &[&std::ffi::OsStr],
+) -> Output {
     let mut cmd = Command::new(AGENT);
     cmd.args(["local", "--once", "--manifests"])
         .arg(manifests)
@@ -37,6 +50,7 @@ fn once(manifests: &Path, fs: &Bpffs, cache: &Path, policy: &str, keys: Option<&
     if let Some(keys) = keys {
         cmd.arg("--image-verification-keys").arg(keys);
     }
+    cmd.args(extra);
     cmd.output().expect("agent")
 }
 
@@ -426,5 +440,394 @@ fn malformed_or_missing_keys_are_a_clear_error_at_start() {
             .contains("--image-verification-policy enforce needs --image-verification-keys DIR"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// The failure line of `name` in the agent's output.
+fn failure<'a>(err: &'a str, name: &str) -> &'a str {
+    err.lines()
+        .find(|l| l.contains(&format!("{name}: FAILED")))
+        .unwrap_or_else(|| panic!("no failure for {name}: {err}"))
+}
+
+const ISSUER: &str = "https://issuer.bpfpin.test";
+const EMAIL: &str = "ci@bpfpin.test";
+const WORKFLOW: &str =
+    "https://github.com/bpfpin/bpfpin/.github/workflows/release.yml@refs/heads/main";
+
+/// The identities file the keyless tests allow: the CI email exactly, and any workflow of the
+/// bpfpin organisation by regex.
+fn identities(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("identities.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "- issuer: {ISSUER}\n  subject: {EMAIL}\n- issuer: {ISSUER}\n  subjectRegExp: 'https://github\\.com/bpfpin/[^/]+/\\.github/workflows/.*'\n"
+        ),
+    )
+    .expect("write identities");
+    path
+}
+
+fn keyless_flags<'a>(root: &'a Path, ids: &'a Path, tlog: &'a str) -> Vec<&'a std::ffi::OsStr> {
+    vec![
+        "--image-verification-trusted-root".as_ref(),
+        root.as_os_str(),
+        "--image-verification-identities".as_ref(),
+        ids.as_os_str(),
+        "--image-verification-transparency-log".as_ref(),
+        tlog.as_ref(),
+    ]
+}
+
+#[test]
+fn keyless_signatures_pin_only_allowed_identities_of_the_trusted_root() {
+    require_root();
+    let registry = Registry::start(false);
+    let work = tempfile::tempdir().expect("tempdir");
+    let ca = FulcioCa::new(work.path(), "fulcio");
+    let stranger_ca = FulcioCa::new(work.path(), "stranger");
+    let root = trusted_root(work.path(), &[&ca]);
+    let ids = identities(work.path());
+
+    // Signed with certificates by the real cosign: --certificate, --certificate-chain.
+    let sign = |repo: &str, leaf: &bpfpin_testkit::cosign_ca::Leaf| {
+        let (image, digest) = push(&registry, repo, "v1", repo);
+        leaf.sign(&image, &[]);
+        (image, digest)
+    };
+    let email = ca.leaf("good", ISSUER, Subject::Email(EMAIL.into()), -60, 3600);
+    let (good, good_digest) = sign("good", &email);
+    let workflow = ca.leaf("workflow", ISSUER, Subject::Uri(WORKFLOW.into()), -60, 3600);
+    let (ci, _) = sign("ci", &workflow);
+    let intruder = ca.leaf(
+        "intruder",
+        ISSUER,
+        Subject::Email("intruder@bpfpin.test".into()),
+        -60,
+        3600,
+    );
+    let (wrongsubject, _) = sign("wrongsubject", &intruder);
+    let evil = ca.leaf(
+        "evil",
+        "https://evil.test",
+        Subject::Email(EMAIL.into()),
+        -60,
+        3600,
+    );
+    let (wrongissuer, _) = sign("wrongissuer", &evil);
+    let foreign = stranger_ca.leaf("foreign", ISSUER, Subject::Email(EMAIL.into()), -60, 3600);
+    let (otherroot, _) = sign("otherroot", &foreign);
+    let old = ca.leaf("old", ISSUER, Subject::Email(EMAIL.into()), -7200, -3600);
+    let (expired, _) = sign("expired", &old);
+    // A tampered manifest: the good image's manifest with one annotation more, under its own
+    // tag, with the good image's signature copied to its signature tag.
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&get_manifest(&registry, "good", &good_digest)).expect("json");
+    manifest["annotations"] = serde_json::json!({"tampered": "yes"});
+    let body = serde_json::to_vec(&manifest).expect("json");
+    let tampered_digest = registry.push_manifest("good", "tampered", OCI_MANIFEST, &body);
+    let signature = get_manifest(&registry, "good", &sig_tag(&good_digest));
+    registry.push_manifest("good", &sig_tag(&tampered_digest), OCI_MANIFEST, &signature);
+    let tampered = format!("{}/good@{tampered_digest}", registry.host());
+
+    let manifests = tempfile::tempdir().expect("tempdir");
+    let cache = tempfile::tempdir().expect("tempdir");
+    for (name, image) in [
+        ("good", &good),
+        ("ci", &ci),
+        ("wrongsubject", &wrongsubject),
+        ("wrongissuer", &wrongissuer),
+        ("otherroot", &otherroot),
+        ("expired", &expired),
+        ("tampered", &tampered),
+    ] {
+        write(manifests.path(), name, image);
+    }
+    let fs = Bpffs::new();
+    let flags = keyless_flags(&root, &ids, "optional");
+    let out = once_with(manifests.path(), &fs, cache.path(), "enforce", None, &flags);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    for name in ["good", "ci"] {
+        assert!(
+            fs.root()
+                .join(format!("{name}/progs/count_getpid"))
+                .exists(),
+            "{name}: {err}"
+        );
+    }
+    let expect = [
+        ("wrongsubject", "its certificate's identity (issuer \"https://issuer.bpfpin.test\" subject \"intruder@bpfpin.test\") is not one of the allowed identities".to_owned()),
+        ("wrongissuer", "its certificate's identity (issuer \"https://evil.test\" subject \"ci@bpfpin.test\") is not one of the allowed identities".to_owned()),
+        ("otherroot", "its certificate is not trusted: certificate authority https://fulcio.fulcio.test: the certificate does not chain to its root".to_owned()),
+        ("expired", "its certificate is not trusted: certificate authority https://fulcio.fulcio.test: the certificate chain expired at".to_owned()),
+        ("tampered", format!("signature 1: verifies with the certificate of \"{EMAIL}\" (issuer \"{ISSUER}\") but signs another image ({good_digest})")),
+    ];
+    for (name, text) in &expect {
+        assert!(
+            !fs.root().join(name).exists(),
+            "{name} is not pinned: {err}"
+        );
+        let line = failure(&err, name);
+        assert!(
+            line.contains(&format!("{name}: FAILED SignatureInvalid: image "))
+                && line.contains(text.as_str()),
+            "{name}: expected {text:?}, got: {line}"
+        );
+    }
+    // What verified is kept, with the signer's identity (what the status reports).
+    let record = cache.path().join(format!(
+        "{}.verified",
+        good_digest.trim_start_matches("sha256:")
+    ));
+    let text = std::fs::read_to_string(&record).expect("a verified result is cached");
+    assert!(
+        text.contains(EMAIL) && text.contains(ISSUER) && text.contains("certificate"),
+        "{text}"
+    );
+
+    // Without a Rekor bundle, a policy that requires the transparency log refuses the
+    // signature (a fresh cache: the result above would stand otherwise).
+    let cache2 = tempfile::tempdir().expect("tempdir");
+    let only_good = tempfile::tempdir().expect("tempdir");
+    write(only_good.path(), "good", &good);
+    let fs2 = Bpffs::new();
+    let flags = keyless_flags(&root, &ids, "require");
+    let out = once_with(
+        only_good.path(),
+        &fs2,
+        cache2.path(),
+        "enforce",
+        None,
+        &flags,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(!fs2.root().join("good").exists(), "{err}");
+    assert!(
+        failure(&err, "good").contains("it has no Rekor bundle (dev.sigstore.cosign/bundle), and the transparency log is required"),
+        "{err}"
+    );
+
+    // Another trusted root (the stranger's): the cached result does not count, and the good
+    // image's certificate does not chain to it.
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other_root = trusted_root(other_dir.path(), &[&stranger_ca]);
+    let fs3 = Bpffs::new();
+    let flags = keyless_flags(&other_root, &ids, "optional");
+    let out = once_with(
+        only_good.path(),
+        &fs3,
+        cache.path(),
+        "enforce",
+        None,
+        &flags,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        failure(&stderr(&out), "good").contains("the certificate does not chain to its root"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_broken_trusted_root_or_identities_file_is_a_clear_error_at_start() {
+    require_root();
+    let manifests = tempfile::tempdir().expect("tempdir");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let work = tempfile::tempdir().expect("tempdir");
+    let fs = Bpffs::new();
+    let ca = FulcioCa::new(work.path(), "fulcio");
+    let root = trusted_root(work.path(), &[&ca]);
+    let ids = identities(work.path());
+    let broken_root = work.path().join("broken_root.json");
+    std::fs::write(&broken_root, "{\"certificateAuthorities\": []}").expect("write");
+    let out = once_with(
+        manifests.path(),
+        &fs,
+        cache.path(),
+        "enforce",
+        None,
+        &keyless_flags(&broken_root, &ids, "require"),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "--image-verification-trusted-root/identities: the trusted root {} is malformed: it has no certificateAuthorities",
+            broken_root.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let broken_ids = work.path().join("broken.yaml");
+    std::fs::write(&broken_ids, "- {issuer: x, subjectRegExp: '('}\n").expect("write");
+    let out = once_with(
+        manifests.path(),
+        &fs,
+        cache.path(),
+        "enforce",
+        None,
+        &keyless_flags(&root, &broken_ids, "require"),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("identity 1: subjectRegExp is not a regular expression"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_object_opts_out_of_verification_only_where_the_node_allows_it() {
+    require_root();
+    let registry = Registry::start(false);
+    let work = tempfile::tempdir().expect("tempdir");
+    let key = KeyPair::generate(work.path(), "release");
+    let keys = key_dir(&[&key]);
+    let (good, _) = push(&registry, "good", "v1", "good");
+    key.sign(&good);
+    let (unsigned, _) = push(&registry, "unsigned", "v1", "unsigned");
+    let manifests = tempfile::tempdir().expect("tempdir");
+    write(manifests.path(), "good", &good);
+    std::fs::write(
+        manifests.path().join("optout.yaml"),
+        format!(
+            "apiVersion: bpfpin.io/v1alpha1\nkind: BpfObject\nmetadata: {{name: optout}}\nspec:\n  bytecode: {{image: '{unsigned}', skipSignatureVerification: true}}\n  programs: [{{name: count_getpid}}]\n"
+        ),
+    )
+    .expect("write");
+
+    // Not allowed: the object fails alone, nothing of it pinned.
+    let cache = tempfile::tempdir().expect("tempdir");
+    let fs = Bpffs::new();
+    let out = once(
+        manifests.path(),
+        &fs,
+        cache.path(),
+        "enforce",
+        Some(keys.path()),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(fs.root().join("good/progs/count_getpid").exists(), "{err}");
+    assert!(!fs.root().join("optout").exists(), "{err}");
+    assert!(
+        failure(&err, "optout").contains(&format!(
+            "optout: FAILED SignatureInvalid: image {unsigned}: spec.bytecode.skipSignatureVerification is set, but this node verifies signatures (--image-verification-policy enforce) and does not let objects opt out (--image-verification-allow-opt-out)"
+        )),
+        "{err}"
+    );
+
+    // Allowed: the unsigned image is pinned without a signature fetch; the good one is still
+    // verified.
+    let before = signature_gets(&registry, "unsigned");
+    let fs2 = Bpffs::new();
+    let allow: &[&std::ffi::OsStr] = &["--image-verification-allow-opt-out".as_ref()];
+    let out = once_with(
+        manifests.path(),
+        &fs2,
+        cache.path(),
+        "enforce",
+        Some(keys.path()),
+        allow,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(fs2.root().join("optout/progs/count_getpid").exists());
+    assert!(fs2.root().join("good/progs/count_getpid").exists());
+    assert_eq!(
+        signature_gets(&registry, "unsigned"),
+        before,
+        "{}",
+        registry.log()
+    );
+
+    // A spec that sets it without an image is refused as invalid.
+    let bad = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        bad.path().join("path.yaml"),
+        "apiVersion: bpfpin.io/v1alpha1\nkind: BpfObject\nmetadata: {name: path}\nspec:\n  bytecode: {path: /nonexistent.o, skipSignatureVerification: true}\n  programs: [{name: count_getpid}]\n",
+    )
+    .expect("write");
+    let fs3 = Bpffs::new();
+    let out = once_with(
+        bad.path(),
+        &fs3,
+        cache.path(),
+        "enforce",
+        Some(keys.path()),
+        allow,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("spec.bytecode.skipSignatureVerification")
+            && stderr(&out).contains("is only used with image"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_signature_stored_as_an_oci_referrer_is_found_through_the_tag_fallback() {
+    require_root();
+    let registry = Registry::start(false);
+    let work = tempfile::tempdir().expect("tempdir");
+    let key = KeyPair::generate(work.path(), "release");
+    let stranger = KeyPair::generate(work.path(), "stranger");
+    let keys = key_dir(&[&key]);
+    let (good, good_digest) = push(&registry, "referred", "v1", "referred");
+    key.sign_as_referrer(&good);
+    let (wrongkey, _) = push(&registry, "referredwrong", "v1", "referredwrong");
+    stranger.sign_as_referrer(&wrongkey);
+    // This registry (CNCF distribution) has no referrers API: cosign wrote the fallback index
+    // under the tag sha256-<hex>, and no .sig tag.
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let api = http
+        .get(&registry.url(&format!("/v2/referred/referrers/{good_digest}")))
+        .call()
+        .expect("referrers");
+    assert_eq!(
+        api.status().as_u16(),
+        404,
+        "the registry has a referrers API now: test it too"
+    );
+    let index: serde_json::Value = serde_json::from_slice(&get_manifest(
+        &registry,
+        "referred",
+        &good_digest.replacen(':', "-", 1),
+    ))
+    .expect("json");
+    assert_eq!(
+        index["manifests"][0]["artifactType"], "application/vnd.dev.cosign.artifact.sig.v1+json",
+        "{index}"
+    );
+
+    let manifests = tempfile::tempdir().expect("tempdir");
+    let cache = tempfile::tempdir().expect("tempdir");
+    write(manifests.path(), "referred", &good);
+    write(manifests.path(), "referredwrong", &wrongkey);
+    let fs = Bpffs::new();
+    let out = once(
+        manifests.path(),
+        &fs,
+        cache.path(),
+        "enforce",
+        Some(keys.path()),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        fs.root().join("referred/progs/count_getpid").exists(),
+        "{err}"
+    );
+    assert!(!fs.root().join("referredwrong").exists(), "{err}");
+    assert!(
+        failure(&err, "referredwrong")
+            .contains("signature 1: it does not verify with any configured key"),
+        "{err}"
     );
 }

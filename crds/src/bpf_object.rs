@@ -114,6 +114,7 @@ pub struct TailCall {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[x_kube(validation = Rule::new("[has(self.path), has(self.configMap), has(self.url), has(self.image)].filter(x, x).size() == 1").message("exactly one of path, configMap, url, image must be set"))]
 #[x_kube(validation = Rule::new("!has(self.imagePullSecret) || has(self.image)").message("imagePullSecret is only used with image"))]
+#[x_kube(validation = Rule::new("!has(self.skipSignatureVerification) || !self.skipSignatureVerification || has(self.image)").message("skipSignatureVerification is only used with image"))]
 #[serde(rename_all = "camelCase")]
 pub struct Bytecode {
     /// A file on the node, inside a directory the agent allows (`--bytecode-dir`, by default
@@ -145,6 +146,13 @@ pub struct Bytecode {
     /// `--registry-auth` credentials, or an anonymous pull.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_secret: Option<SecretReference>,
+
+    /// For `image`: do not verify its signature. Honoured only on nodes whose agent allows it
+    /// (`--image-verification-allow-opt-out`, the chart's
+    /// `agent.imageVerification.allowOptOut`); elsewhere, with verification on, the object fails
+    /// with `SignatureInvalid`. No effect when the node verifies nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_signature_verification: bool,
 }
 
 /// A Secret, by namespace and name.
@@ -861,6 +869,13 @@ impl BpfObjectSpec {
         if self.bytecode.image_pull_secret.is_some() && self.bytecode.image.is_none() {
             return Err(ValidationError {
                 field: "spec.bytecode.imagePullSecret".into(),
+                value: String::new(),
+                reason: "is only used with image".into(),
+            });
+        }
+        if self.bytecode.skip_signature_verification && self.bytecode.image.is_none() {
+            return Err(ValidationError {
+                field: "spec.bytecode.skipSignatureVerification".into(),
                 value: String::new(),
                 reason: "is only used with image".into(),
             });

@@ -3,7 +3,8 @@
 //! (bpfpin-testkit's `registry`) and signatures made by the real `cosign` CLI
 //! (bpfpin-testkit's `cosign`). A signed image becomes Ready on every node; an unsigned one
 //! fails on every node with `SignatureInvalid` in the BpfObject's status and its Degraded
-//! condition, and the signed one is untouched. Run through `e2e/run`.
+//! condition, and the signed one is untouched; one that opts out of verification where the
+//! agents do not allow it fails the same way, saying so. Run through `e2e/run`.
 
 use bpfpin_testkit::{cosign, registry};
 
@@ -88,6 +89,15 @@ async fn enforce_pins_signed_images_and_fails_unsigned_ones_with_signature_inval
     let unsigned_image = format!("{}/sig/unsigned:v1", registry.host());
     env.apply(&manifest("sig-signed", &image_spec(&signed_image)));
     env.apply(&manifest("sig-unsigned", &image_spec(&unsigned_image)));
+    // An object that opts out, on nodes that do not allow it (no
+    // --image-verification-allow-opt-out): the API server admits the field, the agents refuse.
+    env.apply(&manifest(
+        "sig-optout",
+        &image_spec(&unsigned_image).replace(
+            "bytecode: {image:",
+            "bytecode: {skipSignatureVerification: true, image:",
+        ),
+    ));
 
     env.wait_object("sig-signed", "Ready on 2 nodes", |o| {
         ready_is(o, "True")
@@ -117,6 +127,23 @@ async fn enforce_pins_signed_images_and_fails_unsigned_ones_with_signature_inval
             "{failure:?}"
         );
     }
+    let o_out = env
+        .wait_object("sig-optout", "failed on 2 nodes", |o| {
+            o.status
+                .as_ref()
+                .and_then(|s| s.nodes.as_ref())
+                .is_some_and(|n| n.failed == 2)
+        })
+        .await?;
+    for failure in &o_out.status.as_ref().expect("status").failures {
+        assert_eq!(failure.reason, "SignatureInvalid", "{failure:?}");
+        assert!(
+            failure.message.contains(&format!(
+                "image {unsigned_image}: spec.bytecode.skipSignatureVerification is set, but this node verifies signatures (--image-verification-policy enforce) and does not let objects opt out (--image-verification-allow-opt-out)"
+            )),
+            "{failure:?}"
+        );
+    }
     let (degraded, reason, msg) = condition(&o, "Degraded").expect("Degraded");
     assert_eq!(
         (degraded.as_str(), reason.as_str()),
@@ -136,10 +163,18 @@ async fn enforce_pins_signed_images_and_fails_unsigned_ones_with_signature_inval
         );
     }
 
-    for name in ["sig-signed", "sig-unsigned"] {
+    for node in &nodes {
+        assert!(
+            !node.has_object("sig-optout"),
+            "nothing of sig-optout on {}",
+            node.name
+        );
+    }
+
+    for name in ["sig-signed", "sig-unsigned", "sig-optout"] {
         env.delete(name).await?;
     }
-    for name in ["sig-signed", "sig-unsigned"] {
+    for name in ["sig-signed", "sig-unsigned", "sig-optout"] {
         env.wait_gone(name).await?;
     }
     Ok(())

@@ -36,8 +36,14 @@ pub fn cosign() -> PathBuf {
 
 /// Runs cosign in `dir` (also its HOME: no docker config or sigstore state of the machine).
 pub fn run_cosign(dir: &Path, args: &[&str]) -> Output {
+    run_cosign_env(dir, args, &[])
+}
+
+/// [`run_cosign`] with more environment (`COSIGN_EXPERIMENTAL=1` for the OCI 1.1 referrers mode).
+pub fn run_cosign_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let out = Command::new(cosign())
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .env("HOME", dir)
         .env("COSIGN_PASSWORD", PASSWORD)
@@ -89,6 +95,29 @@ impl KeyPair {
                 "--yes",
                 image,
             ],
+        );
+    }
+}
+
+impl KeyPair {
+    /// [`Self::sign`] with `--registry-referrers-mode=oci-1-1` (experimental in cosign v2): the
+    /// signature is an OCI 1.1 referrer of the image; on a registry without the referrers API,
+    /// cosign writes the fallback index tagged `sha256-<hex>`.
+    pub fn sign_as_referrer(&self, image: &str) {
+        let key = format!("{}.key", self.prefix);
+        run_cosign_env(
+            &self.dir,
+            &[
+                "sign",
+                "--key",
+                &key,
+                "--tlog-upload=false",
+                "--allow-http-registry",
+                "--registry-referrers-mode=oci-1-1",
+                "--yes",
+                image,
+            ],
+            &[("COSIGN_EXPERIMENTAL", "1")],
         );
     }
 }

@@ -8,9 +8,12 @@
 //! - [`http`]: the request reading both servers above share.
 //! - [`cgroup`], [`memory_cgroup`]: the host's cgroup v2 mount, a memory cgroup with a limit.
 //! - [`cosign`]: the real `cosign` CLI: key pairs and signatures stored in the registry.
+//! - [`cosign_ca`]: certificate authorities shaped like Fulcio's, their leaf certificates and
+//!   sigstore trusted roots, for keyless signatures made with the real `cosign`.
 
 pub mod cgroup;
 pub mod cosign;
+pub mod cosign_ca;
 pub mod hostile;
 pub mod http;
 pub mod memory_cgroup;

@@ -45,6 +45,8 @@ pub struct ImagePull {
     /// The pull secret's credentials once read; `None` pulls with the node's `--registry-auth`
     /// (or anonymously).
     pub auth: Option<RegistryAuth>,
+    /// `bytecode.skipSignatureVerification`.
+    pub skip_signature: bool,
 }
 
 /// Why an object's source gives no bytecode, before any byte is read.
@@ -122,6 +124,7 @@ impl Source {
             sha256: spec.sha256.clone(),
             pull_secret: bytecode.image_pull_secret.clone(),
             auth: None,
+            skip_signature: bytecode.skip_signature_verification,
         }))
     }
 }
@@ -136,6 +139,7 @@ enum Remote {
         reference: String,
         sha256: Option<String>,
         auth: RegistryAuth,
+        skip_signature: bool,
     },
 }
 
@@ -148,8 +152,9 @@ impl Remote {
                 reference,
                 sha256,
                 auth,
+                skip_signature,
             } => format!(
-                "image {reference} {} {}",
+                "image {reference} {} {} {skip_signature}",
                 sha256.as_deref().unwrap_or(""),
                 auth.fingerprint()
             ),
@@ -170,7 +175,14 @@ impl Remote {
                 reference,
                 sha256,
                 auth,
-            } => image::pull(fetcher, &auth, &reference, sha256.as_deref()),
+                skip_signature,
+            } => image::pull(
+                fetcher,
+                &auth,
+                &reference,
+                sha256.as_deref(),
+                skip_signature,
+            ),
         }
     }
 }
@@ -251,6 +263,7 @@ impl<'a> Batch<'a> {
                         .unwrap_or_else(|| self.fetcher.registry_auth.clone()),
                     reference: pull.reference,
                     sha256: pull.sha256,
+                    skip_signature: pull.skip_signature,
                 },
             ),
         })

@@ -129,6 +129,7 @@ mod tests {
                 sha256: None,
                 pull_secret: None,
                 auth: None,
+                skip_signature: false,
             })
         );
         let Source::Image(pull) = source_of(

@@ -716,6 +716,7 @@ mod tests {
             ("spec", "!has(self.bytecode.url) || has(self.sha256)", "x".into(), "bytecode: {url: 'https://h/c.o'}\nprograms: [{name: p}]".into(), "spec.sha256"),
             ("spec.bytecode", "[has(self.path), has(self.configMap), has(self.url), has(self.image)].filter(x, x).size() == 1", "x".into(), "bytecode: {path: c.o, image: 'r/c:1'}\nprograms: [{name: p}]".into(), "spec.bytecode"),
             ("spec.bytecode", "!has(self.imagePullSecret) || has(self.image)", "x".into(), "bytecode: {path: c.o, imagePullSecret: {namespace: n, name: s}}\nprograms: [{name: p}]".into(), "spec.bytecode.imagePullSecret"),
+            ("spec.bytecode", "!has(self.skipSignatureVerification) || !self.skipSignatureVerification || has(self.image)", "x".into(), "bytecode: {path: c.o, skipSignatureVerification: true}\nprograms: [{name: p}]".into(), "spec.bytecode.skipSignatureVerification"),
             ("spec.bytecode.url", "self.startsWith('https://') || self.startsWith('http://')", "x".into(), format!("bytecode: {{url: 'file:///etc/c.o'}}\nsha256: '{sha}'\nprograms: [{{name: p}}]"), "spec.bytecode.url"),
             ("spec.maps[].name", "self.matches('^[A-Za-z_][A-Za-z0-9_]*$')", "x".into(), "bytecode: {path: c.o}\nmaps: [{name: .rodata}]\nprograms: [{name: p}]".into(), "spec.maps[0].name"),
             ("spec.maps[].pinPath", "!self.startsWith('/')", "x".into(), map("/etc/m"), "spec.maps[0].pinPath"),

@@ -1,21 +1,12 @@
 //! Verified results on the node, by manifest digest: `<cache>/<hex>.verified` holds the digest
-//! and the fingerprint of the key that verified it. A result counts while that key is still
-//! configured, so a restart, or another object with the same image, needs no signature fetch,
-//! and a registry outage cannot stop an image verified before from loading.
+//! and its signer (the fingerprint of the key that verified it, or the certificate identity and
+//! the trusted root's fingerprint). A result counts while that signer is still trusted, so a
+//! restart, or another object with the same image, needs no signature fetch, and a registry
+//! outage cannot stop an image verified before from loading.
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use super::cosign::Verified;
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Record {
-    digest: String,
-    key_name: String,
-    key_fingerprint: String,
-}
+use super::cosign::{Signer, Verified};
 
 /// The results kept in a cache folder (the fetch cache, beside the bytecode it verifies).
 #[derive(Debug, Clone, Copy)]
@@ -27,28 +18,20 @@ impl VerifiedCache<'_> {
         self.0.join(format!("{hex}.verified"))
     }
 
-    /// The result for `digest`, if it was verified with a key whose fingerprint `trusted` accepts.
-    pub fn get(&self, digest: &str, trusted: impl Fn(&str) -> bool) -> Option<Verified> {
+    /// The result for `digest`, if its signer is one `trusted` accepts. (A record of an older
+    /// form does not parse: the image's signature is fetched again.)
+    pub fn get(&self, digest: &str, trusted: impl Fn(&Signer) -> bool) -> Option<Verified> {
         let text = std::fs::read(self.file(digest)).ok()?;
-        let record: Record = serde_json::from_slice(&text).ok()?;
-        (record.digest == digest && trusted(&record.key_fingerprint)).then_some(Verified {
-            digest: record.digest,
-            key_name: record.key_name,
-            key_fingerprint: record.key_fingerprint,
-        })
+        let record: Verified = serde_json::from_slice(&text).ok()?;
+        (record.digest == digest && trusted(&record.signer)).then_some(record)
     }
 
     /// Keeps `verified`; a failure to write only costs a fetch next time.
     pub fn put(&self, verified: &Verified) {
-        let record = Record {
-            digest: verified.digest.clone(),
-            key_name: verified.key_name.clone(),
-            key_fingerprint: verified.key_fingerprint.clone(),
-        };
         let file = self.file(&verified.digest);
         let tmp = file.with_extension("verified.partial");
         // Written whole, then renamed: a crash never leaves half a record.
-        let written = serde_json::to_vec(&record)
+        let written = serde_json::to_vec(verified)
             .map_err(std::io::Error::other)
             .and_then(|bytes| std::fs::write(&tmp, bytes))
             .and_then(|()| std::fs::rename(&tmp, &file));
@@ -70,12 +53,16 @@ mod tests {
         let digest = format!("sha256:{}", "a".repeat(64));
         let verified = Verified {
             digest: digest.clone(),
-            key_name: "k.pub".into(),
-            key_fingerprint: "sha256:f".into(),
+            signer: Signer::Key {
+                name: "k.pub".into(),
+                fingerprint: "sha256:f".into(),
+            },
         };
         assert_eq!(cache.get(&digest, |_| true), None);
         cache.put(&verified);
-        assert_eq!(cache.get(&digest, |f| f == "sha256:f"), Some(verified));
+        let trusted =
+            |s: &Signer| matches!(s, Signer::Key { fingerprint, .. } if fingerprint == "sha256:f");
+        assert_eq!(cache.get(&digest, trusted), Some(verified));
         assert_eq!(cache.get(&digest, |_| false), None, "the key was removed");
         let other = format!("sha256:{}", "b".repeat(64));
         std::fs::copy(cache.file(&digest), cache.file(&other)).expect("copy");

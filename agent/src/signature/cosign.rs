@@ -16,7 +16,8 @@ use p256::ecdsa::Signature;
 use p256::ecdsa::signature::Verifier as _;
 use serde::Deserialize;
 
-use super::keys::{KeySet, PublicKey};
+use super::keyless::{CERTIFICATE_ANNOTATION, CertificateSigner, Keyless};
+use super::keys::KeySet;
 use crate::error::{ObjectError, Reason};
 
 /// The media type of a cosign payload layer.
@@ -39,6 +40,13 @@ pub trait SignatureStore {
     /// none (HTTP 404). At most `limit` bytes.
     fn signature_manifest(&mut self, tag: &str, limit: u64)
     -> Result<Option<Vec<u8>>, ObjectError>;
+    /// The OCI 1.1 referrers index of `digest` (`/v2/<name>/referrers/<digest>`), or `None`
+    /// when the registry has no referrers API (HTTP 404). At most `limit` bytes.
+    fn signature_referrers(
+        &mut self,
+        digest: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, ObjectError>;
     /// The blob `digest` (`sha256:<hex>`, checked), of `size` bytes as its descriptor says, at
     /// most `limit`.
     fn signature_payload(
@@ -54,7 +62,7 @@ pub trait SignatureStore {
 pub enum SignatureError {
     /// The registry has no signature for the digest.
     #[error(
-        "image {image}: not signed: the registry has no cosign signature for {digest} (no tag {tag})"
+        "image {image}: not signed: the registry has no cosign signature for {digest} (no tag {tag}, no OCI 1.1 referrer)"
     )]
     Unsigned {
         /// The reference as written.
@@ -94,6 +102,16 @@ pub enum SignatureError {
         /// One verdict per signature examined.
         verdicts: Vec<String>,
     },
+    /// The object opts out of verification and the node does not allow it.
+    #[error(
+        "image {image}: spec.bytecode.skipSignatureVerification is set, but this node verifies signatures (--image-verification-policy {mode}) and does not let objects opt out (--image-verification-allow-opt-out)"
+    )]
+    OptOutRefused {
+        /// The reference as written.
+        image: String,
+        /// The node's mode.
+        mode: &'static str,
+    },
     /// The registry did not give the signature (unreachable, denied, over a size limit).
     #[error("{}", source.message)]
     Fetch {
@@ -115,15 +133,87 @@ impl crate::error::StatusError for SignatureError {
     }
 }
 
-/// A signature that verified: by which key, for which digest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A signature that verified: by whom, for which digest. This is what the agent reports as the
+/// image's signer ([`super::verified`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Verified {
     /// The manifest digest.
     pub digest: String,
-    /// The key's file name.
-    pub key_name: String,
-    /// The key's fingerprint.
-    pub key_fingerprint: String,
+    /// Who signed it.
+    pub signer: Signer,
+}
+
+/// Who signed an image: a configured key, or a certificate bound to an identity.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Signer {
+    /// A key of `--image-verification-keys`.
+    Key {
+        /// The key's file name.
+        name: String,
+        /// `sha256:<hex>` of its DER SubjectPublicKeyInfo.
+        fingerprint: String,
+    },
+    /// A certificate of the trusted root with an allowed identity (keyless).
+    Certificate(CertificateSigner),
+}
+
+impl Signer {
+    /// `key cosign.pub`, `the certificate of "ci@example.com" (issuer "https://…")`.
+    pub fn describe(&self) -> String {
+        match self {
+            Signer::Key { name, .. } => format!("key {name}"),
+            Signer::Certificate(c) => {
+                format!("the certificate of {:?} (issuer {:?})", c.subject, c.issuer)
+            }
+        }
+    }
+}
+
+/// What signatures are verified with: the configured keys and the keyless policy.
+#[derive(Debug, Default)]
+pub struct Verifiers {
+    /// The keys of `--image-verification-keys`.
+    pub keys: KeySet,
+    /// The trusted root and identities, when keyless verification is configured and they load.
+    pub keyless: Option<Keyless>,
+    /// Why keyless verification is configured but unusable (its files do not load).
+    pub keyless_broken: Option<String>,
+}
+
+impl Verifiers {
+    /// Whether nothing can verify a signature.
+    fn is_empty(&self) -> bool {
+        self.keys.usable.is_empty() && self.keyless.is_none()
+    }
+
+    /// Whether a signer verified before is still trusted.
+    pub fn still_trusts(&self, signer: &Signer) -> bool {
+        match signer {
+            Signer::Key { fingerprint, .. } => self
+                .keys
+                .usable
+                .iter()
+                .any(|k| &k.fingerprint == fingerprint),
+            Signer::Certificate(c) => self.keyless.as_ref().is_some_and(|k| k.still_trusts(c)),
+        }
+    }
+
+    /// `cosign.pub; unusable: …`, then the keyless part when configured.
+    fn describe(&self) -> String {
+        let mut text = describe_keys(&self.keys);
+        if let Some(keyless) = &self.keyless {
+            text.push_str(&format!(
+                "; keyless: trusted root {}",
+                keyless.root.path.display()
+            ));
+        }
+        if let Some(why) = &self.keyless_broken {
+            text.push_str(&format!("; keyless unusable: {why}"));
+        }
+        text
+    }
 }
 
 #[derive(Deserialize)]
@@ -168,15 +258,103 @@ pub fn signature_tag(digest: &str) -> String {
     format!("{}.sig", digest.replacen(':', "-", 1))
 }
 
+/// The `artifactType` of a cosign signature manifest stored as an OCI 1.1 referrer
+/// (`cosign sign --registry-referrers-mode=oci-1-1`).
+pub const SIGNATURE_ARTIFACT: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+
+#[derive(Deserialize)]
+struct Index {
+    #[serde(default)]
+    manifests: Vec<IndexEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexEntry {
+    digest: String,
+    #[serde(default)]
+    artifact_type: String,
+}
+
+/// The signature manifests of `digest` stored as OCI 1.1 referrers: from the referrers API, or
+/// its fallback, an index tagged `sha256-<hex>` (what cosign writes to a registry without the
+/// API). Each manifest is fetched by digest and checked against it. `Ok(None)`: no referrer.
+fn referrer_manifests(
+    digest: &str,
+    store: &mut dyn SignatureStore,
+    malformed: &dyn Fn(String) -> SignatureError,
+    fetch: &dyn Fn(ObjectError) -> SignatureError,
+) -> Result<Option<Vec<Vec<u8>>>, SignatureError> {
+    let index = match store
+        .signature_referrers(digest, MAX_SIGNATURE_MANIFEST)
+        .map_err(fetch)?
+    {
+        Some(index) => index,
+        None => match store
+            .signature_manifest(&digest.replacen(':', "-", 1), MAX_SIGNATURE_MANIFEST)
+            .map_err(fetch)?
+        {
+            Some(index) => index,
+            None => return Ok(None),
+        },
+    };
+    let index: Index = serde_json::from_slice(&index)
+        .map_err(|e| malformed(format!("its referrers index is not JSON: {e}")))?;
+    let signatures: Vec<&IndexEntry> = index
+        .manifests
+        .iter()
+        .filter(|m| m.artifact_type == SIGNATURE_ARTIFACT)
+        .collect();
+    if signatures.is_empty() {
+        return Ok(None);
+    }
+    if signatures.len() > MAX_SIGNATURES {
+        return Err(malformed(format!(
+            "its referrers index lists {} signatures, over the limit of {MAX_SIGNATURES}",
+            signatures.len()
+        )));
+    }
+    let mut manifests = Vec::new();
+    let mut total = 0;
+    for entry in signatures {
+        let Some(bytes) = store
+            .signature_manifest(&entry.digest, MAX_SIGNATURE_MANIFEST)
+            .map_err(fetch)?
+        else {
+            return Err(malformed(format!(
+                "its referrer {} is listed but missing",
+                entry.digest
+            )));
+        };
+        let got = format!("sha256:{}", crate::pin::desired::sha256_hex(&bytes));
+        if got != entry.digest {
+            return Err(malformed(format!(
+                "its referrer {} has digest {got}",
+                entry.digest
+            )));
+        }
+        // All referrers together are held to the limit of one signature manifest.
+        total += bytes.len() as u64;
+        if total > MAX_SIGNATURE_MANIFEST {
+            return Err(malformed(format!(
+                "its referrers are over the {} MiB limit together",
+                MAX_SIGNATURE_MANIFEST >> 20
+            )));
+        }
+        manifests.push(bytes);
+    }
+    Ok(Some(manifests))
+}
+
 /// Verifies that the image `image` with manifest digest `digest` is signed by one of `keys`.
 pub fn verify(
     image: &str,
     digest: &str,
-    keys: &KeySet,
+    verifiers: &Verifiers,
     store: &mut dyn SignatureStore,
 ) -> Result<Verified, SignatureError> {
-    let key_names = describe_keys(keys);
-    if keys.usable.is_empty() {
+    let key_names = verifiers.describe();
+    if verifiers.is_empty() {
         return Err(SignatureError::NoKeys {
             image: image.to_owned(),
             why: key_names,
@@ -187,26 +365,36 @@ pub fn verify(
         image: image.to_owned(),
         source,
     };
-    let Some(manifest) = store
-        .signature_manifest(&tag, MAX_SIGNATURE_MANIFEST)
-        .map_err(fetch)?
-    else {
-        return Err(SignatureError::Unsigned {
-            image: image.to_owned(),
-            digest: digest.to_owned(),
-            tag,
-        });
-    };
     let malformed = |why: String| SignatureError::Malformed {
         image: image.to_owned(),
         tag: tag.clone(),
         why,
     };
-    let manifest: SignatureManifest =
-        serde_json::from_slice(&manifest).map_err(|e| malformed(format!("not JSON: {e}")))?;
-    let layers = manifest.layers.unwrap_or_default();
-    if layers.is_empty() {
-        return Err(malformed("it has no layers".into()));
+    let manifests = match store
+        .signature_manifest(&tag, MAX_SIGNATURE_MANIFEST)
+        .map_err(fetch)?
+    {
+        Some(manifest) => vec![manifest],
+        None => match referrer_manifests(digest, store, &malformed, &fetch)? {
+            Some(manifests) => manifests,
+            None => {
+                return Err(SignatureError::Unsigned {
+                    image: image.to_owned(),
+                    digest: digest.to_owned(),
+                    tag: tag.clone(),
+                });
+            }
+        },
+    };
+    let mut layers = Vec::new();
+    for manifest in manifests {
+        let manifest: SignatureManifest =
+            serde_json::from_slice(&manifest).map_err(|e| malformed(format!("not JSON: {e}")))?;
+        let these = manifest.layers.unwrap_or_default();
+        if these.is_empty() {
+            return Err(malformed("it has no layers".into()));
+        }
+        layers.extend(these);
     }
     if layers.len() > MAX_SIGNATURES {
         return Err(malformed(format!(
@@ -216,12 +404,11 @@ pub fn verify(
     }
     let mut verdicts = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
-        match check_layer(layer, digest, &keys.usable, store) {
-            Ok(key) => {
+        match check_layer(layer, digest, verifiers, store) {
+            Ok(signer) => {
                 return Ok(Verified {
                     digest: digest.to_owned(),
-                    key_name: key.name.clone(),
-                    key_fingerprint: key.fingerprint.clone(),
+                    signer,
                 });
             }
             Err(Verdict::Fetch(source)) => return Err(fetch(source)),
@@ -241,13 +428,13 @@ enum Verdict {
     Fetch(ObjectError),
 }
 
-/// The key one layer is a valid signature of `digest` by, or why it is not.
-fn check_layer<'k>(
+/// Who signed one layer as a valid signature of `digest`, or why it is not one.
+fn check_layer(
     layer: &Layer,
     digest: &str,
-    keys: &'k [PublicKey],
+    verifiers: &Verifiers,
     store: &mut dyn SignatureStore,
-) -> Result<&'k PublicKey, Verdict> {
+) -> Result<Signer, Verdict> {
     let no = |why: String| Verdict::No(why);
     if layer.media_type != SIMPLE_SIGNING {
         return Err(no(format!(
@@ -261,10 +448,18 @@ fn check_layer<'k>(
     let der = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .map_err(|e| no(format!("its signature is not base64: {e}")))?;
-    let signature = Signature::from_der(&der)
-        .map_err(|_| no("its signature is not a DER ECDSA P-256 signature".into()))?;
     // Go's crypto/ecdsa does not normalize s; both forms are the same signature.
-    let signature = signature.normalize_s().unwrap_or(signature);
+    let p256_signature = Signature::from_der(&der)
+        .ok()
+        .map(|s| s.normalize_s().unwrap_or(s));
+    // A certificate's key may be another curve: its signature is checked by the certificate.
+    let keyless = verifiers
+        .keyless
+        .as_ref()
+        .filter(|_| layer.annotations.contains_key(CERTIFICATE_ANNOTATION));
+    if p256_signature.is_none() && keyless.is_none() {
+        return Err(no("its signature is not a DER ECDSA P-256 signature".into()));
+    }
     if layer.size > MAX_PAYLOAD {
         return Err(no(format!(
             "its payload is {} bytes, over the {} MiB limit",
@@ -275,33 +470,50 @@ fn check_layer<'k>(
     let payload = store
         .signature_payload(&layer.digest, layer.size, MAX_PAYLOAD)
         .map_err(Verdict::Fetch)?;
-    let Some(key) = keys
-        .iter()
-        .find(|k| k.key.verify(&payload, &signature).is_ok())
-    else {
-        return Err(no("it does not verify with any configured key".into()));
+    let key = p256_signature.and_then(|signature| {
+        verifiers
+            .keys
+            .usable
+            .iter()
+            .find(|k| k.key.verify(&payload, &signature).is_ok())
+    });
+    let signer = match (key, keyless) {
+        (Some(key), _) => Signer::Key {
+            name: key.name.clone(),
+            fingerprint: key.fingerprint.clone(),
+        },
+        (None, Some(keyless)) => Signer::Certificate(
+            keyless
+                .verify(&layer.annotations, &payload, &der)
+                .map_err(no)?,
+        ),
+        (None, None) if verifiers.keyless.is_some() => {
+            return Err(no(format!(
+                "it does not verify with any configured key, and carries no certificate ({CERTIFICATE_ANNOTATION})"
+            )));
+        }
+        (None, None) => return Err(no("it does not verify with any configured key".into())),
     };
+    let by = signer.describe();
     // Only a payload whose signature verified is read.
     let payload: Payload = serde_json::from_slice(&payload).map_err(|e| {
         no(format!(
-            "verifies with key {} but its payload is not a cosign payload: {e}",
-            key.name
+            "verifies with {by} but its payload is not a cosign payload: {e}"
         ))
     })?;
     if payload.critical.kind != PAYLOAD_TYPE {
         return Err(no(format!(
-            "verifies with key {} but its payload's type is {:?}, not {PAYLOAD_TYPE:?}",
-            key.name, payload.critical.kind
+            "verifies with {by} but its payload's type is {:?}, not {PAYLOAD_TYPE:?}",
+            payload.critical.kind
         )));
     }
     let signed = payload.critical.image.docker_manifest_digest;
     if signed != digest {
         return Err(no(format!(
-            "verifies with key {} but signs another image ({signed})",
-            key.name
+            "verifies with {by} but signs another image ({signed})"
         )));
     }
-    Ok(key)
+    Ok(signer)
 }
 
 /// `cosign.pub` or `cosign.pub; unusable: key x is not ...`.
@@ -326,6 +538,7 @@ mod tests {
     use p256::ecdsa::signature::Signer as _;
     use p256::pkcs8::EncodePublicKey as _;
 
+    use super::super::keys::PublicKey;
     use super::*;
     use crate::error::Reason;
     use crate::pin::desired::sha256_hex;
@@ -347,6 +560,13 @@ mod tests {
         ) -> Result<Option<Vec<u8>>, ObjectError> {
             Ok(self.manifests.get(tag).cloned())
         }
+        fn signature_referrers(
+            &mut self,
+            digest: &str,
+            _limit: u64,
+        ) -> Result<Option<Vec<u8>>, ObjectError> {
+            Ok(self.manifests.get(&format!("referrers/{digest}")).cloned())
+        }
         fn signature_payload(
             &mut self,
             digest: &str,
@@ -359,7 +579,7 @@ mod tests {
         }
     }
 
-    fn key(seed: u8) -> (SigningKey, KeySet) {
+    fn key(seed: u8) -> (SigningKey, Verifiers) {
         let signing = SigningKey::from_slice(&[seed; 32]).expect("key");
         let pem = p256::PublicKey::from(signing.verifying_key())
             .to_public_key_pem(Default::default())
@@ -367,9 +587,12 @@ mod tests {
         let public = PublicKey::from_pem(&format!("key{seed}.pub"), &pem).expect("parses");
         (
             signing,
-            KeySet {
-                usable: vec![public],
-                broken: Vec::new(),
+            Verifiers {
+                keys: KeySet {
+                    usable: vec![public],
+                    broken: Vec::new(),
+                },
+                ..Verifiers::default()
             },
         )
     }
@@ -418,8 +641,13 @@ mod tests {
         let p = payload(DIGEST);
         sign(&mut store, DIGEST, &p, der(&signer, &p));
         let verified = verify("img", DIGEST, &keys, &mut store).expect("verifies");
-        assert_eq!(verified.key_name, "key1.pub");
-        assert_eq!(verified.key_fingerprint, keys.usable[0].fingerprint);
+        assert_eq!(
+            verified.signer,
+            Signer::Key {
+                name: "key1.pub".into(),
+                fingerprint: keys.keys.usable[0].fingerprint.clone()
+            }
+        );
     }
 
     #[test]
@@ -474,9 +702,49 @@ mod tests {
         );
         assert!(message(&mut store).contains("over the 1 MiB limit"));
 
-        let none = KeySet::default();
+        let none = Verifiers::default();
         let e = verify("img", DIGEST, &none, &mut store).expect_err("no keys");
         assert!(e.to_string().contains("no usable public key"), "{e}");
+    }
+
+    #[test]
+    fn referrers_are_read_from_the_api_and_checked_against_their_digests() {
+        let (signer, keys) = key(1);
+        let mut store = Store::default();
+        let p = payload(DIGEST);
+        // Stored under a scratch tag, then moved behind a referrers index by digest.
+        sign(&mut store, OTHER, &p, der(&signer, &p));
+        let manifest = store
+            .manifests
+            .remove(&signature_tag(OTHER))
+            .expect("manifest");
+        let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
+        store.manifests.insert(manifest_digest.clone(), manifest);
+        let index = |digest: &str| {
+            serde_json::to_vec(&serde_json::json!({"manifests": [
+                {"digest": "sha256:0000", "artifactType": "application/other"},
+                {"digest": digest, "artifactType": SIGNATURE_ARTIFACT}]}))
+            .expect("json")
+        };
+        store
+            .manifests
+            .insert(format!("referrers/{DIGEST}"), index(&manifest_digest));
+        let verified = verify("img", DIGEST, &keys, &mut store).expect("verifies");
+        assert!(matches!(verified.signer, Signer::Key { .. }));
+
+        // A referrer whose bytes are not its digest is refused.
+        let forged = format!("sha256:{}", "3".repeat(64));
+        let bytes = store.manifests[&manifest_digest].clone();
+        store.manifests.insert(forged.clone(), bytes);
+        store
+            .manifests
+            .insert(format!("referrers/{DIGEST}"), index(&forged));
+        let e = verify("img", DIGEST, &keys, &mut store).expect_err("forged");
+        assert!(
+            e.to_string()
+                .contains(&format!("its referrer {forged} has digest")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -17,14 +17,22 @@ use crate::bytecode::fetcher::Fetcher;
 use crate::error::{ObjectError, Reason};
 
 /// The `.o` of `reference`, which must have digest `sha256` when set. Digest-pinned references
-/// pulled before are served from the cache without the network.
+/// pulled before are served from the cache without the network. `skip_signature` is the
+/// object's `spec.bytecode.skipSignatureVerification` (honoured only when the node allows it).
 pub fn pull(
     fetcher: &Fetcher,
     auth: &RegistryAuth,
     reference: &str,
     sha256: Option<&str>,
+    skip_signature: bool,
 ) -> Result<Vec<u8>, ObjectError> {
-    Ok(pull_image(fetcher, auth, reference, sha256)?)
+    Ok(pull_image(
+        fetcher,
+        auth,
+        reference,
+        sha256,
+        skip_signature,
+    )?)
 }
 
 fn pull_image(
@@ -32,6 +40,7 @@ fn pull_image(
     auth: &RegistryAuth,
     reference: &str,
     sha256: Option<&str>,
+    skip_signature: bool,
 ) -> Result<Vec<u8>, ImageError> {
     let image = ImageRef::parse(reference).map_err(|why| ImageError::InvalidReference {
         reference: reference.to_owned(),
@@ -40,8 +49,14 @@ fn pull_image(
     let cache = fetcher.cache_dir.as_deref().map(Cache);
     let tag = tag_key(&image);
     let verify = |session: &mut Session, digest: &str| {
-        crate::signature::check(fetcher.cache_dir.as_deref(), reference, digest, session)
-            .map_err(ImageError::Signature)
+        crate::signature::check(
+            fetcher.cache_dir.as_deref(),
+            reference,
+            digest,
+            skip_signature,
+            session,
+        )
+        .map_err(ImageError::Signature)
     };
     if let (Some(cache), Some(digest)) = (&cache, &image.digest)
         && let Some(bytes) = cache.object_of_image(digest)
@@ -179,14 +194,24 @@ mod tests {
         // Nothing listens on port 1: only the cache can answer.
         let reference = format!("127.0.0.1:1/x@{D}");
         let auth = RegistryAuth::anonymous();
-        assert_eq!(pull(&fetcher, &auth, &reference, None), Ok(b"elf".to_vec()));
         assert_eq!(
-            pull(&fetcher, &auth, &reference, Some(&sha256_hex(b"elf"))),
+            pull(&fetcher, &auth, &reference, None, false),
             Ok(b"elf".to_vec())
         );
-        let err = pull(&fetcher, &auth, &reference, Some(&"0".repeat(64))).expect_err("mismatch");
+        assert_eq!(
+            pull(
+                &fetcher,
+                &auth,
+                &reference,
+                Some(&sha256_hex(b"elf")),
+                false
+            ),
+            Ok(b"elf".to_vec())
+        );
+        let err =
+            pull(&fetcher, &auth, &reference, Some(&"0".repeat(64)), false).expect_err("mismatch");
         assert_eq!(err.reason, Reason::DigestMismatch);
-        let err = pull(&fetcher, &auth, "NOT A REF", None).expect_err("invalid");
+        let err = pull(&fetcher, &auth, "NOT A REF", None, false).expect_err("invalid");
         assert_eq!(err.reason, Reason::InvalidSpec);
     }
 }

@@ -377,6 +377,24 @@ impl crate::signature::SignatureStore for Session<'_> {
         }
     }
 
+    fn signature_referrers(
+        &mut self,
+        digest: &str,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, ObjectError> {
+        let url = format!("{}/referrers/{digest}", self.base);
+        // A registry without the OCI 1.1 referrers API answers 404: the tag fallback is asked.
+        match self.get_if_exists(
+            &url,
+            "application/vnd.oci.image.index.v1+json",
+            limit,
+            "signature referrers",
+        )? {
+            Answer::Found(got) => Ok(Some(got.body)),
+            Answer::NotFound(_) => Ok(None),
+        }
+    }
+
     fn signature_payload(
         &mut self,
         digest: &str,
