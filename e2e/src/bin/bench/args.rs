@@ -155,3 +155,32 @@ pub struct FleetArgs {
     /// is, and print the ratios.
     pub baseline: Option<Vec<String>>,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::Cli;
+
+    #[test]
+    fn baseline_flags_are_split_and_only_set_when_given() {
+        let cli = Cli::try_parse_from([
+            "bench",
+            "--fleet",
+            "200",
+            "--objects",
+            "30",
+            "--baseline",
+            "--progress-budget 0",
+        ])
+        .expect("parses");
+        let fleet = cli.resolve().fleet.expect("fleet");
+        assert_eq!((fleet.nodes, fleet.objects), (200, 30));
+        assert_eq!(
+            fleet.baseline.as_deref(),
+            Some(&["--progress-budget".to_owned(), "0".to_owned()][..])
+        );
+        let cli = Cli::try_parse_from(["bench", "--fleet", "20"]).expect("parses");
+        assert_eq!(cli.resolve().fleet.expect("fleet").baseline, None);
+    }
+}
