@@ -43,6 +43,14 @@ pub struct Args {
     /// so a burst of node reports becomes few status writes. 0s reconciles on every report.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub debounce: Duration,
+
+    /// Watch events per second that progress-only status writes ("412/1000 nodes") may cause.
+    /// Every agent watches every BpfObject, so one status write is one event per node; while
+    /// objects roll out, each one's progress is written at most every (nodes × objects rolling
+    /// out ÷ this) seconds, between 1s and 30s. The first status, Ready, failures and new
+    /// generations are written at once. 0: progress at most once per object per second.
+    #[arg(long, default_value_t = 2000)]
+    pub progress_budget: u32,
 }
 
 #[cfg(test)]
@@ -56,6 +64,7 @@ mod tests {
         assert_eq!(a.metrics_addr.port(), 8080);
         assert!(!a.no_leader_election);
         assert_eq!(a.log_format, LogFormat::Text);
+        assert_eq!(a.progress_budget, 2000);
         let a = Args::try_parse_from([
             "bpfpin-operator",
             "--stale-after",
@@ -67,6 +76,8 @@ mod tests {
             "--no-leader-election",
             "--log-format",
             "json",
+            "--progress-budget",
+            "0",
         ])
         .expect("flags");
         assert_eq!(a.stale_after, Duration::from_secs(120));
@@ -74,5 +85,6 @@ mod tests {
         assert_eq!(a.metrics_addr.port(), 9090);
         assert!(a.no_leader_election);
         assert_eq!(a.log_format, LogFormat::Json);
+        assert_eq!(a.progress_budget, 0);
     }
 }

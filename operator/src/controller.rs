@@ -3,7 +3,7 @@
 //! node has unpinned the object.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bpfpin_crds::{BpfNodeState, BpfObject, BpfObjectStatus};
@@ -40,6 +40,9 @@ pub struct Config {
     pub stale_after: Duration,
     /// At most one reconcile of an object per this interval for node reports (the first at once).
     pub debounce: Duration,
+    /// Watch events per second that progress-only status writes may cause, summed over the
+    /// objects rolling out (see [`progress_interval`]); 0: one per object per second at most.
+    pub progress_budget: u32,
     /// Where the agents' heartbeat Leases are (the `--lease-namespace`).
     pub lease_namespace: String,
 }
@@ -69,8 +72,17 @@ pub struct Context {
     /// For each object being deleted (by uid), the nodes its last "waiting" event named, so the
     /// event is published only when that set changes.
     waiting: Mutex<HashMap<String, Vec<String>>>,
-    /// When each object's status was last written (by name), to coalesce progress-only writes.
-    last_write: Mutex<HashMap<String, std::time::Instant>>,
+    /// When each object's status was last written (by name), and whether it was still rolling
+    /// out then, to coalesce progress-only writes.
+    last_write: Mutex<HashMap<String, Written>>,
+}
+
+/// The last status write of one object.
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    at: std::time::Instant,
+    /// Some selected node was neither Ready nor failed: progress writes may follow.
+    rolling_out: bool,
 }
 
 impl std::fmt::Debug for Context {
@@ -171,14 +183,23 @@ async fn apply(obj: &BpfObject, ctx: &Context) -> Result<Action, Error> {
         tracing::debug!(object = %name, generation, "status unchanged");
         return Ok(Action::requeue(RESYNC));
     }
-    // Progress alone ("3/10 nodes", ...) is written at most once per PROGRESS_INTERVAL per object:
-    // at scale those writes dominate, and each one goes to every agent's watch. Anything a user
-    // acts on (Ready, failures, a new generation) is written at once.
+    // Progress alone ("3/10 nodes", ...) is written at most once per progress interval per
+    // object: each write goes to every agent's watch (they watch every BpfObject, status
+    // included), so at scale these writes dominate what the API server sends. Anything a user
+    // acts on (Ready, failures, a new generation, the selection) is written at once.
     if let Some(old) = old
         && progress_only(old, &status)
     {
-        let last = ctx.last_write.lock().expect("lock").get(&name).copied();
-        if let Some(wait) = last.and_then(|t| PROGRESS_INTERVAL.checked_sub(t.elapsed()))
+        let (last, rollouts) = {
+            let written = ctx
+                .last_write
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let rollouts = written.values().filter(|w| w.rolling_out).count();
+            (written.get(&name).map(|w| w.at), rollouts)
+        };
+        let every = progress_interval(nodes.len(), rollouts, ctx.config.progress_budget);
+        if let Some(wait) = last.and_then(|t| every.checked_sub(t.elapsed()))
             && !wait.is_zero()
         {
             tracing::debug!(object = %name, generation, ?wait, "coalescing a progress-only status write");
@@ -203,10 +224,14 @@ async fn apply(obj: &BpfObject, ctx: &Context) -> Result<Action, Error> {
             source,
         })?;
     ctx.metrics.status_patch();
+    let written = Written {
+        at: std::time::Instant::now(),
+        rolling_out: rolling_out(&status),
+    };
     ctx.last_write
         .lock()
-        .expect("lock")
-        .insert(name.clone(), std::time::Instant::now());
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(name.clone(), written);
     log_changes(&name, generation, old, &status);
     for notice in events::status_events(old, &status) {
         ctx.publish(obj, notice).await;
@@ -216,6 +241,34 @@ async fn apply(obj: &BpfObject, ctx: &Context) -> Result<Action, Error> {
 
 /// At most one progress-only status write per object per this interval.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+/// Progress is written at least this often while an object rolls out, whatever the fan-out.
+const PROGRESS_MAX: Duration = Duration::from_secs(30);
+
+/// The least time between two progress-only writes of one object. Each write is one watch
+/// event for each of the `agents` (one per Node); with `rollouts` objects rolling out at once,
+/// the interval grows so that their progress writes together cause at most `budget` events per
+/// second, between [`PROGRESS_INTERVAL`] and [`PROGRESS_MAX`]. `budget` 0: [`PROGRESS_INTERVAL`].
+///
+/// Why this and not a metadata-only watch in the agents: a metadata watch still delivers one
+/// event per status write to every agent (only smaller), and costs every agent a GET per spec
+/// change; fewer writes cut the events, the bytes and the etcd writes alike, and leave the
+/// agent↔operator contract as it is. The first status, Ready and failures are never delayed.
+pub fn progress_interval(agents: usize, rollouts: usize, budget: u32) -> Duration {
+    if budget == 0 {
+        return PROGRESS_INTERVAL;
+    }
+    let events_per_round = agents as f64 * rollouts.max(1) as f64;
+    Duration::from_secs_f64(events_per_round / f64::from(budget))
+        .clamp(PROGRESS_INTERVAL, PROGRESS_MAX)
+}
+
+/// Whether some selected node of `status` is neither Ready nor failed (progress writes follow).
+fn rolling_out(status: &BpfObjectStatus) -> bool {
+    status
+        .nodes
+        .as_ref()
+        .is_some_and(|n| n.ready + n.failed < n.selected)
+}
 
 /// Whether `new` differs from `old` only in progress: same generation, same condition statuses
 /// and reasons, same failures.
@@ -276,6 +329,10 @@ async fn cleanup(obj: &BpfObject, ctx: &Context) -> Result<Action, Error> {
     let key = uid.unwrap_or(&name).to_owned();
     if decision.released() {
         ctx.waiting().remove(&key);
+        ctx.last_write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&name);
         tracing::info!(
             object = %name,
             not_waited_for = %decision.ignored_text(),
@@ -440,5 +497,28 @@ mod progress_tests {
         let mut failed = status(1, "False", "Progressing");
         failed.nodes.as_mut().expect("nodes").failed = 1;
         assert!(!progress_only(&one, &failed));
+    }
+
+    #[test]
+    fn the_progress_interval_bounds_the_fan_out_of_all_rollouts() {
+        // No budget: one progress write per object per second, as before.
+        assert_eq!(progress_interval(5000, 500, 0), PROGRESS_INTERVAL);
+        // Few agents: the one-second floor.
+        assert_eq!(progress_interval(3, 1, 2000), PROGRESS_INTERVAL);
+        // 200 agents x 30 rollouts = 6,000 events per round, at 2,000 events/s: 3 s.
+        assert_eq!(progress_interval(200, 30, 2000), Duration::from_secs(3));
+        // No rollout recorded yet counts as one.
+        assert_eq!(progress_interval(4000, 0, 2000), Duration::from_secs(2));
+        // Huge fleets still see progress every PROGRESS_MAX.
+        assert_eq!(progress_interval(5000, 500, 2000), PROGRESS_MAX);
+    }
+
+    #[test]
+    fn an_object_rolls_out_until_every_selected_node_is_ready_or_failed() {
+        assert!(rolling_out(&status(1, "False", "Progressing")));
+        assert!(!rolling_out(&status(3, "True", "Pinned")));
+        let mut failed = status(2, "False", "Failed");
+        failed.nodes.as_mut().expect("nodes").failed = 1;
+        assert!(!rolling_out(&failed));
     }
 }

@@ -70,6 +70,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = controller::Config {
         stale_after: args.stale_after,
         debounce: args.debounce,
+        progress_budget: args.progress_budget,
         lease_namespace: args.lease_namespace.clone(),
     };
     tracing::info!(

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clap::builder::RangedU64ValueParser;
 
-use crate::fleet::FleetArgs;
 use crate::sim::SimArgs;
 
 /// bpfpin's benchmark. Defaults: 10 nodes, 100 objects, 3 runs; --smoke: 2 nodes, 5 objects,
@@ -52,6 +51,11 @@ pub struct Cli {
     /// The simulated agents' heartbeat interval (default 30 s, the agent's; 2 s with --smoke).
     #[arg(long, value_parser = non_negative)]
     heartbeat_s: Option<f64>,
+    /// Fleet bench only: first run the whole scenario with these extra operator flags (e.g.
+    /// "--progress-budget 0", the coalescing before issue 17's fix), then as built, and add the
+    /// ratios (change ÷ baseline) to the last line.
+    #[arg(long, value_name = "FLAGS", allow_hyphen_values = true)]
+    baseline: Option<String>,
     #[command(subcommand)]
     pub sim: Option<Internal>,
 }
@@ -125,7 +129,58 @@ impl Cli {
                 load: self.load_ms.map(|v| Duration::from_secs_f64(v / 1000.0)),
                 heartbeat: secs(self.heartbeat_s, 2.0, 30.0),
                 steady: secs(self.steady_s, 5.0, 65.0),
+                baseline: self
+                    .baseline
+                    .as_ref()
+                    .map(|f| f.split_whitespace().map(str::to_owned).collect()),
             }),
         }
+    }
+}
+
+/// The fleet bench's settings (from [`Args`]).
+#[derive(Debug, Clone)]
+pub struct FleetArgs {
+    pub nodes: usize,
+    pub objects: usize,
+    /// Simulated-agent processes.
+    pub procs: usize,
+    /// The stand-in's time per load; `None`: the measured median of a real load.
+    pub load: Option<Duration>,
+    /// The agents' `--heartbeat-interval`.
+    pub heartbeat: Duration,
+    /// How long the steady state is observed.
+    pub steady: Duration,
+    /// `--baseline FLAGS`: run the scenario first with these extra operator flags, then as it
+    /// is, and print the ratios.
+    pub baseline: Option<Vec<String>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::Cli;
+
+    #[test]
+    fn baseline_flags_are_split_and_only_set_when_given() {
+        let cli = Cli::try_parse_from([
+            "bench",
+            "--fleet",
+            "200",
+            "--objects",
+            "30",
+            "--baseline",
+            "--progress-budget 0",
+        ])
+        .expect("parses");
+        let fleet = cli.resolve().fleet.expect("fleet");
+        assert_eq!((fleet.nodes, fleet.objects), (200, 30));
+        assert_eq!(
+            fleet.baseline.as_deref(),
+            Some(&["--progress-budget".to_owned(), "0".to_owned()][..])
+        );
+        let cli = Cli::try_parse_from(["bench", "--fleet", "20"]).expect("parses");
+        assert_eq!(cli.resolve().fleet.expect("fleet").baseline, None);
     }
 }

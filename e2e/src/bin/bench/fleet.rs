@@ -28,9 +28,9 @@ use crate::api::{
     Stamped, WRITE_VERBS, apiserver_metrics, connect, drop_objects, each, samples, spawn_watch,
     wait_init,
 };
-use crate::args::Args;
+use crate::args::{Args, FleetArgs};
 use crate::counter_object;
-use crate::host::{log_file, memory_mib, mount_bpffs, start_operator, umount};
+use crate::host::{log_file, memory_mib, mount_bpffs, start_operator_with, umount};
 use crate::sim::{SimArgs, Stats, Template};
 use crate::stats::{Figure, Results, ms, percentile};
 
@@ -44,21 +44,6 @@ const ZONE: &str = "bpfpin-fleet-zone";
 const TIMEOUT: Duration = Duration::from_secs(900);
 /// Concurrent API requests of the bench's own creates and deletes.
 const CONCURRENCY: usize = 100;
-
-/// The fleet bench's settings (from [`Args`]).
-#[derive(Debug, Clone)]
-pub struct FleetArgs {
-    pub nodes: usize,
-    pub objects: usize,
-    /// Simulated-agent processes.
-    pub procs: usize,
-    /// The stand-in's time per load; `None`: the measured median of a real load.
-    pub load: Option<Duration>,
-    /// The agents' `--heartbeat-interval`.
-    pub heartbeat: Duration,
-    /// How long the steady state is observed.
-    pub steady: Duration,
-}
 
 fn obj(name: &str, bytecode: &Path, selector: (&str, &str)) -> Result<BpfObject> {
     counter_object(name, bytecode, FLEET, selector)
@@ -173,11 +158,16 @@ impl Drop for Sims {
     }
 }
 
-/// Sums of `apiserver_request_body_size_bytes_sum` and request counts for writes, by resource.
+/// Sums of `apiserver_request_body_size_bytes_sum` and request counts for writes, by resource;
+/// the BpfObject status writes; and the watch events the API server sent for BpfObjects (to
+/// every watcher: the agents, the operator and this bench).
 #[derive(Debug, Default, Clone)]
 struct ApiBytes {
     bytes: BTreeMap<String, f64>,
     writes: BTreeMap<String, f64>,
+    status_writes: f64,
+    watch_events: f64,
+    watch_bytes: f64,
 }
 
 const OURS: [&str; 3] = ["bpfobjects", "bpfnodestates", "leases"];
@@ -196,7 +186,16 @@ fn scrape_api(kubeconfig: &Path) -> Result<ApiBytes> {
                 *out.bytes.entry(resource).or_default() += sample.value;
             }
             "apiserver_request_total" if WRITE_VERBS.contains(&sample.label("verb").as_str()) => {
+                if resource == "bpfobjects" && sample.label("subresource") == "status" {
+                    out.status_writes += sample.value;
+                }
                 *out.writes.entry(resource).or_default() += sample.value;
+            }
+            "apiserver_watch_events_total" if resource == "bpfobjects" => {
+                out.watch_events += sample.value;
+            }
+            "apiserver_watch_events_sizes_sum" if resource == "bpfobjects" => {
+                out.watch_bytes += sample.value;
             }
             _ => {}
         }
@@ -244,14 +243,18 @@ struct Fleet<'a> {
     operator: Option<Proc>,
     sims: Option<Sims>,
     nodes: Vec<String>,
+    /// Extra operator flags of this run (the baseline's), and what its logs are called.
+    operator_args: Vec<String>,
+    log_prefix: &'static str,
 }
 
 impl Fleet<'_> {
     fn start_operator(&mut self) -> Result<()> {
-        self.operator = Some(start_operator(
+        self.operator = Some(start_operator_with(
             &self.kubeconfig,
             &self.args.logs,
-            "fleet-operator",
+            &format!("{}operator", self.log_prefix),
+            &self.operator_args,
         )?);
         Ok(())
     }
@@ -339,7 +342,10 @@ impl Fleet<'_> {
                 .env("KUBECONFIG", &self.kubeconfig)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
-                .stderr(log_file(&self.args.logs, &format!("fleet-agents-{p}"))?)
+                .stderr(log_file(
+                    &self.args.logs,
+                    &format!("{}agents-{p}", self.log_prefix),
+                )?)
                 .spawn()
                 .context("starting the simulated agents")?;
             let stdin = child.stdin.take().context("stdin")?;
@@ -584,6 +590,30 @@ impl Fleet<'_> {
             "BpfObject watch events per agent per object created",
             Some("agent_watch_events_per_change"),
             one(per_change),
+            "",
+            2,
+        );
+        res.add(
+            sec,
+            "BpfObject watch events sent by the API server (all watchers)",
+            None,
+            one(api_after.watch_events - api_before.watch_events),
+            "",
+            0,
+        );
+        res.add(
+            sec,
+            "BpfObject watch event bytes sent (apiserver_watch_events_sizes_sum)",
+            Some("rollout_watch_bytes"),
+            one(api_after.watch_bytes - api_before.watch_bytes),
+            "",
+            0,
+        );
+        res.add(
+            sec,
+            "BpfObject status writes per object created",
+            Some("status_writes_per_object"),
+            one((api_after.status_writes - api_before.status_writes) / self.fa.objects as f64),
             "",
             2,
         );
@@ -908,7 +938,36 @@ impl Fleet<'_> {
     }
 }
 
-/// Runs the fleet bench and prints its table and `bench-fleet:` line.
+/// The keys of the `bench-fleet:` line, in order (the interface other tools read), then this
+/// bench's own additions.
+const KEYS: [&str; 14] = [
+    "ready_p50_ms",
+    "ready_p99_ms",
+    "delete_p99_ms",
+    "operator_rss_mib",
+    "operator_cpu_s",
+    "apiserver_rss_mib",
+    "etcd_rss_mib",
+    "steady_write_bytes_per_s",
+    "rollout_write_bytes",
+    "agent_watch_events_per_change",
+    "operator_restart_ms",
+    "relabel_ms",
+    "rollout_watch_bytes",
+    "status_writes_per_object",
+];
+
+/// The figures `--baseline` compares, and the key of each ratio (change ÷ baseline).
+const RATIOS: [(&str, &str); 5] = [
+    ("agent_watch_events_per_change", "watch_events_ratio"),
+    ("rollout_watch_bytes", "watch_bytes_ratio"),
+    ("status_writes_per_object", "status_writes_ratio"),
+    ("ready_p50_ms", "ready_p50_ratio"),
+    ("ready_p99_ms", "ready_p99_ratio"),
+];
+
+/// Runs the fleet bench and prints its table and `bench-fleet:` line; with `--baseline`, the
+/// baseline's table and `bench-fleet-baseline:` line first, and the ratios in the last line.
 pub async fn bench(args: &Args, fa: FleetArgs, work: &Path, bytecode: &Path) -> Result<()> {
     let started = Instant::now();
     let (measured, template) = measure_real_load(work, bytecode, 9)?;
@@ -917,7 +976,6 @@ pub async fn bench(args: &Args, fa: FleetArgs, work: &Path, bytecode: &Path) -> 
         serde_json::to_vec(&template)?,
     )?;
     let load = fa.load.unwrap_or(measured);
-    let (kubeconfig, client) = connect().await?;
     eprintln!(
         "bench: fleet: {} simulated nodes, {} objects, {} agent processes, stand-in load {:.2} ms (real load median {:.2} ms)",
         fa.nodes,
@@ -926,6 +984,90 @@ pub async fn bench(args: &Args, fa: FleetArgs, work: &Path, bytecode: &Path) -> 
         ms(load),
         ms(measured)
     );
+    let baseline = match &fa.baseline {
+        Some(flags) => {
+            eprintln!(
+                "bench: fleet: baseline run, operator flags {:?}",
+                flags.join(" ")
+            );
+            let res = run_once(
+                args,
+                &fa,
+                work,
+                bytecode,
+                load,
+                measured,
+                flags,
+                "fleet-base-",
+            )
+            .await?;
+            res.print_with(
+                &format!(
+                    "bpfpin fleet benchmark, baseline (operator flags: {}): {} simulated nodes, {} objects",
+                    flags.join(" "),
+                    fa.nodes,
+                    fa.objects
+                ),
+                &format!(
+                    "bench-fleet-baseline: nodes={} objects={}",
+                    fa.nodes, fa.objects
+                ),
+                &KEYS,
+            );
+            eprintln!("bench: fleet: the run as built");
+            Some(res)
+        }
+        None => None,
+    };
+    let mut res = run_once(args, &fa, work, bytecode, load, measured, &[], "fleet-").await?;
+    let mut order = KEYS.to_vec();
+    if let Some(base) = &baseline {
+        let sec = "fleet: against the baseline run (change ÷ baseline, same command, same machine)";
+        for (key, ratio) in RATIOS {
+            let v = match (res.value(key), base.value(key)) {
+                (Some(new), Some(old)) if old > 0.0 => new / old,
+                _ => f64::NAN,
+            };
+            res.add(
+                sec,
+                format!("{key}: change ÷ baseline"),
+                Some(ratio),
+                Figure { values: vec![v] },
+                "",
+                3,
+            );
+            order.push(ratio);
+        }
+    }
+    res.print_with(
+        &format!(
+            "bpfpin fleet benchmark: {} simulated nodes, {} objects ({:.0} s)",
+            fa.nodes,
+            fa.objects,
+            started.elapsed().as_secs_f64()
+        ),
+        &format!("bench-fleet: nodes={} objects={}", fa.nodes, fa.objects),
+        &order,
+    );
+    Ok(())
+}
+
+/// One whole scenario with `operator_args` added to the operator's flags.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the settings of one run, each used once"
+)]
+async fn run_once(
+    args: &Args,
+    fa: &FleetArgs,
+    work: &Path,
+    bytecode: &Path,
+    load: Duration,
+    measured: Duration,
+    operator_args: &[String],
+    log_prefix: &'static str,
+) -> Result<Results> {
+    let (kubeconfig, client) = connect().await?;
     let mut fleet = Fleet {
         args,
         fa: fa.clone(),
@@ -936,6 +1078,8 @@ pub async fn bench(args: &Args, fa: FleetArgs, work: &Path, bytecode: &Path) -> 
         operator: None,
         sims: None,
         nodes: Vec::new(),
+        operator_args: operator_args.to_vec(),
+        log_prefix,
     };
     let mut res = Results::default();
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -961,7 +1105,7 @@ pub async fn bench(args: &Args, fa: FleetArgs, work: &Path, bytecode: &Path) -> 
         2,
     );
     res.notes.push(format!(
-        "load average before / after: {} / {}",
+        "load average before / after: {} / {} (the machine may be shared: absolute figures depend on it)",
         load_before.trim(),
         load_after.trim()
     ));
@@ -969,28 +1113,5 @@ pub async fn bench(args: &Args, fa: FleetArgs, work: &Path, bytecode: &Path) -> 
         "real: operator, API server, etcd, and each simulated agent's watches, selection, planning, bytecode reads, BpfNodeState and Lease writes (own client each); simulated: the kernel core (a sleep per load), Nodes without kubelets; logs in {}",
         args.logs.display()
     ));
-    res.print_with(
-        &format!(
-            "bpfpin fleet benchmark: {} simulated nodes, {} objects ({:.0} s)",
-            fa.nodes,
-            fa.objects,
-            started.elapsed().as_secs_f64()
-        ),
-        &format!("bench-fleet: nodes={} objects={}", fa.nodes, fa.objects),
-        &[
-            "ready_p50_ms",
-            "ready_p99_ms",
-            "delete_p99_ms",
-            "operator_rss_mib",
-            "operator_cpu_s",
-            "apiserver_rss_mib",
-            "etcd_rss_mib",
-            "steady_write_bytes_per_s",
-            "rollout_write_bytes",
-            "agent_watch_events_per_change",
-            "operator_restart_ms",
-            "relabel_ms",
-        ],
-    );
-    Ok(())
+    Ok(res)
 }

@@ -116,9 +116,21 @@ pub fn log_file(logs: &Path, name: &str) -> Result<std::fs::File> {
 /// The operator without leader election (`BPFPIN_BENCH_OPERATOR_ARGS` added), logging to
 /// `<logs>/<log>.log`.
 pub fn start_operator(kubeconfig: &Path, logs: &Path, log: &str) -> Result<Proc> {
+    start_operator_with(kubeconfig, logs, log, &[])
+}
+
+/// [`start_operator`] with `extra` flags after those of `BPFPIN_BENCH_OPERATOR_ARGS` (the fleet
+/// bench's `--baseline`).
+pub fn start_operator_with(
+    kubeconfig: &Path,
+    logs: &Path,
+    log: &str,
+    extra: &[String],
+) -> Result<Proc> {
     let op = Command::new(binary("bpfpin-operator")?)
         .args(["--no-leader-election", "--metrics-addr", "127.0.0.1:0"])
         .args(extra_args("BPFPIN_BENCH_OPERATOR_ARGS"))
+        .args(extra)
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

@@ -92,6 +92,14 @@ impl Results {
         });
     }
 
+    /// The median of the row with `key`.
+    pub fn value(&self, key: &str) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.key == Some(key))
+            .map(|r| r.figure.median())
+    }
+
     pub fn print(&self, args: &Args, elapsed: Duration) {
         let head = format!(
             "bpfpin benchmark: {} nodes, {} objects, {} cluster runs, {} local runs{} ({:.0} s)",
