@@ -115,7 +115,8 @@ pub struct NodeObjectState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_digest: Option<String>,
     /// Provenance: who signed the image, as this node verified it: the fingerprint of the
-    /// public key (`sha256:<hex>` of its DER form). Absent when no signature was verified.
+    /// public key (`sha256:<hex>` of its DER form), or for a keyless signature the certificate's
+    /// `subject (issuer)`. Absent when no signature was verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified_by: Option<String>,
     /// Pod-scoped attachments (`networkNamespaces`): how many pods of this node match, how many

@@ -19,8 +19,8 @@ pub(crate) mod heartbeat;
 pub(crate) mod index;
 pub mod metrics;
 pub(crate) mod node_state;
-pub(crate) mod provenance;
 pub mod pods;
+pub(crate) mod provenance;
 pub(crate) mod trigger;
 pub(crate) mod watch;
 

@@ -19,7 +19,7 @@ use crate::bytecode::cache::Cache;
 use crate::bytecode::image::ImageRef;
 use crate::pin::desired::{DesiredObject, sha256_hex};
 use crate::pin::reconcile::{Action, PassReport};
-use crate::signature::{self, Mode, cache::VerifiedCache, keys::KeySet};
+use crate::signature::{self, Mode, Signer, cache::VerifiedCache, keys::KeySet};
 
 /// Where the bytecode handed to a pass for one object came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -79,18 +79,33 @@ fn image_digest(image: &str, sha256: &str, fetcher: &Fetcher) -> Option<String> 
     (sha256_hex(&cached) == sha256).then_some(digest)
 }
 
-/// The fingerprint of the configured key that verified `digest`, if the policy checks
-/// signatures and one did.
+/// Who verified `digest`, if the policy checks signatures and one did: the fingerprint of the
+/// configured key (`sha256:<hex>` of its DER), or the certificate's `subject (issuer)`. This
+/// process's last verification is asked first; after a restart, the verification cache.
 fn verified_by(digest: &str, fetcher: &Fetcher) -> Option<String> {
     let policy = signature::installed();
     if policy.mode == Mode::Off {
         return None;
     }
-    let keys = KeySet::load(policy.keys_dir.as_deref()?);
-    let trusted = |fp: &str| keys.usable.iter().any(|k| k.fingerprint == fp);
-    VerifiedCache(fetcher.cache_dir.as_deref()?)
-        .get(digest, trusted)
-        .map(|v| v.key_fingerprint)
+    let signer = match signature::verified(digest) {
+        Some(v) => v.signer,
+        None => {
+            let keys = KeySet::load(policy.keys_dir.as_deref()?);
+            let trusted = |s: &Signer| match s {
+                Signer::Key { fingerprint, .. } => {
+                    keys.usable.iter().any(|k| &k.fingerprint == fingerprint)
+                }
+                Signer::Certificate(_) => false,
+            };
+            VerifiedCache(fetcher.cache_dir.as_deref()?)
+                .get(digest, trusted)?
+                .signer
+        }
+    };
+    Some(match signer {
+        Signer::Key { fingerprint, .. } => fingerprint,
+        Signer::Certificate(c) => format!("{} ({})", c.subject, c.issuer),
+    })
 }
 
 /// Fills in the provenance of each entry of `status`: a fresh or unchanged pin gets the pass's
