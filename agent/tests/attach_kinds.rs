@@ -229,8 +229,15 @@ fn uprobe_target() -> PathBuf {
         .clone()
 }
 
+/// Held by each test that runs the uprobe target: a probe attached to the file counts every
+/// process that runs it, so two such tests at once would count each other's calls.
+static UPROBE_TARGET_RUNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn uprobe_and_uretprobe_on_a_binary_the_test_builds() {
+    let _runs = UPROBE_TARGET_RUNS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fs = Bpffs::new();
     let target = uprobe_target();
     let attach = format!(
@@ -295,6 +302,9 @@ fn file_offset(path: &Path, symbol: &str) -> u64 {
 
 #[test]
 fn uprobes_by_file_offset_and_scoped_to_one_process() {
+    let _runs = UPROBE_TARGET_RUNS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fs = Bpffs::new();
     let target = uprobe_target();
     let offset = file_offset(&target, "bpfpin_probe_me");
