@@ -84,6 +84,11 @@ enum Mode {
         /// `networkNamespaces`; containerd's and CRI-O's default).
         #[arg(long, default_value = cluster::pods::DEFAULT_NETNS_DIR)]
         netns_dir: std::path::PathBuf,
+        /// Label this node with its kernel capabilities (`bpfpin.io/kernel`, `bpfpin.io/btf`);
+        /// needs `patch` on nodes (the chart's `agent.nodeLabels`). Without it the capabilities
+        /// are only in the node's BpfNodeState.
+        #[arg(long)]
+        label_node: bool,
         #[command(flatten)]
         downloads: Downloads,
     },
@@ -178,6 +183,7 @@ fn main() -> ExitCode {
             metrics_addr,
             test_only_kernel_release,
             netns_dir,
+            label_node,
             downloads,
         } => {
             if let Some(release) = test_only_kernel_release {
@@ -197,6 +203,7 @@ fn main() -> ExitCode {
                     lease_namespace,
                     metrics_addr: metrics_addr.0,
                     netns_dir,
+                    label_node,
                 },
             )
         }

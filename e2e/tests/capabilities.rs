@@ -43,7 +43,13 @@ fn restart_with(env: &Env, node: &mut SimNode, extra: &[&str], tag: &str) -> any
         .arg(env.bytecode_dir.path())
         .arg("--cache-dir")
         .arg(env.cache_dir.path().join(&node.name))
-        .args(["--heartbeat-interval", "2s", "--metrics-addr", "none"])
+        .args([
+            "--heartbeat-interval",
+            "2s",
+            "--metrics-addr",
+            "none",
+            "--label-node",
+        ])
         .args(["--lease-namespace", LEASE_NAMESPACE])
         .args(extra)
         .env("KUBECONFIG", &env.kubeconfig)

@@ -75,6 +75,8 @@ pub struct ClusterConfig {
     pub fetcher: crate::bytecode::Fetcher,
     /// Where the container runtime bind-mounts pod network namespaces (`networkNamespaces`).
     pub netns_dir: PathBuf,
+    /// Label the Node with its kernel capabilities (`--label-node`).
+    pub label_node: bool,
 }
 
 /// What cluster mode needs of the core: [`Reconciler`] in the agent; the fleet bench
@@ -252,7 +254,7 @@ impl<C: Core> Agent<C> {
 
     async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         check_crds_installed(&self.client).await?;
-        if let Some(caps) = self.capabilities {
+        if let Some(caps) = self.capabilities.filter(|_| self.config.label_node) {
             capabilities::label_node(&self.client, &self.config.node_name, caps).await;
         }
         self.earlier = match Api::<BpfNodeState>::all(self.client.clone())
