@@ -174,10 +174,16 @@ fn xdp_and_tcx_attach_in_matching_pods_only_and_leave_with_the_pod() {
     ping("10.201.51.2");
     assert!(packets(&map, 0) >= xdp0 + 3, "xdp counted");
     assert!(packets(&map, 1) >= tc0 + 3, "tc egress counted");
-    // Pings into the other pod are not counted.
+    // Pings into the other pod are not counted. The web pod's XDP counts every packet it gets,
+    // and a neighbour probe (ARP) may reach it meanwhile: the three echo requests would add 3.
     let xdp1 = packets(&map, 0);
     ping("10.201.52.2");
-    assert_eq!(packets(&map, 0), xdp1, "the other pod runs nothing");
+    assert!(
+        packets(&map, 0) < xdp1 + 3,
+        "the other pod runs nothing: {} -> {}",
+        xdp1,
+        packets(&map, 0)
+    );
 
     // A steady pass changes nothing (same link, same program on the interface).
     let id = aya::programs::links::PinnedLink::from_pin(&xdp_link).is_ok();
