@@ -180,8 +180,7 @@ fn xdp_and_tcx_attach_in_matching_pods_only_and_leave_with_the_pod() {
     ping("10.201.52.2");
     assert!(
         packets(&map, 0) < xdp1 + 3,
-        "the other pod runs nothing: {} -> {}",
-        xdp1,
+        "the other pod runs nothing: {xdp1} -> {}",
         packets(&map, 0)
     );
 
