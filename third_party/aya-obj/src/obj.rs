@@ -896,7 +896,7 @@ impl Object {
         match section.kind {
             EbpfSectionKind::Data | EbpfSectionKind::Rodata | EbpfSectionKind::Bss => {
                 self.maps
-                    .insert(section.name.to_string(), parse_data_map_section(&section));
+                    .insert(section.name.to_string(), parse_data_map_section(&section)?);
             }
             EbpfSectionKind::Text => self.parse_text_section(section)?,
             EbpfSectionKind::Btf => self.parse_btf(&section)?,
@@ -1104,7 +1104,28 @@ pub enum ParseError {
         /// The limit.
         limit: usize,
     },
+
+    /// bpfpin patch: a `.bss`, `.data` or `.rodata` section larger than
+    /// [`MAX_DATA_SECTION_SIZE`].
+    #[error(
+        "section `{section}` is {size} bytes, more than the {limit} bytes a BPF array map value can hold"
+    )]
+    DataSectionTooLarge {
+        /// The section's name.
+        section: String,
+        /// Its size in the section header.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
+
+/// bpfpin patch: the largest `.bss`/`.data`/`.rodata` section an object may have. Each becomes
+/// the value of a one-element array map, which the kernel caps at `KMALLOC_MAX_SIZE` (4 MiB with
+/// 4 KiB pages; more only with larger pages), and `.bss` is zero-filled here from its header's
+/// size alone, so a hostile header asked for petabytes (found by the `elf_plan` fuzz target).
+/// 256 MiB is far above what any kernel takes and keeps the allocation bounded.
+pub const MAX_DATA_SECTION_SIZE: u64 = 256 << 20;
 
 /// bpfpin patch: the most symbols an object may have (real objects have hundreds; each costs
 /// about 1 KiB while parsing, so this bounds the parser's memory by ~64 MiB).
@@ -1298,7 +1319,14 @@ fn get_map_field(btf: &Btf, type_id: u32) -> Result<u32, BtfError> {
 
 // Parse '.bss' '.data' and '.rodata' sections. These sections are arrays of
 // bytes and are relocated based on their section index.
-fn parse_data_map_section(section: &Section<'_>) -> Map {
+fn parse_data_map_section(section: &Section<'_>) -> Result<Map, ParseError> {
+    if section.size > MAX_DATA_SECTION_SIZE {
+        return Err(ParseError::DataSectionTooLarge {
+            section: section.name.to_owned(),
+            size: section.size,
+            limit: MAX_DATA_SECTION_SIZE,
+        });
+    }
     let (def, data) = match section.kind {
         EbpfSectionKind::Data | EbpfSectionKind::Rodata => {
             let def = bpf_map_def {
@@ -1333,7 +1361,7 @@ fn parse_data_map_section(section: &Section<'_>) -> Map {
             unreachable!("unexpected section kind: {kind:?}")
         }
     };
-    Map::Legacy(LegacyMap {
+    Ok(Map::Legacy(LegacyMap {
         section_index: section.index.0,
         section_kind: section.kind,
         // Data maps don't require symbols to be relocated
@@ -1341,7 +1369,7 @@ fn parse_data_map_section(section: &Section<'_>) -> Map {
         def,
         inner_def: None,
         data,
-    })
+    }))
 }
 
 fn parse_map_def(name: &str, data: &[u8]) -> Result<bpf_map_def, ParseError> {
@@ -2178,7 +2206,7 @@ mod tests {
                     None,
                 ),
             ),
-            Map::Legacy(LegacyMap {
+            Ok(Map::Legacy(LegacyMap {
                 section_index: 0,
                 section_kind: EbpfSectionKind::Data,
                 symbol_index: None,
@@ -2193,8 +2221,28 @@ mod tests {
                 },
                 data,
                 ..
-            }) if data == map_data && value_size == map_data.len() as u32
+            })) if data == map_data && value_size == map_data.len() as u32
         )
+    }
+
+    // bpfpin patch: a `.bss` whose header claims more than a map value can hold is an error
+    // naming it, not an allocation of that size (the `elf_plan` fuzz target's abort).
+    #[test]
+    fn huge_bss_is_an_error_not_an_allocation() {
+        let mut section = fake_section(EbpfSectionKind::Bss, ".bss", &[], None);
+        section.size = 69_524_319_247_532_048;
+        let err = parse_data_map_section(&section).unwrap_err();
+        assert_matches!(
+            &err,
+            ParseError::DataSectionTooLarge { section, size: 69_524_319_247_532_048, limit }
+                if section == ".bss" && *limit == MAX_DATA_SECTION_SIZE
+        );
+        assert_eq!(
+            err.to_string(),
+            "section `.bss` is 69524319247532048 bytes, more than the 268435456 bytes a BPF array map value can hold"
+        );
+        section.size = MAX_DATA_SECTION_SIZE;
+        assert_matches!(parse_data_map_section(&section), Ok(Map::Legacy(_)));
     }
 
     fn fake_obj() -> Object {
