@@ -33,6 +33,12 @@ pub struct Bpffs {
 impl Bpffs {
     pub fn new() -> Self {
         require_root();
+        // As the agent's main does at start-up: tracepoint attachments need tracefs, which a
+        // freshly booted machine may not have mounted (aya looks for it once per process).
+        static TRACEFS: std::sync::Once = std::sync::Once::new();
+        TRACEFS.call_once(|| {
+            bpfpin_agent::pin::mounts::ensure_tracefs().expect("tracefs for tracepoint tests")
+        });
         let dir = tempfile::tempdir().expect("tempdir");
         let status = std::process::Command::new("mount")
             .args(["-t", "bpf", "bpf"])
