@@ -6,7 +6,7 @@
 //! the hook (`cgroup/connect4`, `sockops`, `xdp`), the manifest names the target, and `attach: {}`
 //! is refused saying which field to set. An explicit attach of the same kind whose target the
 //! section contradicts is refused too, naming both. One table, [`PREFIXES`], holds every libbpf
-//! prefix.
+//! prefix, one line each (written with [`prefixes!`]).
 
 use std::borrow::Cow;
 
@@ -46,276 +46,149 @@ pub enum Derive {
     Nothing(&'static str),
 }
 
+/// The prefix table, one line per prefix: `"prefix" => Derive variant`. Not formatted by rustfmt
+/// (a brace macro), so each prefix stays one line.
+macro_rules! prefixes {
+    ($($prefix:literal => $derive:ident $(($($arg:tt)*))?,)*) => {
+        &[$(($prefix, Derive::$derive $(($($arg)*))?)),*]
+    };
+}
+
 /// Every prefix of libbpf's `section_defs` (libbpf 1.x `src/libbpf.c`), most specific first. An
 /// entry ending in `/` matches any section that starts with it; the others match the section
 /// exactly or followed by `/` (libbpf's `SEC_ATTACHABLE` names without `+`). Names aya 0.14 cannot
 /// load are here too: the loader refuses those before attach is looked at.
-pub const PREFIXES: &[(&str, Derive)] = &[
-    ("tracepoint/", Derive::Tracepoint),
-    ("tp/", Derive::Tracepoint),
-    ("tracepoint.s/", Derive::Tracepoint),
-    ("tp.s/", Derive::Tracepoint),
-    ("raw_tracepoint/", Derive::RawTracepoint),
-    ("raw_tp/", Derive::RawTracepoint),
-    ("raw_tracepoint.s/", Derive::RawTracepoint),
-    ("raw_tp.s/", Derive::RawTracepoint),
-    ("raw_tracepoint.w/", Derive::RawTracepoint),
-    ("raw_tp.w/", Derive::RawTracepoint),
-    (
-        "kprobe.multi/",
-        Derive::Needs("kprobe (kprobe.multi is not loadable)"),
-    ),
-    (
-        "kretprobe.multi/",
-        Derive::Needs("kprobe (kretprobe.multi is not loadable)"),
-    ),
-    (
-        "kprobe.session/",
-        Derive::Needs("kprobe (kprobe.session is not loadable)"),
-    ),
-    ("kprobe/", Derive::Kprobe),
-    ("kretprobe/", Derive::Kprobe),
-    ("kprobe", Derive::Needs("kprobe.function")),
-    ("kretprobe", Derive::Needs("kprobe.function")),
-    ("ksyscall/", Derive::Elsewhere("ksyscall")),
-    ("kretsyscall/", Derive::Elsewhere("ksyscall")),
-    (
-        "uprobe.multi",
-        Derive::Needs("uprobe (uprobe.multi is not loadable)"),
-    ),
-    (
-        "uretprobe.multi",
-        Derive::Needs("uprobe (uretprobe.multi is not loadable)"),
-    ),
-    (
-        "uprobe.session",
-        Derive::Needs("uprobe (uprobe.session is not loadable)"),
-    ),
-    (
-        "uprobe.multi.s",
-        Derive::Needs("uprobe (uprobe.multi.s is not loadable)"),
-    ),
-    (
-        "uretprobe.multi.s",
-        Derive::Needs("uprobe (uretprobe.multi.s is not loadable)"),
-    ),
-    (
-        "uprobe.session.s",
-        Derive::Needs("uprobe (uprobe.session.s is not loadable)"),
-    ),
-    ("uprobe/", Derive::Uprobe),
-    ("uretprobe/", Derive::Uprobe),
-    ("uprobe.s/", Derive::Uprobe),
-    ("uretprobe.s/", Derive::Uprobe),
-    ("uprobe", Derive::Needs("uprobe.target and uprobe.symbol")),
-    (
-        "uretprobe",
-        Derive::Needs("uprobe.target and uprobe.symbol"),
-    ),
-    ("uprobe.s", Derive::Needs("uprobe.target and uprobe.symbol")),
-    (
-        "uretprobe.s",
-        Derive::Needs("uprobe.target and uprobe.symbol"),
-    ),
-    (
-        "usdt",
-        Derive::Nothing("USDT probes are not attached by bpfpin (load and pin only)"),
-    ),
-    (
-        "usdt.s",
-        Derive::Nothing("USDT probes are not attached by bpfpin (load and pin only)"),
-    ),
-    ("fentry/", Derive::Fentry),
-    ("fentry.s/", Derive::Fentry),
-    ("fexit/", Derive::Fexit),
-    ("fexit.s/", Derive::Fexit),
-    (
-        "fmod_ret/",
-        Derive::Nothing("fmod_ret is not loadable (aya 0.14)"),
-    ),
-    (
-        "fmod_ret.s/",
-        Derive::Nothing("fmod_ret is not loadable (aya 0.14)"),
-    ),
-    (
-        "freplace/",
-        Derive::Nothing("freplace programs extend a program bpfpin loads itself"),
-    ),
-    ("tp_btf/", Derive::Elsewhere("tpBtf")),
-    ("tp_btf.s/", Derive::Elsewhere("tpBtf")),
-    ("lsm/", Derive::Elsewhere("lsm")),
-    ("lsm.s/", Derive::Elsewhere("lsm")),
-    (
-        "lsm_cgroup/",
-        Derive::Nothing("lsm_cgroup is not loadable (aya 0.14)"),
-    ),
-    ("iter/", Derive::Iter),
-    ("iter.s/", Derive::Iter),
-    ("cgroup_skb/ingress", Derive::CgroupSkb(Direction::Ingress)),
-    ("cgroup_skb/egress", Derive::CgroupSkb(Direction::Egress)),
-    (
-        "cgroup/skb",
-        Derive::Needs("cgroupSkb.cgroup and cgroupSkb.direction"),
-    ),
-    ("tc/ingress", Derive::Tc(Direction::Ingress)),
-    ("tc/egress", Derive::Tc(Direction::Egress)),
-    ("tcx/ingress", Derive::Tc(Direction::Ingress)),
-    ("tcx/egress", Derive::Tc(Direction::Egress)),
-    ("tc", Derive::Needs("tc.interfaces and tc.direction")),
-    (
-        "classifier",
-        Derive::Needs("tc.interfaces and tc.direction"),
-    ),
-    (
-        "netkit/primary",
-        Derive::Nothing("netkit links are not made by bpfpin"),
-    ),
-    (
-        "netkit/peer",
-        Derive::Nothing("netkit links are not made by bpfpin"),
-    ),
-    (
-        "action",
-        Derive::Nothing("SCHED_ACT is not loadable (aya 0.14)"),
-    ),
-    (
-        "xdp.frags/devmap",
-        Derive::Nothing("a devmap entry runs it"),
-    ),
-    ("xdp/devmap", Derive::Nothing("a devmap entry runs it")),
-    (
-        "xdp.frags/cpumap",
-        Derive::Nothing("a cpumap entry runs it"),
-    ),
-    ("xdp/cpumap", Derive::Nothing("a cpumap entry runs it")),
-    ("xdp.frags", Derive::Needs("xdp.interfaces")),
-    ("xdp", Derive::Needs("xdp.interfaces")),
-    (
-        "perf_event",
-        Derive::Needs("perfEvent.event and perfEvent.frequency or perfEvent.period"),
-    ),
-    ("sockops", Derive::Needs("sockOps.cgroup")),
-    ("sk_skb/stream_parser", Derive::Needs("skSkb.map")),
-    ("sk_skb/stream_verdict", Derive::Needs("skSkb.map")),
-    ("sk_skb/verdict", Derive::Needs("skSkb.map")),
-    ("sk_skb", Derive::Needs("skSkb.map")),
-    ("sk_msg", Derive::Needs("skMsg.map")),
-    ("sk_lookup", Derive::Needs("skLookup.netns")),
-    (
-        "sk_reuseport/migrate",
-        Derive::Nothing("a reuseport socket array runs it"),
-    ),
-    (
-        "sk_reuseport",
-        Derive::Nothing("a reuseport socket array runs it"),
-    ),
-    (
-        "socket",
-        Derive::Nothing("a socket runs it (SO_ATTACH_BPF)"),
-    ),
-    (
-        "flow_dissector",
-        Derive::Nothing("flow dissector links are not made by bpfpin"),
-    ),
-    ("lirc_mode2", Derive::Nothing("a LIRC device runs it")),
-    ("lwt_in", Derive::Nothing("lwt is not loadable (aya 0.14)")),
-    ("lwt_out", Derive::Nothing("lwt is not loadable (aya 0.14)")),
-    (
-        "lwt_xmit",
-        Derive::Nothing("lwt is not loadable (aya 0.14)"),
-    ),
-    (
-        "lwt_seg6local",
-        Derive::Nothing("lwt is not loadable (aya 0.14)"),
-    ),
-    ("cgroup/sock_create", Derive::Needs("cgroupSock.cgroup")),
-    ("cgroup/sock_release", Derive::Needs("cgroupSock.cgroup")),
-    ("cgroup/sock", Derive::Needs("cgroupSock.cgroup")),
-    ("cgroup/post_bind4", Derive::Needs("cgroupSock.cgroup")),
-    ("cgroup/post_bind6", Derive::Needs("cgroupSock.cgroup")),
-    ("cgroup/bind4", Derive::Needs("cgroupSockAddr.cgroup")),
-    ("cgroup/bind6", Derive::Needs("cgroupSockAddr.cgroup")),
-    ("cgroup/connect4", Derive::Needs("cgroupSockAddr.cgroup")),
-    ("cgroup/connect6", Derive::Needs("cgroupSockAddr.cgroup")),
-    (
-        "cgroup/connect_unix",
-        Derive::Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
-    ),
-    ("cgroup/sendmsg4", Derive::Needs("cgroupSockAddr.cgroup")),
-    ("cgroup/sendmsg6", Derive::Needs("cgroupSockAddr.cgroup")),
-    (
-        "cgroup/sendmsg_unix",
-        Derive::Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
-    ),
-    ("cgroup/recvmsg4", Derive::Needs("cgroupSockAddr.cgroup")),
-    ("cgroup/recvmsg6", Derive::Needs("cgroupSockAddr.cgroup")),
-    (
-        "cgroup/recvmsg_unix",
-        Derive::Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
-    ),
-    (
-        "cgroup/getpeername4",
-        Derive::Needs("cgroupSockAddr.cgroup"),
-    ),
-    (
-        "cgroup/getpeername6",
-        Derive::Needs("cgroupSockAddr.cgroup"),
-    ),
-    (
-        "cgroup/getpeername_unix",
-        Derive::Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
-    ),
-    (
-        "cgroup/getsockname4",
-        Derive::Needs("cgroupSockAddr.cgroup"),
-    ),
-    (
-        "cgroup/getsockname6",
-        Derive::Needs("cgroupSockAddr.cgroup"),
-    ),
-    (
-        "cgroup/getsockname_unix",
-        Derive::Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
-    ),
-    ("cgroup/sysctl", Derive::Needs("cgroupSysctl.cgroup")),
-    ("cgroup/getsockopt", Derive::Needs("cgroupSockopt.cgroup")),
-    ("cgroup/setsockopt", Derive::Needs("cgroupSockopt.cgroup")),
-    ("cgroup/dev", Derive::Needs("cgroupDevice.cgroup")),
-    (
-        "struct_ops/",
-        Derive::Nothing("struct_ops is not loadable (aya 0.14)"),
-    ),
-    (
-        "struct_ops.s/",
-        Derive::Nothing("struct_ops is not loadable (aya 0.14)"),
-    ),
-    (
-        "syscall",
-        Derive::Nothing("BPF_PROG_TYPE_SYSCALL is not loadable (aya 0.14)"),
-    ),
-    (
-        "netfilter",
-        Derive::Nothing("netfilter is not loadable (aya 0.14)"),
-    ),
-];
+#[rustfmt::skip]
+pub const PREFIXES: &[(&str, Derive)] = prefixes! {
+    "tracepoint/" => Tracepoint,
+    "tp/" => Tracepoint,
+    "tracepoint.s/" => Tracepoint,
+    "tp.s/" => Tracepoint,
+    "raw_tracepoint/" => RawTracepoint,
+    "raw_tp/" => RawTracepoint,
+    "raw_tracepoint.s/" => RawTracepoint,
+    "raw_tp.s/" => RawTracepoint,
+    "raw_tracepoint.w/" => RawTracepoint,
+    "raw_tp.w/" => RawTracepoint,
+    "kprobe.multi/" => Needs("kprobe (kprobe.multi is not loadable)"),
+    "kretprobe.multi/" => Needs("kprobe (kretprobe.multi is not loadable)"),
+    "kprobe.session/" => Needs("kprobe (kprobe.session is not loadable)"),
+    "kprobe/" => Kprobe,
+    "kretprobe/" => Kprobe,
+    "kprobe" => Needs("kprobe.function"),
+    "kretprobe" => Needs("kprobe.function"),
+    "ksyscall/" => Elsewhere("ksyscall"),
+    "kretsyscall/" => Elsewhere("ksyscall"),
+    "uprobe.multi" => Needs("uprobe (uprobe.multi is not loadable)"),
+    "uretprobe.multi" => Needs("uprobe (uretprobe.multi is not loadable)"),
+    "uprobe.session" => Needs("uprobe (uprobe.session is not loadable)"),
+    "uprobe.multi.s" => Needs("uprobe (uprobe.multi.s is not loadable)"),
+    "uretprobe.multi.s" => Needs("uprobe (uretprobe.multi.s is not loadable)"),
+    "uprobe.session.s" => Needs("uprobe (uprobe.session.s is not loadable)"),
+    "uprobe/" => Uprobe,
+    "uretprobe/" => Uprobe,
+    "uprobe.s/" => Uprobe,
+    "uretprobe.s/" => Uprobe,
+    "uprobe" => Needs("uprobe.target and uprobe.symbol"),
+    "uretprobe" => Needs("uprobe.target and uprobe.symbol"),
+    "uprobe.s" => Needs("uprobe.target and uprobe.symbol"),
+    "uretprobe.s" => Needs("uprobe.target and uprobe.symbol"),
+    "usdt" => Nothing("USDT probes are not attached by bpfpin (load and pin only)"),
+    "usdt.s" => Nothing("USDT probes are not attached by bpfpin (load and pin only)"),
+    "fentry/" => Fentry,
+    "fentry.s/" => Fentry,
+    "fexit/" => Fexit,
+    "fexit.s/" => Fexit,
+    "fmod_ret/" => Nothing("fmod_ret is not loadable (aya 0.14)"),
+    "fmod_ret.s/" => Nothing("fmod_ret is not loadable (aya 0.14)"),
+    "freplace/" => Nothing("freplace programs extend a program bpfpin loads itself"),
+    "tp_btf/" => Elsewhere("tpBtf"),
+    "tp_btf.s/" => Elsewhere("tpBtf"),
+    "lsm/" => Elsewhere("lsm"),
+    "lsm.s/" => Elsewhere("lsm"),
+    "lsm_cgroup/" => Nothing("lsm_cgroup is not loadable (aya 0.14)"),
+    "iter/" => Iter,
+    "iter.s/" => Iter,
+    "cgroup_skb/ingress" => CgroupSkb(Direction::Ingress),
+    "cgroup_skb/egress" => CgroupSkb(Direction::Egress),
+    "cgroup/skb" => Needs("cgroupSkb.cgroup and cgroupSkb.direction"),
+    "tc/ingress" => Tc(Direction::Ingress),
+    "tc/egress" => Tc(Direction::Egress),
+    "tcx/ingress" => Tc(Direction::Ingress),
+    "tcx/egress" => Tc(Direction::Egress),
+    "tc" => Needs("tc.interfaces and tc.direction"),
+    "classifier" => Needs("tc.interfaces and tc.direction"),
+    "netkit/primary" => Nothing("netkit links are not made by bpfpin"),
+    "netkit/peer" => Nothing("netkit links are not made by bpfpin"),
+    "action" => Nothing("SCHED_ACT is not loadable (aya 0.14)"),
+    "xdp.frags/devmap" => Nothing("a devmap entry runs it"),
+    "xdp/devmap" => Nothing("a devmap entry runs it"),
+    "xdp.frags/cpumap" => Nothing("a cpumap entry runs it"),
+    "xdp/cpumap" => Nothing("a cpumap entry runs it"),
+    "xdp.frags" => Needs("xdp.interfaces"),
+    "xdp" => Needs("xdp.interfaces"),
+    "perf_event" => Needs("perfEvent.event and perfEvent.frequency or perfEvent.period"),
+    "sockops" => Needs("sockOps.cgroup"),
+    "sk_skb/stream_parser" => Needs("skSkb.map"),
+    "sk_skb/stream_verdict" => Needs("skSkb.map"),
+    "sk_skb/verdict" => Needs("skSkb.map"),
+    "sk_skb" => Needs("skSkb.map"),
+    "sk_msg" => Needs("skMsg.map"),
+    "sk_lookup" => Needs("skLookup.netns"),
+    "sk_reuseport/migrate" => Nothing("a reuseport socket array runs it"),
+    "sk_reuseport" => Nothing("a reuseport socket array runs it"),
+    "socket" => Nothing("a socket runs it (SO_ATTACH_BPF)"),
+    "flow_dissector" => Nothing("flow dissector links are not made by bpfpin"),
+    "lirc_mode2" => Nothing("a LIRC device runs it"),
+    "lwt_in" => Nothing("lwt is not loadable (aya 0.14)"),
+    "lwt_out" => Nothing("lwt is not loadable (aya 0.14)"),
+    "lwt_xmit" => Nothing("lwt is not loadable (aya 0.14)"),
+    "lwt_seg6local" => Nothing("lwt is not loadable (aya 0.14)"),
+    "cgroup/sock_create" => Needs("cgroupSock.cgroup"),
+    "cgroup/sock_release" => Needs("cgroupSock.cgroup"),
+    "cgroup/sock" => Needs("cgroupSock.cgroup"),
+    "cgroup/post_bind4" => Needs("cgroupSock.cgroup"),
+    "cgroup/post_bind6" => Needs("cgroupSock.cgroup"),
+    "cgroup/bind4" => Needs("cgroupSockAddr.cgroup"),
+    "cgroup/bind6" => Needs("cgroupSockAddr.cgroup"),
+    "cgroup/connect4" => Needs("cgroupSockAddr.cgroup"),
+    "cgroup/connect6" => Needs("cgroupSockAddr.cgroup"),
+    "cgroup/connect_unix" => Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
+    "cgroup/sendmsg4" => Needs("cgroupSockAddr.cgroup"),
+    "cgroup/sendmsg6" => Needs("cgroupSockAddr.cgroup"),
+    "cgroup/sendmsg_unix" => Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
+    "cgroup/recvmsg4" => Needs("cgroupSockAddr.cgroup"),
+    "cgroup/recvmsg6" => Needs("cgroupSockAddr.cgroup"),
+    "cgroup/recvmsg_unix" => Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
+    "cgroup/getpeername4" => Needs("cgroupSockAddr.cgroup"),
+    "cgroup/getpeername6" => Needs("cgroupSockAddr.cgroup"),
+    "cgroup/getpeername_unix" => Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
+    "cgroup/getsockname4" => Needs("cgroupSockAddr.cgroup"),
+    "cgroup/getsockname6" => Needs("cgroupSockAddr.cgroup"),
+    "cgroup/getsockname_unix" => Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
+    "cgroup/sysctl" => Needs("cgroupSysctl.cgroup"),
+    "cgroup/getsockopt" => Needs("cgroupSockopt.cgroup"),
+    "cgroup/setsockopt" => Needs("cgroupSockopt.cgroup"),
+    "cgroup/dev" => Needs("cgroupDevice.cgroup"),
+    "struct_ops/" => Nothing("struct_ops is not loadable (aya 0.14)"),
+    "struct_ops.s/" => Nothing("struct_ops is not loadable (aya 0.14)"),
+    "syscall" => Nothing("BPF_PROG_TYPE_SYSCALL is not loadable (aya 0.14)"),
+    "netfilter" => Nothing("netfilter is not loadable (aya 0.14)"),
+};
 
 /// The table's entry for a section, and what follows its prefix (`syscalls/sys_enter_execve` of
 /// `tracepoint/syscalls/sys_enter_execve`).
 pub fn lookup(section: &str) -> Option<(Derive, &str)> {
-    PREFIXES.iter().find_map(|(prefix, derive)| {
-        if prefix.ends_with('/') {
-            section
-                .strip_prefix(prefix)
-                .filter(|rest| !rest.is_empty())
-                .map(|rest| (*derive, rest))
-        } else if section == *prefix {
-            Some((*derive, ""))
+    PREFIXES.iter().find_map(|&(prefix, derive)| {
+        let rest = section.strip_prefix(prefix)?;
+        let rest = if prefix.ends_with('/') {
+            Some(rest).filter(|r| !r.is_empty())
+        } else if rest.is_empty() {
+            Some(rest)
         } else {
-            section
-                .strip_prefix(prefix)
-                .and_then(|rest| rest.strip_prefix('/'))
-                .map(|rest| (*derive, rest))
-        }
+            rest.strip_prefix('/')
+        };
+        Some((derive, rest?))
     })
 }
 
@@ -385,13 +258,6 @@ fn function_offset(s: &str) -> Option<(&str, Option<u64>)> {
     }
 }
 
-fn direction_name(d: Direction) -> &'static str {
-    match d {
-        Direction::Ingress => "Ingress",
-        Direction::Egress => "Egress",
-    }
-}
-
 /// The attach point of program `program` with ELF section `section`: `attach` itself when it sets
 /// a kind (after checking it against the section), or the point the section names when it sets
 /// none.
@@ -404,47 +270,67 @@ pub fn resolve<'a>(
         // Not a libbpf name: the loader refuses the program before attach matters.
         return Ok(Cow::Borrowed(attach));
     };
-    let malformed =
-        |form: &'static str| AutoAttachError::Malformed(program.into(), section.into(), form);
-    let contradicts = |field: &'static str, spec: String, named: String| {
-        AutoAttachError::Contradicts(program.into(), field, spec, section.into(), named)
-    };
+    let (p, s) = (program.to_owned(), section.to_owned());
     if kinds(attach) > 0 {
-        check(derive, rest, attach, &contradicts)?;
-        return Ok(Cow::Borrowed(attach));
+        return match contradiction(derive, rest, attach) {
+            Some((field, spec, named)) => {
+                Err(AutoAttachError::Contradicts(p, field, spec, s, named))
+            }
+            None => Ok(Cow::Borrowed(attach)),
+        };
     }
-    let mut derived = Attach::default();
+    match derive {
+        Derive::CgroupSkb(_) => Err(AutoAttachError::NotNamed(
+            p,
+            s,
+            "cgroupSkb.cgroup (and cgroupSkb.direction, which must be the section's)",
+        )),
+        Derive::Tc(_) => Err(AutoAttachError::NotNamed(
+            p,
+            s,
+            "tc.interfaces (and tc.direction, which must be the section's)",
+        )),
+        Derive::Needs(fields) => Err(AutoAttachError::NotNamed(p, s, fields)),
+        Derive::Elsewhere(kind) => Err(AutoAttachError::Elsewhere(p, s, kind)),
+        Derive::Nothing(why) => Err(AutoAttachError::NoPoint(p, s, why)),
+        _ => named(derive, rest)
+            .map(Cow::Owned)
+            .map_err(|form| AutoAttachError::Malformed(p, s, form)),
+    }
+}
+
+/// The attach point `rest` (the section after its prefix) names for a prefix that names a whole
+/// one, or the form the section should have (an empty `Attach` for the other prefixes).
+fn named(derive: Derive, rest: &str) -> Result<Attach, &'static str> {
+    let mut a = Attach::default();
     match derive {
         Derive::Tracepoint => {
             let (category, name) = rest
                 .split_once('/')
                 .filter(|(c, n)| !c.is_empty() && !n.is_empty() && !n.contains('/'))
-                .ok_or_else(|| malformed("tracepoint/<category>/<name>"))?;
-            derived.tracepoint = Some(TracepointAttach {
+                .ok_or("tracepoint/<category>/<name>")?;
+            a.tracepoint = Some(TracepointAttach {
                 category: category.into(),
                 name: name.into(),
             });
         }
-        Derive::RawTracepoint => {
-            derived.raw_tracepoint = Some(RawTracepointAttach { name: rest.into() });
-        }
+        Derive::RawTracepoint => a.raw_tracepoint = Some(RawTracepointAttach { name: rest.into() }),
         Derive::Kprobe => {
-            let (function, offset) =
-                function_offset(rest).ok_or_else(|| malformed("kprobe/<function>[+<offset>]"))?;
-            derived.kprobe = Some(KprobeAttach {
+            let (function, offset) = function_offset(rest).ok_or("kprobe/<function>[+<offset>]")?;
+            a.kprobe = Some(KprobeAttach {
                 function: function.into(),
                 offset,
             });
         }
         Derive::Uprobe => {
             // libbpf: `uprobe/<binary>:<function>[+<offset>]`; an absolute binary gives `//`.
+            let form = "uprobe/<binary>:<function>[+<offset>]";
             let (target, func) = rest
                 .rsplit_once(':')
                 .filter(|(t, f)| !t.is_empty() && !f.is_empty())
-                .ok_or_else(|| malformed("uprobe/<binary>:<function>[+<offset>]"))?;
-            let (symbol, offset) = function_offset(func)
-                .ok_or_else(|| malformed("uprobe/<binary>:<function>[+<offset>]"))?;
-            derived.uprobe = Some(UprobeAttach {
+                .ok_or(form)?;
+            let (symbol, offset) = function_offset(func).ok_or(form)?;
+            a.uprobe = Some(UprobeAttach {
                 target: target.into(),
                 symbol: Some(symbol.into()),
                 offset,
@@ -452,53 +338,70 @@ pub fn resolve<'a>(
             });
         }
         Derive::Fentry => {
-            derived.fentry = Some(FunctionAttach {
+            a.fentry = Some(FunctionAttach {
                 function: rest.into(),
             })
         }
         Derive::Fexit => {
-            derived.fexit = Some(FunctionAttach {
+            a.fexit = Some(FunctionAttach {
                 function: rest.into(),
             })
         }
-        Derive::Iter => derived.iter = Some(IterAttach {}),
-        Derive::CgroupSkb(_) => {
-            return Err(AutoAttachError::NotNamed(
-                program.into(),
-                section.into(),
-                "cgroupSkb.cgroup (and cgroupSkb.direction, which must be the section's)",
-            ));
-        }
-        Derive::Tc(_) => {
-            return Err(AutoAttachError::NotNamed(
-                program.into(),
-                section.into(),
-                "tc.interfaces (and tc.direction, which must be the section's)",
-            ));
-        }
-        Derive::Needs(fields) => {
-            return Err(AutoAttachError::NotNamed(
-                program.into(),
-                section.into(),
-                fields,
-            ));
-        }
-        Derive::Elsewhere(kind) => {
-            return Err(AutoAttachError::Elsewhere(
-                program.into(),
-                section.into(),
-                kind,
-            ));
-        }
-        Derive::Nothing(why) => {
-            return Err(AutoAttachError::NoPoint(
-                program.into(),
-                section.into(),
-                why,
-            ));
-        }
+        Derive::Iter => a.iter = Some(IterAttach {}),
+        _ => {}
     }
-    Ok(Cow::Owned(derived))
+    Ok(a)
+}
+
+/// An explicit attach against what the section names: only a kind the section's type takes is
+/// compared (another kind fails later as the wrong program type), and only where the section
+/// reads as its prefix says. `(the attach field, its value, what the section names)`.
+fn contradiction(
+    derive: Derive,
+    rest: &str,
+    attach: &Attach,
+) -> Option<(&'static str, String, String)> {
+    let named = named(derive, rest).ok()?;
+    let differ = |field, spec: &str, named: &str| {
+        (spec != named).then(|| (field, spec.into(), named.into()))
+    };
+    match derive {
+        Derive::Tracepoint => {
+            let (s, n) = (attach.tracepoint.as_ref()?, named.tracepoint?);
+            let path = |t: &TracepointAttach| format!("{}/{}", t.category, t.name);
+            differ("tracepoint", &path(s), &path(&n))
+        }
+        Derive::RawTracepoint => differ(
+            "rawTracepoint.name",
+            &attach.raw_tracepoint.as_ref()?.name,
+            rest,
+        ),
+        Derive::Kprobe => {
+            let (s, n) = (attach.kprobe.as_ref()?, named.kprobe?);
+            (s.function != n.function || n.offset.is_some_and(|o| s.offset != Some(o)))
+                .then(|| ("kprobe.function", s.function.clone(), rest.into()))
+        }
+        Derive::Uprobe => differ(
+            "uprobe.symbol",
+            attach.uprobe.as_ref()?.symbol.as_ref()?,
+            &named.uprobe?.symbol?,
+        ),
+        Derive::Fentry => differ("fentry.function", &attach.fentry.as_ref()?.function, rest),
+        Derive::Fexit => differ("fexit.function", &attach.fexit.as_ref()?.function, rest),
+        Derive::CgroupSkb(d) => {
+            let spec = attach.cgroup_skb.as_ref()?.direction;
+            differ(
+                "cgroupSkb.direction",
+                &format!("{spec:?}"),
+                &format!("{d:?}"),
+            )
+        }
+        Derive::Tc(d) => {
+            let spec = attach.tc.as_ref()?.direction;
+            differ("tc.direction", &format!("{spec:?}"), &format!("{d:?}"))
+        }
+        Derive::Iter | Derive::Needs(_) | Derive::Elsewhere(_) | Derive::Nothing(_) => None,
+    }
 }
 
 /// [`resolve`] on this node: a contradiction of a tracepoint or kprobe is refused only when the
@@ -547,109 +450,6 @@ fn kernel_has_function(function: &str) -> bool {
             let kind = fields.nth(1).unwrap_or_default();
             matches!(kind, "T" | "t") && fields.next() == Some(function)
         })
-}
-
-/// An explicit attach against what the section names: only a kind the section's type takes is
-/// compared (another kind fails later as the wrong program type).
-fn check(
-    derive: Derive,
-    rest: &str,
-    attach: &Attach,
-    contradicts: &dyn Fn(&'static str, String, String) -> AutoAttachError,
-) -> Result<(), AutoAttachError> {
-    match derive {
-        Derive::Tracepoint => {
-            if let (Some(tp), Some((c, n))) = (&attach.tracepoint, rest.split_once('/'))
-                && (tp.category != c || tp.name != n)
-            {
-                return Err(contradicts(
-                    "tracepoint",
-                    format!("{}/{}", tp.category, tp.name),
-                    format!("{c}/{n}"),
-                ));
-            }
-        }
-        Derive::RawTracepoint => {
-            if let Some(r) = &attach.raw_tracepoint
-                && r.name != rest
-            {
-                return Err(contradicts(
-                    "rawTracepoint.name",
-                    r.name.clone(),
-                    rest.into(),
-                ));
-            }
-        }
-        Derive::Kprobe => {
-            if let (Some(k), Some((f, off))) = (&attach.kprobe, function_offset(rest))
-                && (k.function != f || (off.is_some() && off != k.offset))
-            {
-                return Err(contradicts(
-                    "kprobe.function",
-                    k.function.clone(),
-                    rest.to_owned(),
-                ));
-            }
-        }
-        Derive::Uprobe => {
-            if let (Some(u), Some((_, func))) = (&attach.uprobe, rest.rsplit_once(':'))
-                && let Some((sym, _)) = function_offset(func)
-                && u.symbol.as_deref().is_some_and(|s| s != sym)
-            {
-                return Err(contradicts(
-                    "uprobe.symbol",
-                    u.symbol.clone().unwrap_or_default(),
-                    sym.to_owned(),
-                ));
-            }
-        }
-        Derive::Fentry => {
-            if let Some(f) = &attach.fentry
-                && f.function != rest
-            {
-                return Err(contradicts(
-                    "fentry.function",
-                    f.function.clone(),
-                    rest.into(),
-                ));
-            }
-        }
-        Derive::Fexit => {
-            if let Some(f) = &attach.fexit
-                && f.function != rest
-            {
-                return Err(contradicts(
-                    "fexit.function",
-                    f.function.clone(),
-                    rest.into(),
-                ));
-            }
-        }
-        Derive::CgroupSkb(d) => {
-            if let Some(c) = &attach.cgroup_skb
-                && c.direction != d
-            {
-                return Err(contradicts(
-                    "cgroupSkb.direction",
-                    direction_name(c.direction).into(),
-                    direction_name(d).into(),
-                ));
-            }
-        }
-        Derive::Tc(d) => {
-            if let Some(t) = &attach.tc
-                && t.direction != d
-            {
-                return Err(contradicts(
-                    "tc.direction",
-                    direction_name(t.direction).into(),
-                    direction_name(d).into(),
-                ));
-            }
-        }
-        Derive::Iter | Derive::Needs(_) | Derive::Elsewhere(_) | Derive::Nothing(_) => {}
-    }
-    Ok(())
 }
 
 #[cfg(test)]
