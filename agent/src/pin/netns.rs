@@ -251,6 +251,18 @@ impl PodHook {
     }
 }
 
+/// Whether the XDP or tcx link pinned at `link` is still on an interface (the kernel detaches it,
+/// and reports interface 0, when the interface goes with its namespace). A pin that cannot be
+/// read is not.
+pub fn is_attached(link: &Path) -> bool {
+    aya::programs::links::PinnedLink::from_pin(link)
+        .map(FdLink::from)
+        .ok()
+        .and_then(|l| l.info().ok())
+        .and_then(|i| i.ifindex())
+        .is_some_and(|ifindex| ifindex != 0)
+}
+
 /// Attaches the program pinned at `program` on `interface` inside `netns` and pins the link at
 /// `link` (its directory must exist).
 pub fn attach(
