@@ -842,6 +842,45 @@ mod pod_tests {
             "spec.programs[0].attach.xdp.networkNamespaces.podSelector"
         );
     }
+
+    #[test]
+    fn cgroup_hooks_take_exactly_one_of_cgroup_and_pods() {
+        for good in [
+            "{cgroupSkb: {direction: Egress, pods: {namespace: web, podSelector: {matchLabels: {app: web}}}}}",
+            "{cgroupSkb: {direction: Egress, cgroup: /sys/fs/cgroup/a}}",
+            "{sockOps: {pods: {namespace: web}}}",
+            "{cgroupSock: {pods: {namespace: web}}}",
+            "{cgroupDevice: {cgroup: /sys/fs/cgroup/a}}",
+        ] {
+            let s = spec(good);
+            assert_eq!(s.validate("o"), Ok(()), "{good}");
+            let attach = s.programs[0].attach.as_ref().expect("attach");
+            let pods = good.contains("pods");
+            assert_eq!(attach.cgroup_pods().is_some(), pods, "{good}");
+        }
+        for (bad, field) in [
+            ("{cgroupSkb: {direction: Egress}}", "cgroupSkb"),
+            (
+                "{sockOps: {cgroup: /sys/fs/cgroup/a, pods: {namespace: web}}}",
+                "sockOps",
+            ),
+            ("{cgroupSysctl: {}}", "cgroupSysctl"),
+            ("{cgroupSock: {pods: {namespace: Web}}}", "cgroupSock.pods.namespace"),
+            (
+                "{cgroupSockopt: {pods: {namespace: web, podSelector: {matchExpressions: [{key: a, operator: Is}]}}}}",
+                "cgroupSockopt.pods.podSelector",
+            ),
+            ("{cgroupSkb: {direction: Egress, cgroup: a/b}}", "cgroupSkb.cgroup"),
+        ] {
+            let e = spec(bad).validate("o").expect_err(bad);
+            assert_eq!(e.field, format!("spec.programs[0].attach.{field}"), "{bad}: {e}");
+        }
+        let e = spec("{sockOps: {}}").validate("o").expect_err("neither");
+        assert_eq!(
+            e.reason,
+            "set exactly one of cgroup (on the node) or pods (their cgroups)"
+        );
+    }
 }
 
 // --- end of pod-aware attachment ---
