@@ -342,3 +342,64 @@ fn pod_cgroups_are_found_in_the_cgroupfs_and_systemd_layouts() {
         std::fs::metadata(&guaranteed).expect("stat").ino()
     );
 }
+
+/// The README's example (`# example: pod-egress` in "Pod-aware attachment").
+fn readme_example() -> String {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+        .expect("README.md");
+    let block: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| *l != "# example: pod-egress")
+        .skip(1)
+        .take_while(|l| *l != "# end: pod-egress")
+        .collect();
+    assert!(!block.is_empty(), "the README has the pod-egress example");
+    block.join("\n")
+}
+
+#[test]
+fn the_readme_example_counts_the_egress_bytes_of_its_pods() {
+    let fs = Bpffs::new();
+    let tree = Tree::new("readme");
+    let web = tree.pod(WEB);
+    let other = tree.pod(OTHER);
+    let object: serde_yaml::Value = serde_yaml::from_str(&readme_example()).expect("YAML");
+    let name = object["metadata"]["name"].as_str().expect("name").to_owned();
+    let spec = serde_yaml::to_string(&object["spec"]).expect("spec");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cgroup-skb/cgroup_skb.bpf.c");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bpf");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let out = out.join("cgroup_skb.bpf.o");
+    common::compile(&src, &out);
+    let obj = DesiredObject {
+        name: name.clone(),
+        uid: None,
+        generation: 1,
+        spec: common::spec(&spec),
+        bytecode: Ok(std::fs::read(&out).expect("object")),
+    };
+    let mut reconciler = Reconciler::new(fs.path()).expect("reconciler");
+    let report = reconciler.reconcile(std::slice::from_ref(&obj), &BTreeSet::new());
+    assert!(report.objects[0].is_ready(), "{:?}", report.objects[0].error);
+    let mut attacher =
+        PodAttacher::new(&fs.root(), Path::new("/run/netns")).with_cgroup_dir(&tree.root);
+    let pods = BTreeMap::from([
+        pod("web-1", WEB, "web", Some("10.1.0.2")),
+        pod("other-1", OTHER, "other", Some("10.1.0.3")),
+    ]);
+    let step = attacher.sync(std::slice::from_ref(&obj), &report, &pods);
+    assert_eq!(step.objects[&name].attached, 1, "{:?}", step.objects[&name]);
+    let bytes = || {
+        use aya::maps::{Array, Map, MapData};
+        let data = MapData::from_pin(fs.root().join(&name).join("maps/bytes_out")).expect("map");
+        let array: Array<_, u64> =
+            Array::try_from(Map::from_map_data(data).expect("map")).expect("array");
+        array.get(&0, 0).expect("read")
+    };
+    // Three echo requests of 84 bytes (20 IP + 8 ICMP + 56 data) from the web pod; nothing from
+    // the other pod.
+    ping_in(&other);
+    assert_eq!(bytes(), 0);
+    ping_in(&web);
+    assert_eq!(bytes(), 3 * 84);
+}
