@@ -86,7 +86,11 @@ impl Drop for Tree {
 fn run_in(cgroup: &Path, script: &str) {
     let sh = format!("echo $$ > {}/cgroup.procs && {script}", cgroup.display());
     let out = Command::new("sh").args(["-c", &sh]).output().expect("sh");
-    assert!(out.status.success(), "{script} in {}: {out:?}", cgroup.display());
+    assert!(
+        out.status.success(),
+        "{script} in {}: {out:?}",
+        cgroup.display()
+    );
 }
 
 /// Three echo requests to the loopback: three packets out of the ping's socket.
@@ -199,10 +203,18 @@ fn cgroup_hooks_attach_to_matching_pods_cgroups_and_follow_them() {
     let step = attacher.sync(&objs, &report, &pods);
     for name in ["pod-skb", "pod-sock"] {
         let s = &step.objects[name];
-        assert_eq!((s.matched, s.attached, s.failures.len()), (1, 1, 0), "{name}: {s:?}");
+        assert_eq!(
+            (s.matched, s.attached, s.failures.len()),
+            (1, 1, 0),
+            "{name}: {s:?}"
+        );
     }
-    let skb_link = root.join(format!("pod-skb/links/cgroup_skb_count/cgroupskb-egress-pod-{WEB}"));
-    let sock_link = root.join(format!("pod-sock/links/sock_create_count/cgroupsock-pod-{WEB}"));
+    let skb_link = root.join(format!(
+        "pod-skb/links/cgroup_skb_count/cgroupskb-egress-pod-{WEB}"
+    ));
+    let sock_link = root.join(format!(
+        "pod-sock/links/sock_create_count/cgroupsock-pod-{WEB}"
+    ));
     assert_eq!(
         files(&root.join("pod-skb/links/cgroup_skb_count")),
         BTreeSet::from([format!("cgroupskb-egress-pod-{WEB}")]),
@@ -245,7 +257,10 @@ fn cgroup_hooks_attach_to_matching_pods_cgroups_and_follow_them() {
         PodAttacher::new(&root, Path::new("/run/netns")).with_cgroup_dir(&tree.root);
     let step = restarted.sync(&objs, &report, &pods);
     assert_eq!(
-        (step.objects["pod-skb"].attached, step.objects["pod-skb"].failures.len()),
+        (
+            step.objects["pod-skb"].attached,
+            step.objects["pod-skb"].failures.len()
+        ),
         (1, 0)
     );
     assert_eq!(id(&skb_link), before, "adopted, not attached again");
@@ -254,7 +269,11 @@ fn cgroup_hooks_attach_to_matching_pods_cgroups_and_follow_them() {
     // one is found by its cgroup id and attached again, by the restarted agent too.
     let web = tree.pod(WEB);
     let step = restarted.sync(&objs, &report, &pods);
-    assert_eq!(step.objects["pod-skb"].attached, 1, "{:?}", step.objects["pod-skb"]);
+    assert_eq!(
+        step.objects["pod-skb"].attached, 1,
+        "{:?}",
+        step.objects["pod-skb"]
+    );
     assert_ne!(id(&skb_link), before, "a new link");
     ping_in(&web);
     assert_eq!(hits(&fs, "pod-skb", CGROUP_SKB), 6);
@@ -263,7 +282,10 @@ fn cgroup_hooks_attach_to_matching_pods_cgroups_and_follow_them() {
     let gone = BTreeMap::from([pod("other-1", OTHER, "other", Some("10.1.0.3"))]);
     let step = restarted.sync(&objs, &report, &gone);
     assert_eq!(
-        (step.objects["pod-skb"].matched, step.objects["pod-skb"].attached),
+        (
+            step.objects["pod-skb"].matched,
+            step.objects["pod-skb"].attached
+        ),
         (0, 0)
     );
     assert!(!skb_link.exists() && !sock_link.exists());
@@ -302,7 +324,12 @@ fn a_pod_without_a_cgroup_waits_or_fails_naming_the_pod() {
     assert_eq!(s.failures.len(), 1);
     let f = &s.failures[0];
     assert_eq!(
-        (f.pod.as_str(), f.program.as_str(), f.interface.as_str(), f.reason.as_str()),
+        (
+            f.pod.as_str(),
+            f.program.as_str(),
+            f.interface.as_str(),
+            f.reason.as_str()
+        ),
         ("web/web-1", "cgroup_skb_count", "", "AttachFailed")
     );
     assert_eq!(
@@ -345,8 +372,9 @@ fn pod_cgroups_are_found_in_the_cgroupfs_and_systemd_layouts() {
 
 /// The README's example (`# example: pod-egress` in "Pod-aware attachment").
 fn readme_example() -> String {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-        .expect("README.md");
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
     let block: Vec<&str> = readme
         .lines()
         .skip_while(|l| *l != "# example: pod-egress")
@@ -364,7 +392,10 @@ fn the_readme_example_counts_the_egress_bytes_of_its_pods() {
     let web = tree.pod(WEB);
     let other = tree.pod(OTHER);
     let object: serde_yaml::Value = serde_yaml::from_str(&readme_example()).expect("YAML");
-    let name = object["metadata"]["name"].as_str().expect("name").to_owned();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
     let spec = serde_yaml::to_string(&object["spec"]).expect("spec");
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cgroup-skb/cgroup_skb.bpf.c");
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bpf");
@@ -380,7 +411,11 @@ fn the_readme_example_counts_the_egress_bytes_of_its_pods() {
     };
     let mut reconciler = Reconciler::new(fs.path()).expect("reconciler");
     let report = reconciler.reconcile(std::slice::from_ref(&obj), &BTreeSet::new());
-    assert!(report.objects[0].is_ready(), "{:?}", report.objects[0].error);
+    assert!(
+        report.objects[0].is_ready(),
+        "{:?}",
+        report.objects[0].error
+    );
     let mut attacher =
         PodAttacher::new(&fs.root(), Path::new("/run/netns")).with_cgroup_dir(&tree.root);
     let pods = BTreeMap::from([

@@ -287,7 +287,11 @@ fn a_pod_whose_network_namespace_was_re_created_is_attached_again() {
     let pods = BTreeMap::from([pod("web-1", "uid-re", "web", "10.201.54.2")]);
     let mut attacher = PodAttacher::new(&root, netns_dir);
     let step = attacher.sync(std::slice::from_ref(&obj), &report, &pods);
-    assert_eq!(step.objects["pod-re"].attached, 1, "{:?}", step.objects["pod-re"]);
+    assert_eq!(
+        step.objects["pod-re"].attached, 1,
+        "{:?}",
+        step.objects["pod-re"]
+    );
     let xdp_link = root.join("pod-re/links/xdp_count/xdp-pod-uid-re-bpfpin54p");
     let tc_link = root.join("pod-re/links/tc_count/tc-egress-pod-uid-re-bpfpin54p");
     assert!(is_attached(&xdp_link) && is_attached(&tc_link));
@@ -311,7 +315,10 @@ fn a_pod_whose_network_namespace_was_re_created_is_attached_again() {
     let mut restarted = PodAttacher::new(&root, netns_dir);
     let step = restarted.sync(std::slice::from_ref(&obj), &report, &pods);
     assert_eq!(
-        (step.objects["pod-re"].attached, step.objects["pod-re"].failures.len()),
+        (
+            step.objects["pod-re"].attached,
+            step.objects["pod-re"].failures.len()
+        ),
         (1, 0),
         "{:?}",
         step.objects["pod-re"]
@@ -325,6 +332,12 @@ fn a_pod_whose_network_namespace_was_re_created_is_attached_again() {
     let map = root.join("pod-re/maps/packets");
     let (xdp0, tc0) = (packets(&map, 0), packets(&map, 1));
     ping("10.201.54.2");
-    assert!(packets(&map, 0) >= xdp0 + 3, "xdp counts in the new namespace");
-    assert!(packets(&map, 1) >= tc0 + 3, "tc egress counts in the new namespace");
+    assert!(
+        packets(&map, 0) >= xdp0 + 3,
+        "xdp counts in the new namespace"
+    );
+    assert!(
+        packets(&map, 1) >= tc0 + 3,
+        "tc egress counts in the new namespace"
+    );
 }

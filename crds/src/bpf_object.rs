@@ -865,15 +865,25 @@ mod pod_tests {
                 "sockOps",
             ),
             ("{cgroupSysctl: {}}", "cgroupSysctl"),
-            ("{cgroupSock: {pods: {namespace: Web}}}", "cgroupSock.pods.namespace"),
+            (
+                "{cgroupSock: {pods: {namespace: Web}}}",
+                "cgroupSock.pods.namespace",
+            ),
             (
                 "{cgroupSockopt: {pods: {namespace: web, podSelector: {matchExpressions: [{key: a, operator: Is}]}}}}",
                 "cgroupSockopt.pods.podSelector",
             ),
-            ("{cgroupSkb: {direction: Egress, cgroup: a/b}}", "cgroupSkb.cgroup"),
+            (
+                "{cgroupSkb: {direction: Egress, cgroup: a/b}}",
+                "cgroupSkb.cgroup",
+            ),
         ] {
             let e = spec(bad).validate("o").expect_err(bad);
-            assert_eq!(e.field, format!("spec.programs[0].attach.{field}"), "{bad}: {e}");
+            assert_eq!(
+                e.field,
+                format!("spec.programs[0].attach.{field}"),
+                "{bad}: {e}"
+            );
         }
         let e = spec("{sockOps: {}}").validate("o").expect_err("neither");
         assert_eq!(

@@ -249,8 +249,7 @@ pub fn attach(
     section: SectionType,
     link: &Path,
 ) -> Result<(), PodCgroupError> {
-    let file =
-        open_cgroup(&cgroup.path.display().to_string()).map_err(PodCgroupError::Target)?;
+    let file = open_cgroup(&cgroup.path.display().to_string()).map_err(PodCgroupError::Target)?;
     let mode = CgroupAttachMode::Single;
     let what = hook.describe();
     let kernel = |e: Box<dyn std::error::Error + Send + Sync>| {
@@ -356,6 +355,8 @@ mod tests {
             ("cgroupskb-egress-pod-u-1", "cgroupsock-pod-u-1")
         );
         assert!(CgroupPodHook::is_pod_link(&skb) && CgroupPodHook::is_pod_link(&sock));
-        assert!(!CgroupPodHook::is_pod_link("cgroupskb-egress-sys-fs-cgroup"));
+        assert!(!CgroupPodHook::is_pod_link(
+            "cgroupskb-egress-sys-fs-cgroup"
+        ));
     }
 }
