@@ -341,3 +341,89 @@ fn a_pod_whose_network_namespace_was_re_created_is_attached_again() {
         "tc egress counts in the new namespace"
     );
 }
+
+#[test]
+fn interface_patterns_follow_the_interfaces_of_the_pod() {
+    let fs = Bpffs::new();
+    let web = Veth::new(55);
+    let spec = r#"
+bytecode: {path: network.bpf.o}
+programs:
+- name: xdp_count
+  attach:
+    xdp:
+      mode: Skb
+      networkNamespaces: {namespace: web, podSelector: {matchLabels: {app: web}}, interfaces: ["/^bpfpin55[a-z]$/"]}
+"#;
+    let mut reconciler = Reconciler::new(fs.path()).expect("reconciler");
+    let obj = desired("pod-pattern", spec);
+    let report = reconciler.reconcile(std::slice::from_ref(&obj), &BTreeSet::new());
+    assert!(
+        report.objects[0].is_ready(),
+        "{:?}",
+        report.objects[0].error
+    );
+    let root = fs.root();
+    let dir = root.join("pod-pattern/links/xdp_count");
+    let pods = BTreeMap::from([pod("web-1", "uid-pat", "web", "10.201.55.2")]);
+    let mut attacher = PodAttacher::new(&root, Path::new("/run/netns"));
+    let step = attacher.sync(std::slice::from_ref(&obj), &report, &pods);
+    assert_eq!(step.objects["pod-pattern"].attached, 1);
+    assert!(step.rescan, "a pattern asks for another look");
+    // lo does not match; the veth end does.
+    assert_eq!(
+        files(&dir),
+        BTreeSet::from(["xdp-pod-uid-pat-bpfpin55p".to_owned()])
+    );
+    let map = root.join("pod-pattern/maps/packets");
+    let xdp0 = packets(&map, 0);
+    ping("10.201.55.2");
+    assert!(packets(&map, 0) >= xdp0 + 3, "xdp counted");
+
+    // An interface that appears in the pod later and matches is attached at the next step...
+    let ip = |args: &[&str]| {
+        let ok = Command::new("ip")
+            .args(["-n", &web.netns])
+            .args(args)
+            .status()
+            .expect("ip")
+            .success();
+        assert!(ok, "ip -n {} {args:?}", web.netns);
+    };
+    // (A veth pair inside the pod: this kernel has no dummy driver.)
+    ip(&[
+        "link",
+        "add",
+        "bpfpin55d",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "other55",
+    ]);
+    ip(&["link", "set", "bpfpin55d", "up"]);
+    let step = attacher.sync(std::slice::from_ref(&obj), &report, &pods);
+    assert_eq!(step.objects["pod-pattern"].failures.len(), 0);
+    assert_eq!(
+        files(&dir),
+        BTreeSet::from([
+            "xdp-pod-uid-pat-bpfpin55d".to_owned(),
+            "xdp-pod-uid-pat-bpfpin55p".to_owned()
+        ])
+    );
+    assert!(
+        link_show(&web.netns, "bpfpin55d").contains("xdpgeneric"),
+        "{}",
+        link_show(&web.netns, "bpfpin55d")
+    );
+    assert!(!link_show(&web.netns, "other55").contains("xdp"));
+
+    // ...and one that goes loses its pin (deleting one end of the pair deletes both).
+    ip(&["link", "del", "bpfpin55d"]);
+    let step = attacher.sync(std::slice::from_ref(&obj), &report, &pods);
+    assert_eq!(step.objects["pod-pattern"].attached, 1);
+    assert_eq!(
+        files(&dir),
+        BTreeSet::from(["xdp-pod-uid-pat-bpfpin55p".to_owned()])
+    );
+}

@@ -573,7 +573,10 @@ pub struct NetworkNamespaces {
     /// Which pods of `namespace` (labels; empty selects every pod of it).
     #[serde(default)]
     pub pod_selector: LabelSelector,
-    /// Interfaces inside each pod's network namespace. Default `[eth0]`.
+    /// Interfaces inside each pod's network namespace: names, or patterns written `/<regex>/`
+    /// (e.g. `/^net[0-9]+$/`) matched against the interfaces the pod's namespace has at each
+    /// pass, so interfaces that appear later are attached and those that go are unpinned.
+    /// Default `[eth0]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Set)]
     #[schemars(length(max = 16))]
@@ -656,6 +659,14 @@ pub(crate) fn validate_cgroup_or_pods(
     }
 }
 
+/// The regular expression of an interface entry written `/<regex>/`; `None` for a plain name.
+pub fn interface_pattern(entry: &str) -> Option<&str> {
+    entry
+        .strip_prefix('/')
+        .and_then(|e| e.strip_suffix('/'))
+        .filter(|p| !p.is_empty())
+}
+
 impl NetworkNamespaces {
     /// The interfaces to attach on inside each pod (`[eth0]` when none are listed).
     pub fn interfaces(&self) -> Vec<InterfaceName> {
@@ -686,6 +697,23 @@ impl NetworkNamespaces {
             &self.pod_selector,
         )?;
         for (i, name) in self.interfaces.iter().enumerate() {
+            if let Some(pattern) = interface_pattern(name) {
+                if pattern.len() > 256 {
+                    return Err(refuse(
+                        &format!("networkNamespaces.interfaces[{i}]"),
+                        name,
+                        "an interface pattern is at most 256 characters",
+                    ));
+                }
+                if let Err(e) = regex::Regex::new(pattern) {
+                    return Err(refuse(
+                        &format!("networkNamespaces.interfaces[{i}]"),
+                        name,
+                        &format!("is not a valid regular expression: {e}"),
+                    ));
+                }
+                continue;
+            }
             // IFNAMSIZ is 16 with its NUL; the kernel refuses '/' and whitespace in names.
             if name.is_empty()
                 || name.len() > 15
@@ -840,6 +868,28 @@ mod pod_tests {
         assert_eq!(
             e.field,
             "spec.programs[0].attach.xdp.networkNamespaces.podSelector"
+        );
+    }
+
+    #[test]
+    fn interface_patterns_are_regexes_between_slashes() {
+        assert_eq!(interface_pattern("/^eth[0-9]+$/"), Some("^eth[0-9]+$"));
+        assert_eq!(interface_pattern("eth0"), None);
+        assert_eq!(interface_pattern("//"), None);
+        let ok = spec(
+            "{xdp: {networkNamespaces: {namespace: web, interfaces: [eth0, '/^net[0-9]+$/']}}}",
+        );
+        assert_eq!(ok.validate("o"), Ok(()));
+        let e = spec("{tc: {direction: Ingress, networkNamespaces: {namespace: web, interfaces: ['/^net[0-9+$/']}}}")
+            .validate("o")
+            .expect_err("bad regex");
+        assert_eq!(
+            e.field,
+            "spec.programs[0].attach.tc.networkNamespaces.interfaces[0]"
+        );
+        assert!(
+            e.reason.starts_with("is not a valid regular expression"),
+            "{e}"
         );
     }
 

@@ -452,7 +452,7 @@ impl<C: Core> Agent<C> {
         self.events.publish(&changed).await;
         if let Some(pod_report) = &pod_report {
             pods::annotate(&mut status, pod_report);
-            if pod_report.retry {
+            if pod_report.retry || pod_report.rescan {
                 self.pods.retry_later(&self.trigger);
             }
         }

@@ -204,6 +204,9 @@ pub struct PodReport {
     pub links: BTreeMap<String, Vec<String>>,
     /// Something failed or waits for its pod: try again soon.
     pub retry: bool,
+    /// Some program names its pod interfaces by pattern: look again soon (interfaces that appear
+    /// or go raise no pod event).
+    pub rescan: bool,
 }
 
 /// The pod links of one program: the hook, and the selection.
@@ -323,6 +326,8 @@ impl PodAttacher {
         let mut out = PodReport::default();
         let mut namespaces: Option<HashMap<IpAddr, Netns>> = None;
         let mut cgroups: Option<HashMap<String, PodCgroup>> = None;
+        // The interfaces of each namespace, by inode, listed once per step (for patterns).
+        let mut listed: HashMap<u64, Vec<String>> = HashMap::new();
         let mut kept: BTreeSet<PathBuf> = BTreeSet::new();
         let mut versions: BTreeSet<PathBuf> = BTreeSet::new();
         for obj in desired {
@@ -362,7 +367,41 @@ impl PodAttacher {
                     matched.insert(&pod.uid);
                     let ok = complete.entry(&pod.uid).or_insert(true);
                     let found = namespaces.get_or_insert_with(|| self.scan()).get(&ip);
-                    for iface in s.pods.interfaces() {
+                    let wanted = s.pods.interfaces();
+                    let patterns: Vec<regex::Regex> = wanted
+                        .iter()
+                        .filter_map(|w| bpfpin_crds::interface_pattern(w))
+                        .filter_map(|p| regex::Regex::new(p).ok())
+                        .collect();
+                    let mut ifaces: Vec<String> = wanted
+                        .iter()
+                        .filter(|w| bpfpin_crds::interface_pattern(w).is_none())
+                        .cloned()
+                        .collect();
+                    if !patterns.is_empty() {
+                        out.rescan = true;
+                        if let Some(ns) = found {
+                            let names = match listed.get(&ns.inode) {
+                                Some(names) => names.clone(),
+                                None => {
+                                    let names = netns::interface_names(ns).unwrap_or_else(|error| {
+                                        tracing::warn!(netns = %ns.path.display(), %error, "cannot list the pod's interfaces");
+                                        Vec::new()
+                                    });
+                                    listed.insert(ns.inode, names.clone());
+                                    names
+                                }
+                            };
+                            for name in names {
+                                if patterns.iter().any(|p| p.is_match(&name))
+                                    && !ifaces.contains(&name)
+                                {
+                                    ifaces.push(name);
+                                }
+                            }
+                        }
+                    }
+                    for iface in ifaces {
                         let link = link_dir.join(s.hook.link_name(&pod.uid, &iface));
                         kept.insert(link.clone());
                         let result = match found {
