@@ -129,7 +129,7 @@ impl PodWatch {
         let stream = watcher(api, config).default_backoff();
         let index = self.index.clone();
         let trigger = trigger.clone();
-        tracing::info!(node, "watching this node's pods (networkNamespaces)");
+        tracing::info!(node, "watching this node's pods (networkNamespaces, pods)");
         *task = Some(tokio::spawn(
             async move {
                 let mut stream = std::pin::pin!(stream);
@@ -448,7 +448,15 @@ impl PodAttacher {
                 let selector = Selector::parse(Some(&s.pods.pod_selector)).unwrap_or_default();
                 let prog_pin = Layout::prog_in(&version_dir, s.program);
                 let link_dir = version_dir.join("links").join(s.program);
-                let section = self.section(&version_dir, obj, s.program);
+                // Only these hooks open their program from its pin with the section's attach
+                // type; the ELF is parsed for them alone.
+                use crate::pin::attach::CgroupHook as H;
+                let section = match s.hook {
+                    CgroupPodHook::Hook(H::SockAddr | H::Sock | H::Sockopt) => {
+                        self.section(&version_dir, obj, s.program)
+                    }
+                    _ => SectionType::Other,
+                };
                 for pod in pods.values() {
                     if pod.namespace != s.pods.namespace
                         || pod.ended
