@@ -16,6 +16,7 @@ use common::Bpffs;
 
 /// `hits[]` indexes of the test programs.
 const CGROUP_SKB: u32 = 7; // kinds.bpf.c
+const CONNECT4: u32 = 2; // attach_more.bpf.c
 const SOCK_CREATE: u32 = 12; // attach_more.bpf.c
 
 const WEB: &str = "0a1b2c3d-1111-4222-8333-000000000001";
@@ -98,11 +99,11 @@ fn ping_in(cgroup: &Path) {
     run_in(cgroup, "exec ping -4 -q -c 3 -i 0.05 127.0.0.1 >/dev/null");
 }
 
-/// Two sockets made.
+/// Two sockets made, one of them connected (UDP: no packet sent).
 fn sockets_in(cgroup: &Path) {
     run_in(
         cgroup,
-        "exec python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM); socket.socket(socket.AF_INET, socket.SOCK_STREAM)'",
+        "exec python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).connect((\"127.0.0.1\", 9)); socket.socket(socket.AF_INET, socket.SOCK_STREAM)'",
     );
 }
 
@@ -139,13 +140,18 @@ programs:
       pods: {namespace: web, podSelector: {matchLabels: {app: web}}}
 "#;
 
-/// A hook whose program is opened from its pin with the section's attach type (sock_create).
+/// Hooks whose programs are opened from their pins with the section's attach type
+/// (sock_create, connect4).
 const SOCK_SPEC: &str = r#"
 bytecode: {path: attach_more.bpf.o}
 programs:
 - name: sock_create_count
   attach:
     cgroupSock:
+      pods: {namespace: web, podSelector: {matchLabels: {app: web}}}
+- name: connect4_count
+  attach:
+    cgroupSockAddr:
       pods: {namespace: web, podSelector: {matchLabels: {app: web}}}
 "#;
 
@@ -221,6 +227,12 @@ fn cgroup_hooks_attach_to_matching_pods_cgroups_and_follow_them() {
         "one link, for the matching pod only"
     );
     assert!(sock_link.exists());
+    assert!(
+        root.join(format!(
+            "pod-sock/links/connect4_count/cgroupsockaddr-pod-{WEB}"
+        ))
+        .exists()
+    );
     assert_eq!(
         step.links["pod-skb"],
         vec![format!(
@@ -232,14 +244,18 @@ fn cgroup_hooks_attach_to_matching_pods_cgroups_and_follow_them() {
     // The programs run for the pod's processes, exactly: three echo requests, two sockets.
     sockets_in(&web);
     assert_eq!(hits(&fs, "pod-sock", SOCK_CREATE), 2);
+    assert_eq!(hits(&fs, "pod-sock", CONNECT4), 1);
     ping_in(&web);
     assert_eq!(hits(&fs, "pod-skb", CGROUP_SKB), 3);
+    // (ping makes sockets too, and connects a UDP probe socket to pick its source address.)
     let sockets = hits(&fs, "pod-sock", SOCK_CREATE);
+    let connects = hits(&fs, "pod-sock", CONNECT4);
     // The other pod's processes (and the test's own) are not counted.
     ping_in(&other);
     sockets_in(&other);
     assert_eq!(hits(&fs, "pod-skb", CGROUP_SKB), 3);
     assert_eq!(hits(&fs, "pod-sock", SOCK_CREATE), sockets);
+    assert_eq!(hits(&fs, "pod-sock", CONNECT4), connects);
 
     // A steady pass and a restarted agent keep the same links.
     let id = |p: &Path| {
