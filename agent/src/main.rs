@@ -84,6 +84,11 @@ enum Mode {
         /// `networkNamespaces`; containerd's and CRI-O's default).
         #[arg(long, default_value = cluster::pods::DEFAULT_NETNS_DIR)]
         netns_dir: std::path::PathBuf,
+        /// The node's cgroup v2 tree, where pod cgroups are found by UID (for `pods` of the
+        /// cgroup hooks). Default: `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a cgroup v1
+        /// host with the hybrid layout.
+        #[arg(long)]
+        cgroup_dir: Option<std::path::PathBuf>,
         /// Label this node with its kernel capabilities (`bpfpin.io/kernel`, `bpfpin.io/btf`);
         /// needs `patch` on nodes (the chart's `agent.nodeLabels`). Without it the capabilities
         /// are only in the node's BpfNodeState.
@@ -183,6 +188,7 @@ fn main() -> ExitCode {
             metrics_addr,
             test_only_kernel_release,
             netns_dir,
+            cgroup_dir,
             label_node,
             downloads,
         } => {
@@ -203,6 +209,7 @@ fn main() -> ExitCode {
                     lease_namespace,
                     metrics_addr: metrics_addr.0,
                     netns_dir,
+                    cgroup_dir,
                     label_node,
                 },
             )

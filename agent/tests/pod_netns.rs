@@ -271,3 +271,159 @@ fn a_missing_interface_or_namespace_names_the_pod_and_interface() {
     // Nothing was pinned for them.
     assert!(files(&fs.root().join("pod-bad/links/xdp_count")).is_empty());
 }
+
+#[test]
+fn a_pod_whose_network_namespace_was_re_created_is_attached_again() {
+    use bpfpin_agent::pin::netns::is_attached;
+    let fs = Bpffs::new();
+    let web = Veth::new(54);
+    let iface = "bpfpin54p";
+    let mut reconciler = Reconciler::new(fs.path()).expect("reconciler");
+    let obj = desired("pod-re", &spec(iface));
+    let report = reconciler.reconcile(std::slice::from_ref(&obj), &BTreeSet::new());
+    assert!(report.objects[0].is_ready());
+    let root = fs.root();
+    let netns_dir = Path::new("/run/netns");
+    let pods = BTreeMap::from([pod("web-1", "uid-re", "web", "10.201.54.2")]);
+    let mut attacher = PodAttacher::new(&root, netns_dir);
+    let step = attacher.sync(std::slice::from_ref(&obj), &report, &pods);
+    assert_eq!(
+        step.objects["pod-re"].attached, 1,
+        "{:?}",
+        step.objects["pod-re"]
+    );
+    let xdp_link = root.join("pod-re/links/xdp_count/xdp-pod-uid-re-bpfpin54p");
+    let tc_link = root.join("pod-re/links/tc_count/tc-egress-pod-uid-re-bpfpin54p");
+    assert!(is_attached(&xdp_link) && is_attached(&tc_link));
+
+    // The sandbox is re-created: a new namespace and interface, the same pod and IP. The kernel
+    // detached the links with the old interface; their pins stay until the agent looks.
+    drop(web);
+    let web = Veth::new(54);
+    let mut detached = false;
+    for _ in 0..50 {
+        detached = !is_attached(&xdp_link) && !is_attached(&tc_link);
+        if detached {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(detached, "the old links report interface 0");
+    assert!(xdp_link.exists());
+
+    // A restarted agent (which knows no namespace inode) sees it from the links themselves.
+    let mut restarted = PodAttacher::new(&root, netns_dir);
+    let step = restarted.sync(std::slice::from_ref(&obj), &report, &pods);
+    assert_eq!(
+        (
+            step.objects["pod-re"].attached,
+            step.objects["pod-re"].failures.len()
+        ),
+        (1, 0),
+        "{:?}",
+        step.objects["pod-re"]
+    );
+    assert!(is_attached(&xdp_link) && is_attached(&tc_link));
+    assert!(
+        link_show(&web.netns, iface).contains("xdpgeneric"),
+        "{}",
+        link_show(&web.netns, iface)
+    );
+    let map = root.join("pod-re/maps/packets");
+    let (xdp0, tc0) = (packets(&map, 0), packets(&map, 1));
+    ping("10.201.54.2");
+    assert!(
+        packets(&map, 0) >= xdp0 + 3,
+        "xdp counts in the new namespace"
+    );
+    assert!(
+        packets(&map, 1) >= tc0 + 3,
+        "tc egress counts in the new namespace"
+    );
+}
+
+#[test]
+fn interface_patterns_follow_the_interfaces_of_the_pod() {
+    let fs = Bpffs::new();
+    let web = Veth::new(55);
+    let spec = r#"
+bytecode: {path: network.bpf.o}
+programs:
+- name: xdp_count
+  attach:
+    xdp:
+      mode: Skb
+      networkNamespaces: {namespace: web, podSelector: {matchLabels: {app: web}}, interfaces: ["/^bpfpin55[a-z]$/"]}
+"#;
+    let mut reconciler = Reconciler::new(fs.path()).expect("reconciler");
+    let obj = desired("pod-pattern", spec);
+    let report = reconciler.reconcile(std::slice::from_ref(&obj), &BTreeSet::new());
+    assert!(
+        report.objects[0].is_ready(),
+        "{:?}",
+        report.objects[0].error
+    );
+    let root = fs.root();
+    let dir = root.join("pod-pattern/links/xdp_count");
+    let pods = BTreeMap::from([pod("web-1", "uid-pat", "web", "10.201.55.2")]);
+    let mut attacher = PodAttacher::new(&root, Path::new("/run/netns"));
+    let step = attacher.sync(std::slice::from_ref(&obj), &report, &pods);
+    assert_eq!(step.objects["pod-pattern"].attached, 1);
+    assert!(step.rescan, "a pattern asks for another look");
+    // lo does not match; the veth end does.
+    assert_eq!(
+        files(&dir),
+        BTreeSet::from(["xdp-pod-uid-pat-bpfpin55p".to_owned()])
+    );
+    let map = root.join("pod-pattern/maps/packets");
+    let xdp0 = packets(&map, 0);
+    ping("10.201.55.2");
+    assert!(packets(&map, 0) >= xdp0 + 3, "xdp counted");
+
+    // An interface that appears in the pod later and matches is attached at the next step...
+    let ip = |args: &[&str]| {
+        let ok = Command::new("ip")
+            .args(["-n", &web.netns])
+            .args(args)
+            .status()
+            .expect("ip")
+            .success();
+        assert!(ok, "ip -n {} {args:?}", web.netns);
+    };
+    // (A veth pair inside the pod: this kernel has no dummy driver.)
+    ip(&[
+        "link",
+        "add",
+        "bpfpin55d",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "other55",
+    ]);
+    ip(&["link", "set", "bpfpin55d", "up"]);
+    let step = attacher.sync(std::slice::from_ref(&obj), &report, &pods);
+    assert_eq!(step.objects["pod-pattern"].failures.len(), 0);
+    assert_eq!(
+        files(&dir),
+        BTreeSet::from([
+            "xdp-pod-uid-pat-bpfpin55d".to_owned(),
+            "xdp-pod-uid-pat-bpfpin55p".to_owned()
+        ])
+    );
+    assert!(
+        link_show(&web.netns, "bpfpin55d").contains("xdpgeneric"),
+        "{}",
+        link_show(&web.netns, "bpfpin55d")
+    );
+    assert!(!link_show(&web.netns, "other55").contains("xdp"));
+
+    // ...and one that goes loses its pin (deleting one end of the pair deletes both).
+    ip(&["link", "del", "bpfpin55d"]);
+    let step = attacher.sync(std::slice::from_ref(&obj), &report, &pods);
+    assert_eq!(step.objects["pod-pattern"].attached, 1);
+    assert_eq!(
+        files(&dir),
+        BTreeSet::from(["xdp-pod-uid-pat-bpfpin55p".to_owned()])
+    );
+}

@@ -18,16 +18,22 @@ pub struct RawTracepointAttach {
     pub name: String,
 }
 
-/// A cgroup v2 directory a cgroup program attaches to; the hook (connect4, sock_create, ...) is
-/// the one the program's section names.
+/// A cgroup v2 directory a cgroup program attaches to, or the cgroups of matching pods; the hook
+/// (connect4, sock_create, ...) is the one the program's section names.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.cgroup) != has(self.pods)").message("set exactly one of cgroup (on the node) or pods (their cgroups)"))]
 pub struct CgroupAttach {
     /// Absolute path of a cgroup v2 directory on the node, e.g. `/sys/fs/cgroup/system.slice`.
     /// The program runs for the processes of this cgroup and of its descendants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("must be an absolute path to a cgroup v2 directory"))]
     #[schemars(length(min = 1, max = 4096))]
-    pub cgroup: String,
+    pub cgroup: Option<String>,
+    /// Attach to the cgroup of every matching pod on the node instead (one link per pod, named
+    /// `<kind>-pod-<pod uid>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<crate::PodSelection>,
 }
 
 /// The network namespace of an sk_lookup program.
@@ -143,7 +149,7 @@ fn refuse(field: String, value: &str, reason: &str) -> ValidationError {
 }
 
 /// An absolute path without `..` segments (what the agent opens, as for `cgroupSkb`).
-fn validate_abs_path(field: String, path: &str) -> Result<(), ValidationError> {
+pub(crate) fn validate_abs_path(field: String, path: &str) -> Result<(), ValidationError> {
     if !path.starts_with('/') || path.split('/').any(|s| s == "..") {
         return Err(refuse(field, path, "must be an absolute path without '..'"));
     }
@@ -188,7 +194,11 @@ impl Attach {
         ];
         for (kind, c) in cgroups {
             if let Some(c) = c {
-                validate_abs_path(at(&format!("{kind}.cgroup")), &c.cgroup)?;
+                crate::bpf_object::validate_cgroup_or_pods(
+                    &at(kind),
+                    c.cgroup.as_deref(),
+                    c.pods.as_ref(),
+                )?;
             }
         }
         if let Some(l) = &self.sk_lookup {

@@ -436,11 +436,17 @@ pub struct FunctionAttach {
 /// A cgroup socket-buffer attach point.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.cgroup) != has(self.pods)").message("set exactly one of cgroup (on the node) or pods (their cgroups)"))]
 pub struct CgroupSkbAttach {
     /// Absolute path of a cgroup v2 directory on the node, e.g. `/sys/fs/cgroup/system.slice`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('/')").message("must be an absolute path to a cgroup v2 directory"))]
     #[schemars(length(min = 1, max = 4096))]
-    pub cgroup: String,
+    pub cgroup: Option<String>,
+    /// Attach to the cgroup of every matching pod on the node instead (one link per pod, named
+    /// `cgroupskb-<direction>-pod-<pod uid>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodSelection>,
     /// `Ingress` or `Egress`.
     pub direction: Direction,
 }
@@ -567,7 +573,10 @@ pub struct NetworkNamespaces {
     /// Which pods of `namespace` (labels; empty selects every pod of it).
     #[serde(default)]
     pub pod_selector: LabelSelector,
-    /// Interfaces inside each pod's network namespace. Default `[eth0]`.
+    /// Interfaces inside each pod's network namespace: names, or patterns written `/<regex>/`
+    /// (e.g. `/^net[0-9]+$/`) matched against the interfaces the pod's namespace has at each
+    /// pass, so interfaces that appear later are attached and those that go are unpinned.
+    /// Default `[eth0]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Set)]
     #[schemars(length(max = 16))]
@@ -576,6 +585,87 @@ pub struct NetworkNamespaces {
 
 // `LabelSelector` is only `PartialEq` in k8s-openapi, but its equality is on strings.
 impl Eq for NetworkNamespaces {}
+
+/// The pods whose cgroups a cgroup program attaches to (`pods` of `cgroupSkb`, `sockOps`,
+/// `cgroupSockAddr`, `cgroupSock`, `cgroupSysctl`, `cgroupSockopt`, `cgroupDevice`): on each
+/// node, every pod of `namespace` that `podSelector` matches, scheduled there and not ended
+/// (hostNetwork pods included: a pod's cgroup is its own). A pod that starts later is attached
+/// when its cgroup appears; a deleted pod's link is unpinned.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSelection {
+    /// The pods' namespace.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Which pods of `namespace` (labels; empty selects every pod of it).
+    #[serde(default)]
+    pub pod_selector: LabelSelector,
+}
+
+// As for `NetworkNamespaces`.
+impl Eq for PodSelection {}
+
+/// The namespace and selector checks shared by `networkNamespaces` and `pods`; `at` is the
+/// field path of the selection (`...xdp.networkNamespaces`, `...sockOps.pods`).
+fn validate_selection(
+    at: &str,
+    namespace: &str,
+    selector: &LabelSelector,
+) -> Result<(), ValidationError> {
+    let refuse = |field: &str, value: &str, reason: &str| ValidationError {
+        field: format!("{at}.{field}"),
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if namespace.is_empty()
+        || namespace.len() > 63
+        || !namespace
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(refuse(
+            "namespace",
+            namespace,
+            "must be a namespace name (a DNS label)",
+        ));
+    }
+    crate::selector::Selector::parse(Some(selector))
+        .map_err(|e| refuse("podSelector", "", &e.to_string()))?;
+    Ok(())
+}
+
+impl PodSelection {
+    /// The checks of the schema, again in Rust; `at` is the field path of `pods`.
+    pub fn validate(&self, at: &str) -> Result<(), ValidationError> {
+        validate_selection(at, &self.namespace, &self.pod_selector)
+    }
+}
+
+/// A cgroup attach kind (`at`, e.g. `spec.programs[0].attach.sockOps`) sets exactly one of
+/// `cgroup` (an absolute path without `..`) and `pods`.
+pub(crate) fn validate_cgroup_or_pods(
+    at: &str,
+    cgroup: Option<&str>,
+    pods: Option<&PodSelection>,
+) -> Result<(), ValidationError> {
+    match (cgroup, pods) {
+        (Some(c), None) => crate::attach_kinds::validate_abs_path(format!("{at}.cgroup"), c),
+        (None, Some(p)) => p.validate(&format!("{at}.pods")),
+        (c, _) => Err(ValidationError {
+            field: at.to_owned(),
+            value: c.unwrap_or_default().to_owned(),
+            reason: "set exactly one of cgroup (on the node) or pods (their cgroups)".into(),
+        }),
+    }
+}
+
+/// The regular expression of an interface entry written `/<regex>/`; `None` for a plain name.
+pub fn interface_pattern(entry: &str) -> Option<&str> {
+    entry
+        .strip_prefix('/')
+        .and_then(|e| e.strip_suffix('/'))
+        .filter(|p| !p.is_empty())
+}
 
 impl NetworkNamespaces {
     /// The interfaces to attach on inside each pod (`[eth0]` when none are listed).
@@ -601,22 +691,29 @@ impl NetworkNamespaces {
                 "set either interfaces (on the node) or networkNamespaces (inside pods), not both",
             ));
         }
-        let ns = &self.namespace;
-        if ns.is_empty()
-            || ns.len() > 63
-            || !ns
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(refuse(
-                "networkNamespaces.namespace",
-                ns,
-                "must be a namespace name (a DNS label)",
-            ));
-        }
-        crate::selector::Selector::parse(Some(&self.pod_selector))
-            .map_err(|e| refuse("networkNamespaces.podSelector", "", &e.to_string()))?;
+        validate_selection(
+            &format!("{at}.networkNamespaces"),
+            &self.namespace,
+            &self.pod_selector,
+        )?;
         for (i, name) in self.interfaces.iter().enumerate() {
+            if let Some(pattern) = interface_pattern(name) {
+                if pattern.len() > 256 {
+                    return Err(refuse(
+                        &format!("networkNamespaces.interfaces[{i}]"),
+                        name,
+                        "an interface pattern is at most 256 characters",
+                    ));
+                }
+                if let Err(e) = regex::Regex::new(pattern) {
+                    return Err(refuse(
+                        &format!("networkNamespaces.interfaces[{i}]"),
+                        name,
+                        &format!("is not a valid regular expression: {e}"),
+                    ));
+                }
+                continue;
+            }
             // IFNAMSIZ is 16 with its NUL; the kernel refuses '/' and whitespace in names.
             if name.is_empty()
                 || name.len() > 15
@@ -641,6 +738,25 @@ impl Attach {
             .as_ref()
             .and_then(|x| x.network_namespaces.as_ref())
             .or(self.tc.as_ref().and_then(|t| t.network_namespaces.as_ref()))
+    }
+
+    /// The pods whose cgroups this attach point follows, when a cgroup hook sets `pods`.
+    pub fn cgroup_pods(&self) -> Option<&PodSelection> {
+        self.cgroup_skb
+            .as_ref()
+            .and_then(|c| c.pods.as_ref())
+            .or_else(|| {
+                [
+                    &self.sock_ops,
+                    &self.cgroup_sock_addr,
+                    &self.cgroup_sock,
+                    &self.cgroup_sysctl,
+                    &self.cgroup_sockopt,
+                    &self.cgroup_device,
+                ]
+                .into_iter()
+                .find_map(|c| c.as_ref().and_then(|c| c.pods.as_ref()))
+            })
     }
 
     /// The pod-scoped checks of `spec.programs[i].attach` (`at`).
@@ -752,6 +868,77 @@ mod pod_tests {
         assert_eq!(
             e.field,
             "spec.programs[0].attach.xdp.networkNamespaces.podSelector"
+        );
+    }
+
+    #[test]
+    fn interface_patterns_are_regexes_between_slashes() {
+        assert_eq!(interface_pattern("/^eth[0-9]+$/"), Some("^eth[0-9]+$"));
+        assert_eq!(interface_pattern("eth0"), None);
+        assert_eq!(interface_pattern("//"), None);
+        let ok = spec(
+            "{xdp: {networkNamespaces: {namespace: web, interfaces: [eth0, '/^net[0-9]+$/']}}}",
+        );
+        assert_eq!(ok.validate("o"), Ok(()));
+        let e = spec("{tc: {direction: Ingress, networkNamespaces: {namespace: web, interfaces: ['/^net[0-9+$/']}}}")
+            .validate("o")
+            .expect_err("bad regex");
+        assert_eq!(
+            e.field,
+            "spec.programs[0].attach.tc.networkNamespaces.interfaces[0]"
+        );
+        assert!(
+            e.reason.starts_with("is not a valid regular expression"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cgroup_hooks_take_exactly_one_of_cgroup_and_pods() {
+        for good in [
+            "{cgroupSkb: {direction: Egress, pods: {namespace: web, podSelector: {matchLabels: {app: web}}}}}",
+            "{cgroupSkb: {direction: Egress, cgroup: /sys/fs/cgroup/a}}",
+            "{sockOps: {pods: {namespace: web}}}",
+            "{cgroupSock: {pods: {namespace: web}}}",
+            "{cgroupDevice: {cgroup: /sys/fs/cgroup/a}}",
+        ] {
+            let s = spec(good);
+            assert_eq!(s.validate("o"), Ok(()), "{good}");
+            let attach = s.programs[0].attach.as_ref().expect("attach");
+            let pods = good.contains("pods");
+            assert_eq!(attach.cgroup_pods().is_some(), pods, "{good}");
+        }
+        for (bad, field) in [
+            ("{cgroupSkb: {direction: Egress}}", "cgroupSkb"),
+            (
+                "{sockOps: {cgroup: /sys/fs/cgroup/a, pods: {namespace: web}}}",
+                "sockOps",
+            ),
+            ("{cgroupSysctl: {}}", "cgroupSysctl"),
+            (
+                "{cgroupSock: {pods: {namespace: Web}}}",
+                "cgroupSock.pods.namespace",
+            ),
+            (
+                "{cgroupSockopt: {pods: {namespace: web, podSelector: {matchExpressions: [{key: a, operator: Is}]}}}}",
+                "cgroupSockopt.pods.podSelector",
+            ),
+            (
+                "{cgroupSkb: {direction: Egress, cgroup: a/b}}",
+                "cgroupSkb.cgroup",
+            ),
+        ] {
+            let e = spec(bad).validate("o").expect_err(bad);
+            assert_eq!(
+                e.field,
+                format!("spec.programs[0].attach.{field}"),
+                "{bad}: {e}"
+            );
+        }
+        let e = spec("{sockOps: {}}").validate("o").expect_err("neither");
+        assert_eq!(
+            e.reason,
+            "set exactly one of cgroup (on the node) or pods (their cgroups)"
         );
     }
 }
@@ -991,14 +1178,12 @@ impl BpfObjectSpec {
                         reason: "set symbol, offset or both".into(),
                     });
                 }
-                if let Some(c) = &attach.cgroup_skb
-                    && (!c.cgroup.starts_with('/') || c.cgroup.split('/').any(|s| s == ".."))
-                {
-                    return Err(ValidationError {
-                        field: format!("spec.programs[{i}].attach.cgroupSkb.cgroup"),
-                        value: c.cgroup.clone(),
-                        reason: "must be an absolute path without '..'".into(),
-                    });
+                if let Some(c) = &attach.cgroup_skb {
+                    validate_cgroup_or_pods(
+                        &at("cgroupSkb"),
+                        c.cgroup.as_deref(),
+                        c.pods.as_ref(),
+                    )?;
                 }
             }
         }

@@ -135,11 +135,12 @@ pub const MAX_POD_FAILURES: usize = 10;
 #[serde(rename_all = "camelCase")]
 pub struct PodAttachments {
     /// Pods on this node that some program's `networkNamespaces` selects (with a network
-    /// namespace of their own and an IP).
+    /// namespace of their own and an IP) or some cgroup hook's `pods` selects.
     pub matched: i32,
-    /// Of those, pods with every selected program attached on every listed interface.
+    /// Of those, pods with every selected program attached on every listed interface (and to
+    /// their cgroup).
     pub attached: i32,
-    /// Pods that match but have no IP yet (their sandbox is being created).
+    /// Pods that match but have no IP yet (their sandbox is being created), or no cgroup yet.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub waiting: i32,
     /// The first failures (at most 10): the pod, the interface and why.
@@ -159,7 +160,8 @@ pub struct PodFailure {
     pub pod: String,
     /// The program.
     pub program: String,
-    /// The interface inside the pod.
+    /// The interface inside the pod (empty for a pod's cgroup, `pods` of the cgroup hooks).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub interface: String,
     /// A CamelCase reason, e.g. `AttachFailed`.
     pub reason: String,

@@ -35,4 +35,6 @@ fn bpfobject_crd_carries_cel_rules_and_docs() {
     assert!(json.contains("must not contain '..'"));
     assert!(json.contains(r#""x-kubernetes-list-type":"map""#));
     assert!(json.contains("Which nodes load this object"));
+    // `cgroup` or `pods` on the cgroup hooks, and `cgroup` no longer required.
+    assert!(json.contains("has(self.cgroup) != has(self.pods)"));
 }

@@ -75,6 +75,8 @@ pub struct ClusterConfig {
     pub fetcher: crate::bytecode::Fetcher,
     /// Where the container runtime bind-mounts pod network namespaces (`networkNamespaces`).
     pub netns_dir: PathBuf,
+    /// The cgroup v2 tree pod cgroups are found in (`--cgroup-dir`; `None`: the default).
+    pub cgroup_dir: Option<PathBuf>,
     /// Label the Node with its kernel capabilities (`--label-node`).
     pub label_node: bool,
 }
@@ -226,7 +228,10 @@ impl<C: Core> Agent<C> {
         );
         let capabilities = reconciler.capabilities();
         let events = provenance::Events::new(client.clone(), &config.node_name);
-        let pod_attacher = pods::PodAttacher::new(reconciler.root(), &config.netns_dir);
+        let mut pod_attacher = pods::PodAttacher::new(reconciler.root(), &config.netns_dir);
+        if let Some(dir) = &config.cgroup_dir {
+            pod_attacher = pod_attacher.with_cgroup_dir(dir);
+        }
         Self {
             capabilities,
             events,
@@ -447,7 +452,7 @@ impl<C: Core> Agent<C> {
         self.events.publish(&changed).await;
         if let Some(pod_report) = &pod_report {
             pods::annotate(&mut status, pod_report);
-            if pod_report.retry {
+            if pod_report.retry || pod_report.rescan {
                 self.pods.retry_later(&self.trigger);
             }
         }

@@ -1,5 +1,6 @@
-//! Pod-aware attachment (`networkNamespaces` on `xdp` and `tc`): the watch of this node's pods and
-//! the step after each pass that makes the pod links equal to the matching pods.
+//! Pod-aware attachment (`networkNamespaces` on `xdp` and `tc`, `pods` on the cgroup hooks): the
+//! watch of this node's pods and the step after each pass that makes the pod links equal to the
+//! matching pods.
 //!
 //! - The pods of this node only, by the field selector `spec.nodeName=<node>`; the watch starts
 //!   with the first selected object that names `networkNamespaces`, and feeds an index that keeps
@@ -10,6 +11,12 @@
 //!   of the object starts without them and the step attaches its programs again; a pod that is
 //!   gone, or has ended, loses its pins; a pod whose sandbox was re-created (a new network
 //!   namespace) is attached again.
+//! - `pods` on a cgroup hook: one link per pod and program, `links/<program>/<hook>-pod-<uid>`
+//!   (`cgroupskb-egress-pod-<uid>`, `sockops-pod-<uid>`...), on the pod's cgroup found by UID
+//!   under `--cgroup-dir` ([`crate::pin::pod_cgroup`] says how).
+//! - A pinned link whose target went away while the pod stayed (the kernel detached it: an XDP or
+//!   tcx link reports interface 0, a cgroup link a cgroup id that is not the pod's cgroup's now)
+//!   is attached again, also when a restarted agent finds it.
 //! - A pod is attached as soon as its IP is known, before its containers start; the namespace is
 //!   found by that IP ([`crate::pin::netns`] says why).
 //! - Nothing is removed before the first complete list of the pods: a restarted agent keeps
@@ -25,7 +32,7 @@ use std::time::Duration;
 use bpfpin_crds::selector::Selector;
 use bpfpin_crds::{
     BpfNodeStateStatus, BpfObjectSpec, LinkOrder, NetworkNamespaces, PodAttachments, PodFailure,
-    node_state::MAX_POD_FAILURES,
+    PodSelection, node_state::MAX_POD_FAILURES,
 };
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -41,6 +48,7 @@ use crate::pin::desired::DesiredObject;
 use crate::pin::fsops;
 use crate::pin::layout::Layout;
 use crate::pin::netns::{self, Netns, NetnsDir, PodHook};
+use crate::pin::pod_cgroup::{self, CgroupPodHook, PodCgroup, SectionType};
 use crate::pin::reconcile::PassReport;
 
 /// Where containerd and CRI-O bind-mount pod network namespaces.
@@ -121,7 +129,7 @@ impl PodWatch {
         let stream = watcher(api, config).default_backoff();
         let index = self.index.clone();
         let trigger = trigger.clone();
-        tracing::info!(node, "watching this node's pods (networkNamespaces)");
+        tracing::info!(node, "watching this node's pods (networkNamespaces, pods)");
         *task = Some(tokio::spawn(
             async move {
                 let mut stream = std::pin::pin!(stream);
@@ -184,7 +192,7 @@ pub fn is_pod_scoped(spec: &BpfObjectSpec) -> bool {
     spec.programs
         .iter()
         .filter_map(|p| p.attach.as_ref())
-        .any(|a| a.network_namespaces().is_some())
+        .any(|a| a.network_namespaces().is_some() || a.cgroup_pods().is_some())
 }
 
 /// What the step did, per object.
@@ -196,6 +204,9 @@ pub struct PodReport {
     pub links: BTreeMap<String, Vec<String>>,
     /// Something failed or waits for its pod: try again soon.
     pub retry: bool,
+    /// Some program names its pod interfaces by pattern: look again soon (interfaces that appear
+    /// or go raise no pod event).
+    pub rescan: bool,
 }
 
 /// The pod links of one program: the hook, and the selection.
@@ -203,6 +214,47 @@ struct Scoped<'a> {
     program: &'a str,
     hook: PodHook,
     pods: &'a NetworkNamespaces,
+}
+
+/// The pod cgroup links of one program: the hook, and the selection.
+struct CgroupScoped<'a> {
+    program: &'a str,
+    hook: CgroupPodHook,
+    pods: &'a PodSelection,
+}
+
+fn cgroup_scoped_programs(spec: &BpfObjectSpec) -> Vec<CgroupScoped<'_>> {
+    use crate::pin::attach::CgroupHook as H;
+    let mut out = Vec::new();
+    for p in &spec.programs {
+        let Some(a) = &p.attach else { continue };
+        if let Some(c) = &a.cgroup_skb
+            && let Some(pods) = &c.pods
+        {
+            out.push(CgroupScoped {
+                program: &p.name,
+                hook: CgroupPodHook::Skb(c.direction),
+                pods,
+            });
+        }
+        for (hook, c) in [
+            (H::SockOps, &a.sock_ops),
+            (H::SockAddr, &a.cgroup_sock_addr),
+            (H::Sock, &a.cgroup_sock),
+            (H::Sysctl, &a.cgroup_sysctl),
+            (H::Sockopt, &a.cgroup_sockopt),
+            (H::Device, &a.cgroup_device),
+        ] {
+            if let Some(pods) = c.as_ref().and_then(|c| c.pods.as_ref()) {
+                out.push(CgroupScoped {
+                    program: &p.name,
+                    hook: CgroupPodHook::Hook(hook),
+                    pods,
+                });
+            }
+        }
+    }
+    out
 }
 
 fn scoped_programs(spec: &BpfObjectSpec) -> Vec<Scoped<'_>> {
@@ -239,6 +291,10 @@ pub struct PodAttacher {
     netns: NetnsDir,
     /// The namespace inode each link this process made (or found) was attached in.
     attached: HashMap<PathBuf, u64>,
+    /// Where pod cgroups are looked for.
+    cgroup_dir: PathBuf,
+    /// The attach types of the programs of each pinned version (by its directory), from its ELF.
+    sections: HashMap<PathBuf, HashMap<String, SectionType>>,
 }
 
 impl PodAttacher {
@@ -248,7 +304,16 @@ impl PodAttacher {
             root: root.to_path_buf(),
             netns: NetnsDir::new(netns_dir),
             attached: HashMap::new(),
+            cgroup_dir: pod_cgroup::default_cgroup_dir(),
+            sections: HashMap::new(),
         }
+    }
+
+    /// Looks for pod cgroups under `dir` (a cgroup v2 tree) instead of the default
+    /// ([`pod_cgroup::default_cgroup_dir`]).
+    pub fn with_cgroup_dir(mut self, dir: &Path) -> Self {
+        self.cgroup_dir = dir.to_path_buf();
+        self
     }
 
     /// One step over every pinned pod-scoped object of the pass.
@@ -260,10 +325,15 @@ impl PodAttacher {
     ) -> PodReport {
         let mut out = PodReport::default();
         let mut namespaces: Option<HashMap<IpAddr, Netns>> = None;
+        let mut cgroups: Option<HashMap<String, PodCgroup>> = None;
+        // The interfaces of each namespace, by inode, listed once per step (for patterns).
+        let mut listed: HashMap<u64, Vec<String>> = HashMap::new();
         let mut kept: BTreeSet<PathBuf> = BTreeSet::new();
+        let mut versions: BTreeSet<PathBuf> = BTreeSet::new();
         for obj in desired {
             let scoped = scoped_programs(&obj.spec);
-            if scoped.is_empty() {
+            let cgroup_scoped = cgroup_scoped_programs(&obj.spec);
+            if scoped.is_empty() && cgroup_scoped.is_empty() {
                 continue;
             }
             let pinned = report
@@ -297,7 +367,41 @@ impl PodAttacher {
                     matched.insert(&pod.uid);
                     let ok = complete.entry(&pod.uid).or_insert(true);
                     let found = namespaces.get_or_insert_with(|| self.scan()).get(&ip);
-                    for iface in s.pods.interfaces() {
+                    let wanted = s.pods.interfaces();
+                    let patterns: Vec<regex::Regex> = wanted
+                        .iter()
+                        .filter_map(|w| bpfpin_crds::interface_pattern(w))
+                        .filter_map(|p| regex::Regex::new(p).ok())
+                        .collect();
+                    let mut ifaces: Vec<String> = wanted
+                        .iter()
+                        .filter(|w| bpfpin_crds::interface_pattern(w).is_none())
+                        .cloned()
+                        .collect();
+                    if !patterns.is_empty() {
+                        out.rescan = true;
+                        if let Some(ns) = found {
+                            let names = match listed.get(&ns.inode) {
+                                Some(names) => names.clone(),
+                                None => {
+                                    let names = netns::interface_names(ns).unwrap_or_else(|error| {
+                                        tracing::warn!(netns = %ns.path.display(), %error, "cannot list the pod's interfaces");
+                                        Vec::new()
+                                    });
+                                    listed.insert(ns.inode, names.clone());
+                                    names
+                                }
+                            };
+                            for name in names {
+                                if patterns.iter().any(|p| p.is_match(&name))
+                                    && !ifaces.contains(&name)
+                                {
+                                    ifaces.push(name);
+                                }
+                            }
+                        }
+                    }
+                    for iface in ifaces {
                         let link = link_dir.join(s.hook.link_name(&pod.uid, &iface));
                         kept.insert(link.clone());
                         let result = match found {
@@ -337,6 +441,82 @@ impl PodAttacher {
                 }
                 self.sweep(&link_dir, &kept);
             }
+            if !cgroup_scoped.is_empty() {
+                versions.insert(version_dir.clone());
+            }
+            for s in &cgroup_scoped {
+                let selector = Selector::parse(Some(&s.pods.pod_selector)).unwrap_or_default();
+                let prog_pin = Layout::prog_in(&version_dir, s.program);
+                let link_dir = version_dir.join("links").join(s.program);
+                // Only these hooks open their program from its pin with the section's attach
+                // type; the ELF is parsed for them alone.
+                use crate::pin::attach::CgroupHook as H;
+                let section = match s.hook {
+                    CgroupPodHook::Hook(H::SockAddr | H::Sock | H::Sockopt) => {
+                        self.section(&version_dir, obj, s.program)
+                    }
+                    _ => SectionType::Other,
+                };
+                for pod in pods.values() {
+                    if pod.namespace != s.pods.namespace
+                        || pod.ended
+                        || !selector.matches(&pod.labels)
+                    {
+                        continue;
+                    }
+                    let found = cgroups
+                        .get_or_insert_with(|| pod_cgroup::scan(&self.cgroup_dir))
+                        .get(&pod.uid.to_ascii_lowercase());
+                    if found.is_none() {
+                        out.retry = true;
+                        if pod.ip.is_none() {
+                            // The sandbox is being made: its cgroup comes with it.
+                            state.waiting += 1;
+                            continue;
+                        }
+                    }
+                    matched.insert(&pod.uid);
+                    let ok = complete.entry(&pod.uid).or_insert(true);
+                    let link = link_dir.join(s.hook.link_name(&pod.uid));
+                    kept.insert(link.clone());
+                    let result = match found {
+                        Some(cgroup) => {
+                            self.ensure_cgroup_link(cgroup, &prog_pin, s, section, &link, pod)
+                        }
+                        None => Err(pod_cgroup::PodCgroupError::NotFound(
+                            pod.uid.clone(),
+                            self.cgroup_dir.clone(),
+                        )),
+                    };
+                    match result {
+                        Ok(()) => links.push(
+                            self.root
+                                .join(&obj.name)
+                                .join("links")
+                                .join(s.program)
+                                .join(link.file_name().unwrap_or_default())
+                                .display()
+                                .to_string(),
+                        ),
+                        Err(error) => {
+                            *ok = false;
+                            out.retry = true;
+                            let error = ObjectError::from(error);
+                            tracing::warn!(object = %obj.name, program = s.program, pod = %format!("{}/{}", pod.namespace, pod.name), reason = %error.reason, error = %error.message, "pod cgroup attachment failed");
+                            if state.failures.len() < MAX_POD_FAILURES {
+                                state.failures.push(PodFailure {
+                                    pod: format!("{}/{}", pod.namespace, pod.name),
+                                    program: s.program.to_owned(),
+                                    interface: String::new(),
+                                    reason: error.reason.as_str().to_owned(),
+                                    message: error.message,
+                                });
+                            }
+                        }
+                    }
+                }
+                self.sweep(&link_dir, &kept);
+            }
             state.matched = i32::try_from(matched.len()).unwrap_or(i32::MAX);
             state.attached =
                 i32::try_from(complete.values().filter(|ok| **ok).count()).unwrap_or(i32::MAX);
@@ -345,7 +525,70 @@ impl PodAttacher {
             out.links.insert(obj.name.clone(), links);
         }
         self.attached.retain(|path, _| kept.contains(path));
+        self.sections.retain(|dir, _| versions.contains(dir));
         out
+    }
+
+    /// The attach type the ELF section of `program` gives (parsed once per pinned version).
+    fn section(&mut self, version_dir: &Path, obj: &DesiredObject, program: &str) -> SectionType {
+        let types = self
+            .sections
+            .entry(version_dir.to_path_buf())
+            .or_insert_with(|| {
+                let Ok(bytes) = &obj.bytecode else {
+                    return HashMap::new();
+                };
+                match crate::pin::loader::parse_elf(bytes) {
+                    Ok(elf) => elf
+                        .programs
+                        .iter()
+                        .map(|(name, p)| (name.clone(), SectionType::of(&p.section)))
+                        .collect(),
+                    Err(error) => {
+                        tracing::warn!(object = %obj.name, %error, "cannot read the program sections");
+                        HashMap::new()
+                    }
+                }
+            });
+        types.get(program).copied().unwrap_or(SectionType::Other)
+    }
+
+    /// The link is pinned and attached to the pod's current cgroup, or made so.
+    fn ensure_cgroup_link(
+        &mut self,
+        cgroup: &PodCgroup,
+        prog_pin: &Path,
+        s: &CgroupScoped<'_>,
+        section: SectionType,
+        link: &Path,
+        pod: &PodEntry,
+    ) -> Result<(), pod_cgroup::PodCgroupError> {
+        if link.exists() {
+            if pod_cgroup::is_attached_to(link, cgroup) {
+                return Ok(());
+            }
+            tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), link = %link.display(), cgroup = %cgroup.path.display(), "the link is not on the pod's cgroup now (re-created): attaching again");
+            fsops::remove_tree(&self.root, link);
+        }
+        if let Some(dir) = link.parent()
+            && let Err(e) = fsops::create_dirs(&self.root, dir)
+        {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot create the pod link directory");
+        }
+        pod_cgroup::attach(cgroup, prog_pin, s.program, s.hook, section, link)?;
+        let waited_ms = pod.created.map(|t| {
+            (k8s_openapi::jiff::Timestamp::now() - t)
+                .get_milliseconds()
+                .max(0)
+        });
+        tracing::info!(
+            pod = %format!("{}/{}", pod.namespace, pod.name),
+            link = %link.display(),
+            cgroup = %cgroup.path.display(),
+            since_pod_created_ms = waited_ms,
+            "attached to pod cgroup"
+        );
+        Ok(())
     }
 
     /// `<root>/_versions/<object>/<version>`, the real directory behind `<root>/<object>`.
@@ -377,16 +620,18 @@ impl PodAttacher {
         pod: &PodEntry,
     ) -> Result<(), netns::NetnsError> {
         if link.exists() {
+            // A link holds its interface: when the interface goes (its namespace was re-created)
+            // the kernel detaches the link, which then reports interface 0.
+            let detached = !netns::is_attached(link);
             match self.attached.get(link) {
-                // Pinned by an earlier run: adopted (a link holds its interface, so an existing
-                // pin of a live namespace is attached).
-                None => {
+                // Pinned by an earlier run and still attached: adopted.
+                None if !detached => {
                     self.attached.insert(link.to_path_buf(), ns.inode);
                     return Ok(());
                 }
-                Some(ino) if *ino == ns.inode => return Ok(()),
-                Some(_) => {
-                    tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), link = %link.display(), "the pod has a new network namespace: attaching again");
+                Some(ino) if *ino == ns.inode && !detached => return Ok(()),
+                _ => {
+                    tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), link = %link.display(), detached, "the pod has a new network namespace: attaching again");
                     fsops::remove_tree(&self.root, link);
                 }
             }
@@ -418,7 +663,8 @@ impl PodAttacher {
     fn sweep(&mut self, dir: &Path, kept: &BTreeSet<PathBuf>) {
         for (name, _) in fsops::list(&self.root, dir) {
             let path = dir.join(&name);
-            if PodHook::is_pod_link(&name) && !kept.contains(&path) {
+            let pod_link = PodHook::is_pod_link(&name) || CgroupPodHook::is_pod_link(&name);
+            if pod_link && !kept.contains(&path) {
                 fsops::remove_tree(&self.root, &path);
                 self.attached.remove(&path);
                 tracing::info!(link = %path.display(), "pod gone: unpinned its link");

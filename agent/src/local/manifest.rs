@@ -749,6 +749,14 @@ mod tests {
             ("spec.sha256", "self.matches('^[0-9a-f]{64}$')", "x".into(), format!("{plain}\nsha256: '{}'", "A".repeat(64)), "spec.sha256"),
             ("spec.tailCalls[].map", "self.matches('^[A-Za-z_][A-Za-z0-9_]*$')", "x".into(), format!("{plain}\ntailCalls: [{{map: 'm-1', index: 0, program: p}}]"), "spec.tailCalls[0].map"),
             ("spec.tailCalls[].program", "self.matches('^[A-Za-z_][A-Za-z0-9_]*$')", "x".into(), format!("{plain}\ntailCalls: [{{map: m, index: 0, program: 'p-1'}}]"), "spec.tailCalls[0].program"),
+            // pods on the cgroup hooks: exactly one of cgroup and pods
+            ("spec.programs[].attach.cgroupSkb", "has(self.cgroup) != has(self.pods)", "x".into(), prog("{cgroupSkb: {direction: Egress}}"), "spec.programs[0].attach.cgroupSkb"),
+            ("spec.programs[].attach.sockOps", "has(self.cgroup) != has(self.pods)", "x".into(), prog("{sockOps: {cgroup: /sys/fs/cgroup, pods: {namespace: web}}}"), "spec.programs[0].attach.sockOps"),
+            ("spec.programs[].attach.cgroupSockAddr", "has(self.cgroup) != has(self.pods)", "x".into(), prog("{cgroupSockAddr: {}}"), "spec.programs[0].attach.cgroupSockAddr"),
+            ("spec.programs[].attach.cgroupSock", "has(self.cgroup) != has(self.pods)", "x".into(), prog("{cgroupSock: {}}"), "spec.programs[0].attach.cgroupSock"),
+            ("spec.programs[].attach.cgroupSysctl", "has(self.cgroup) != has(self.pods)", "x".into(), prog("{cgroupSysctl: {}}"), "spec.programs[0].attach.cgroupSysctl"),
+            ("spec.programs[].attach.cgroupSockopt", "has(self.cgroup) != has(self.pods)", "x".into(), prog("{cgroupSockopt: {}}"), "spec.programs[0].attach.cgroupSockopt"),
+            ("spec.programs[].attach.cgroupDevice", "has(self.cgroup) != has(self.pods)", "x".into(), prog("{cgroupDevice: {}}"), "spec.programs[0].attach.cgroupDevice"),
             // networkNamespaces (pod-aware attachment)
             ("spec.programs[].attach.tc", "has(self.networkNamespaces) != (has(self.interfaces) && size(self.interfaces) > 0)", "x".into(), prog("{tc: {direction: Egress, interfaces: [eth0], networkNamespaces: {namespace: web}}}"), "spec.programs[0].attach.tc.interfaces"),
             ("spec.programs[].attach.tc", "!has(self.networkNamespaces) || !has(self.priority)", "x".into(), prog("{tc: {direction: Egress, priority: 10, networkNamespaces: {namespace: web}}}"), "spec.programs[0].attach.tc.networkNamespaces"),

@@ -154,9 +154,11 @@ impl AttachPoint {
                 function: f.function.clone(),
             });
         }
-        if let Some(c) = &attach.cgroup_skb {
+        if let Some(c) = &attach.cgroup_skb
+            && let Some(cgroup) = &c.cgroup
+        {
             points.push(AttachPoint::CgroupSkb {
-                cgroup: c.cgroup.clone(),
+                cgroup: cgroup.clone(),
                 direction: c.direction,
             });
         }
@@ -747,7 +749,7 @@ fn check_kprobes() -> Result<(), TargetError> {
 
 /// Opens a cgroup for cgroup_skb: a directory on cgroup v2. `O_DIRECTORY` makes opening a FIFO
 /// or a device fail at once instead of blocking or reacting; the descriptor is what is attached.
-fn open_cgroup(cgroup: &str) -> Result<std::fs::File, TargetError> {
+pub(crate) fn open_cgroup(cgroup: &str) -> Result<std::fs::File, TargetError> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)

@@ -19,5 +19,6 @@ pub mod loader;
 pub mod map_memory;
 pub mod mounts;
 pub mod netns;
+pub mod pod_cgroup;
 pub mod reconcile;
 pub mod xdp_dispatcher;

@@ -220,6 +220,30 @@ fn addresses() -> Result<Vec<IpAddr>, NetnsError> {
     Ok(ips)
 }
 
+/// The names of the interfaces of `netns` (for `/regex/` interface patterns).
+pub fn interface_names(netns: &Netns) -> Result<Vec<String>, NetnsError> {
+    in_netns(&netns.path, &netns.file, || {
+        let mut names = Vec::new();
+        // SAFETY: if_nameindex returns an array ended by a zero entry, freed below; each name is
+        // a NUL-terminated string of it. It lists the calling thread's network namespace.
+        unsafe {
+            let head = libc::if_nameindex();
+            if head.is_null() {
+                return Ok(names);
+            }
+            let mut cur = head;
+            while (*cur).if_index != 0 && !(*cur).if_name.is_null() {
+                let name = std::ffi::CStr::from_ptr((*cur).if_name);
+                names.push(name.to_string_lossy().into_owned());
+                cur = cur.add(1);
+            }
+            libc::if_freenameindex(head);
+        }
+        names.sort();
+        Ok(names)
+    })
+}
+
 /// What to attach inside a pod.
 #[derive(Debug, Clone, Copy)]
 pub enum PodHook {
@@ -249,6 +273,18 @@ impl PodHook {
             .iter()
             .any(|p| name.starts_with(p))
     }
+}
+
+/// Whether the XDP or tcx link pinned at `link` is still on an interface (the kernel detaches it,
+/// and reports interface 0, when the interface goes with its namespace). A pin that cannot be
+/// read is not.
+pub fn is_attached(link: &Path) -> bool {
+    aya::programs::links::PinnedLink::from_pin(link)
+        .map(FdLink::from)
+        .ok()
+        .and_then(|l| l.info().ok())
+        .and_then(|i| i.ifindex())
+        .is_some_and(|ifindex| ifindex != 0)
 }
 
 /// Attaches the program pinned at `program` on `interface` inside `netns` and pins the link at

@@ -43,7 +43,8 @@ pub enum CgroupHook {
 }
 
 impl CgroupHook {
-    fn name(self) -> &'static str {
+    /// The hook's link name prefix (`sockops`, `cgroupsock`, ...).
+    pub fn name(self) -> &'static str {
         match self {
             CgroupHook::SockOps => "sockops",
             CgroupHook::SockAddr => "cgroupsockaddr",
@@ -54,7 +55,8 @@ impl CgroupHook {
         }
     }
 
-    fn wants(self) -> &'static str {
+    /// The program type the hook takes, for messages.
+    pub fn wants(self) -> &'static str {
         match self {
             CgroupHook::SockOps => "a sock_ops program (SEC(\"sockops\"))",
             CgroupHook::SockAddr => {
@@ -137,12 +139,10 @@ pub(super) fn points(attach: &Attach, points: &mut Vec<AttachPoint>) {
         (CgroupHook::Sockopt, &attach.cgroup_sockopt),
         (CgroupHook::Device, &attach.cgroup_device),
     ];
+    // A pod-scoped hook (`pods`) has no point on the node: the pod step attaches it.
     for (hook, c) in cgroups {
-        if let Some(c) = c {
-            push(MorePoint::Cgroup {
-                hook,
-                cgroup: c.cgroup.clone(),
-            });
+        if let Some(cgroup) = c.as_ref().and_then(|c| c.cgroup.clone()) {
+            push(MorePoint::Cgroup { hook, cgroup });
         }
     }
     if let Some(l) = &attach.sk_lookup {

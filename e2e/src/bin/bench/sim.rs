@@ -293,6 +293,7 @@ pub fn main(args: SimArgs) -> Result<()> {
                 metrics_addr: None,
                 fetcher: bpfpin_agent::bytecode::Fetcher::default(),
                 netns_dir: bpfpin_agent::cluster::pods::DEFAULT_NETNS_DIR.into(),
+                cgroup_dir: None,
                 label_node: false,
             };
             let core = StandIn::new(args.load, template.clone(), loads.clone());

@@ -137,6 +137,34 @@ impl LinkInfo {
             .map_err(|InvalidTypeBinding { value }| LinkError::UnknownLinkType(value))
             .and_then(LinkType::try_from)
     }
+
+    /// bpfpin patch: the id of the cgroup a cgroup link is attached to (the inode number of the
+    /// cgroup's directory on cgroup v2), `Some(0)` once that cgroup is gone; `None` for a link
+    /// of another type.
+    pub fn cgroup_id(&self) -> Option<u64> {
+        (self.0.type_ == bpf_link_type::BPF_LINK_TYPE_CGROUP as u32)
+            // SAFETY: the kernel filled the `cgroup` member for a cgroup link.
+            .then(|| unsafe { self.0.__bindgen_anon_1.cgroup.cgroup_id })
+    }
+
+    /// bpfpin patch: the interface index of an XDP, tcx or netkit link, `Some(0)` once its
+    /// interface is gone (the kernel detached it); `None` for a link of another type.
+    pub fn ifindex(&self) -> Option<u32> {
+        let t = self.0.type_;
+        // SAFETY: the kernel filled the member of the link's type; the three start with the
+        // interface index.
+        unsafe {
+            if t == bpf_link_type::BPF_LINK_TYPE_XDP as u32 {
+                Some(self.0.__bindgen_anon_1.xdp.ifindex)
+            } else if t == bpf_link_type::BPF_LINK_TYPE_TCX as u32 {
+                Some(self.0.__bindgen_anon_1.tcx.ifindex)
+            } else if t == bpf_link_type::BPF_LINK_TYPE_NETKIT as u32 {
+                Some(self.0.__bindgen_anon_1.netkit.ifindex)
+            } else {
+                None
+            }
+        }
+    }
 }
 
 /// The type of eBPF link.
