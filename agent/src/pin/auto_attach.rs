@@ -226,24 +226,6 @@ impl StatusError for AutoAttachError {
     }
 }
 
-/// The number of kinds set in `attach`.
-fn kinds(attach: &Attach) -> usize {
-    [
-        attach.tracepoint.is_some(),
-        attach.xdp.is_some(),
-        attach.tc.is_some(),
-        attach.kprobe.is_some(),
-        attach.uprobe.is_some(),
-        attach.fentry.is_some(),
-        attach.fexit.is_some(),
-        attach.cgroup_skb.is_some(),
-    ]
-    .iter()
-    .filter(|k| **k)
-    .count()
-        + attach.more_kinds()
-}
-
 /// `<function>[+<offset>]`, the offset decimal or `0x` hex (libbpf's kprobe and uprobe forms).
 fn function_offset(s: &str) -> Option<(&str, Option<u64>)> {
     match s.split_once('+') {
@@ -271,7 +253,7 @@ pub fn resolve<'a>(
         return Ok(Cow::Borrowed(attach));
     };
     let (p, s) = (program.to_owned(), section.to_owned());
-    if kinds(attach) > 0 {
+    if attach.kinds() > 0 {
         return match contradiction(derive, rest, attach) {
             Some((field, spec, named)) => {
                 Err(AutoAttachError::Contradicts(p, field, spec, s, named))
@@ -670,7 +652,7 @@ mod tests {
             "fentry/f",
             "iter/task",
         ] {
-            assert_eq!(kinds(&derived(s).expect(s)), 1, "{s}");
+            assert_eq!(derived(s).expect(s).kinds(), 1, "{s}");
         }
     }
 
