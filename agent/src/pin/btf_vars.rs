@@ -53,6 +53,9 @@ struct Type {
     data: usize,
 }
 
+/// A global-data section: its name, and its entries with their sizes.
+type DataSection<'a> = (&'a str, Vec<(Type, u64)>);
+
 struct Btf<'a> {
     types: Vec<Type>,
     type_section: &'a [u8],
@@ -176,7 +179,7 @@ impl<'a> Btf<'a> {
     /// The entries of each `.rodata*`, `.data*` and `.bss*` DATASEC, in the order the section
     /// holds them (clang writes a DATASEC in address order), each with its size (its type's, or
     /// the DATASEC's where the type has none); `None` when an entry cannot be read.
-    fn data_sections(&self) -> Option<Vec<(&'a str, Vec<(Type, u64)>)>> {
+    fn data_sections(&self) -> Option<Vec<DataSection<'a>>> {
         let mut out = Vec::new();
         for sec in self.types.iter().filter(|t| t.kind == DATASEC) {
             let section = self.name(sec);
