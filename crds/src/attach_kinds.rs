@@ -157,9 +157,18 @@ pub(crate) fn validate_abs_path(field: String, path: &str) -> Result<(), Validat
 }
 
 impl Attach {
-    /// How many of this module's kinds are set (the spec allows at most one kind in all).
-    pub fn more_kinds(&self) -> usize {
+    /// How many attach kinds are set (the spec allows at most one; none takes the attach point
+    /// from the program's section). The one list of every kind.
+    pub fn kinds(&self) -> usize {
         [
+            self.tracepoint.is_some(),
+            self.xdp.is_some(),
+            self.tc.is_some(),
+            self.kprobe.is_some(),
+            self.uprobe.is_some(),
+            self.fentry.is_some(),
+            self.fexit.is_some(),
+            self.cgroup_skb.is_some(),
             self.raw_tracepoint.is_some(),
             self.sock_ops.is_some(),
             self.cgroup_sock_addr.is_some(),
@@ -253,10 +262,10 @@ mod tests {
             "{iter: {}}",
         ] {
             let a = attach(good);
-            assert_eq!(a.more_kinds(), 1, "{good}");
+            assert_eq!(a.kinds(), 1, "{good}");
             assert_eq!(check(&a), Ok(()), "{good}");
         }
-        assert_eq!(attach("{}").more_kinds(), 0);
+        assert_eq!(attach("{}").kinds(), 0);
     }
 
     #[test]

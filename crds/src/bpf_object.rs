@@ -1135,17 +1135,7 @@ impl BpfObjectSpec {
                 });
             }
             if let Some(attach) = &prog.attach {
-                let kinds = [
-                    attach.tracepoint.is_some(),
-                    attach.xdp.is_some(),
-                    attach.tc.is_some(),
-                    attach.kprobe.is_some(),
-                    attach.uprobe.is_some(),
-                    attach.fentry.is_some(),
-                    attach.fexit.is_some(),
-                    attach.cgroup_skb.is_some(),
-                ];
-                if kinds.iter().filter(|k| **k).count() + attach.more_kinds() > 1 {
+                if attach.kinds() > 1 {
                     return Err(ValidationError {
                         field: format!("spec.programs[{i}].attach"),
                         value: String::new(),

@@ -49,22 +49,17 @@ fn refuse(field: &str, value: &str, reason: impl Into<String>) -> ValidationErro
 /// no dots (bpffs refuses them), not a reserved name.
 pub fn validate_object_name(name: &str) -> Result<(), ValidationError> {
     const FIELD: &str = "metadata.name";
+    let no = |reason: &str| Err(refuse(FIELD, name, reason));
     if name.is_empty() {
-        return Err(refuse(FIELD, name, "must not be empty"));
+        return no("must not be empty");
     }
     if name.contains('.') {
-        return Err(refuse(
-            FIELD,
-            name,
+        return no(
             "must not contain '.': the name becomes a bpffs directory and bpffs refuses names with dots; use '-'",
-        ));
+        );
     }
     if name.len() > MAX_OBJECT_NAME_LEN {
-        return Err(refuse(
-            FIELD,
-            name,
-            format!("must be at most {MAX_OBJECT_NAME_LEN} characters"),
-        ));
+        return no(&format!("must be at most {MAX_OBJECT_NAME_LEN} characters"));
     }
     let ok_chars = name
         .bytes()
@@ -72,18 +67,12 @@ pub fn validate_object_name(name: &str) -> Result<(), ValidationError> {
     let ok_ends = name.as_bytes()[0].is_ascii_alphanumeric()
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
     if !ok_chars || !ok_ends {
-        return Err(refuse(
-            FIELD,
-            name,
+        return no(
             "must be lowercase letters, digits and '-', starting and ending with a letter or digit",
-        ));
+        );
     }
     if RESERVED_OBJECT_NAMES.contains(&name) {
-        return Err(refuse(
-            FIELD,
-            name,
-            "is reserved: <root>/shared holds maps shared between objects",
-        ));
+        return no("is reserved: <root>/shared holds maps shared between objects");
     }
     Ok(())
 }
@@ -91,30 +80,21 @@ pub fn validate_object_name(name: &str) -> Result<(), ValidationError> {
 /// An ELF map or program name as written in a spec: a C identifier. Internal maps (`.rodata`,
 /// `.bss`, `.data`) are not addressable by name; use `globalData` for them.
 pub fn validate_elf_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    let no = |reason: &str| Err(refuse(field, name, reason));
     if name.is_empty() {
-        return Err(refuse(field, name, "must not be empty"));
+        return no("must not be empty");
     }
     if name.len() > MAX_ELF_NAME_LEN {
-        return Err(refuse(
-            field,
-            name,
-            format!("must be at most {MAX_ELF_NAME_LEN} characters"),
-        ));
+        return no(&format!("must be at most {MAX_ELF_NAME_LEN} characters"));
     }
     if name.starts_with('.') {
-        return Err(refuse(
-            field,
-            name,
+        return no(
             "names an ELF-internal map, which is never pinned; override its values with spec.globalData",
-        ));
+        );
     }
     let first_ok = name.as_bytes()[0].is_ascii_alphabetic() || name.as_bytes()[0] == b'_';
     if !first_ok || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-        return Err(refuse(
-            field,
-            name,
-            "must be a C identifier (letters, digits, '_', not starting with a digit)",
-        ));
+        return no("must be a C identifier (letters, digits, '_', not starting with a digit)");
     }
     Ok(())
 }
@@ -122,43 +102,26 @@ pub fn validate_elf_name(field: &str, name: &str) -> Result<(), ValidationError>
 /// A shared pin path, relative to `<root>/shared`: segments of letters, digits, `_` and `-`
 /// separated by single `/`. This excludes `..`, `.`, absolute paths and empty segments.
 pub fn validate_pin_path(field: &str, path: &str) -> Result<(), ValidationError> {
+    let no = |reason: &str| Err(refuse(field, path, reason));
     if path.is_empty() {
-        return Err(refuse(field, path, "must not be empty"));
+        return no("must not be empty");
     }
     if path.starts_with('/') {
-        return Err(refuse(
-            field,
-            path,
-            "must be relative: it is placed under <root>/shared/",
-        ));
+        return no("must be relative: it is placed under <root>/shared/");
     }
     if path.split('/').any(|s| s == "..") {
-        return Err(refuse(
-            field,
-            path,
-            "must not contain '..': a pin path may not leave <root>/shared/",
-        ));
+        return no("must not contain '..': a pin path may not leave <root>/shared/");
     }
     if path.len() > MAX_PIN_PATH_LEN {
-        return Err(refuse(
-            field,
-            path,
-            format!("must be at most {MAX_PIN_PATH_LEN} characters"),
-        ));
+        return no(&format!("must be at most {MAX_PIN_PATH_LEN} characters"));
     }
     let segments: Vec<&str> = path.split('/').collect();
     if segments.iter().any(|s| s.is_empty()) {
-        return Err(refuse(
-            field,
-            path,
-            "must not have empty segments ('//' or a trailing '/')",
-        ));
+        return no("must not have empty segments ('//' or a trailing '/')");
     }
     if segments.len() > MAX_PIN_PATH_SEGMENTS {
-        return Err(refuse(
-            field,
-            path,
-            format!("must have at most {MAX_PIN_PATH_SEGMENTS} segments"),
+        return no(&format!(
+            "must have at most {MAX_PIN_PATH_SEGMENTS} segments"
         ));
     }
     for segment in &segments {
@@ -166,11 +129,7 @@ pub fn validate_pin_path(field: &str, path: &str) -> Result<(), ValidationError>
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err(refuse(
-                field,
-                path,
-                "segments may only hold letters, digits, '_' and '-' (bpffs refuses '.')",
-            ));
+            return no("segments may only hold letters, digits, '_' and '-' (bpffs refuses '.')");
         }
     }
     Ok(())
@@ -179,21 +138,18 @@ pub fn validate_pin_path(field: &str, path: &str) -> Result<(), ValidationError>
 /// A kernel symbol or tracefs name as the CRD's CEL rules allow it (`^[A-Za-z0-9_]+$`): letters,
 /// digits and `_`, so that it cannot name a path (`../../..`) under tracefs or kallsyms.
 pub fn validate_symbol(field: &str, value: &str, max: usize) -> Result<(), ValidationError> {
+    let no = |reason: &str| Err(refuse(field, value, reason));
     if value.is_empty() {
-        return Err(refuse(field, value, "must not be empty"));
+        return no("must not be empty");
     }
     if value.chars().count() > max {
-        return Err(refuse(
-            field,
-            value,
-            format!("must be at most {max} characters"),
-        ));
+        return no(&format!("must be at most {max} characters"));
     }
     if !value
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'_')
     {
-        return Err(refuse(field, value, "must be letters, digits and '_'"));
+        return no("must be letters, digits and '_'");
     }
     Ok(())
 }

@@ -579,6 +579,22 @@ mod tests {
         (c.status.clone(), c.reason.clone(), c.message.clone())
     }
 
+    /// `status.nodes` as the aggregate counts them.
+    fn counts(selected: i32, ready: i32, failed: i32, unsupported: i32) -> Option<NodeCounts> {
+        Some(NodeCounts {
+            selected,
+            ready,
+            failed,
+            unsupported,
+        })
+    }
+
+    /// Neither Progressing nor Degraded.
+    fn assert_settled(s: &BpfObjectStatus) {
+        assert_eq!(cond(s, PROGRESSING).0, "False");
+        assert_eq!(cond(s, DEGRADED).0, "False");
+    }
+
     /// A live state of `node` whose agent published kernel `kernel`.
     fn probed(
         node: &str,
@@ -631,15 +647,7 @@ mod tests {
         assert_eq!(a.ready, ["n1"]);
         assert!(a.failed.is_empty(), "an unsupported node is not a failure");
         let s = a.status(None, t0());
-        assert_eq!(
-            s.nodes,
-            Some(NodeCounts {
-                selected: 2,
-                ready: 1,
-                failed: 0,
-                unsupported: 2
-            })
-        );
+        assert_eq!(s.nodes, counts(2, 1, 0, 2));
         assert_eq!(
             s.unsupported,
             [
@@ -729,15 +737,7 @@ mod tests {
         assert_eq!(a.ready, ["n1", "n2", "n3"]);
         let s = a.status(None, t0());
         assert_eq!(s.observed_generation, Some(2));
-        assert_eq!(
-            s.nodes,
-            Some(NodeCounts {
-                selected: 3,
-                ready: 3,
-                failed: 0,
-                unsupported: 0
-            })
-        );
+        assert_eq!(s.nodes, counts(3, 3, 0, 0));
         assert_eq!(s.nodes_ready.as_deref(), Some("3/3"));
         assert!(s.failures.is_empty());
         assert_eq!(
@@ -748,8 +748,7 @@ mod tests {
                 "3/3 nodes pinned generation 2".into()
             )
         );
-        assert_eq!(cond(&s, PROGRESSING).0, "False");
-        assert_eq!(cond(&s, DEGRADED).0, "False");
+        assert_settled(&s);
         assert!(
             s.conditions
                 .iter()
@@ -862,15 +861,7 @@ mod tests {
             ))
             .report(live("n4", vec![]));
         let s = w.run(None, 2).status(None, t0());
-        assert_eq!(
-            s.nodes,
-            Some(NodeCounts {
-                selected: 4,
-                ready: 1,
-                failed: 2,
-                unsupported: 0
-            })
-        );
+        assert_eq!(s.nodes, counts(4, 1, 2, 0));
         assert_eq!(
             cond(&s, READY),
             (
@@ -951,15 +942,7 @@ mod tests {
             match_expressions: None,
         };
         let s = w.run(Some(&sel), 1).status(None, t0());
-        assert_eq!(
-            s.nodes,
-            Some(NodeCounts {
-                selected: 2,
-                ready: 1,
-                failed: 0,
-                unsupported: 0
-            })
-        );
+        assert_eq!(s.nodes, counts(2, 1, 0, 0));
         assert_eq!(
             cond(&s, READY).2,
             "1/2 nodes pinned generation 1, waiting for edge-2 (edge-2: no BpfNodeState, is the bpfpin agent running there?)"
@@ -974,15 +957,7 @@ mod tests {
             match_expressions: None,
         };
         let s = w.run(Some(&sel), 1).status(None, t0());
-        assert_eq!(
-            s.nodes,
-            Some(NodeCounts {
-                selected: 0,
-                ready: 0,
-                failed: 0,
-                unsupported: 0
-            })
-        );
+        assert_eq!(s.nodes, counts(0, 0, 0, 0));
         assert_eq!(s.nodes_ready.as_deref(), Some("0/0"));
         assert_eq!(
             cond(&s, READY),
@@ -992,8 +967,7 @@ mod tests {
                 "no node matches spec.nodeSelector".into()
             )
         );
-        assert_eq!(cond(&s, PROGRESSING).0, "False");
-        assert_eq!(cond(&s, DEGRADED).0, "False");
+        assert_settled(&s);
 
         let empty = World::plain(&[]).run(None, 1).status(None, t0());
         assert_eq!(cond(&empty, READY).2, "the cluster has no nodes");
@@ -1037,15 +1011,7 @@ mod tests {
             ));
         }
         let s = w.run(None, 1).status(None, t0());
-        assert_eq!(
-            s.nodes,
-            Some(NodeCounts {
-                selected: 25,
-                ready: 0,
-                failed: 25,
-                unsupported: 0
-            })
-        );
+        assert_eq!(s.nodes, counts(25, 0, 25, 0));
         assert_eq!(s.failures.len(), MAX_STATUS_FAILURES);
         let nodes: Vec<&str> = s.failures.iter().map(|f| f.node.as_str()).collect();
         assert_eq!(

@@ -12,7 +12,10 @@ use aya::programs::{
     CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, FEntry, FExit, KProbe, Program,
     SchedClassifier, TcAttachType, TracePoint, UProbe, Xdp, XdpMode, xdp::XdpLink,
 };
-use bpfpin_crds::{Attach, Direction, LinkOrder as SpecOrder, XdpMode as SpecXdpMode};
+use bpfpin_crds::{
+    Attach, Direction, FunctionAttach, KprobeAttach, LinkOrder as SpecOrder, TracepointAttach,
+    UprobeAttach, XdpMode as SpecXdpMode,
+};
 
 use super::layout::encode_name;
 use super::mounts::{CGROUP2_SUPER_MAGIC, DEBUGFS_MAGIC, TRACEFS_MAGIC, fd_fs_magic};
@@ -28,12 +31,7 @@ pub use more::{CgroupHook, MorePoint, Sample};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttachPoint {
     /// A kernel tracepoint, `<category>/<name>` under tracefs `events/`.
-    Tracepoint {
-        /// Category (`syscalls`).
-        category: String,
-        /// Name (`sys_enter_getpid`).
-        name: String,
-    },
+    Tracepoint(TracepointAttach),
     /// XDP on one interface.
     Xdp {
         /// The network interface, by name.
@@ -55,35 +53,16 @@ pub enum AttachPoint {
         /// (`attach.tc.priority`).
         priority: Option<u16>,
     },
-    /// kprobe / kretprobe.
-    Kprobe {
-        /// The kernel function probed.
-        function: String,
-        /// Bytes into the function where the probe sits (0: its entry).
-        offset: u64,
-    },
+    /// kprobe / kretprobe (no offset: the function's entry).
+    Kprobe(KprobeAttach),
     /// uprobe / uretprobe.
-    Uprobe {
-        /// The binary or library probed: a path, or a bare library name the loader finds.
-        target: String,
-        /// The function symbol probed in it.
-        symbol: Option<String>,
-        /// Offset (from the symbol, or absolute).
-        offset: Option<u64>,
-        /// Only this process is probed (all processes when unset).
-        pid: Option<u32>,
-    },
+    Uprobe(UprobeAttach),
     /// fentry: runs at the entry of a kernel function (a BPF trampoline).
-    Fentry {
-        /// The kernel function, also named when the program is loaded.
-        function: String,
-    },
+    Fentry(FunctionAttach),
     /// fexit: runs when a kernel function returns (a BPF trampoline).
-    Fexit {
-        /// The kernel function, also named when the program is loaded.
-        function: String,
-    },
+    Fexit(FunctionAttach),
     /// cgroup_skb: packets entering or leaving the sockets of a cgroup.
+    /// A host cgroup's (`cgroup`); a spec with `pods` attaches per pod instead (pod_cgroup.rs).
     CgroupSkb {
         /// cgroup v2 directory.
         cgroup: String,
@@ -106,10 +85,7 @@ impl AttachPoint {
     pub fn all(attach: &Attach) -> Vec<AttachPoint> {
         let mut points = Vec::new();
         if let Some(tp) = &attach.tracepoint {
-            points.push(AttachPoint::Tracepoint {
-                category: tp.category.clone(),
-                name: tp.name.clone(),
-            });
+            points.push(AttachPoint::Tracepoint(tp.clone()));
         }
         if let Some(xdp) = &attach.xdp {
             for interface in &xdp.interfaces {
@@ -130,38 +106,20 @@ impl AttachPoint {
                 });
             }
         }
-        if let Some(k) = &attach.kprobe {
-            points.push(AttachPoint::Kprobe {
-                function: k.function.clone(),
-                offset: k.offset.unwrap_or(0),
-            });
-        }
-        if let Some(u) = &attach.uprobe {
-            points.push(AttachPoint::Uprobe {
-                target: u.target.clone(),
-                symbol: u.symbol.clone(),
-                offset: u.offset,
-                pid: u.pid,
-            });
-        }
-        if let Some(f) = &attach.fentry {
-            points.push(AttachPoint::Fentry {
-                function: f.function.clone(),
-            });
-        }
-        if let Some(f) = &attach.fexit {
-            points.push(AttachPoint::Fexit {
-                function: f.function.clone(),
-            });
-        }
-        if let Some(c) = &attach.cgroup_skb
-            && let Some(cgroup) = &c.cgroup
-        {
-            points.push(AttachPoint::CgroupSkb {
-                cgroup: cgroup.clone(),
-                direction: c.direction,
-            });
-        }
+        let one = [
+            attach.kprobe.clone().map(AttachPoint::Kprobe),
+            attach.uprobe.clone().map(AttachPoint::Uprobe),
+            attach.fentry.clone().map(AttachPoint::Fentry),
+            attach.fexit.clone().map(AttachPoint::Fexit),
+            // With `pods` instead of `cgroup`, the points are the pods' cgroups (pod_cgroup.rs).
+            attach.cgroup_skb.as_ref().and_then(|c| {
+                Some(AttachPoint::CgroupSkb {
+                    cgroup: c.cgroup.clone()?,
+                    direction: c.direction,
+                })
+            }),
+        ];
+        points.extend(one.into_iter().flatten());
         more::points(attach, &mut points);
         points
     }
@@ -178,9 +136,11 @@ impl AttachPoint {
     /// The link's file name under `links/<program>/`.
     pub fn link_name(&self) -> String {
         match self {
-            AttachPoint::Tracepoint { category, name } => {
-                format!("tracepoint-{}-{}", encode_name(category), encode_name(name))
-            }
+            AttachPoint::Tracepoint(t) => format!(
+                "tracepoint-{}-{}",
+                encode_name(&t.category),
+                encode_name(&t.name)
+            ),
             AttachPoint::Xdp { interface, .. } => format!("xdp-{}", encode_name(interface)),
             AttachPoint::Tc {
                 interface,
@@ -198,37 +158,30 @@ impl AttachPoint {
                     None => plain,
                 }
             }
-            AttachPoint::Kprobe { function, offset } if *offset == 0 => {
-                format!("kprobe-{}", encode_name(function))
-            }
-            AttachPoint::Kprobe { function, offset } => {
-                format!("kprobe-{}-{offset}", encode_name(function))
-            }
-            AttachPoint::Uprobe {
-                target,
-                symbol,
-                offset,
-                pid,
-            } => {
-                let file = std::path::Path::new(target)
+            AttachPoint::Kprobe(k) => match k.offset.unwrap_or(0) {
+                0 => format!("kprobe-{}", encode_name(&k.function)),
+                offset => format!("kprobe-{}-{offset}", encode_name(&k.function)),
+            },
+            AttachPoint::Uprobe(u) => {
+                let file = std::path::Path::new(&u.target)
                     .file_name()
                     .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| target.clone());
+                    .unwrap_or_else(|| u.target.clone());
                 let mut name = format!("uprobe-{}", encode_name(&file));
-                if let Some(sym) = symbol {
+                if let Some(sym) = &u.symbol {
                     name.push('-');
                     name.push_str(&encode_name(sym));
                 }
-                if let Some(off) = offset {
+                if let Some(off) = u.offset {
                     name.push_str(&format!("-{off}"));
                 }
-                if let Some(pid) = pid {
+                if let Some(pid) = u.pid {
                     name.push_str(&format!("-pid{pid}"));
                 }
                 name
             }
-            AttachPoint::Fentry { function } => format!("fentry-{}", encode_name(function)),
-            AttachPoint::Fexit { function } => format!("fexit-{}", encode_name(function)),
+            AttachPoint::Fentry(f) => format!("fentry-{}", encode_name(&f.function)),
+            AttachPoint::Fexit(f) => format!("fexit-{}", encode_name(&f.function)),
             AttachPoint::CgroupSkb { cgroup, direction } => format!(
                 "cgroupskb-{}-{}",
                 direction_name(*direction),
@@ -240,20 +193,24 @@ impl AttachPoint {
 
     fn describe(&self) -> String {
         match self {
-            AttachPoint::Tracepoint { category, name } => format!("tracepoint {category}/{name}"),
+            AttachPoint::Tracepoint(t) => format!("tracepoint {}/{}", t.category, t.name),
             AttachPoint::Xdp { interface, .. } => format!("XDP on interface {interface}"),
             AttachPoint::Tc {
                 interface,
                 direction,
                 ..
             } => format!("tc {} on interface {interface}", direction_name(*direction)),
-            AttachPoint::Kprobe { function, .. } => format!("kprobe on {function}"),
-            AttachPoint::Uprobe { target, symbol, .. } => format!(
-                "uprobe on {target}{}",
-                symbol.as_ref().map(|s| format!(":{s}")).unwrap_or_default()
+            AttachPoint::Kprobe(k) => format!("kprobe on {}", k.function),
+            AttachPoint::Uprobe(u) => format!(
+                "uprobe on {}{}",
+                u.target,
+                u.symbol
+                    .as_ref()
+                    .map(|s| format!(":{s}"))
+                    .unwrap_or_default()
             ),
-            AttachPoint::Fentry { function } => format!("fentry on {function}"),
-            AttachPoint::Fexit { function } => format!("fexit on {function}"),
+            AttachPoint::Fentry(f) => format!("fentry on {}", f.function),
+            AttachPoint::Fexit(f) => format!("fexit on {}", f.function),
             AttachPoint::CgroupSkb { cgroup, direction } => {
                 format!("cgroup_skb {} on {cgroup}", direction_name(*direction))
             }
@@ -263,17 +220,15 @@ impl AttachPoint {
 
     fn wants(&self) -> &'static str {
         match self {
-            AttachPoint::Tracepoint { .. } => "a tracepoint program (SEC(\"tracepoint/...\"))",
+            AttachPoint::Tracepoint(_) => "a tracepoint program (SEC(\"tracepoint/...\"))",
             AttachPoint::Xdp { .. } => "an XDP program (SEC(\"xdp\"))",
             AttachPoint::Tc { .. } => "a tc program (SEC(\"classifier\"))",
-            AttachPoint::Kprobe { .. } => {
+            AttachPoint::Kprobe(_) => {
                 "a kprobe program (SEC(\"kprobe/...\") or SEC(\"kretprobe/...\"))"
             }
-            AttachPoint::Uprobe { .. } => {
-                "a uprobe program (SEC(\"uprobe\") or SEC(\"uretprobe\"))"
-            }
-            AttachPoint::Fentry { .. } => "an fentry program (SEC(\"fentry/...\"))",
-            AttachPoint::Fexit { .. } => "an fexit program (SEC(\"fexit/...\"))",
+            AttachPoint::Uprobe(_) => "a uprobe program (SEC(\"uprobe\") or SEC(\"uretprobe\"))",
+            AttachPoint::Fentry(_) => "an fentry program (SEC(\"fentry/...\"))",
+            AttachPoint::Fexit(_) => "an fexit program (SEC(\"fexit/...\"))",
             AttachPoint::CgroupSkb { .. } => "a cgroup_skb program (SEC(\"cgroup_skb/...\"))",
             AttachPoint::More(p) => p.wants(),
         }
@@ -513,10 +468,10 @@ impl AttachPoint {
         maps: &SockMaps,
     ) -> Result<Linked, AttachError> {
         let linked = match self {
-            AttachPoint::Tracepoint { category, name } => {
+            AttachPoint::Tracepoint(t) => {
                 let prog: &mut TracePoint = at.typed(program)?;
-                check_tracepoint(category, name).map_err(|e| at.target(e))?;
-                fd_link!(at, prog, prog.attach(category, name))?.into()
+                check_tracepoint(&t.category, &t.name).map_err(|e| at.target(e))?;
+                fd_link!(at, prog, prog.attach(&t.category, &t.name))?.into()
             }
             AttachPoint::Xdp {
                 interface, mode, ..
@@ -573,19 +528,15 @@ impl AttachPoint {
                 let options = TcAttachOptions::TcxOrder(order);
                 fd_link!(at, prog, prog.attach_with_options(interface, kind, options))?.into()
             }
-            AttachPoint::Kprobe { function, offset } => {
+            AttachPoint::Kprobe(k) => {
                 let prog: &mut KProbe = at.typed(program)?;
                 check_kprobes().map_err(|e| at.target(e))?;
-                fd_link!(at, prog, prog.attach(function, *offset))?.into()
+                fd_link!(at, prog, prog.attach(&k.function, k.offset.unwrap_or(0)))?.into()
             }
-            AttachPoint::Uprobe {
-                target,
-                symbol,
-                offset,
-                pid,
-            } => {
+            AttachPoint::Uprobe(u) => {
                 let prog: &mut UProbe = at.typed(program)?;
-                let location = match (symbol, offset) {
+                let target = &u.target;
+                let location = match (&u.symbol, &u.offset) {
                     (Some(sym), Some(off)) => UProbeAttachLocation::SymbolOffset(sym, *off),
                     (Some(sym), None) => UProbeAttachLocation::Symbol(sym),
                     (None, Some(off)) => UProbeAttachLocation::AbsoluteOffset(*off),
@@ -593,7 +544,7 @@ impl AttachPoint {
                         return Err(AttachError::UprobeLocation(at.program.to_owned()));
                     }
                 };
-                let scope = match pid.and_then(NonZeroU32::new) {
+                let scope = match u.pid.and_then(NonZeroU32::new) {
                     Some(pid) => UProbeScope::OneProcess(pid),
                     None => UProbeScope::AllProcesses,
                 };
@@ -611,11 +562,11 @@ impl AttachPoint {
                 };
                 fd_link!(at, prog, prog.attach(location, &target_path, scope))?.into()
             }
-            AttachPoint::Fentry { .. } => {
+            AttachPoint::Fentry(_) => {
                 let prog: &mut FEntry = at.typed(program)?;
                 fd_link!(at, prog, prog.attach())?.into()
             }
-            AttachPoint::Fexit { .. } => {
+            AttachPoint::Fexit(_) => {
                 let prog: &mut FExit = at.typed(program)?;
                 fd_link!(at, prog, prog.attach())?.into()
             }

@@ -226,24 +226,6 @@ impl StatusError for AutoAttachError {
     }
 }
 
-/// The number of kinds set in `attach`.
-fn kinds(attach: &Attach) -> usize {
-    [
-        attach.tracepoint.is_some(),
-        attach.xdp.is_some(),
-        attach.tc.is_some(),
-        attach.kprobe.is_some(),
-        attach.uprobe.is_some(),
-        attach.fentry.is_some(),
-        attach.fexit.is_some(),
-        attach.cgroup_skb.is_some(),
-    ]
-    .iter()
-    .filter(|k| **k)
-    .count()
-        + attach.more_kinds()
-}
-
 /// `<function>[+<offset>]`, the offset decimal or `0x` hex (libbpf's kprobe and uprobe forms).
 fn function_offset(s: &str) -> Option<(&str, Option<u64>)> {
     match s.split_once('+') {
@@ -271,7 +253,7 @@ pub fn resolve<'a>(
         return Ok(Cow::Borrowed(attach));
     };
     let (p, s) = (program.to_owned(), section.to_owned());
-    if kinds(attach) > 0 {
+    if attach.kinds() > 0 {
         return match contradiction(derive, rest, attach) {
             Some((field, spec, named)) => {
                 Err(AutoAttachError::Contradicts(p, field, spec, s, named))
@@ -354,22 +336,22 @@ fn named(derive: Derive, rest: &str) -> Result<Attach, &'static str> {
 }
 
 /// An explicit attach against what the section names: only a kind the section's type takes is
-/// compared (another kind fails later as the wrong program type), and only where the section
-/// reads as its prefix says. `(the attach field, its value, what the section names)`.
+/// compared (another kind fails later as the wrong program type). `(the attach field, its value,
+/// what the section names)`.
 fn contradiction(
     derive: Derive,
     rest: &str,
     attach: &Attach,
 ) -> Option<(&'static str, String, String)> {
-    let named = named(derive, rest).ok()?;
     let differ = |field, spec: &str, named: &str| {
         (spec != named).then(|| (field, spec.into(), named.into()))
     };
     match derive {
         Derive::Tracepoint => {
-            let (s, n) = (attach.tracepoint.as_ref()?, named.tracepoint?);
-            let path = |t: &TracepointAttach| format!("{}/{}", t.category, t.name);
-            differ("tracepoint", &path(s), &path(&n))
+            // A section without `<category>/` names no tracepoint to compare.
+            rest.split_once('/')?;
+            let t = attach.tracepoint.as_ref()?;
+            differ("tracepoint", &format!("{}/{}", t.category, t.name), rest)
         }
         Derive::RawTracepoint => differ(
             "rawTracepoint.name",
@@ -377,15 +359,18 @@ fn contradiction(
             rest,
         ),
         Derive::Kprobe => {
-            let (s, n) = (attach.kprobe.as_ref()?, named.kprobe?);
-            (s.function != n.function || n.offset.is_some_and(|o| s.offset != Some(o)))
-                .then(|| ("kprobe.function", s.function.clone(), rest.into()))
+            let (k, (function, offset)) = (attach.kprobe.as_ref()?, function_offset(rest)?);
+            (k.function != function || offset.is_some_and(|o| k.offset != Some(o)))
+                .then(|| ("kprobe.function", k.function.clone(), rest.into()))
         }
-        Derive::Uprobe => differ(
-            "uprobe.symbol",
-            attach.uprobe.as_ref()?.symbol.as_ref()?,
-            &named.uprobe?.symbol?,
-        ),
+        Derive::Uprobe => {
+            let (symbol, _) = function_offset(rest.rsplit_once(':')?.1)?;
+            differ(
+                "uprobe.symbol",
+                attach.uprobe.as_ref()?.symbol.as_ref()?,
+                symbol,
+            )
+        }
         Derive::Fentry => differ("fentry.function", &attach.fentry.as_ref()?.function, rest),
         Derive::Fexit => differ("fexit.function", &attach.fexit.as_ref()?.function, rest),
         Derive::CgroupSkb(d) => {
@@ -670,7 +655,7 @@ mod tests {
             "fentry/f",
             "iter/task",
         ] {
-            assert_eq!(kinds(&derived(s).expect(s)), 1, "{s}");
+            assert_eq!(derived(s).expect(s).kinds(), 1, "{s}");
         }
     }
 
@@ -762,6 +747,12 @@ mod tests {
                 "uprobe/libc.so.6:malloc",
                 "{uprobe: {target: libc, symbol: free}}",
             ),
+            // A section `attach: {}` would refuse as malformed still names what it names.
+            (
+                "tracepoint/syscalls/sys_enter_getpid/x",
+                "{tracepoint: {category: syscalls, name: sys_enter_getpid}}",
+            ),
+            ("uprobe/:malloc", "{uprobe: {target: libc, symbol: free}}"),
         ] {
             let e = resolve("p", section, &attach(yaml)).expect_err(section);
             assert!(
@@ -786,6 +777,10 @@ mod tests {
                 "{tracepoint: {category: syscalls, name: sys_enter_getpid}}",
             ),
             ("sockops", "{sockOps: {cgroup: /sys/fs/cgroup}}"),
+            (
+                "tracepoint/syscalls",
+                "{tracepoint: {category: syscalls, name: sys_enter_getpid}}",
+            ),
         ] {
             let a = attach(yaml);
             let got = resolve("p", section, &a).expect(section);

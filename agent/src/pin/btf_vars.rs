@@ -53,6 +53,9 @@ struct Type {
     data: usize,
 }
 
+/// A global-data section: its name, and its entries with their sizes.
+type DataSection<'a> = (&'a str, Vec<(Type, u64)>);
+
 struct Btf<'a> {
     types: Vec<Type>,
     type_section: &'a [u8],
@@ -172,62 +175,64 @@ impl<'a> Btf<'a> {
             _ => or_anon(name),
         }
     }
+
+    /// The entries of each `.rodata*`, `.data*` and `.bss*` DATASEC, in the order the section
+    /// holds them (clang writes a DATASEC in address order), each with its size (its type's, or
+    /// the DATASEC's where the type has none); `None` when an entry cannot be read.
+    fn data_sections(&self) -> Option<Vec<DataSection<'a>>> {
+        let mut out = Vec::new();
+        for sec in self.types.iter().filter(|t| t.kind == DATASEC) {
+            let section = self.name(sec);
+            if ![".rodata", ".data", ".bss"]
+                .iter()
+                .any(|p| section.starts_with(p))
+            {
+                continue;
+            }
+            let mut vars = Vec::new();
+            for i in 0..usize::from(sec.vlen) {
+                let (var_id, secinfo_size) = (self.data(sec, 3 * i)?, self.data(sec, 3 * i + 2)?);
+                let var = *self.get(var_id)?;
+                let size = self
+                    .size(var.size_or_type, 0)
+                    .unwrap_or(secinfo_size.into());
+                vars.push((var, size));
+            }
+            out.push((section, vars));
+        }
+        Some(out)
+    }
 }
 
 /// The global variables declared in `raw` BTF, by name; `None` when it cannot be read.
 pub fn global_vars(raw: &[u8]) -> Option<BTreeMap<String, GlobalVar>> {
     let btf = Btf::parse(raw)?;
     let mut vars = BTreeMap::new();
-    for sec in btf.types.iter().filter(|t| t.kind == DATASEC) {
-        let section = btf.name(sec);
-        if ![".rodata", ".data", ".bss"]
-            .iter()
-            .any(|p| section.starts_with(p))
-        {
-            continue;
-        }
-        for i in 0..usize::from(sec.vlen) {
-            let (var_id, secinfo_size) = (btf.data(sec, 3 * i)?, btf.data(sec, 3 * i + 2)?);
-            let var = btf.get(var_id)?;
-            if var.kind != VAR {
-                continue;
-            }
-            let size = btf.size(var.size_or_type, 0).unwrap_or(secinfo_size.into());
-            vars.insert(
-                btf.name(var).to_owned(),
-                GlobalVar {
-                    section: section.to_owned(),
-                    size,
-                    type_name: btf.spell(var.size_or_type, 0),
-                },
-            );
+    for (section, entries) in btf.data_sections()? {
+        for (var, size) in entries.into_iter().filter(|(v, _)| v.kind == VAR) {
+            let global = GlobalVar {
+                section: section.to_owned(),
+                size,
+                type_name: btf.spell(var.size_or_type, 0),
+            };
+            vars.insert(btf.name(&var).to_owned(), global);
         }
     }
     Some(vars)
 }
 
 /// The variables of each `.rodata*`, `.data*` and `.bss*` section, in the order the section
-/// holds them (clang writes a DATASEC in address order), each as `name: type (size)`; `None`
-/// when `raw` cannot be read. Two objects whose lists agree lay out that section alike: what
-/// decides whether a pinned internal map can serve a new load ([`super::internal_maps`]).
+/// holds them, each as `name: type (size)`; `None` when `raw` cannot be read. Two objects whose
+/// lists agree lay out that section alike: what decides whether a pinned internal map can serve
+/// a new load ([`super::internal_maps`]).
 pub fn section_layouts(raw: &[u8]) -> Option<BTreeMap<String, Vec<String>>> {
     let btf = Btf::parse(raw)?;
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for sec in btf.types.iter().filter(|t| t.kind == DATASEC) {
-        let section = btf.name(sec);
-        if ![".rodata", ".data", ".bss"]
-            .iter()
-            .any(|p| section.starts_with(p))
-        {
-            continue;
-        }
+    for (section, entries) in btf.data_sections()? {
         let vars = out.entry(section.to_owned()).or_default();
-        for i in 0..usize::from(sec.vlen) {
-            let (var_id, secinfo_size) = (btf.data(sec, 3 * i)?, btf.data(sec, 3 * i + 2)?);
-            let var = btf.get(var_id)?;
-            let size = btf.size(var.size_or_type, 0).unwrap_or(secinfo_size.into());
+        for (var, size) in entries {
             let ty = btf.spell(var.size_or_type, 0);
-            vars.push(format!("{}: {ty} ({size})", btf.name(var)));
+            vars.push(format!("{}: {ty} ({size})", btf.name(&var)));
         }
     }
     Some(out)

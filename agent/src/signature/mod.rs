@@ -102,19 +102,6 @@ fn remember(verified: &Verified) {
     map.insert(verified.digest.clone(), verified.clone());
 }
 
-/// The hook of the image pull: checks the signature of `image` (the reference as written),
-/// whose manifest digest is `digest`, with the installed policy; `cache_dir` keeps results.
-/// `opt_out` is the object's `spec.bytecode.skipSignatureVerification`.
-pub fn check(
-    cache_dir: Option<&Path>,
-    image: &str,
-    digest: &str,
-    opt_out: bool,
-    store: &mut dyn SignatureStore,
-) -> Result<(), ObjectError> {
-    installed().check(cache_dir, image, digest, opt_out, store)
-}
-
 impl Policy {
     /// What signatures are verified with, read now (a rotated Secret or ConfigMap counts).
     pub fn verifiers(&self) -> Verifiers {
@@ -134,7 +121,10 @@ impl Policy {
         }
     }
 
-    /// Checks one image's signature: `Ok` when verified (or the mode lets it pass).
+    /// Checks one image's signature: `Ok` when verified (or the mode lets it pass). The image
+    /// pull's hook, with the [`installed`] policy: `image` is the reference as written, `digest`
+    /// its manifest digest, `cache_dir` keeps results, and `opt_out` is the object's
+    /// `spec.bytecode.skipSignatureVerification`.
     pub fn check(
         &self,
         cache_dir: Option<&Path>,

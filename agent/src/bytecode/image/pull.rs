@@ -49,14 +49,15 @@ fn pull_image(
     let cache = fetcher.cache_dir.as_deref().map(Cache);
     let tag = tag_key(&image);
     let verify = |session: &mut Session, digest: &str| {
-        crate::signature::check(
-            fetcher.cache_dir.as_deref(),
-            reference,
-            digest,
-            skip_signature,
-            session,
-        )
-        .map_err(ImageError::Signature)
+        crate::signature::installed()
+            .check(
+                fetcher.cache_dir.as_deref(),
+                reference,
+                digest,
+                skip_signature,
+                session,
+            )
+            .map_err(ImageError::Signature)
     };
     if let (Some(cache), Some(digest)) = (&cache, &image.digest)
         && let Some(bytes) = cache.object_of_image(digest)

@@ -306,6 +306,20 @@ impl Holder {
     fn describe(&self) -> String {
         format!("program {} of object {}", self.program, self.object)
     }
+
+    /// Its slot in a dispatcher: its program `prog` (kernel id `id`) in place `share`.
+    fn slot(&self, share: Share, prog: PathBuf, id: u32) -> Slot {
+        Slot {
+            share,
+            name: format!("{}/{}", self.object, self.program),
+            who: self.describe(),
+            prog: Some(prog),
+            id,
+            owner: Owner::Bpfpin {
+                link: self.link.clone(),
+            },
+        }
+    }
 }
 
 fn names(holders: &[Holder]) -> String {
@@ -678,16 +692,7 @@ fn sync_interface(root: &Path, iface: &Iface<'_>) -> Result<(), DispatcherError>
                 chain_mask: mask_of(&[]),
             });
         missing.push(h.describe());
-        slots.push(Slot {
-            share,
-            name: format!("{}/{}", h.object, h.program),
-            who: h.describe(),
-            prog: Some(prog),
-            id,
-            owner: Owner::Bpfpin {
-                link: h.link.clone(),
-            },
-        });
+        slots.push(h.slot(share, prog, id));
     }
     let in_slots: Vec<u32> = slots.iter().map(|s| s.id).collect();
     if dropped.is_empty() && missing.is_empty() {

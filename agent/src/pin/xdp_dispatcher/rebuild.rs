@@ -188,16 +188,7 @@ pub(super) fn current_slots(
             .find(|h| matches!(h.kind, Some((LinkType::Tracing, p)) if p == id));
         match holder {
             Some(h) if drop_self(h) => dropped.push(id),
-            Some(h) => kept.push(Slot {
-                share,
-                name: format!("{}/{}", h.object, h.program),
-                who: h.describe(),
-                prog: Some(prog),
-                id,
-                owner: Owner::Bpfpin {
-                    link: h.link.clone(),
-                },
-            }),
+            Some(h) => kept.push(h.slot(share, prog, id)),
             // Its holder is gone. Only bpfpin attaches to a link-held dispatcher (libxdp
             // attaches through netlink, which the kernel refuses there).
             None if link_held || iface.ledger.knows(iface.ifindex, id) => dropped.push(id),

@@ -22,7 +22,7 @@ use crate::api::{
 };
 use crate::args::Args;
 use crate::host::{extra_args, log_file, memory_mib, pinned_prog_id, run, start_operator};
-use crate::stats::{Figure, Results, ms, percentile};
+use crate::stats::{Figure, Results, latencies, ms, percentile};
 use crate::{COUNTER_PROGRAMS, counter_object};
 
 /// Label on the bench's Nodes (selected by the objects) and on its BpfObjects.
@@ -401,10 +401,7 @@ impl Cluster<'_> {
             f.writes_by.entry(key).or_default().push(*v);
         }
         f.write_runs += 1;
-        let lat: Vec<f64> = names
-            .iter()
-            .map(|n| ms(ready[n].saturating_duration_since(created[n])))
-            .collect();
+        let lat = latencies(&names, &created, &ready);
         f.ready_p50.push(percentile(&lat, 50.0));
         f.ready_p99.push(percentile(&lat, 99.0));
         f.ready_max.push(percentile(&lat, 100.0));
@@ -547,10 +544,7 @@ impl Cluster<'_> {
             }
             fig.push(v);
         }
-        let lat: Vec<f64> = names
-            .iter()
-            .map(|n| ms(done[n].saturating_duration_since(deleted[n])))
-            .collect();
+        let lat = latencies(&names, &deleted, &done);
         f.delete_p50.push(percentile(&lat, 50.0));
         f.delete_p99.push(percentile(&lat, 99.0));
 

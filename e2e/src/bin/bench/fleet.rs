@@ -32,7 +32,7 @@ use crate::args::{Args, FleetArgs};
 use crate::counter_object;
 use crate::host::{log_file, memory_mib, mount_bpffs, start_operator_with, umount};
 use crate::sim::{SimArgs, Stats, Template};
-use crate::stats::{Figure, Results, ms, percentile};
+use crate::stats::{Figure, Results, latencies, ms, percentile};
 
 /// Label on the fleet's Nodes and BpfObjects.
 const FLEET: &str = "bpfpin-fleet";
@@ -507,10 +507,7 @@ impl Fleet<'_> {
         )
         .await?;
         let all_ready = Instant::now();
-        let lat: Vec<f64> = names
-            .iter()
-            .map(|nm| ms(ready[nm].saturating_duration_since(created[nm])))
-            .collect();
+        let lat = latencies(&names, &created, &ready);
         let rollout_cpu = cpu_seconds(self.operator_pid()?).unwrap_or(0.0) - cpu_before;
         let after = self.settle(Duration::from_secs(2)).await?;
         let api_after = scrape_api(&self.kubeconfig)?;
@@ -866,10 +863,7 @@ impl Fleet<'_> {
             "deleted",
         )
         .await?;
-        let lat: Vec<f64> = names
-            .iter()
-            .map(|nm| ms(gone[nm].saturating_duration_since(deleted[nm])))
-            .collect();
+        let lat = latencies(&names, &deleted, &gone);
         res.add(
             sec,
             "delete p50 (ms)",

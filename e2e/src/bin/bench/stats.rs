@@ -1,7 +1,7 @@
 //! Figures (a value per run, min/median/max), percentiles, and the table with the `bench:` line.
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use crate::args::Args;
 
@@ -53,6 +53,19 @@ pub fn percentile(sample: &[f64], p: f64) -> f64 {
 
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// The latency of each of `names` in ms: from its `from` instant to its `to` instant (0 when `to`
+/// is earlier).
+pub fn latencies(
+    names: &[String],
+    from: &HashMap<String, Instant>,
+    to: &HashMap<String, Instant>,
+) -> Vec<f64> {
+    names
+        .iter()
+        .map(|n| ms(to[n].saturating_duration_since(from[n])))
+        .collect()
 }
 
 /// A row of the table, in print order.

@@ -360,16 +360,9 @@ impl Chaos {
         for i in 0..self.slots.len() {
             let content = self.churn_rng.usize(..model::CONTENTS.len());
             let selector = self.churn_rng.usize(..model::SELECTORS);
-            let name = self.slots[i].name.clone();
-            let body = model::object(
-                &name,
-                model::churn_spec(&self.bytecode, content, selector),
-                content,
-                selector,
-            );
+            let body = self.churn_object(i, content, selector);
             self.create_object(body).await?;
             self.slots[i].known = Known::Present { content, selector };
-            self.slots[i].reload_causes += 1;
         }
         // Not under test yet (no fault so far): a slow machine gets more time.
         let bound = self.args.converge;
@@ -550,15 +543,16 @@ impl Chaos {
         }
     }
 
-    async fn create(&mut self, slot: usize, content: usize, selector: usize) {
-        let name = self.slots[slot].name.clone();
-        let body = model::object(
-            &name,
-            model::churn_spec(&self.bytecode, content, selector),
-            content,
-            selector,
-        );
+    /// The object of churn slot `slot` with content `content` and selector `selector`; pinning
+    /// it is one more reload of the slot.
+    fn churn_object(&mut self, slot: usize, content: usize, selector: usize) -> serde_json::Value {
         self.slots[slot].reload_causes += 1;
+        let spec = model::churn_spec(&self.bytecode, content, selector);
+        model::object(&self.slots[slot].name, spec, content, selector)
+    }
+
+    async fn create(&mut self, slot: usize, content: usize, selector: usize) {
+        let body = self.churn_object(slot, content, selector);
         self.slots[slot].touched = true;
         let r = match serde_json::from_value::<BpfObject>(body) {
             Ok(o) => call(self.objects().create(&PostParams::default(), &o))
