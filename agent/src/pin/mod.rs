@@ -20,4 +20,5 @@ pub mod map_memory;
 pub mod mounts;
 pub mod netns;
 pub mod reconcile;
+pub mod usdt_notes;
 pub mod xdp_dispatcher;
