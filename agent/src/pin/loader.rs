@@ -649,12 +649,16 @@ impl Attempt<'_> {
         kept: &mut Kept,
     ) -> Result<Vec<PathBuf>, LoadError> {
         let mut links = Vec::new();
+        let mut usdt_spec_ids = 0;
         for prog_spec in &self.req.spec.programs {
             let Some(attach) = self.attach.get(&prog_spec.name) else {
                 continue;
             };
             let name = prog_spec.name.as_str();
-            let points = AttachPoint::all(attach);
+            // A usdt point becomes one point per site, each with its spec in the object's
+            // __bpf_usdt_specs map (attach/usdt.rs).
+            let mut points = attach::usdt::expand(name, AttachPoint::all(attach))?;
+            attach::usdt::write_specs(ebpf, name, &mut points, &mut usdt_spec_ids)?;
             // sk_msg/sk_skb attach to a socket map of the object: its descriptor, taken before the
             // program is borrowed.
             let maps = attach::SockMaps::of(ebpf, &points)
