@@ -296,5 +296,41 @@ fn usdt_links_survive_the_reconciler_and_count_each_site() {
     assert_eq!(tree(&fs.root()), before);
     t.run(1);
     assert_eq!(stat(&fs, "s", ARGS_COUNT), 7 + 3);
-    let _ = AUTO_COUNT;
+}
+
+#[test]
+fn a_usdt_section_naming_the_probe_attaches_with_attach_empty() {
+    let fs = Bpffs::new();
+    let t = Target::build();
+    // usdt.bpf.c with USDT_AUTO_TARGET: SEC("usdt/<this target>:bpfpin:deref").
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("usdt_auto.bpf.c");
+    let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bpf/usdt.bpf.c");
+    std::fs::write(
+        &src,
+        format!(
+            "#define USDT_AUTO_TARGET \"{}\"\n#include \"{}\"\n",
+            t.bin.display(),
+            real.display()
+        ),
+    )
+    .expect("write");
+    let out = dir.path().join("usdt_auto.bpf.o");
+    compile(&src, &out);
+    let mut obj = desired("a", &spec(&[("auto_deref", "{}".into())]), "usdt");
+    obj.bytecode = Ok(std::fs::read(&out).expect("read"));
+    let mut r = Reconciler::new(fs.path()).expect("reconciler");
+    let report = r.reconcile(&[obj], &BTreeSet::new());
+    let o = &report.objects[0];
+    assert!(o.error.is_none(), "{:?}", o.error);
+    assert_eq!(
+        o.pinned.as_ref().expect("pinned").links,
+        vec![
+            fs.root()
+                .join("a/links/auto_deref/usdt-usdt_target-bpfpin-deref-0")
+        ]
+    );
+    t.run(6);
+    assert_eq!(stat(&fs, "a", AUTO_COUNT), 6);
+    assert_eq!(stat(&fs, "a", DEREF_COUNT), 0, "on_deref is not attached");
 }
