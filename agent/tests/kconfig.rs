@@ -55,6 +55,8 @@ fn kconfig_externs_read_the_kernel_configuration() {
     let mut r = Reconciler::new(fs.path()).expect("reconciler");
     let report = r.reconcile(&[desired("k", SPEC, "kconfig")], &BTreeSet::new());
     assert!(report.objects[0].error.is_none(), "{:?}", report.objects[0].error);
+    // The values live in the read-only internal map `.kconfig`, pinned like `.rodata`.
+    assert!(fs.root().join("k/globals/kconfig").exists(), "{:?}", tree(&fs.root().join("k")));
     getpid_n(1);
     let config = kernel_config();
     let tristate = |v: &str| match v {
