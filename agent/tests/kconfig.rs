@@ -54,9 +54,17 @@ fn kconfig_externs_read_the_kernel_configuration() {
     let fs = Bpffs::new();
     let mut r = Reconciler::new(fs.path()).expect("reconciler");
     let report = r.reconcile(&[desired("k", SPEC, "kconfig")], &BTreeSet::new());
-    assert!(report.objects[0].error.is_none(), "{:?}", report.objects[0].error);
+    assert!(
+        report.objects[0].error.is_none(),
+        "{:?}",
+        report.objects[0].error
+    );
     // The values live in the read-only internal map `.kconfig`, pinned like `.rodata`.
-    assert!(fs.root().join("k/globals/kconfig").exists(), "{:?}", tree(&fs.root().join("k")));
+    assert!(
+        fs.root().join("k/globals/kconfig").exists(),
+        "{:?}",
+        tree(&fs.root().join("k"))
+    );
     getpid_n(1);
     let config = kernel_config();
     let tristate = |v: &str| match v {
@@ -72,7 +80,12 @@ fn kconfig_externs_read_the_kernel_configuration() {
         .map(|n| n.parse().expect("a release number"))
         .collect();
     let code = (nums[0] << 16) | (nums[1] << 8) | nums[2].min(255);
-    assert_eq!(slot(&fs, 0), code, "LINUX_KERNEL_VERSION of {}", release.trim());
+    assert_eq!(
+        slot(&fs, 0),
+        code,
+        "LINUX_KERNEL_VERSION of {}",
+        release.trim()
+    );
     assert_eq!(slot(&fs, 1), 1, "LINUX_HAS_BPF_COOKIE (Linux 5.15+)");
     assert_eq!(slot(&fs, 2), 1, "CONFIG_BPF_SYSCALL=y");
     assert_eq!(slot(&fs, 3), tristate(option(&config, "CONFIG_BPF_JIT")));
@@ -99,7 +112,10 @@ fn a_kconfig_extern_no_kernel_has_fails_the_load_naming_it() {
     let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bpf/kconfig.bpf.c");
     std::fs::write(
         &src,
-        format!("#define KCONFIG_STRONG_MISSING\n#include \"{}\"\n", real.display()),
+        format!(
+            "#define KCONFIG_STRONG_MISSING\n#include \"{}\"\n",
+            real.display()
+        ),
     )
     .expect("write");
     let out = dir.join("kconfig_strong.bpf.o");

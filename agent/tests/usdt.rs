@@ -255,7 +255,10 @@ fn a_probe_the_target_does_not_have_fails_naming_it_and_pins_nothing() {
     );
 
     let err = pin_err(&fs, &[("on_lib", usdt(&t.lib, "nosuch", "call"))]);
-    assert!(err.message.contains("has no USDT probe nosuch:call"), "{err}");
+    assert!(
+        err.message.contains("has no USDT probe nosuch:call"),
+        "{err}"
+    );
 
     // A file without notes, and a missing file.
     let plain = Path::new(env!("CARGO_TARGET_TMPDIR")).join("usdt_no_notes");
@@ -292,7 +295,11 @@ fn usdt_links_survive_the_reconciler_and_count_each_site() {
         )],
         &BTreeSet::new(),
     );
-    assert!(report.objects[0].error.is_none(), "{:?}", report.objects[0].error);
+    assert!(
+        report.objects[0].error.is_none(),
+        "{:?}",
+        report.objects[0].error
+    );
     assert_eq!(tree(&fs.root()), before);
     t.run(1);
     assert_eq!(stat(&fs, "s", ARGS_COUNT), 7 + 3);

@@ -67,8 +67,7 @@ mod tests {
     use crate::BpfObjectSpec;
 
     fn check(attach: &str) -> Result<(), String> {
-        let yaml =
-            format!("bytecode: {{path: x.o}}\nprograms:\n- name: p\n  attach: {attach}\n");
+        let yaml = format!("bytecode: {{path: x.o}}\nprograms:\n- name: p\n  attach: {attach}\n");
         let spec: BpfObjectSpec = serde_yaml::from_str(&yaml).map_err(|e| e.to_string())?;
         spec.validate("x").map_err(|e| e.to_string())
     }
@@ -81,8 +80,14 @@ mod tests {
         );
         for (bad, field) in [
             ("{usdt: {target: x, provider: p, name: n}}", "usdt.target"),
-            ("{usdt: {target: /a/../b, provider: p, name: n}}", "usdt.target"),
-            ("{usdt: {target: /a, provider: 'p-q', name: n}}", "usdt.provider"),
+            (
+                "{usdt: {target: /a/../b, provider: p, name: n}}",
+                "usdt.target",
+            ),
+            (
+                "{usdt: {target: /a, provider: 'p-q', name: n}}",
+                "usdt.provider",
+            ),
             ("{usdt: {target: /a, provider: p, name: 9n}}", "usdt.name"),
             (
                 "{usdt: {target: /a, provider: p, name: n}, uprobe: {target: /a, symbol: s}}",

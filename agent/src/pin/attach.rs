@@ -424,7 +424,7 @@ pub enum TargetError {
     NotSockMap(String, String),
     /// A USDT target, its notes or the object's spec map (`attach/usdt.rs`).
     #[error(transparent)]
-    Usdt(UsdtError),
+    Usdt(Box<UsdtError>),
 }
 
 /// One program at one point: what every error of an attachment names.

@@ -833,9 +833,17 @@ mod tests {
         );
         assert!(matches!(
             derived("usdt"),
-            Err(AutoAttachError::NotNamed(_, _, "usdt.target, usdt.provider and usdt.name"))
+            Err(AutoAttachError::NotNamed(
+                _,
+                _,
+                "usdt.target, usdt.provider and usdt.name"
+            ))
         ));
-        for bad in ["usdt/libc.so.6:libc:setjmp", "usdt//bin/x:setjmp", "usdt//bin/x::n"] {
+        for bad in [
+            "usdt/libc.so.6:libc:setjmp",
+            "usdt//bin/x:setjmp",
+            "usdt//bin/x::n",
+        ] {
             assert!(
                 matches!(derived(bad), Err(AutoAttachError::Malformed(..))),
                 "{bad}"
@@ -844,8 +852,9 @@ mod tests {
         let spec = attach("{usdt: {target: /bin/x, provider: p, name: other}}");
         let err = resolve("p", "usdt//bin/x:p:n", &spec).expect_err("contradiction");
         assert!(
-            err.to_string()
-                .contains("attach.usdt is /bin/x:p:other, but its section `usdt//bin/x:p:n` names /bin/x:p:n"),
+            err.to_string().contains(
+                "attach.usdt is /bin/x:p:other, but its section `usdt//bin/x:p:n` names /bin/x:p:n"
+            ),
             "{err}"
         );
         let same = attach("{usdt: {target: /bin/x, provider: p, name: n}}");

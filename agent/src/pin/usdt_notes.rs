@@ -197,7 +197,9 @@ pub fn parse_arg(text: &str) -> Result<UsdtArg, &'static str> {
     } else if location.starts_with('%') {
         ArgLocation::Reg(reg(location)?)
     } else if let Some((off, rest)) = location.split_once('(') {
-        let inner = rest.strip_suffix(')').ok_or("a memory operand must end with )")?;
+        let inner = rest
+            .strip_suffix(')')
+            .ok_or("a memory operand must end with )")?;
         if inner.contains(',') {
             return Err("indexed memory operands are not supported (as in libbpf)");
         }
@@ -354,7 +356,9 @@ pub fn parse(elf: &[u8]) -> Result<Vec<UsdtSite>, NotesError> {
             continue;
         }
         if desc.len() < 24 {
-            return Err(NotesError::Malformed("a stapsdt note shorter than its addresses"));
+            return Err(NotesError::Malformed(
+                "a stapsdt note shorter than its addresses",
+            ));
         }
         let addr = |i: usize| u64::from_le_bytes(desc[i * 8..i * 8 + 8].try_into().expect("8"));
         let (mut pc, note_base, mut semaphore) = (addr(0), addr(1), addr(2));
@@ -371,8 +375,8 @@ pub fn parse(elf: &[u8]) -> Result<Vec<UsdtSite>, NotesError> {
                 semaphore = semaphore.wrapping_add(delta);
             }
         }
-        let offset =
-            file_offset(pc).ok_or_else(|| NotesError::Unmapped(provider.clone(), name.clone(), pc))?;
+        let offset = file_offset(pc)
+            .ok_or_else(|| NotesError::Unmapped(provider.clone(), name.clone(), pc))?;
         let semaphore_offset = if semaphore == 0 {
             0
         } else {
@@ -429,10 +433,7 @@ mod tests {
         assert_eq!(a("-4@$42").location, ArgLocation::Const(42));
         assert_eq!(a("-2@$-1").location, ArgLocation::Const(-1));
         assert_eq!(a("8@$0x10").location, ArgLocation::Const(16));
-        assert_eq!(
-            a("-4@-20(%rbp)").location,
-            ArgLocation::RegDeref(32, -20)
-        );
+        assert_eq!(a("-4@-20(%rbp)").location, ArgLocation::RegDeref(32, -20));
         assert_eq!(a("8@(%rax)").location, ArgLocation::RegDeref(80, 0));
         for bad in [
             "4%edi",
@@ -506,7 +507,11 @@ mod tests {
 
     /// `readelf -n`'s view of the notes: (provider, name, location, semaphore, arguments).
     fn readelf(path: &Path) -> Vec<(String, String, u64, u64, String)> {
-        let out = Command::new("readelf").arg("-n").arg(path).output().unwrap();
+        let out = Command::new("readelf")
+            .arg("-n")
+            .arg(path)
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         let mut notes = Vec::new();
         let mut cur: Option<(String, String, u64, u64, String)> = None;
@@ -538,15 +543,15 @@ mod tests {
         assert_eq!(sites.len(), 5, "{sites:#?}");
         assert_eq!(sites.len(), expected.len());
         for (s, (p, n, pc, sem, args)) in sites.iter().zip(&expected) {
-            assert_eq!((&s.provider, &s.name, s.pc, &s.args_text), (p, n, *pc, args));
+            assert_eq!(
+                (&s.provider, &s.name, s.pc, &s.args_text),
+                (p, n, *pc, args)
+            );
             assert_eq!(s.semaphore_offset != 0, *sem != 0, "{s}");
             assert_eq!(s.args.len(), args.split_whitespace().count());
         }
         let count = |n: &str| sites.iter().filter(|s| s.name == n).count();
-        assert_eq!(
-            (count("args"), count("deref"), count("guarded")),
-            (3, 1, 1)
-        );
+        assert_eq!((count("args"), count("deref"), count("guarded")), (3, 1, 1));
         // The guarded probe's semaphore: a u16 in .probes, found through its data segment.
         let guarded = sites.iter().find(|s| s.name == "guarded").unwrap();
         assert_ne!(guarded.semaphore_offset, 0);

@@ -157,7 +157,11 @@ pub(crate) fn expand(
             continue;
         }
         let fail = |e: UsdtError| {
-            AttachError::Target(program.to_owned(), u.describe(), TargetError::Usdt(e))
+            AttachError::Target(
+                program.to_owned(),
+                u.describe(),
+                TargetError::Usdt(Box::new(e)),
+            )
         };
         let sites = read_sites(&u.target).map_err(|e| match e {
             Ok(e) => fail(e),
@@ -226,7 +230,11 @@ pub(crate) fn write_specs(
         return Ok(());
     }
     let fail = |point: &UsdtPoint, e: UsdtError| {
-        AttachError::Target(program.to_owned(), point.describe(), TargetError::Usdt(e))
+        AttachError::Target(
+            program.to_owned(),
+            point.describe(),
+            TargetError::Usdt(Box::new(e)),
+        )
     };
     let first = points
         .iter()
@@ -259,13 +267,13 @@ pub(crate) fn write_specs(
         let Some((_, site, spec_id)) = u.site.as_mut() else {
             continue;
         };
-        specs
-            .set(id, site.spec_bytes(), 0)
-            .map_err(|e| AttachError::Target(
+        specs.set(id, site.spec_bytes(), 0).map_err(|e| {
+            AttachError::Target(
                 program.to_owned(),
                 format!("USDT {}:{} of {}", u.provider, u.name, u.target),
-                TargetError::Usdt(UsdtError::WriteSpec(id, e)),
-            ))?;
+                TargetError::Usdt(Box::new(UsdtError::WriteSpec(id, e))),
+            )
+        })?;
         *spec_id = id;
         *next_id += 1;
     }
