@@ -341,3 +341,41 @@ fn a_usdt_section_naming_the_probe_attaches_with_attach_empty() {
     assert_eq!(stat(&fs, "a", AUTO_COUNT), 6);
     assert_eq!(stat(&fs, "a", DEREF_COUNT), 0, "on_deref is not attached");
 }
+
+#[test]
+fn a_usdt_probe_scoped_to_one_process() {
+    use std::io::Write as _;
+    let fs = Bpffs::new();
+    let t = Target::build();
+    // The target waits for a line before it fires its probes: the probe is attached in between.
+    let mut child = Command::new(&t.bin)
+        .args(["3", "wait"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn usdt_target");
+    let pid = child.id();
+    let attach = format!(
+        "{{usdt: {{target: {}, provider: bpfpin, name: deref, pid: {pid}}}}}",
+        t.bin.display()
+    );
+    let links = pin(&fs, "p", &[("on_deref", attach)]);
+    assert_eq!(
+        links,
+        vec![fs.root().join(format!(
+            "p/links/on_deref/usdt-usdt_target-bpfpin-deref-0-pid{pid}"
+        ))]
+    );
+    // Another process running the same file is not counted.
+    t.run(5);
+    assert_eq!(stat(&fs, "p", DEREF_COUNT), 0);
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("write");
+    assert!(child.wait().expect("wait").success());
+    assert_eq!(stat(&fs, "p", DEREF_COUNT), 3);
+    assert_eq!(stat(&fs, "p", DEREF_SUM0), 3 * (1 + 2 + 3));
+}
