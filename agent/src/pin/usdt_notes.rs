@@ -290,24 +290,25 @@ pub fn parse(elf: &[u8]) -> Result<Vec<UsdtSite>, NotesError> {
     // PT_LOAD segments: (vaddr, offset, filesz).
     let mut loads = Vec::new();
     for i in 0..u64::from(phnum) {
-        let at = phoff + i * u64::from(phentsize);
+        // Offsets from the file wrap instead of overflowing; `bytes` refuses what lands outside.
+        let at = phoff.wrapping_add(i * u64::from(phentsize));
         if r.u32(at, "program header")? == 1 {
             loads.push((
-                r.u64(at + 16, "p_vaddr")?,
-                r.u64(at + 8, "p_offset")?,
-                r.u64(at + 32, "p_filesz")?,
+                r.u64(at.wrapping_add(16), "p_vaddr")?,
+                r.u64(at.wrapping_add(8), "p_offset")?,
+                r.u64(at.wrapping_add(32), "p_filesz")?,
             ));
         }
     }
     let mut sections = Vec::new();
     for i in 0..u64::from(shnum) {
-        let at = shoff + i * u64::from(shentsize);
+        let at = shoff.wrapping_add(i * u64::from(shentsize));
         sections.push(Section {
             name: r.u32(at, "section header")?,
-            kind: r.u32(at + 4, "sh_type")?,
-            addr: r.u64(at + 16, "sh_addr")?,
-            offset: r.u64(at + 24, "sh_offset")?,
-            size: r.u64(at + 32, "sh_size")?,
+            kind: r.u32(at.wrapping_add(4), "sh_type")?,
+            addr: r.u64(at.wrapping_add(16), "sh_addr")?,
+            offset: r.u64(at.wrapping_add(24), "sh_offset")?,
+            size: r.u64(at.wrapping_add(32), "sh_size")?,
         });
     }
     let strtab = sections
@@ -331,7 +332,7 @@ pub fn parse(elf: &[u8]) -> Result<Vec<UsdtSite>, NotesError> {
         loads
             .iter()
             .find(|&&(vaddr, _, filesz)| addr >= vaddr && addr - vaddr < filesz)
-            .map(|&(vaddr, off, _)| addr - vaddr + off)
+            .map(|&(vaddr, off, _)| (addr - vaddr).wrapping_add(off))
     };
 
     let mut sites = Vec::new();
@@ -348,9 +349,11 @@ pub fn parse(elf: &[u8]) -> Result<Vec<UsdtSite>, NotesError> {
             .checked_add(align4(descsz))
             .ok_or(NotesError::Malformed("note size"))?;
         let desc = data
-            .get(desc_at..desc_at + descsz)
+            .get(desc_at..desc_at.saturating_add(descsz))
             .ok_or(NotesError::Malformed("a note runs past its section"))?;
-        let owner = data.get(name_at..name_at + namesz).unwrap_or_default();
+        let owner = data
+            .get(name_at..name_at.saturating_add(namesz))
+            .unwrap_or_default();
         at = next;
         if kind != 3 || owner != b"stapsdt\0" {
             continue;
@@ -585,6 +588,29 @@ mod tests {
         // An ELF without probes (this test binary itself has none).
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         assert_eq!(parse(&me), Err(NotesError::NoNotes));
+        // Corrupted anywhere (headers, tables, notes): an error or other sites, never a panic.
+        // The bytes that are read: the ELF and program headers, the section headers at the end,
+        // and the notes (found by their owner string).
+        let notes = bytes
+            .windows(8)
+            .position(|w| w == b"stapsdt\0")
+            .expect("a stapsdt note")
+            - 12;
+        let regions = [(0, 0x400), (bytes.len() - 0x800, 0x800), (notes, 0x1a0)];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut errors = 0;
+        for round in 0..6000 {
+            let mut bad = bytes.clone();
+            let (start, len) = regions[round % regions.len()];
+            for _ in 0..3 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                bad[start + (seed as usize) % len] = (seed >> 40) as u8;
+            }
+            errors += usize::from(parse(&bad).is_err());
+        }
+        assert!(errors > 100, "the corruptions are seen ({errors} errors)");
         // Truncated: the section headers are gone.
         assert!(matches!(
             parse(&bytes[..bytes.len() / 2]),
