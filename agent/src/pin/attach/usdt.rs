@@ -197,15 +197,38 @@ pub(crate) fn expand(
     Ok(out)
 }
 
+/// The identity of a file's contents as `fstat` gives it: device, inode, size, modification
+/// time. The notes of a file whose identity did not change are not read again (the reconciler
+/// checks an adopted object's links on every pass).
+type FileKey = (u64, u64, u64, i64, i64);
+
+/// The sites of the files read last, by target path.
+static SITES: std::sync::Mutex<Vec<(String, FileKey, Vec<UsdtSite>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// At most this many files' sites are remembered.
+const SITES_CACHED: usize = 32;
+
 /// The USDT sites of a file, read through a descriptor checked to be a regular file.
 fn read_sites(target: &str) -> Result<Vec<UsdtSite>, Result<UsdtError, TargetError>> {
+    use std::os::unix::fs::MetadataExt as _;
     let checked = open_uprobe_target(target).map_err(Err)?;
     let mut file = std::fs::File::open(crate::fd::fd_path(&checked))
         .map_err(|e| Ok(UsdtError::Read(target.to_owned(), e)))?;
-    let len = file
+    let meta = file
         .metadata()
-        .map_err(|e| Ok(UsdtError::Read(target.to_owned(), e)))?
-        .len();
+        .map_err(|e| Ok(UsdtError::Read(target.to_owned(), e)))?;
+    let len = meta.len();
+    let key = (meta.dev(), meta.ino(), len, meta.mtime(), meta.mtime_nsec());
+    let cached = SITES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .find(|(t, k, _)| t == target && *k == key)
+        .map(|(_, _, sites)| sites.clone());
+    if let Some(sites) = cached {
+        return Ok(sites);
+    }
     if len > MAX_TARGET_SIZE {
         return Err(Ok(UsdtError::TooLarge(target.to_owned(), len)));
     }
@@ -214,7 +237,17 @@ fn read_sites(target: &str) -> Result<Vec<UsdtSite>, Result<UsdtError, TargetErr
         .take(MAX_TARGET_SIZE)
         .read_to_end(&mut bytes)
         .map_err(|e| Ok(UsdtError::Read(target.to_owned(), e)))?;
-    usdt_notes::parse(&bytes).map_err(|e| Ok(UsdtError::Notes(target.to_owned(), e)))
+    let sites =
+        usdt_notes::parse(&bytes).map_err(|e| Ok(UsdtError::Notes(target.to_owned(), e)))?;
+    let mut cache = SITES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    cache.retain(|(t, ..)| t != target);
+    if cache.len() >= SITES_CACHED {
+        cache.remove(0);
+    }
+    cache.push((target.to_owned(), key, sites.clone()));
+    Ok(sites)
 }
 
 /// Numbers the USDT sites of `points` from `*next_id` and writes each one's argument spec into
