@@ -13,8 +13,6 @@
 //! variables made allocated globals with their offsets (the kernel refuses extern variables).
 //! [`Object::set_kconfig`] fills the values before the maps are made.
 
-
-
 use object::SectionIndex;
 
 use crate::{
@@ -81,7 +79,9 @@ pub enum KconfigValue {
 #[derive(Debug, thiserror::Error)]
 pub enum KconfigError {
     /// The type of a `.kconfig` variable is not one libbpf accepts either.
-    #[error("kconfig extern {name}: unsupported type (bool, char, an enum, an integer or a char array)")]
+    #[error(
+        "kconfig extern {name}: unsupported type (bool, char, an enum, an integer or a char array)"
+    )]
     UnsupportedType {
         /// The variable.
         name: String,
@@ -132,9 +132,11 @@ pub fn parse_kconfig(text: &str) -> HashMap<String, KconfigValue> {
             "y" => KconfigValue::Tristate(b'y'),
             "m" => KconfigValue::Tristate(b'm'),
             "n" => KconfigValue::Tristate(b'n'),
-            v if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') => {
-                KconfigValue::String(v[1..v.len() - 1].replace("\\\"", "\"").replace("\\\\", "\\"))
-            }
+            v if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') => KconfigValue::String(
+                v[1..v.len() - 1]
+                    .replace("\\\"", "\"")
+                    .replace("\\\\", "\\"),
+            ),
             v => {
                 let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
                     Some(hex) => i64::from_str_radix(hex, 16).ok(),
@@ -240,7 +242,9 @@ impl Object {
             }
         }
         for e in &externs {
-            let _ = self.symbol_offset_by_name.insert(e.name.clone(), e.offset as u64);
+            let _ = self
+                .symbol_offset_by_name
+                .insert(e.name.clone(), e.offset as u64);
             for sym in self.symbol_table.values_mut() {
                 if sym.section_index.is_none() && sym.name.as_deref() == Some(e.name.as_str()) {
                     sym.section_index = Some(KCONFIG_SECTION_INDEX);
@@ -358,6 +362,90 @@ fn write_int(slot: &mut [u8], n: u64, endianness: object::Endianness) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An object with these externs laid out one after another, as `collect_kconfig` would.
+    fn object(externs: &[(&str, usize, KconfigKind, bool)]) -> Object {
+        let mut obj = Object::new(
+            object::Endianness::Little,
+            std::ffi::CString::new("GPL").unwrap(),
+            None,
+        );
+        let mut offset = 0;
+        for &(name, size, kind, weak) in externs {
+            obj.kconfig_externs.push(KconfigExtern {
+                name: name.into(),
+                offset,
+                size,
+                kind,
+                weak,
+            });
+            offset += size;
+        }
+        drop(obj.maps.insert(
+            KCONFIG_SECTION.into(),
+            Map::Legacy(LegacyMap {
+                def: bpf_map_def::default(),
+                inner_def: None,
+                section_index: KCONFIG_SECTION_INDEX,
+                section_kind: EbpfSectionKind::Rodata,
+                symbol_index: None,
+                data: vec![0xaa; offset],
+            }),
+        ));
+        obj
+    }
+
+    fn data(obj: &Object) -> &[u8] {
+        obj.maps[KCONFIG_SECTION].data()
+    }
+
+    #[test]
+    fn values_follow_libbpfs_rules() {
+        use KconfigKind::*;
+        let mut obj = object(&[
+            ("B", 1, Bool, false),
+            ("C", 1, Char, false),
+            ("T", 4, Tristate, false),
+            ("I", 2, Int { signed: true }, false),
+            ("U", 8, Int { signed: false }, false),
+            ("S", 4, CharArray, false),
+            ("W", 4, Int { signed: false }, true),
+        ]);
+        let config = parse_kconfig(
+            "B=\nCONFIG_B=y\nCONFIG_C=m\nCONFIG_T=m\nCONFIG_I=-2\nCONFIG_U=0x10\nCONFIG_S=\"abcdef\"\n",
+        );
+        let value = |name: &str| config.get(&format!("CONFIG_{name}")).cloned();
+        obj.set_kconfig(value).unwrap();
+        assert_eq!(
+            data(&obj),
+            &[
+                1, b'm', 2, 0, 0, 0, 0xfe, 0xff, 0x10, 0, 0, 0, 0, 0, 0, 0, b'a', b'b', b'c', 0, 0,
+                0, 0, 0
+            ]
+        );
+
+        // A strong extern without a value, and values that do not fit.
+        let mut obj = object(&[("X", 1, Bool, false)]);
+        let err = obj.set_kconfig(|_| None).unwrap_err();
+        assert!(matches!(err, KconfigError::Unresolved { ref name } if name == "X"));
+        let err = obj
+            .set_kconfig(|_| Some(KconfigValue::Tristate(b'm')))
+            .unwrap_err();
+        assert!(matches!(err, KconfigError::BadValue { .. }), "{err}");
+        let mut obj = object(&[("X", 1, Int { signed: false }, false)]);
+        let err = obj
+            .set_kconfig(|_| Some(KconfigValue::Number(256)))
+            .unwrap_err();
+        assert!(err.to_string().contains("value 256 does not fit"), "{err}");
+        let mut obj = object(&[("X", 1, Int { signed: true }, false)]);
+        obj.set_kconfig(|_| Some(KconfigValue::Number(-128)))
+            .unwrap();
+        assert_eq!(data(&obj), &[0x80]);
+        let err = obj
+            .set_kconfig(|_| Some(KconfigValue::String("s".into())))
+            .unwrap_err();
+        assert!(matches!(err, KconfigError::BadValue { .. }), "{err}");
+    }
 
     #[test]
     fn config_lines() {

@@ -589,7 +589,12 @@ impl Object {
         Ok(bpf_obj)
     }
 
-    fn new(endianness: Endianness, license: CString, kernel_version: Option<u32>) -> Self {
+    // bpfpin patch: pub(crate), for the unit tests of `kconfig`.
+    pub(crate) fn new(
+        endianness: Endianness,
+        license: CString,
+        kernel_version: Option<u32>,
+    ) -> Self {
         Self {
             endianness,
             license,
