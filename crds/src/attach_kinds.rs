@@ -181,6 +181,7 @@ impl Attach {
             self.sk_skb.is_some(),
             self.perf_event.is_some(),
             self.iter.is_some(),
+            self.usdt.is_some(),
         ]
         .iter()
         .filter(|k| **k)

@@ -234,7 +234,7 @@ pub struct ProgramSpec {
 /// `fentry/<function>`, `iter/<type>`, ...); a kind whose target contradicts the section is
 /// refused (`InvalidSpec`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(validation = Rule::new("[has(self.tracepoint), has(self.xdp), has(self.tc), has(self.kprobe), has(self.uprobe), has(self.fentry), has(self.fexit), has(self.cgroupSkb), has(self.rawTracepoint), has(self.sockOps), has(self.cgroupSockAddr), has(self.cgroupSock), has(self.cgroupSysctl), has(self.cgroupSockopt), has(self.cgroupDevice), has(self.skLookup), has(self.skMsg), has(self.skSkb), has(self.perfEvent), has(self.iter)].filter(x, x).size() <= 1").message("at most one attach kind may be set (none: the attach point comes from the program's section)"))]
+#[x_kube(validation = Rule::new("[has(self.tracepoint), has(self.xdp), has(self.tc), has(self.kprobe), has(self.uprobe), has(self.fentry), has(self.fexit), has(self.cgroupSkb), has(self.rawTracepoint), has(self.sockOps), has(self.cgroupSockAddr), has(self.cgroupSock), has(self.cgroupSysctl), has(self.cgroupSockopt), has(self.cgroupDevice), has(self.skLookup), has(self.skMsg), has(self.skSkb), has(self.perfEvent), has(self.iter), has(self.usdt)].filter(x, x).size() <= 1").message("at most one attach kind may be set (none: the attach point comes from the program's section)"))]
 #[serde(rename_all = "camelCase")]
 pub struct Attach {
     /// A kernel tracepoint (`/sys/kernel/tracing/events/<category>/<name>`). Link name:
@@ -337,6 +337,12 @@ pub struct Attach {
     /// type comes from the section.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iter: Option<IterAttach>,
+
+    /// `SEC("usdt")` (a program using libbpf's `<bpf/usdt.bpf.h>`): every site of a USDT probe
+    /// of a binary or shared library, one link per site, named
+    /// `usdt-<file>-<provider>-<name>-<site>` (`site` from 0, in the file's note order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usdt: Option<crate::usdt::UsdtAttach>,
 }
 
 /// A tc (tcx) attach point.
@@ -1145,6 +1151,7 @@ impl BpfObjectSpec {
                 attach.validate_pods(&format!("spec.programs[{i}].attach"))?;
                 let at = |kind: &str| format!("spec.programs[{i}].attach.{kind}");
                 attach.validate_more(&at)?;
+                attach.validate_usdt(&at)?;
                 if let Some(t) = &attach.tracepoint {
                     validate_symbol(&at("tracepoint.category"), &t.category, 64)?;
                     validate_symbol(&at("tracepoint.name"), &t.name, 128)?;

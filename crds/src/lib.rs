@@ -16,6 +16,7 @@ pub mod heartbeat;
 pub mod node_state;
 pub mod reason;
 pub mod selector;
+pub mod usdt;
 pub mod validation;
 
 pub use bpf_object::{

@@ -26,6 +26,9 @@ use crate::error::{Reason, StatusError, sources};
 mod more;
 pub(crate) use more::SockMaps;
 pub use more::{CgroupHook, MorePoint, Sample};
+// The usdt kind (a uprobe per site of a USDT probe, libbpf's usdt.bpf.h) lives in its own file.
+pub(crate) mod usdt;
+pub use usdt::{UsdtError, UsdtPoint};
 
 /// One attach point of a program (an `xdp` entry with three interfaces is three points).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +74,8 @@ pub enum AttachPoint {
     },
     /// One of issue 13's kinds (see `attach/more.rs`).
     More(MorePoint),
+    /// A USDT probe, or once expanded one of its sites (see `attach/usdt.rs`).
+    Usdt(UsdtPoint),
 }
 
 fn direction_name(d: Direction) -> &'static str {
@@ -121,6 +126,7 @@ impl AttachPoint {
         ];
         points.extend(one.into_iter().flatten());
         more::points(attach, &mut points);
+        points.extend(UsdtPoint::of(attach).map(AttachPoint::Usdt));
         points
     }
 
@@ -188,6 +194,7 @@ impl AttachPoint {
                 encode_name(cgroup.trim_start_matches('/'))
             ),
             AttachPoint::More(p) => p.link_name(),
+            AttachPoint::Usdt(p) => p.link_name(),
         }
     }
 
@@ -215,6 +222,7 @@ impl AttachPoint {
                 format!("cgroup_skb {} on {cgroup}", direction_name(*direction))
             }
             AttachPoint::More(p) => p.describe(),
+            AttachPoint::Usdt(p) => p.describe(),
         }
     }
 
@@ -231,6 +239,7 @@ impl AttachPoint {
             AttachPoint::Fexit(_) => "an fexit program (SEC(\"fexit/...\"))",
             AttachPoint::CgroupSkb { .. } => "a cgroup_skb program (SEC(\"cgroup_skb/...\"))",
             AttachPoint::More(p) => p.wants(),
+            AttachPoint::Usdt(_) => "a usdt program (SEC(\"usdt\"), built with <bpf/usdt.bpf.h>)",
         }
     }
 }
@@ -370,6 +379,9 @@ pub enum TargetError {
     /// The map is not a socket map: `(map, its type)`.
     #[error("map {0} has type {1}, not SockMap or SockHash")]
     NotSockMap(String, String),
+    /// A USDT target, its notes or the object's spec map (`attach/usdt.rs`).
+    #[error(transparent)]
+    Usdt(Box<UsdtError>),
 }
 
 /// One program at one point: what every error of an attachment names.
@@ -580,6 +592,7 @@ impl AttachPoint {
                 fd_link!(at, prog, prog.attach(&file, kind, CgroupAttachMode::Single))?.into()
             }
             AttachPoint::More(p) => p.link(program, at, maps)?.into(),
+            AttachPoint::Usdt(p) => p.link(program, at)?.into(),
         };
         Ok(linked)
     }

@@ -34,6 +34,8 @@ pub enum Derive {
     Fexit,
     /// `iter/<type>`: the whole iterator.
     Iter,
+    /// `usdt/<path>:<provider>:<name>`: the whole USDT probe (`attach/usdt.rs`).
+    Usdt,
     /// `cgroup_skb/<direction>`: the direction; the manifest gives the cgroup.
     CgroupSkb(Direction),
     /// `tc/<direction>`, `tcx/<direction>`: the direction; the manifest gives the interfaces.
@@ -93,8 +95,10 @@ pub const PREFIXES: &[(&str, Derive)] = prefixes! {
     "uretprobe" => Needs("uprobe.target and uprobe.symbol"),
     "uprobe.s" => Needs("uprobe.target and uprobe.symbol"),
     "uretprobe.s" => Needs("uprobe.target and uprobe.symbol"),
-    "usdt" => Nothing("USDT probes are not attached by bpfpin (load and pin only)"),
-    "usdt.s" => Nothing("USDT probes are not attached by bpfpin (load and pin only)"),
+    "usdt/" => Usdt,
+    "usdt.s/" => Usdt,
+    "usdt" => Needs("usdt.target, usdt.provider and usdt.name"),
+    "usdt.s" => Needs("usdt.target, usdt.provider and usdt.name"),
     "fentry/" => Fentry,
     "fentry.s/" => Fentry,
     "fexit/" => Fexit,
@@ -330,6 +334,24 @@ fn named(derive: Derive, rest: &str) -> Result<Attach, &'static str> {
             })
         }
         Derive::Iter => a.iter = Some(IterAttach {}),
+        Derive::Usdt => {
+            // libbpf: `usdt/<path>:<provider>:<name>`; bpfpin reads the notes of an absolute path.
+            let form = "usdt/<absolute path>:<provider>:<name>";
+            let mut parts = rest.rsplitn(3, ':');
+            let (name, provider, target) = (parts.next(), parts.next(), parts.next());
+            let (Some(name), Some(provider), Some(target)) = (name, provider, target) else {
+                return Err(form);
+            };
+            if !target.starts_with('/') || provider.is_empty() || name.is_empty() {
+                return Err(form);
+            }
+            a.usdt = Some(bpfpin_crds::usdt::UsdtAttach {
+                target: target.into(),
+                provider: provider.into(),
+                name: name.into(),
+                pid: None,
+            });
+        }
         _ => {}
     }
     Ok(a)
@@ -384,6 +406,13 @@ fn contradiction(
         Derive::Tc(d) => {
             let spec = attach.tc.as_ref()?.direction;
             differ("tc.direction", &format!("{spec:?}"), &format!("{d:?}"))
+        }
+        Derive::Usdt => {
+            let (s, n) = (attach.usdt.as_ref()?, named(derive, rest).ok()?.usdt?);
+            let probe = |u: &bpfpin_crds::usdt::UsdtAttach| {
+                format!("{}:{}:{}", u.target, u.provider, u.name)
+            };
+            differ("usdt", &probe(s), &probe(&n))
         }
         Derive::Iter | Derive::Needs(_) | Derive::Elsewhere(_) | Derive::Nothing(_) => None,
     }
@@ -786,5 +815,44 @@ mod tests {
             let got = resolve("p", section, &a).expect(section);
             assert!(matches!(got, Cow::Borrowed(_)), "{section}");
         }
+    }
+
+    #[test]
+    fn usdt_sections_name_the_probe() {
+        let a = derived("usdt//usr/lib/libc.so.6:libc:setjmp").expect("derived");
+        let u = a.usdt.expect("usdt");
+        assert_eq!(
+            (u.target.as_str(), u.provider.as_str(), u.name.as_str()),
+            ("/usr/lib/libc.so.6", "libc", "setjmp")
+        );
+        assert!(matches!(
+            derived("usdt"),
+            Err(AutoAttachError::NotNamed(
+                _,
+                _,
+                "usdt.target, usdt.provider and usdt.name"
+            ))
+        ));
+        for bad in [
+            "usdt/libc.so.6:libc:setjmp",
+            "usdt//bin/x:setjmp",
+            "usdt//bin/x::n",
+        ] {
+            assert!(
+                matches!(derived(bad), Err(AutoAttachError::Malformed(..))),
+                "{bad}"
+            );
+        }
+        let spec = attach("{usdt: {target: /bin/x, provider: p, name: other}}");
+        let err = resolve("p", "usdt//bin/x:p:n", &spec).expect_err("contradiction");
+        assert!(
+            err.to_string().contains(
+                "attach.usdt is /bin/x:p:other, but its section `usdt//bin/x:p:n` names /bin/x:p:n"
+            ),
+            "{err}"
+        );
+        let same = attach("{usdt: {target: /bin/x, provider: p, name: n}}");
+        assert!(resolve("p", "usdt//bin/x:p:n", &same).is_ok());
+        assert!(resolve("p", "usdt", &same).is_ok());
     }
 }

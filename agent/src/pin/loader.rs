@@ -3,7 +3,7 @@
 //! built, or nothing of it is left behind (the version directory and the shared maps this attempt
 //! created are removed).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use aya::maps::MapInfo;
@@ -528,6 +528,10 @@ impl Attempt<'_> {
         if elf.has_btf_relocations() {
             loader.btf(btf.get());
         }
+        // `.kconfig` externs (`CONFIG_*`) read the node's kernel configuration.
+        if !elf.kconfig_externs().is_empty() {
+            loader.kconfig(kernel_config().clone());
+        }
         loader.default_map_pin_directory(self.layout.shared());
         for (name, bytes) in globals {
             loader.override_global(name, bytes.as_slice(), true);
@@ -649,12 +653,16 @@ impl Attempt<'_> {
         kept: &mut Kept,
     ) -> Result<Vec<PathBuf>, LoadError> {
         let mut links = Vec::new();
+        let mut usdt_spec_ids = 0;
         for prog_spec in &self.req.spec.programs {
             let Some(attach) = self.attach.get(&prog_spec.name) else {
                 continue;
             };
             let name = prog_spec.name.as_str();
-            let points = AttachPoint::all(attach);
+            // A usdt point becomes one point per site, each with its spec in the object's
+            // __bpf_usdt_specs map (attach/usdt.rs).
+            let mut points = attach::usdt::expand(name, AttachPoint::all(attach))?;
+            attach::usdt::write_specs(ebpf, name, &mut points, &mut usdt_spec_ids)?;
             // sk_msg/sk_skb attach to a socket map of the object: its descriptor, taken before the
             // program is borrowed.
             let maps = attach::SockMaps::of(ebpf, &points)
@@ -690,6 +698,31 @@ impl Attempt<'_> {
         }
         Ok(links)
     }
+}
+
+/// The kernel's configuration, for `.kconfig` externs: `/proc/config.gz` (CONFIG_IKCONFIG_PROC),
+/// else `/boot/config-$(uname -r)`, as libbpf looks; empty when neither is there (then a non-weak
+/// `CONFIG_*` extern fails the load naming it). Read once: it does not change while the kernel
+/// runs.
+fn kernel_config() -> &'static HashMap<String, aya_obj::kconfig::KconfigValue> {
+    static CONFIG: std::sync::OnceLock<HashMap<String, aya_obj::kconfig::KconfigValue>> =
+        std::sync::OnceLock::new();
+    CONFIG.get_or_init(|| {
+        use std::io::Read as _;
+        let mut text = String::new();
+        let from_proc = std::fs::File::open("/proc/config.gz").and_then(|f| {
+            flate2::read::GzDecoder::new(f)
+                .take(16 << 20)
+                .read_to_string(&mut text)
+        });
+        if from_proc.is_err() {
+            text.clear();
+            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+            text = std::fs::read_to_string(format!("/boot/config-{}", release.trim()))
+                .unwrap_or_default();
+        }
+        aya_obj::kconfig::parse_kconfig(&text).into_iter().collect()
+    })
 }
 
 /// Every listed program's attach point, with auto-attach applied: checked against, or taken from,

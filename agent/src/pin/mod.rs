@@ -21,4 +21,5 @@ pub mod mounts;
 pub mod netns;
 pub mod pod_cgroup;
 pub mod reconcile;
+pub mod usdt_notes;
 pub mod xdp_dispatcher;

@@ -667,7 +667,10 @@ impl Reconciler {
             if !Layout::prog_in(&dir, &p.name).exists() {
                 return None;
             }
-            for point in p.attach.iter().flat_map(AttachPoint::all) {
+            let points = p.attach.iter().flat_map(AttachPoint::all).collect();
+            // A usdt point is one link per site of the probe in its target (attach/usdt.rs).
+            let points = super::attach::usdt::expand(&p.name, points).ok()?;
+            for point in points {
                 let link = Layout::link_in(&dir, &p.name, &point.link_name());
                 if !link.exists() {
                     return None;

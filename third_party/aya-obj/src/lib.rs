@@ -89,6 +89,7 @@ pub mod btf;
     reason = "generated code"
 )]
 pub mod generated;
+pub mod kconfig;
 pub mod links;
 pub mod maps;
 pub mod obj;

@@ -150,6 +150,8 @@ pub struct Object {
     // symbol_offset_by_name caches symbols that could be referenced from a
     // BTF VAR type so the offsets can be fixed up
     pub(crate) symbol_offset_by_name: HashMap<String, u64>,
+    /// bpfpin patch: the `.kconfig` externs and their layout (see [`crate::kconfig`]).
+    pub(crate) kconfig_externs: Vec<crate::kconfig::KconfigExtern>,
 }
 
 /// An eBPF program
@@ -500,6 +502,11 @@ impl Object {
         };
 
         let mut bpf_obj = Self::new(endianness, license, kernel_version);
+        // bpfpin patch: undefined weak symbols (`.kconfig` externs declared `__weak`), and global
+        // functions of hidden visibility (`__hidden`, as libbpf's usdt.bpf.h declares its
+        // helpers), which libbpf makes static in BTF so the verifier checks them in their callers.
+        let mut weak_undefined = HashSet::new();
+        let mut hidden_functions = HashSet::new();
 
         if let Some(symbol_table) = obj.symbol_table() {
             // bpfpin patch: every symbol costs ~1 KiB of parsed state (a program, a function, map
@@ -527,6 +534,19 @@ impl Object {
                     kind: symbol.kind(),
                 };
                 bpf_obj.symbol_table.insert(symbol.index().0, sym);
+                if symbol.is_undefined() && symbol.is_weak() {
+                    let _ = weak_undefined.insert(name.clone());
+                }
+                if let object::SymbolFlags::Elf { st_other, .. } = symbol.flags() {
+                    let visibility = st_other & 0x3;
+                    // STV_INTERNAL (1), STV_HIDDEN (2)
+                    if symbol.kind() == SymbolKind::Text
+                        && !symbol.is_local()
+                        && (visibility == 1 || visibility == 2)
+                    {
+                        let _ = hidden_functions.insert(name.clone());
+                    }
+                }
                 if let Some(section_idx) = symbol.section().index() {
                     bpf_obj
                         .symbols_by_section
@@ -560,10 +580,21 @@ impl Object {
             bpf_obj.parse_section(Section::try_from(&s)?)?;
         }
 
+        // bpfpin patch: `.kconfig` externs and hidden functions (see above).
+        bpf_obj.collect_kconfig(&weak_undefined)?;
+        if let Some(btf) = bpf_obj.btf.as_mut() {
+            btf.make_functions_static(&hidden_functions);
+        }
+
         Ok(bpf_obj)
     }
 
-    fn new(endianness: Endianness, license: CString, kernel_version: Option<u32>) -> Self {
+    // bpfpin patch: pub(crate), for the unit tests of `kconfig`.
+    pub(crate) fn new(
+        endianness: Endianness,
+        license: CString,
+        kernel_version: Option<u32>,
+    ) -> Self {
         Self {
             endianness,
             license,
@@ -578,6 +609,7 @@ impl Object {
             symbols_by_section: HashMap::new(),
             section_infos: HashMap::new(),
             symbol_offset_by_name: HashMap::new(),
+            kconfig_externs: Vec::new(),
         }
     }
 
@@ -1095,6 +1127,10 @@ pub enum ParseError {
     /// No BTF parsed for object
     #[error("no BTF parsed for object")]
     NoBTF,
+
+    /// bpfpin patch: a `.kconfig` extern of a type libbpf does not take either.
+    #[error(transparent)]
+    Kconfig(#[from] crate::kconfig::KconfigError),
 
     /// bpfpin patch: the symbol table is larger than [`MAX_SYMBOLS`].
     #[error("the object has {count} symbols, more than the limit of {limit}")]

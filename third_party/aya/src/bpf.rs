@@ -138,6 +138,36 @@ pub struct EbpfLoader<'a> {
     // function once per relocation of its section, and every program is cloned into the result,
     // so an object with thousands of programs costs time and memory even when one is wanted.
     only_programs: Option<HashSet<&'a str>>,
+    // bpfpin patch: the kernel configuration `.kconfig` externs are read from (`kconfig()`);
+    // when unset, `/boot/config-$(uname -r)` is read for objects that have such externs.
+    kconfig: Option<HashMap<String, aya_obj::kconfig::KconfigValue>>,
+}
+
+/// bpfpin patch: `/boot/config-$(uname -r)`, parsed (empty when it cannot be read).
+fn boot_kconfig() -> HashMap<String, aya_obj::kconfig::KconfigValue> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    fs::read_to_string(format!("/boot/config-{}", release.trim()))
+        .map(|text| aya_obj::kconfig::parse_kconfig(&text).into_iter().collect())
+        .unwrap_or_default()
+}
+
+/// bpfpin patch: the `LINUX_*` `.kconfig` externs libbpf computes itself.
+fn linux_kconfig(name: &str) -> Option<aya_obj::kconfig::KconfigValue> {
+    use aya_obj::kconfig::KconfigValue;
+    let yes_no = |b: bool| KconfigValue::Tristate(if b { b'y' } else { b'n' });
+    match name {
+        "LINUX_KERNEL_VERSION" => {
+            let v = crate::util::KernelVersion::current().ok()?;
+            Some(KconfigValue::Number(i64::from(v.code())))
+        }
+        "LINUX_HAS_BPF_COOKIE" => Some(yes_no(is_bpf_cookie_supported())),
+        // The arch-specific syscall wrappers (`__x64_sys_*`, `__arm64_sys_*`) of 4.17 and 4.19.
+        "LINUX_HAS_SYSCALL_WRAPPER" => Some(yes_no(
+            (cfg!(target_arch = "x86_64") && crate::util::KernelVersion::at_least(4, 17, 0))
+                || (cfg!(target_arch = "aarch64") && crate::util::KernelVersion::at_least(4, 19, 0)),
+        )),
+        _ => None,
+    }
 }
 
 /// Builder style API for advanced loading of eBPF programs.
@@ -179,7 +209,21 @@ impl<'a> EbpfLoader<'a> {
             verifier_log_level: VerifierLogLevel::default(),
             allow_unsupported_maps: false,
             only_programs: None,
+            kconfig: None,
         }
+    }
+
+    /// bpfpin patch: the kernel configuration the object's `.kconfig` externs (`CONFIG_*`) take
+    /// their values from, as [`aya_obj::kconfig::parse_kconfig`] reads a config file (the caller
+    /// may have decompressed `/proc/config.gz`). Without it, `/boot/config-$(uname -r)` is read
+    /// when the object has such externs. The `LINUX_*` externs libbpf computes are computed here
+    /// too: `LINUX_KERNEL_VERSION`, `LINUX_HAS_BPF_COOKIE`, `LINUX_HAS_SYSCALL_WRAPPER`.
+    pub fn kconfig(
+        &mut self,
+        values: HashMap<String, aya_obj::kconfig::KconfigValue>,
+    ) -> &mut Self {
+        self.kconfig = Some(values);
+        self
     }
 
     /// Sets the target [BTF](Btf) info.
@@ -450,6 +494,7 @@ impl<'a> EbpfLoader<'a> {
             allow_unsupported_maps,
             map_pin_path_by_name,
             only_programs,
+            kconfig,
         } = self;
         let mut obj = Object::parse(data)?;
         if let Some(wanted) = only_programs {
@@ -462,6 +507,19 @@ impl<'a> EbpfLoader<'a> {
             return Err(err);
         }
         obj.patch_map_data(globals.clone())?;
+        // bpfpin patch: `.kconfig` externs get their values before the maps are made.
+        if !obj.kconfig_externs().is_empty() {
+            let from_boot;
+            let config = match kconfig {
+                Some(values) => &*values,
+                None => {
+                    from_boot = boot_kconfig();
+                    &from_boot
+                }
+            };
+            obj.set_kconfig(|name| linux_kconfig(name).or_else(|| config.get(name).cloned()))
+                .map_err(ParseError::from)?;
+        }
 
         let btf_fd = if let Some(features) = &FEATURES.btf() {
             if let Some(btf) = obj.fixup_and_sanitize_btf(features)? {

@@ -105,8 +105,9 @@ cleanup:
 	return 0;
 }
 
-// BPF_KPROBE rather than BPF_KSYSCALL: the latter reads the `LINUX_HAS_SYSCALL_WRAPPER` kconfig
-// extern, which aya 0.14 cannot resolve (see kconfig_extern.bpf.c).
+// BPF_KPROBE on the syscall wrapper, as older libbpf-tools wrote it; BPF_KSYSCALL, which reads
+// the `LINUX_HAS_SYSCALL_WRAPPER` kconfig extern (resolved by the patched aya-obj), is in
+// kconfig_extern.bpf.c.
 SEC("ksyscall/unlinkat")
 int BPF_KPROBE(ksyscall_unlinkat, struct pt_regs *regs)
 {

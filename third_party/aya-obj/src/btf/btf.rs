@@ -312,7 +312,8 @@ impl BtfFeatures {
 pub struct Btf {
     header: btf_header,
     strings: Vec<u8>,
-    types: BtfTypes,
+    // bpfpin patch: pub(crate), for `kconfig`.
+    pub(crate) types: BtfTypes,
     _endianness: Endianness,
 }
 
@@ -468,6 +469,28 @@ impl Btf {
             .map_err(|FromBytesUntilNulError { .. }| BtfError::InvalidStringOffset { offset })?;
 
         Ok(s.to_string_lossy())
+    }
+
+    /// bpfpin patch: gives the FUNCs named in `names` static linkage (libbpf does this for
+    /// `__hidden` functions: the kernel verifies a static function with its caller's state,
+    /// while a global one is verified alone, from its BTF signature).
+    pub(crate) fn make_functions_static(&mut self, names: &crate::util::HashSet<String>) {
+        if names.is_empty() {
+            return;
+        }
+        for i in 0..self.types.types.len() {
+            let name = match &self.types.types[i] {
+                BtfType::Func(f) if f.linkage() == FuncLinkage::Global => {
+                    self.string_at(f.name_offset).ok().map(|n| n.into_owned())
+                }
+                _ => None,
+            };
+            if let (Some(name), BtfType::Func(f)) = (name, &mut self.types.types[i]) {
+                if names.contains(&name) {
+                    f.set_linkage(FuncLinkage::Static);
+                }
+            }
+        }
     }
 
     pub(crate) fn type_by_id(&self, type_id: u32) -> Result<&BtfType, BtfError> {
@@ -715,6 +738,10 @@ impl Btf {
                                 return Err(BtfError::InvalidDatasec);
                             }
                         }
+                        // bpfpin patch: the kernel wants a DATASEC's variables in offset order
+                        // (it refuses one that starts before the previous one ends); clang
+                        // lists them in declaration order, and `.kconfig`'s are laid out here.
+                        entries.sort_by_key(|e| e.offset);
                         let fixed_section = DataSec::new(name_offset, entries, section_size);
                         let new_size = fixed_section.type_info_size();
                         if new_size != old_size {

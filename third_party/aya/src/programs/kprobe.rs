@@ -89,6 +89,7 @@ impl KProbe {
             offset,
             None, // pid
             None, // cookie
+            0,    // bpfpin patch: ref_ctr_offset (uprobes only)
         )
     }
 

@@ -260,6 +260,11 @@ pub enum ProgramError {
     #[error("providing an attach cookie is not supported")]
     AttachCookieNotSupported,
 
+    /// bpfpin patch: a uprobe reference counter (USDT semaphore) needs perf_event_open's
+    /// `ref_ctr_offset`, which the tracefs fallback of old kernels does not have.
+    #[error("a uprobe reference counter (USDT semaphore) needs Linux 4.20 or newer")]
+    RefCtrOffsetNotSupported,
+
     /// An error occurred while working with Netlink.
     #[error(transparent)]
     NetlinkError(#[from] NetlinkError),

@@ -147,17 +147,22 @@ pub(crate) fn attach<P: Probe, T: Link + From<PerfLinkInner>>(
     offset: u64,
     pid: Option<u32>,
     cookie: Option<u64>,
+    // bpfpin patch: a uprobe's semaphore (USDT), as a file offset; 0 for none.
+    ref_ctr_offset: u64,
 ) -> Result<T::Id, ProgramError> {
     // https://github.com/torvalds/linux/commit/e12f03d7031a977356e3d7b75a68c2185ff8d155
     // Use debugfs to create probe
     let prog_fd = program_data.fd()?;
     let prog_fd = prog_fd.as_fd();
     let link = if KernelVersion::at_least(4, 17, 0) {
-        let perf_fd = create_as_probe::<P>(kind, fn_name, offset, pid)?;
+        let perf_fd = create_as_probe::<P>(kind, fn_name, offset, pid, ref_ctr_offset)?;
         perf_attach(prog_fd, perf_fd, cookie)
     } else {
         if cookie.is_some() {
             return Err(ProgramError::AttachCookieNotSupported);
+        }
+        if ref_ctr_offset != 0 {
+            return Err(ProgramError::RefCtrOffsetNotSupported);
         }
         let (perf_fd, event) = create_as_trace_point::<P>(kind, fn_name, offset, pid)?;
         perf_attach_debugfs(prog_fd, perf_fd, event)
@@ -177,6 +182,7 @@ fn create_as_probe<P: Probe>(
     fn_name: &OsStr,
     offset: u64,
     pid: Option<u32>,
+    ref_ctr_offset: u64,
 ) -> Result<crate::MockableFd, ProgramError> {
     let perf_ty = read_sys_fs_perf_type(P::PMU)
         .map_err(|(filename, io_error)| P::file_error(filename, io_error).into())?;
@@ -189,7 +195,16 @@ fn create_as_probe<P: Probe>(
         ProbeKind::Entry => None,
     };
 
-    perf_event_open_probe(perf_ty, ret_bit, fn_name, offset, pid)
+    // bpfpin patch: the semaphore's offset goes in the config bits the PMU's
+    // `format/ref_ctr_offset` names (`config:32-63` for uprobes).
+    let ref_ctr = if ref_ctr_offset == 0 {
+        None
+    } else {
+        let shift = read_sys_fs_perf_format_shift(P::PMU, "ref_ctr_offset")
+            .map_err(|(filename, io_error)| P::file_error(filename, io_error).into())?;
+        Some((shift, ref_ctr_offset))
+    };
+    perf_event_open_probe(perf_ty, ret_bit, fn_name, offset, pid, ref_ctr)
         .map_err(|io_error| SyscallError {
             call: "perf_event_open",
             io_error,
@@ -332,6 +347,24 @@ fn read_sys_fs_perf_type(pmu: &str) -> Result<u32, (PathBuf, io::Error)> {
 
     fs::read_to_string(&file)
         .and_then(|perf_ty| perf_ty.trim().parse().map_err(io::Error::other))
+        .map_err(|e| (file, e))
+}
+
+/// bpfpin patch: the first bit of a PMU format field (`config:32-63` is 32).
+fn read_sys_fs_perf_format_shift(pmu: &str, field: &str) -> Result<u32, (PathBuf, io::Error)> {
+    let file = Path::new("/sys/bus/event_source/devices")
+        .join(pmu)
+        .join("format")
+        .join(field);
+    fs::read_to_string(&file)
+        .and_then(|data| {
+            let bits = data
+                .trim()
+                .strip_prefix("config:")
+                .ok_or_else(|| io::Error::other("not a config field"))?;
+            let first = bits.split('-').next().unwrap_or(bits);
+            first.parse().map_err(io::Error::other)
+        })
         .map_err(|e| (file, e))
 }
 

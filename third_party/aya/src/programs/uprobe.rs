@@ -277,7 +277,37 @@ impl UProbe {
 
         let Self { data, kind } = self;
         let path = path.as_os_str();
-        attach::<Self, _>(data, *kind, path, offset, perf_event_pid, cookie)
+        attach::<Self, _>(data, *kind, path, offset, perf_event_pid, cookie, 0)
+    }
+
+    /// bpfpin patch: attaches at the file offset `offset` of `target` with a reference counter
+    /// (a USDT probe's semaphore): the kernel adds one to the `u16` at file offset
+    /// `ref_ctr_offset` in every process that maps `target` while the probe is attached
+    /// (`perf_event_open`'s `ref_ctr_offset`, Linux 4.20). `cookie` as for [`UProbe::attach`].
+    pub fn attach_with_ref_ctr<T: AsRef<Path>>(
+        &mut self,
+        offset: u64,
+        target: T,
+        scope: UProbeScope,
+        cookie: Option<u64>,
+        ref_ctr_offset: u64,
+    ) -> Result<UProbeLinkId, ProgramError> {
+        let perf_event_pid = match scope {
+            UProbeScope::AllProcesses => None,
+            UProbeScope::CallingProcess => Some(0),
+            UProbeScope::OneProcess(pid) => Some(pid.get()),
+        };
+        let Self { data, kind } = self;
+        let path = target.as_ref().as_os_str();
+        attach::<Self, _>(
+            data,
+            *kind,
+            path,
+            offset,
+            perf_event_pid,
+            cookie,
+            ref_ctr_offset,
+        )
     }
 
     /// Creates a program from a pinned entry on a bpffs.

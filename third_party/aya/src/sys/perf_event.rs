@@ -138,6 +138,8 @@ pub(crate) fn perf_event_open_probe(
     name: &OsStr,
     offset: u64,
     pid: Option<u32>,
+    // bpfpin patch: `(first config bit, offset)` of a uprobe's reference counter (semaphore).
+    ref_ctr: Option<(u32, u64)>,
 ) -> io::Result<crate::MockableFd> {
     use std::os::unix::ffi::OsStrExt as _;
 
@@ -145,6 +147,9 @@ pub(crate) fn perf_event_open_probe(
 
     if let Some(ret_bit) = ret_bit {
         attr.config = 1 << ret_bit;
+    }
+    if let Some((shift, ref_ctr_offset)) = ref_ctr {
+        attr.config |= ref_ctr_offset << shift;
     }
 
     let c_name = CString::new(name.as_bytes()).unwrap();
