@@ -186,6 +186,7 @@ impl Attach {
         .iter()
         .filter(|k| **k)
         .count()
+            + self.hook_kinds()
     }
 
     /// The checks the CRD's CEL rules make of this module's kinds; `at("sockOps.cgroup")` is the
@@ -236,7 +237,7 @@ impl Attach {
                 ));
             }
         }
-        Ok(())
+        self.validate_hooks(at)
     }
 }
 

@@ -234,7 +234,7 @@ pub struct ProgramSpec {
 /// `fentry/<function>`, `iter/<type>`, ...); a kind whose target contradicts the section is
 /// refused (`InvalidSpec`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[x_kube(validation = Rule::new("[has(self.tracepoint), has(self.xdp), has(self.tc), has(self.kprobe), has(self.uprobe), has(self.fentry), has(self.fexit), has(self.cgroupSkb), has(self.rawTracepoint), has(self.sockOps), has(self.cgroupSockAddr), has(self.cgroupSock), has(self.cgroupSysctl), has(self.cgroupSockopt), has(self.cgroupDevice), has(self.skLookup), has(self.skMsg), has(self.skSkb), has(self.perfEvent), has(self.iter), has(self.usdt)].filter(x, x).size() <= 1").message("at most one attach kind may be set (none: the attach point comes from the program's section)"))]
+#[x_kube(validation = Rule::new("[has(self.tracepoint), has(self.xdp), has(self.tc), has(self.kprobe), has(self.uprobe), has(self.fentry), has(self.fexit), has(self.cgroupSkb), has(self.rawTracepoint), has(self.sockOps), has(self.cgroupSockAddr), has(self.cgroupSock), has(self.cgroupSysctl), has(self.cgroupSockopt), has(self.cgroupDevice), has(self.skLookup), has(self.skMsg), has(self.skSkb), has(self.perfEvent), has(self.iter), has(self.usdt), has(self.tpBtf), has(self.lsm), has(self.ksyscall), has(self.netfilter)].filter(x, x).size() <= 1").message("at most one attach kind may be set (none: the attach point comes from the program's section)"))]
 #[serde(rename_all = "camelCase")]
 pub struct Attach {
     /// A kernel tracepoint (`/sys/kernel/tracing/events/<category>/<name>`). Link name:
@@ -343,6 +343,29 @@ pub struct Attach {
     /// `usdt-<file>-<provider>-<name>-<site>` (`site` from 0, in the file's note order).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usdt: Option<crate::usdt::UsdtAttach>,
+
+    // Issue 13's hook kinds (crate::attach_hooks).
+    /// `SEC("tp_btf/<name>")`: a BTF-enabled raw tracepoint (a BPF trampoline). Link name:
+    /// `tpbtf-<name>`. `attach: {}` takes it from the section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tp_btf: Option<crate::attach_hooks::TpBtfAttach>,
+
+    /// `SEC("lsm/<hook>")`: a BPF LSM hook (a BPF trampoline; the node must run the `bpf` LSM).
+    /// Link name: `lsm-<hook>`. `attach: {}` takes it from the section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsm: Option<crate::attach_hooks::LsmAttach>,
+
+    /// `SEC("ksyscall/<name>")` or `SEC("kretsyscall/<name>")`: a kprobe or kretprobe on the
+    /// system call's architecture-specific entry (`__x64_sys_<name>`), as libbpf attaches it.
+    /// Link name: `ksyscall-<name>`. `attach: {}` takes it from the section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ksyscall: Option<crate::attach_hooks::KsyscallAttach>,
+
+    /// `SEC("netfilter")`: a netfilter hook of the node's network namespace (kernel 6.4+), by
+    /// protocol family, hook and priority. Link name:
+    /// `netfilter-<family>-<hook>-<priority>` (lowercase; a negative priority is `m<n>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netfilter: Option<crate::attach_hooks::NetfilterAttach>,
 }
 
 /// A tc (tcx) attach point.

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod attach_hooks;
 pub mod attach_kinds;
 pub mod bpf_object;
 pub mod capabilities;
@@ -25,6 +26,9 @@ pub use bpf_object::{
     NodeCounts, NodeFailure, PerfEventAttach, PerfEventName, ProgramSpec, RawTracepointAttach,
     SecretReference, SkLookupAttach, SockMapAttach, TailCall, TcAttach, TracepointAttach,
     UnsupportedNode, UprobeAttach, XdpAttach, XdpMode,
+};
+pub use attach_hooks::{
+    KsyscallAttach, LsmAttach, NetfilterAttach, NetfilterFamily, NetfilterHook, TpBtfAttach,
 };
 pub use bpf_object::{NetworkNamespaces, PodCounts, PodSelection, interface_pattern};
 pub use capabilities::{AttachType, NodeCapabilities, ProgramType, Requirements};

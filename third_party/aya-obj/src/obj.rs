@@ -24,7 +24,7 @@ use crate::{
     },
     generated::{
         BPF_CALL, BPF_F_RDONLY_PROG, BPF_JMP, BPF_K, bpf_func_id, bpf_insn, bpf_map_info,
-        bpf_map_type::BPF_MAP_TYPE_ARRAY,
+        bpf_map_type::BPF_MAP_TYPE_ARRAY, bpf_prog_type,
     },
     maps::{BtfMap, BtfMapDef, LegacyMap, MINIMUM_MAP_SIZE, Map, PinningType, bpf_map_def},
     programs::{
@@ -282,6 +282,17 @@ pub enum ProgramSection {
     Iter {
         sleepable: bool,
     },
+    /// bpfpin patch: `SEC("netfilter")`, a `BPF_PROG_TYPE_NETFILTER` program (kernel 6.4+),
+    /// attached with a netfilter link (protocol family, hook, priority).
+    Netfilter,
+    /// bpfpin patch: a program type aya has no attach API for (`action`, `syscall`, `lwt_in`,
+    /// `lwt_out`, `lwt_xmit`, `lwt_seg6local`): it is loaded (and can be pinned) only.
+    LoadOnly {
+        /// The kernel program type.
+        prog_type: bpf_prog_type,
+        /// `BPF_F_SLEEPABLE` at load (libbpf's `SEC_SLEEPABLE`: `syscall`).
+        sleepable: bool,
+    },
     /// bpfpin patch: a section name aya 0.14 cannot load (a libbpf program type aya lacks, or a
     /// name libbpf does not know either). Parsing keeps it so that an object's other programs
     /// load; loading this program fails with `reason`.
@@ -381,7 +392,10 @@ fn parse_program_section(section: &str) -> Result<ProgramSection, &'static str> 
             Some("primary" | "peer") if kind == "netkit" => S::SchedClassifier,
             _ => return Err(UNKNOWN),
         },
-        "action" => return Err("aya 0.14 has no BPF_PROG_TYPE_SCHED_ACT program"),
+        "action" => S::LoadOnly {
+            prog_type: bpf_prog_type::BPF_PROG_TYPE_SCHED_ACT,
+            sleepable: false,
+        },
         "cgroup_skb" => S::CgroupSkb {
             attach_type: Some(match next() {
                 Some("ingress") => CgroupSkbAttachType::Ingress,
@@ -427,16 +441,25 @@ fn parse_program_section(section: &str) -> Result<ProgramSection, &'static str> 
         },
         "iter" => S::Iter { sleepable: false },
         "iter.s" => S::Iter { sleepable: true },
-        "syscall" => return Err("aya 0.14 has no BPF_PROG_TYPE_SYSCALL program"),
+        "syscall" => S::LoadOnly {
+            prog_type: bpf_prog_type::BPF_PROG_TYPE_SYSCALL,
+            sleepable: true,
+        },
         "struct_ops" | "struct_ops.s" => {
             return Err(
                 "aya 0.14 has no struct_ops program (it needs the object's struct_ops maps)",
             );
         }
-        "netfilter" => return Err("aya 0.14 has no BPF_PROG_TYPE_NETFILTER program"),
-        "lwt_in" | "lwt_out" | "lwt_xmit" | "lwt_seg6local" => {
-            return Err("aya 0.14 has no lightweight-tunnel (lwt) program");
-        }
+        "netfilter" => S::Netfilter,
+        "lwt_in" | "lwt_out" | "lwt_xmit" | "lwt_seg6local" => S::LoadOnly {
+            prog_type: match kind {
+                "lwt_in" => bpf_prog_type::BPF_PROG_TYPE_LWT_IN,
+                "lwt_out" => bpf_prog_type::BPF_PROG_TYPE_LWT_OUT,
+                "lwt_xmit" => bpf_prog_type::BPF_PROG_TYPE_LWT_XMIT,
+                _ => bpf_prog_type::BPF_PROG_TYPE_LWT_SEG6LOCAL,
+            },
+            sleepable: false,
+        },
         _ => return Err(UNKNOWN),
     })
 }
@@ -475,10 +498,11 @@ fn parse_cgroup_section(name: &str) -> Result<ProgramSection, &'static str> {
         "sendmsg6" => addr(A::UDPSendMsg6),
         "recvmsg4" => addr(A::UDPRecvMsg4),
         "recvmsg6" => addr(A::UDPRecvMsg6),
-        "connect_unix" | "sendmsg_unix" | "recvmsg_unix" | "getpeername_unix"
-        | "getsockname_unix" => {
-            Err("aya 0.14 has no attach type for unix-socket cgroup/sock_addr programs")
-        }
+        "connect_unix" => addr(A::UnixConnect),
+        "sendmsg_unix" => addr(A::UnixSendMsg),
+        "recvmsg_unix" => addr(A::UnixRecvMsg),
+        "getpeername_unix" => addr(A::UnixGetPeerName),
+        "getsockname_unix" => addr(A::UnixGetSockName),
         _ => Err("libbpf knows no such section name either"),
     }
 }
@@ -1980,6 +2004,41 @@ mod tests {
             }),
             ("cgroup/dev", |s| matches!(s, S::CgroupDevice)),
             ("sk_lookup", |s| matches!(s, S::SkLookup)),
+            // bpfpin patch: netfilter, the load-only types and the unix-socket hooks.
+            ("netfilter", |s| matches!(s, S::Netfilter)),
+            ("action", |s| {
+                matches!(s, S::LoadOnly { prog_type: bpf_prog_type::BPF_PROG_TYPE_SCHED_ACT, sleepable: false })
+            }),
+            ("syscall", |s| {
+                matches!(s, S::LoadOnly { prog_type: bpf_prog_type::BPF_PROG_TYPE_SYSCALL, sleepable: true })
+            }),
+            ("lwt_in", |s| {
+                matches!(s, S::LoadOnly { prog_type: bpf_prog_type::BPF_PROG_TYPE_LWT_IN, .. })
+            }),
+            ("lwt_out", |s| {
+                matches!(s, S::LoadOnly { prog_type: bpf_prog_type::BPF_PROG_TYPE_LWT_OUT, .. })
+            }),
+            ("lwt_xmit", |s| {
+                matches!(s, S::LoadOnly { prog_type: bpf_prog_type::BPF_PROG_TYPE_LWT_XMIT, .. })
+            }),
+            ("lwt_seg6local", |s| {
+                matches!(s, S::LoadOnly { prog_type: bpf_prog_type::BPF_PROG_TYPE_LWT_SEG6LOCAL, .. })
+            }),
+            ("cgroup/connect_unix", |s| {
+                matches!(s, S::CgroupSockAddr { attach_type: CgroupSockAddrAttachType::UnixConnect })
+            }),
+            ("cgroup/sendmsg_unix", |s| {
+                matches!(s, S::CgroupSockAddr { attach_type: CgroupSockAddrAttachType::UnixSendMsg })
+            }),
+            ("cgroup/recvmsg_unix", |s| {
+                matches!(s, S::CgroupSockAddr { attach_type: CgroupSockAddrAttachType::UnixRecvMsg })
+            }),
+            ("cgroup/getpeername_unix", |s| {
+                matches!(s, S::CgroupSockAddr { attach_type: CgroupSockAddrAttachType::UnixGetPeerName })
+            }),
+            ("cgroup/getsockname_unix", |s| {
+                matches!(s, S::CgroupSockAddr { attach_type: CgroupSockAddrAttachType::UnixGetSockName })
+            }),
         ];
         for (name, want) in loads {
             let got = name.parse::<ProgramSection>().expect("parses");
@@ -1995,7 +2054,6 @@ mod tests {
             "uprobe.multi.s",
             "uretprobe.multi.s",
             "uprobe.session.s",
-            "action",
             "tracepoint.s/syscalls/sys_enter_openat",
             "tp.s/x/y",
             "raw_tracepoint.s/x",
@@ -2013,19 +2071,8 @@ mod tests {
             "fexit.multi/x",
             "fentry.multi.s/x",
             "fexit.multi.s/x",
-            "syscall",
-            "lwt_in",
-            "lwt_out",
-            "lwt_xmit",
-            "lwt_seg6local",
-            "cgroup/connect_unix",
-            "cgroup/sendmsg_unix",
-            "cgroup/recvmsg_unix",
-            "cgroup/getpeername_unix",
-            "cgroup/getsockname_unix",
             "struct_ops/x",
             "struct_ops.s/x",
-            "netfilter",
             // Names libbpf refuses too.
             "cgroup",
             "cgroup/nope",

@@ -20,8 +20,8 @@ use crate::{
     maps::{Map, MapData, MapError},
     programs::{
         BtfTracePoint, CgroupDevice, CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt,
-        CgroupSysctl, Extension, FEntry, FExit, FlowDissector, Iter, KProbe, LircMode2, Lsm,
-        LsmCgroup, PerfEvent, ProbeKind, Program, ProgramData, ProgramError, RawTracePoint,
+        CgroupSysctl, Extension, FEntry, FExit, FlowDissector, Iter, KProbe, LircMode2, LoadOnly,
+        Lsm, LsmCgroup, Netfilter, PerfEvent, ProbeKind, Program, ProgramData, ProgramError, RawTracePoint,
         SchedClassifier, SkLookup, SkMsg, SkReuseport, SkSkb, SockOps, SocketFilter, TracePoint,
         UProbe, Xdp,
     },
@@ -564,6 +564,8 @@ impl<'a> EbpfLoader<'a> {
                                 | ProgramSection::FlowDissector
                                 | ProgramSection::CgroupSock { attach_type: _ }
                                 | ProgramSection::CgroupDevice
+                                | ProgramSection::Netfilter
+                                | ProgramSection::LoadOnly { .. }
                                 | ProgramSection::Unsupported { .. } => {}
                             }
                         }
@@ -894,6 +896,23 @@ impl<'a> EbpfLoader<'a> {
                                 data.flags = BPF_F_SLEEPABLE;
                             }
                             Program::Iter(Iter { data })
+                        }
+                        // bpfpin patch: netfilter and the load-only program types.
+                        ProgramSection::Netfilter => Program::Netfilter(Netfilter {
+                            data: ProgramData::new(prog_name, obj, btf_fd, *verifier_log_level),
+                        }),
+                        ProgramSection::LoadOnly {
+                            prog_type,
+                            sleepable,
+                        } => {
+                            let mut program = LoadOnly {
+                                data: ProgramData::new(prog_name, obj, btf_fd, *verifier_log_level),
+                                prog_type: *prog_type,
+                            };
+                            if *sleepable {
+                                program.set_sleepable();
+                            }
+                            Program::LoadOnly(program)
                         }
                         // bpfpin patch: refused before relocation (see above); kept as an error
                         // rather than a panic.

@@ -28,6 +28,16 @@ pub enum CgroupSockAddrAttachType {
     UDPRecvMsg4,
     /// Attach to IPv6 `udp_recvmsg` events.
     UDPRecvMsg6,
+    /// bpfpin patch: attach to unix-socket `connect` events (kernel 6.7+).
+    UnixConnect,
+    /// bpfpin patch: attach to unix-socket `sendmsg` events (kernel 6.7+).
+    UnixSendMsg,
+    /// bpfpin patch: attach to unix-socket `recvmsg` events (kernel 6.7+).
+    UnixRecvMsg,
+    /// bpfpin patch: attach to unix-socket `getpeername` events (kernel 6.7+).
+    UnixGetPeerName,
+    /// bpfpin patch: attach to unix-socket `getsockname` events (kernel 6.7+).
+    UnixGetSockName,
 }
 
 impl From<CgroupSockAddrAttachType> for bpf_attach_type {
@@ -45,6 +55,11 @@ impl From<CgroupSockAddrAttachType> for bpf_attach_type {
             CgroupSockAddrAttachType::UDPSendMsg6 => Self::BPF_CGROUP_UDP6_SENDMSG,
             CgroupSockAddrAttachType::UDPRecvMsg4 => Self::BPF_CGROUP_UDP4_RECVMSG,
             CgroupSockAddrAttachType::UDPRecvMsg6 => Self::BPF_CGROUP_UDP6_RECVMSG,
+            CgroupSockAddrAttachType::UnixConnect => Self::BPF_CGROUP_UNIX_CONNECT,
+            CgroupSockAddrAttachType::UnixSendMsg => Self::BPF_CGROUP_UNIX_SENDMSG,
+            CgroupSockAddrAttachType::UnixRecvMsg => Self::BPF_CGROUP_UNIX_RECVMSG,
+            CgroupSockAddrAttachType::UnixGetPeerName => Self::BPF_CGROUP_UNIX_GETPEERNAME,
+            CgroupSockAddrAttachType::UnixGetSockName => Self::BPF_CGROUP_UNIX_GETSOCKNAME,
         }
     }
 }

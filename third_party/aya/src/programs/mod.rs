@@ -57,7 +57,9 @@ pub mod kprobe;
 pub mod links;
 pub mod lirc_mode2;
 pub mod lsm;
+pub mod load_only;
 pub mod lsm_cgroup;
+pub mod netfilter;
 pub mod perf_attach;
 pub mod perf_event;
 pub mod raw_trace_point;
@@ -122,6 +124,8 @@ pub use crate::programs::{
     kprobe::{KProbe, KProbeError},
     links::{CgroupAttachMode, Link, LinkOrder},
     lirc_mode2::LircMode2,
+    load_only::LoadOnly,
+    netfilter::Netfilter,
     lsm::Lsm,
     lsm_cgroup::LsmCgroup,
     perf_event::PerfEvent,
@@ -376,6 +380,10 @@ pub enum Program {
     CgroupDevice(CgroupDevice),
     /// An [`Iter`] program
     Iter(Iter),
+    /// bpfpin patch: a [`Netfilter`] program
+    Netfilter(Netfilter),
+    /// bpfpin patch: a [`LoadOnly`] program (`action`, `syscall`, `lwt_*`)
+    LoadOnly(LoadOnly),
 }
 
 impl Program {
@@ -417,6 +425,19 @@ impl Program {
             Self::CgroupSock(_) => ProgramType::CgroupSock,
             Self::CgroupDevice(_) => ProgramType::CgroupDevice,
             Self::FlowDissector(_) => ProgramType::FlowDissector,
+            Self::Netfilter(_) => ProgramType::Netfilter,
+            Self::LoadOnly(p) => {
+                use aya_obj::generated::bpf_prog_type as T;
+                match p.prog_type {
+                    T::BPF_PROG_TYPE_SCHED_ACT => ProgramType::SchedAction,
+                    T::BPF_PROG_TYPE_SYSCALL => ProgramType::Syscall,
+                    T::BPF_PROG_TYPE_LWT_IN => ProgramType::LwtInput,
+                    T::BPF_PROG_TYPE_LWT_OUT => ProgramType::LwtOutput,
+                    T::BPF_PROG_TYPE_LWT_XMIT => ProgramType::LwtXmit,
+                    T::BPF_PROG_TYPE_LWT_SEG6LOCAL => ProgramType::LwtSeg6local,
+                    _ => ProgramType::Unspecified,
+                }
+            }
         }
     }
 
@@ -457,6 +478,8 @@ impl Program {
             Self::CgroupSock(p) => section_name(&p.data),
             Self::CgroupDevice(p) => section_name(&p.data),
             Self::Iter(p) => section_name(&p.data),
+            Self::Netfilter(p) => section_name(&p.data),
+            Self::LoadOnly(p) => section_name(&p.data),
         }
     }
 
@@ -492,6 +515,8 @@ impl Program {
             Self::CgroupSock(p) => p.pin(path),
             Self::CgroupDevice(p) => p.pin(path),
             Self::Iter(p) => p.pin(path),
+            Self::Netfilter(p) => p.pin(path),
+            Self::LoadOnly(p) => p.pin(path),
         }
     }
 
@@ -527,6 +552,8 @@ impl Program {
             Self::CgroupSock(mut p) => p.unload(),
             Self::CgroupDevice(mut p) => p.unload(),
             Self::Iter(mut p) => p.unload(),
+            Self::Netfilter(mut p) => p.unload(),
+            Self::LoadOnly(mut p) => p.unload(),
         }
     }
 
@@ -564,6 +591,8 @@ impl Program {
             Self::CgroupSock(p) => p.fd(),
             Self::CgroupDevice(p) => p.fd(),
             Self::Iter(p) => p.fd(),
+            Self::Netfilter(p) => p.fd(),
+            Self::LoadOnly(p) => p.fd(),
         }
     }
 
@@ -602,6 +631,8 @@ impl Program {
             Self::CgroupSock(p) => p.info(),
             Self::CgroupDevice(p) => p.info(),
             Self::Iter(p) => p.info(),
+            Self::Netfilter(p) => p.info(),
+            Self::LoadOnly(p) => p.info(),
         }
     }
 }
@@ -948,6 +979,8 @@ impl_program_unload!(
     CgroupSock,
     CgroupDevice,
     Iter,
+    Netfilter,
+    LoadOnly,
 );
 
 macro_rules! impl_fd {
@@ -993,6 +1026,8 @@ impl_fd!(
     CgroupSock,
     CgroupDevice,
     Iter,
+    Netfilter,
+    LoadOnly,
 );
 
 /// Kernel-side execution attributes for [`TestRunOptions`].
@@ -1348,6 +1383,8 @@ impl_program_pin!(
     CgroupSock,
     CgroupDevice,
     Iter,
+    Netfilter,
+    LoadOnly,
 );
 
 macro_rules! impl_from_pin {
@@ -1387,6 +1424,7 @@ impl_from_pin!(
     SockOps,
     CgroupDevice,
     Iter,
+    Netfilter,
 );
 
 macro_rules! impl_from_prog_info {
@@ -1601,6 +1639,8 @@ impl_try_from_program!(
     CgroupSock,
     CgroupDevice,
     Iter,
+    Netfilter,
+    LoadOnly,
 );
 
 impl_info!(
@@ -1633,6 +1673,8 @@ impl_info!(
     CgroupSock,
     CgroupDevice,
     Iter,
+    Netfilter,
+    LoadOnly,
 );
 
 /// Returns an iterator over all loaded links.

@@ -430,6 +430,14 @@ pub(crate) enum BpfLinkCreateArgs<'a> {
     PerfEvent { bpf_cookie: u64 },
     // since kernel 6.6
     Tcx(&'a LinkRef),
+    // bpfpin patch: since kernel 6.4 (`link_create.netfilter`, with `LinkTarget::Iter`: no target
+    // fd).
+    Netfilter {
+        pf: u32,
+        hooknum: u32,
+        priority: i32,
+        flags: u32,
+    },
 }
 
 // since kernel 5.7
@@ -467,6 +475,17 @@ pub(crate) fn bpf_link_create(
             }
             BpfLinkCreateArgs::PerfEvent { bpf_cookie } => {
                 attr.link_create.__bindgen_anon_3.perf_event.bpf_cookie = bpf_cookie;
+            }
+            BpfLinkCreateArgs::Netfilter {
+                pf,
+                hooknum,
+                priority,
+                flags,
+            } => {
+                attr.link_create.__bindgen_anon_3.netfilter.pf = pf;
+                attr.link_create.__bindgen_anon_3.netfilter.hooknum = hooknum;
+                attr.link_create.__bindgen_anon_3.netfilter.priority = priority;
+                attr.link_create.__bindgen_anon_3.netfilter.flags = flags;
             }
             BpfLinkCreateArgs::Tcx(link_ref) => match link_ref {
                 LinkRef::Fd(fd) => {
