@@ -29,6 +29,9 @@ pub use more::{CgroupHook, MorePoint, Sample};
 // The usdt kind (a uprobe per site of a USDT probe, libbpf's usdt.bpf.h) lives in its own file.
 pub(crate) mod usdt;
 pub use usdt::{UsdtError, UsdtPoint};
+// Issue 13's hook kinds (tpBtf, lsm, ksyscall, netfilter).
+mod hooks;
+pub use hooks::HookPoint;
 
 /// One attach point of a program (an `xdp` entry with three interfaces is three points).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +79,8 @@ pub enum AttachPoint {
     More(MorePoint),
     /// A USDT probe, or once expanded one of its sites (see `attach/usdt.rs`).
     Usdt(UsdtPoint),
+    /// One of issue 13's hook kinds (see `attach/hooks.rs`).
+    Hook(HookPoint),
 }
 
 fn direction_name(d: Direction) -> &'static str {
@@ -127,6 +132,7 @@ impl AttachPoint {
         points.extend(one.into_iter().flatten());
         more::points(attach, &mut points);
         points.extend(UsdtPoint::of(attach).map(AttachPoint::Usdt));
+        hooks::points(attach, &mut points);
         points
     }
 
@@ -195,6 +201,7 @@ impl AttachPoint {
             ),
             AttachPoint::More(p) => p.link_name(),
             AttachPoint::Usdt(p) => p.link_name(),
+            AttachPoint::Hook(p) => p.link_name(),
         }
     }
 
@@ -223,6 +230,7 @@ impl AttachPoint {
             }
             AttachPoint::More(p) => p.describe(),
             AttachPoint::Usdt(p) => p.describe(),
+            AttachPoint::Hook(p) => p.describe(),
         }
     }
 
@@ -240,6 +248,7 @@ impl AttachPoint {
             AttachPoint::CgroupSkb { .. } => "a cgroup_skb program (SEC(\"cgroup_skb/...\"))",
             AttachPoint::More(p) => p.wants(),
             AttachPoint::Usdt(_) => "a usdt program (SEC(\"usdt\"), built with <bpf/usdt.bpf.h>)",
+            AttachPoint::Hook(p) => p.wants(),
         }
     }
 }
@@ -382,6 +391,9 @@ pub enum TargetError {
     /// A USDT target, its notes or the object's spec map (`attach/usdt.rs`).
     #[error(transparent)]
     Usdt(Box<UsdtError>),
+    /// The kernel does not run the BPF LSM: `(what it runs)`.
+    #[error("{0}")]
+    NoBpfLsm(String),
 }
 
 /// One program at one point: what every error of an attachment names.
@@ -593,6 +605,7 @@ impl AttachPoint {
             }
             AttachPoint::More(p) => p.link(program, at, maps)?.into(),
             AttachPoint::Usdt(p) => p.link(program, at)?.into(),
+            AttachPoint::Hook(p) => p.link(program, at)?.into(),
         };
         Ok(linked)
     }

@@ -811,6 +811,9 @@ fn same_as_previous_more(old_path: &Path, new: &Program) -> Option<Program> {
         Program::SkSkb(p) => Program::SkSkb(SkSkb::from_pin(old_path, p.kind()).ok()?),
         Program::PerfEvent(_) => Program::PerfEvent(PerfEvent::from_pin(old_path).ok()?),
         Program::Iter(_) => Program::Iter(Iter::from_pin(old_path).ok()?),
+        Program::Netfilter(_) => {
+            Program::Netfilter(aya::programs::Netfilter::from_pin(old_path).ok()?)
+        }
         _ => return None,
     };
     Some(kept)
@@ -1008,6 +1011,9 @@ fn load_program(
         Program::SkReuseport(p) => p.load(),
         Program::FlowDissector(p) => p.load(),
         Program::LircMode2(p) => p.load(),
+        // Issue 13's hook kinds: netfilter, and the types bpfpin loads and pins only.
+        Program::Netfilter(p) => p.load(),
+        Program::LoadOnly(p) => p.load(),
         other => {
             return Err(LoadError::UnsupportedType(
                 name.to_owned(),
