@@ -22,4 +22,5 @@ pub mod netns;
 pub mod pod_cgroup;
 pub mod reconcile;
 pub mod usdt_notes;
+pub mod section_status;
 pub mod xdp_dispatcher;
