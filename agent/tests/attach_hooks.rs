@@ -158,7 +158,11 @@ fn tp_btf_counts_the_getpids_of_this_thread() {
     };
     assert_eq!(links, ["links/tp_btf_getpid/tpbtf-sys_enter"]);
     getpid_n(20);
-    assert_eq!(hits(&fs, "tpbtf", TP_BTF), 20, "20 getpid calls of this thread");
+    assert_eq!(
+        hits(&fs, "tpbtf", TP_BTF),
+        20,
+        "20 getpid calls of this thread"
+    );
     getpid_n(7);
     assert_eq!(hits(&fs, "tpbtf", TP_BTF), 27);
 }
@@ -166,7 +170,12 @@ fn tp_btf_counts_the_getpids_of_this_thread() {
 #[test]
 fn tp_btf_attach_from_the_section() {
     let fs = Bpffs::new();
-    match try_pin(&fs, "tpbtf2", &this_thread(), &[("tp_btf_getpid", Some("{}"))]) {
+    match try_pin(
+        &fs,
+        "tpbtf2",
+        &this_thread(),
+        &[("tp_btf_getpid", Some("{}"))],
+    ) {
         Ok(links) => {
             assert_eq!(links, ["links/tp_btf_getpid/tpbtf-sys_enter"]);
             getpid_n(3);
@@ -286,7 +295,12 @@ fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -
     std::thread::spawn(move || {
         // SAFETY: unshare(CLONE_NEWNET) changes only this thread's network namespace.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
         let out = Command::new("ip")
             .args(["link", "set", "lo", "up"])
             .output()
@@ -481,7 +495,12 @@ fn run_pinned_syscall_program(pin: &Path) -> u32 {
             std::mem::size_of_val(&attr),
         )
     };
-    assert!(fd >= 0, "BPF_OBJ_GET {}: {}", pin.display(), std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "BPF_OBJ_GET {}: {}",
+        pin.display(),
+        std::io::Error::last_os_error()
+    );
     let mut attr = [0u32; 32];
     attr[0] = fd as u32; // test.prog_fd
     // SAFETY: attr is a zeroed bpf_attr with test.prog_fd set (BPF_PROG_TEST_RUN, 10).
@@ -524,7 +543,11 @@ fn load_only_program_types_are_pinned_and_a_syscall_program_runs() {
     for _ in 0..3 {
         assert_eq!(run_pinned_syscall_program(&pin_path), 42);
     }
-    assert_eq!(hits(&fs, "lo", SYSCALL_RUN), 3, "3 runs of the syscall program");
+    assert_eq!(
+        hits(&fs, "lo", SYSCALL_RUN),
+        3,
+        "3 runs of the syscall program"
+    );
     // `attach: {}` on a program without an attach point says so.
     let err = try_pin(&fs, "lo2", &[], &[("lwt_xmit_prog", Some("{}"))]).expect_err("no point");
     assert_eq!(err.reason.as_str(), "InvalidSpec");

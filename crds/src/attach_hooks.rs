@@ -193,7 +193,10 @@ mod tests {
         for (bad, field) in [
             ("{tpBtf: {name: 'sched/switch'}}", "tpBtf.name"),
             ("{lsm: {hook: ''}}", "lsm.hook"),
-            ("{ksyscall: {syscall: '__x64_sys_getpid+4'}}", "ksyscall.syscall"),
+            (
+                "{ksyscall: {syscall: '__x64_sys_getpid+4'}}",
+                "ksyscall.syscall",
+            ),
             (
                 "{netfilter: {family: IPv4, hook: LocalIn, priority: 2147483647}}",
                 "netfilter.priority",
@@ -210,8 +213,10 @@ mod tests {
             .is_err()
         );
         assert!(
-            serde_yaml::from_str::<Attach>("{netfilter: {family: IPv4, hook: Ingress, priority: 1}}")
-                .is_err()
+            serde_yaml::from_str::<Attach>(
+                "{netfilter: {family: IPv4, hook: Ingress, priority: 1}}"
+            )
+            .is_err()
         );
     }
 

@@ -245,7 +245,10 @@ mod tests {
 
     #[test]
     fn link_names_are_bpffs_names() {
-        assert_eq!(names("{tpBtf: {name: sched_switch}}"), ["tpbtf-sched_switch"]);
+        assert_eq!(
+            names("{tpBtf: {name: sched_switch}}"),
+            ["tpbtf-sched_switch"]
+        );
         assert_eq!(names("{lsm: {hook: file_open}}"), ["lsm-file_open"]);
         assert_eq!(names("{ksyscall: {syscall: getpid}}"), ["ksyscall-getpid"]);
         assert_eq!(
