@@ -231,11 +231,6 @@ fn print_table(title: &str, rows: &[Row]) {
 /// must fail with `Unsupported` and a message naming the program. A section that starts to pin
 /// fails the test, so this list stays true (and the README's table with it).
 const KNOWN_GAPS: &[&str] = &[
-    "action",
-    "syscall",
-    "netfilter",
-    "lwt_in",
-    "lwt_xmit",
     "raw_tp.w/sys_enter",
     "raw_tracepoint.w/sys_enter",
     "kprobe.multi/do_unlinkat",
@@ -244,7 +239,6 @@ const KNOWN_GAPS: &[&str] = &[
     "uprobe.multi",
     "raw_tp.s/sys_enter",
     "fentry.multi/do_unlinkat",
-    "cgroup/connect_unix",
 ];
 
 /// The sections of libbpf's table swept one per object (so that bpftool, which loads all or
@@ -532,7 +526,7 @@ fn debian_xdp_tools_objects() {
 }
 
 /// A program that is not in `spec.programs` is ignored whatever its section: one libbpf name aya
-/// cannot load (`syscall`), one nobody knows, next to the listed `tc` program, which pins. Listed,
+/// cannot load (`kprobe.multi`), one nobody knows, next to the listed `tc` program, which pins. Listed,
 /// the same program fails the object as `Unsupported`, naming it and its section, pinning nothing.
 #[test]
 fn unlisted_programs_are_ignored_whatever_their_section() {
@@ -563,7 +557,7 @@ fn unlisted_programs_are_ignored_whatever_their_section() {
     assert_eq!(err.reason, bpfpin_agent::error::Reason::Unsupported);
     assert!(
         err.message
-            .contains("program run_me (section `syscall`) cannot be loaded: aya 0.14 has no BPF_PROG_TYPE_SYSCALL program"),
+            .contains("program run_me (section `kprobe.multi/do_unlinkat`) cannot be loaded: aya 0.14 has no kprobe.multi program"),
         "{}",
         err.message
     );

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: GPL-2.0
-// One program bpfpin loads (`tc`) next to programs it cannot (`syscall`) or that no loader knows:
+// One program bpfpin loads (`tc`) next to programs it cannot (`kprobe.multi`) or that no loader knows:
 // only the programs a spec lists are ever looked at.
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -10,7 +10,7 @@ int wanted(struct __sk_buff *skb)
 	return 0;
 }
 
-SEC("syscall")
+SEC("kprobe.multi/do_unlinkat")
 int run_me(void *ctx)
 {
 	return 0;
