@@ -724,7 +724,7 @@ mod tests {
             ("spec.maps[].pinPath", "!self.split('/').exists(s, s == '')", "x".into(), map("a//m"), "spec.maps[0].pinPath"),
             ("spec.maps[].pinPath", "self.matches('^[A-Za-z0-9_/-]*$')", "x".into(), map("a/m.x"), "spec.maps[0].pinPath"),
             ("spec.programs[].name", "self.matches('^[A-Za-z_][A-Za-z0-9_]*$')", "x".into(), "bytecode: {path: c.o}\nprograms: [{name: 1p}]".into(), "spec.programs[0].name"),
-            ("spec.programs[].attach", "[has(self.tracepoint), has(self.xdp), has(self.tc), has(self.kprobe), has(self.uprobe), has(self.fentry), has(self.fexit), has(self.cgroupSkb), has(self.rawTracepoint), has(self.sockOps), has(self.cgroupSockAddr), has(self.cgroupSock), has(self.cgroupSysctl), has(self.cgroupSockopt), has(self.cgroupDevice), has(self.skLookup), has(self.skMsg), has(self.skSkb), has(self.perfEvent), has(self.iter), has(self.usdt)].filter(x, x).size() <= 1", "x".into(), prog("{fentry: {function: f}, iter: {}}"), "spec.programs[0].attach"),
+            ("spec.programs[].attach", "[has(self.tracepoint), has(self.xdp), has(self.tc), has(self.kprobe), has(self.uprobe), has(self.fentry), has(self.fexit), has(self.cgroupSkb), has(self.rawTracepoint), has(self.sockOps), has(self.cgroupSockAddr), has(self.cgroupSock), has(self.cgroupSysctl), has(self.cgroupSockopt), has(self.cgroupDevice), has(self.skLookup), has(self.skMsg), has(self.skSkb), has(self.perfEvent), has(self.iter), has(self.usdt), has(self.tpBtf), has(self.lsm), has(self.ksyscall), has(self.netfilter)].filter(x, x).size() <= 1", "x".into(), prog("{fentry: {function: f}, iter: {}}"), "spec.programs[0].attach"),
             // usdt (attach/usdt.rs)
             ("spec.programs[].attach.usdt.target", "self.startsWith('/')", "x".into(), prog("{usdt: {target: bin/x, provider: p, name: n}}"), "spec.programs[0].attach.usdt.target"),
             ("spec.programs[].attach.usdt.provider", "self.matches('^[A-Za-z_][A-Za-z0-9_]*$')", "x".into(), prog("{usdt: {target: /bin/x, provider: 'p-q', name: n}}"), "spec.programs[0].attach.usdt.provider"),
@@ -761,6 +761,11 @@ mod tests {
             ("spec.programs[].attach.cgroupSysctl", "has(self.cgroup) != has(self.pods)", "x".into(), prog("{cgroupSysctl: {}}"), "spec.programs[0].attach.cgroupSysctl"),
             ("spec.programs[].attach.cgroupSockopt", "has(self.cgroup) != has(self.pods)", "x".into(), prog("{cgroupSockopt: {}}"), "spec.programs[0].attach.cgroupSockopt"),
             ("spec.programs[].attach.cgroupDevice", "has(self.cgroup) != has(self.pods)", "x".into(), prog("{cgroupDevice: {}}"), "spec.programs[0].attach.cgroupDevice"),
+            // Issue 13's hook kinds.
+            ("spec.programs[].attach.tpBtf.name", "self.matches('^[A-Za-z0-9_]+$')", "x".into(), prog("{tpBtf: {name: 'sched/switch'}}"), "spec.programs[0].attach.tpBtf.name"),
+            ("spec.programs[].attach.lsm.hook", "self.matches('^[A-Za-z0-9_]+$')", "x".into(), prog("{lsm: {hook: 'file open'}}"), "spec.programs[0].attach.lsm.hook"),
+            ("spec.programs[].attach.ksyscall.syscall", "self.matches('^[A-Za-z0-9_]+$')", "x".into(), prog("{ksyscall: {syscall: 'getpid+4'}}"), "spec.programs[0].attach.ksyscall.syscall"),
+            ("spec.programs[].attach.netfilter.priority", "self > -2147483648 && self < 2147483647", "x".into(), prog("{netfilter: {family: IPv4, hook: LocalIn, priority: -2147483648}}"), "spec.programs[0].attach.netfilter.priority"),
             // networkNamespaces (pod-aware attachment)
             ("spec.programs[].attach.tc", "has(self.networkNamespaces) != (has(self.interfaces) && size(self.interfaces) > 0)", "x".into(), prog("{tc: {direction: Egress, interfaces: [eth0], networkNamespaces: {namespace: web}}}"), "spec.programs[0].attach.tc.interfaces"),
             ("spec.programs[].attach.tc", "!has(self.networkNamespaces) || !has(self.priority)", "x".into(), prog("{tc: {direction: Egress, priority: 10, networkNamespaces: {namespace: web}}}"), "spec.programs[0].attach.tc.networkNamespaces"),
