@@ -11,8 +11,8 @@
 use std::borrow::Cow;
 
 use bpfpin_crds::{
-    Attach, Direction, FunctionAttach, IterAttach, KprobeAttach, RawTracepointAttach,
-    TracepointAttach, UprobeAttach,
+    Attach, Direction, FunctionAttach, IterAttach, KprobeAttach, KsyscallAttach, LsmAttach,
+    RawTracepointAttach, TpBtfAttach, TracepointAttach, UprobeAttach,
 };
 
 use crate::error::{Reason, StatusError};
@@ -36,14 +36,18 @@ pub enum Derive {
     Iter,
     /// `usdt/<path>:<provider>:<name>`: the whole USDT probe (`attach/usdt.rs`).
     Usdt,
+    /// `tp_btf/<name>`: the whole BTF tracepoint.
+    TpBtf,
+    /// `lsm/<hook>`: the whole LSM hook.
+    Lsm,
+    /// `ksyscall/<syscall>`, `kretsyscall/<syscall>`: the whole system call probe.
+    Ksyscall,
     /// `cgroup_skb/<direction>`: the direction; the manifest gives the cgroup.
     CgroupSkb(Direction),
     /// `tc/<direction>`, `tcx/<direction>`: the direction; the manifest gives the interfaces.
     Tc(Direction),
     /// The section names the program type (and hook) only; the manifest sets this attach field.
     Needs(&'static str),
-    /// The section names the point, but for a kind derived elsewhere (not on this host's kinds).
-    Elsewhere(&'static str),
     /// The program has no attach point of its own (it runs from a map entry, a socket, ...).
     Nothing(&'static str),
 }
@@ -79,8 +83,8 @@ pub const PREFIXES: &[(&str, Derive)] = prefixes! {
     "kretprobe/" => Kprobe,
     "kprobe" => Needs("kprobe.function"),
     "kretprobe" => Needs("kprobe.function"),
-    "ksyscall/" => Elsewhere("ksyscall"),
-    "kretsyscall/" => Elsewhere("ksyscall"),
+    "ksyscall/" => Ksyscall,
+    "kretsyscall/" => Ksyscall,
     "uprobe.multi" => Needs("uprobe (uprobe.multi is not loadable)"),
     "uretprobe.multi" => Needs("uprobe (uretprobe.multi is not loadable)"),
     "uprobe.session" => Needs("uprobe (uprobe.session is not loadable)"),
@@ -106,10 +110,10 @@ pub const PREFIXES: &[(&str, Derive)] = prefixes! {
     "fmod_ret/" => Nothing("fmod_ret is not loadable (aya 0.14)"),
     "fmod_ret.s/" => Nothing("fmod_ret is not loadable (aya 0.14)"),
     "freplace/" => Nothing("freplace programs extend a program bpfpin loads itself"),
-    "tp_btf/" => Elsewhere("tpBtf"),
-    "tp_btf.s/" => Elsewhere("tpBtf"),
-    "lsm/" => Elsewhere("lsm"),
-    "lsm.s/" => Elsewhere("lsm"),
+    "tp_btf/" => TpBtf,
+    "tp_btf.s/" => TpBtf,
+    "lsm/" => Lsm,
+    "lsm.s/" => Lsm,
     "lsm_cgroup/" => Nothing("lsm_cgroup is not loadable (aya 0.14)"),
     "iter/" => Iter,
     "iter.s/" => Iter,
@@ -124,7 +128,7 @@ pub const PREFIXES: &[(&str, Derive)] = prefixes! {
     "classifier" => Needs("tc.interfaces and tc.direction"),
     "netkit/primary" => Nothing("netkit links are not made by bpfpin"),
     "netkit/peer" => Nothing("netkit links are not made by bpfpin"),
-    "action" => Nothing("SCHED_ACT is not loadable (aya 0.14)"),
+    "action" => Nothing("load-only: a tc action runs it"),
     "xdp.frags/devmap" => Nothing("a devmap entry runs it"),
     "xdp/devmap" => Nothing("a devmap entry runs it"),
     "xdp.frags/cpumap" => Nothing("a cpumap entry runs it"),
@@ -144,10 +148,10 @@ pub const PREFIXES: &[(&str, Derive)] = prefixes! {
     "socket" => Nothing("a socket runs it (SO_ATTACH_BPF)"),
     "flow_dissector" => Nothing("flow dissector links are not made by bpfpin"),
     "lirc_mode2" => Nothing("a LIRC device runs it"),
-    "lwt_in" => Nothing("lwt is not loadable (aya 0.14)"),
-    "lwt_out" => Nothing("lwt is not loadable (aya 0.14)"),
-    "lwt_xmit" => Nothing("lwt is not loadable (aya 0.14)"),
-    "lwt_seg6local" => Nothing("lwt is not loadable (aya 0.14)"),
+    "lwt_in" => Nothing("load-only: a route with `encap bpf` runs it"),
+    "lwt_out" => Nothing("load-only: a route with `encap bpf` runs it"),
+    "lwt_xmit" => Nothing("load-only: a route with `encap bpf` runs it"),
+    "lwt_seg6local" => Nothing("load-only: a route with `encap bpf` runs it"),
     "cgroup/sock_create" => Needs("cgroupSock.cgroup"),
     "cgroup/sock_release" => Needs("cgroupSock.cgroup"),
     "cgroup/sock" => Needs("cgroupSock.cgroup"),
@@ -157,27 +161,27 @@ pub const PREFIXES: &[(&str, Derive)] = prefixes! {
     "cgroup/bind6" => Needs("cgroupSockAddr.cgroup"),
     "cgroup/connect4" => Needs("cgroupSockAddr.cgroup"),
     "cgroup/connect6" => Needs("cgroupSockAddr.cgroup"),
-    "cgroup/connect_unix" => Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
+    "cgroup/connect_unix" => Needs("cgroupSockAddr.cgroup"),
     "cgroup/sendmsg4" => Needs("cgroupSockAddr.cgroup"),
     "cgroup/sendmsg6" => Needs("cgroupSockAddr.cgroup"),
-    "cgroup/sendmsg_unix" => Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
+    "cgroup/sendmsg_unix" => Needs("cgroupSockAddr.cgroup"),
     "cgroup/recvmsg4" => Needs("cgroupSockAddr.cgroup"),
     "cgroup/recvmsg6" => Needs("cgroupSockAddr.cgroup"),
-    "cgroup/recvmsg_unix" => Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
+    "cgroup/recvmsg_unix" => Needs("cgroupSockAddr.cgroup"),
     "cgroup/getpeername4" => Needs("cgroupSockAddr.cgroup"),
     "cgroup/getpeername6" => Needs("cgroupSockAddr.cgroup"),
-    "cgroup/getpeername_unix" => Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
+    "cgroup/getpeername_unix" => Needs("cgroupSockAddr.cgroup"),
     "cgroup/getsockname4" => Needs("cgroupSockAddr.cgroup"),
     "cgroup/getsockname6" => Needs("cgroupSockAddr.cgroup"),
-    "cgroup/getsockname_unix" => Needs("cgroupSockAddr.cgroup (not loadable: aya 0.14)"),
+    "cgroup/getsockname_unix" => Needs("cgroupSockAddr.cgroup"),
     "cgroup/sysctl" => Needs("cgroupSysctl.cgroup"),
     "cgroup/getsockopt" => Needs("cgroupSockopt.cgroup"),
     "cgroup/setsockopt" => Needs("cgroupSockopt.cgroup"),
     "cgroup/dev" => Needs("cgroupDevice.cgroup"),
     "struct_ops/" => Nothing("struct_ops is not loadable (aya 0.14)"),
     "struct_ops.s/" => Nothing("struct_ops is not loadable (aya 0.14)"),
-    "syscall" => Nothing("BPF_PROG_TYPE_SYSCALL is not loadable (aya 0.14)"),
-    "netfilter" => Nothing("netfilter is not loadable (aya 0.14)"),
+    "syscall" => Nothing("load-only: bpf(BPF_PROG_RUN) runs it"),
+    "netfilter" => Needs("netfilter.family, netfilter.hook and netfilter.priority (libbpf does not auto-attach netfilter either)"),
 };
 
 /// The table's entry for a section, and what follows its prefix (`syscalls/sys_enter_execve` of
@@ -208,11 +212,6 @@ pub enum AutoAttachError {
     /// `attach: {}` for a section whose program has no attach point: `(program, section, why)`.
     #[error("program {0} (section `{1}`) has no attach point bpfpin makes ({2}); remove `attach`")]
     NoPoint(String, String, &'static str),
-    /// `attach: {}` for a kind derived elsewhere: `(program, section, the kind)`.
-    #[error(
-        "program {0} (section `{1}`): set attach.{2} (this kind is not derived from the section)"
-    )]
-    Elsewhere(String, String, &'static str),
     /// The section cannot be read as its prefix says: `(program, section, what is expected)`.
     #[error("program {0}: section `{1}` does not have the form {2}")]
     Malformed(String, String, &'static str),
@@ -277,7 +276,6 @@ pub fn resolve<'a>(
             "tc.interfaces (and tc.direction, which must be the section's)",
         )),
         Derive::Needs(fields) => Err(AutoAttachError::NotNamed(p, s, fields)),
-        Derive::Elsewhere(kind) => Err(AutoAttachError::Elsewhere(p, s, kind)),
         Derive::Nothing(why) => Err(AutoAttachError::NoPoint(p, s, why)),
         _ => named(derive, rest)
             .map(Cow::Owned)
@@ -352,6 +350,13 @@ fn named(derive: Derive, rest: &str) -> Result<Attach, &'static str> {
                 pid: None,
             });
         }
+        Derive::TpBtf => a.tp_btf = Some(TpBtfAttach { name: rest.into() }),
+        Derive::Lsm => a.lsm = Some(LsmAttach { hook: rest.into() }),
+        Derive::Ksyscall => {
+            a.ksyscall = Some(KsyscallAttach {
+                syscall: rest.into(),
+            })
+        }
         _ => {}
     }
     Ok(a)
@@ -414,7 +419,10 @@ fn contradiction(
             };
             differ("usdt", &probe(s), &probe(&n))
         }
-        Derive::Iter | Derive::Needs(_) | Derive::Elsewhere(_) | Derive::Nothing(_) => None,
+        Derive::TpBtf => differ("tpBtf.name", &attach.tp_btf.as_ref()?.name, rest),
+        Derive::Lsm => differ("lsm.hook", &attach.lsm.as_ref()?.hook, rest),
+        Derive::Ksyscall => differ("ksyscall.syscall", &attach.ksyscall.as_ref()?.syscall, rest),
+        Derive::Iter | Derive::Needs(_) | Derive::Nothing(_) => None,
     }
 }
 
@@ -709,8 +717,8 @@ mod tests {
             assert_eq!(e.reason(), Reason::InvalidSpec);
         }
         assert!(matches!(
-            derived("tp_btf/sched_switch"),
-            Err(AutoAttachError::Elsewhere(..))
+            derived("netfilter"),
+            Err(AutoAttachError::NotNamed(..))
         ));
         assert!(matches!(
             derived("socket"),
@@ -854,5 +862,37 @@ mod tests {
         let same = attach("{usdt: {target: /bin/x, provider: p, name: n}}");
         assert!(resolve("p", "usdt//bin/x:p:n", &same).is_ok());
         assert!(resolve("p", "usdt", &same).is_ok());
+    #[test]
+    fn the_hook_kinds_are_derived_and_checked() {
+        let a = derived("tp_btf/sched_switch").expect("tp_btf");
+        assert_eq!(a.tp_btf.expect("tpBtf").name, "sched_switch");
+        let a = derived("lsm.s/bprm_committed_creds").expect("lsm");
+        assert_eq!(a.lsm.expect("lsm").hook, "bprm_committed_creds");
+        let a = derived("kretsyscall/openat").expect("ksyscall");
+        assert_eq!(a.ksyscall.expect("ksyscall").syscall, "openat");
+        for (section, spec, field) in [
+            (
+                "tp_btf/sys_enter",
+                "{tpBtf: {name: sched_switch}}",
+                "tpBtf.name",
+            ),
+            (
+                "lsm/file_open",
+                "{lsm: {hook: bprm_check_security}}",
+                "lsm.hook",
+            ),
+            (
+                "ksyscall/getpid",
+                "{ksyscall: {syscall: getppid}}",
+                "ksyscall.syscall",
+            ),
+        ] {
+            let e = resolve("p", section, &attach(spec)).expect_err(section);
+            assert!(
+                matches!(&e, AutoAttachError::Contradicts(_, f, ..) if *f == field),
+                "{section}: {e}"
+            );
+        }
+        assert!(resolve("p", "lsm/file_open", &attach("{lsm: {hook: file_open}}")).is_ok());
     }
 }
