@@ -345,6 +345,28 @@ fn netfilter_drops_udp_to_a_port_in_a_private_netns() {
                 Some("{netfilter: {family: IPv4, hook: LocalIn, priority: -100}}"),
             )],
         );
+        // A second BPF program at the same family, hook and priority (another object, another
+        // bpffs): the kernel refuses it (EBUSY), and the first keeps running.
+        let other = Bpffs::new();
+        let taken = try_pin(
+            &other,
+            "nf-again",
+            &[("target_port", port.to_le_bytes().to_vec())],
+            &[(
+                "nf_drop_port",
+                Some("{netfilter: {family: IPv4, hook: LocalIn, priority: -100}}"),
+            )],
+        )
+        .expect_err("the priority is taken");
+        assert_eq!(taken.reason.as_str(), "AttachFailed");
+        assert!(
+            taken.message.contains(
+                "attaching program nf_drop_port to netfilter IPv4 LocalIn at priority -100"
+            ),
+            "{taken}"
+        );
+        assert!(taken.message.contains("(os error 16)"), "{taken}");
+        eprintln!("a second program at the same priority: {taken}");
         let received_dropped = udp_round(port, 5);
         let received_passed = udp_round(port + 1, 3);
         let counts = (hits(&fs, "nf", NF_DROPPED), hits(&fs, "nf", NF_PASSED));
