@@ -229,7 +229,13 @@ fn lsm_file_open_counts_and_denies() {
             eprintln!("SKIPPED lsm counting: the kernel does not run the bpf LSM: {err}");
             return;
         }
-        Err(err) => return refused_trampoline("lsm", &err),
+        Err(err) => {
+            assert!(
+                err.message.contains("refused the lsm program"),
+                "the refusal says why: {err}"
+            );
+            return refused_trampoline("lsm", &err);
+        }
     };
     assert_eq!(links, ["links/lsm_file_open/lsm-file_open"]);
     for _ in 0..6 {

@@ -150,6 +150,12 @@ pub enum LoadError {
         "{0} (the kernel refused the fentry/fexit program: BPF trampolines are disabled or restricted on this node)"
     )]
     TrampolinesRefused(#[source] Box<LoadError>),
+    /// The kernel refused an lsm program with EPERM: trampolines are off, or the BPF LSM is not
+    /// active.
+    #[error(
+        "{0} (the kernel refused the lsm program: BPF trampolines are disabled or restricted on this node, or the bpf LSM is not active; see /sys/kernel/security/lsm)"
+    )]
+    LsmRefused(#[source] Box<LoadError>),
     /// The id of a pinned program could not be read: `(program, aya's error)`.
     #[error("program {0}: {cause}", cause = chain(.1))]
     ProgramInfo(String, #[source] Box<ProgramError>),
@@ -227,6 +233,7 @@ impl StatusError for LoadError {
             E::ProgramLoad(..)
             | E::NoVerifierLog(..)
             | E::TrampolinesRefused(..)
+            | E::LsmRefused(..)
             | E::ProgramInfo(..)
             | E::TailCallFd(..)
             | E::TailCallDup(..)
@@ -1023,11 +1030,15 @@ fn load_program(
         }
     };
     let tracing = matches!(program, Program::FEntry(_) | Program::FExit(_));
+    let lsm = matches!(program, Program::Lsm(_));
     result.map_err(|e| {
         let err = program_error(name, e);
-        if tracing && err.to_string().contains("os error 1)") {
+        let eperm = err.to_string().contains("os error 1)");
+        if tracing && eperm {
             // EPERM with an empty log: the kernel refuses BPF trampolines (ftrace restricted).
             LoadError::TrampolinesRefused(Box::new(err))
+        } else if lsm && eperm {
+            LoadError::LsmRefused(Box::new(err))
         } else {
             err
         }
