@@ -27,6 +27,7 @@ enum {
 	GETPEERNAME_UNIX = 10,
 	GETSOCKNAME_UNIX = 11,
 	SYSCALL_RUN = 12,
+	ACTION_RUN = 13,
 	KINDS = 16,
 };
 
@@ -193,6 +194,7 @@ int syscall_prog(void *ctx)
 SEC("action")
 int action_prog(struct __sk_buff *skb)
 {
+	hit(ACTION_RUN);
 	return 0; // TC_ACT_OK
 }
 
