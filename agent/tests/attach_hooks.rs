@@ -587,13 +587,21 @@ fn load_only_program_types_are_pinned_and_a_syscall_program_runs() {
     );
 }
 
-/// Runs `cmd` (a shell command line); `Err` holds its stderr.
-fn sh(cmd: &str) -> Result<(), String> {
-    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
+/// Runs `program` with `args` (directly: busybox's `sh` in hack/vm-test's VM would run its own
+/// `tc` applet); `Err` holds its stderr.
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr)))
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
@@ -608,15 +616,27 @@ fn tc_action_runs_a_pinned_action_program() {
         let fs = Bpffs::new();
         pin(&fs, "act", &[], &[("action_prog", None)]);
         let pinned = fs.root().join("act/progs/action_prog");
-        sh("tc qdisc add dev lo clsact")?;
-        sh(&format!(
-            "tc filter add dev lo ingress matchall action bpf object-pinned {}",
-            pinned.display()
-        ))?;
+        let pinned = pinned.to_str().expect("a UTF-8 path");
+        run("tc", &["qdisc", "add", "dev", "lo", "clsact"])?;
+        run(
+            "tc",
+            &[
+                "filter",
+                "add",
+                "dev",
+                "lo",
+                "ingress",
+                "matchall",
+                "action",
+                "bpf",
+                "object-pinned",
+                pinned,
+            ],
+        )?;
         let before = hits(&fs, "act", ACTION_RUN);
-        sh("ping -c 4 -i 0.2 -W 1 127.0.0.1 >/dev/null").expect("ping");
+        run("ping", &["-c", "4", "-i", "0.2", "-W", "1", "127.0.0.1"]).expect("ping");
         let ran = hits(&fs, "act", ACTION_RUN) - before;
-        sh("tc qdisc del dev lo clsact").expect("tc qdisc del");
+        run("tc", &["qdisc", "del", "dev", "lo", "clsact"]).expect("tc qdisc del");
         Ok::<u64, String>(ran)
     });
     let ran = match outcome {
