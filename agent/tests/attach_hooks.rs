@@ -654,3 +654,56 @@ fn tc_action_runs_a_pinned_action_program() {
     // lo's ingress sees each echo request and each reply.
     assert_eq!(ran, 8);
 }
+
+/// An update that reloads a netfilter program (new globals) at the same family, hook and
+/// priority: the kernel has one BPF program per priority and no update of a netfilter link, so the
+/// new version takes the hook over from the old one. A failed update (a later program of the
+/// object cannot attach) puts the old program back on the hook.
+#[test]
+fn a_netfilter_program_is_updated_in_place_and_a_failed_update_restores_it() {
+    let port: u16 = 47_100;
+    let outcome = in_private_netns(move || {
+        let fs = Bpffs::new();
+        let mut r = Reconciler::new(fs.path()).expect("reconciler");
+        let nf = (
+            "nf_drop_port",
+            Some("{netfilter: {family: IPv4, hook: LocalIn, priority: 10}}"),
+        );
+        let bad = (
+            "connect_unix",
+            Some("{cgroupSockAddr: {cgroup: /sys/fs/cgroup/bpfpin-no-such-cgroup}}"),
+        );
+        let v = |p: u16, programs: &[(&str, Option<&str>)]| {
+            desired(
+                "nfup",
+                &spec_of(&[("target_port", p.to_le_bytes().to_vec())], programs),
+                "hooks",
+            )
+        };
+        let mut errors = Vec::new();
+        let mut drops = Vec::new();
+        // v1 drops `port`; v2 drops `port + 10`; v3 (drops `port + 20`) fails at its second
+        // program, and v2 must keep dropping.
+        for (p, programs) in [
+            (port, vec![nf]),
+            (port + 10, vec![nf]),
+            (port + 20, vec![nf, bad]),
+        ] {
+            let report = r.reconcile(&[v(p, &programs)], &BTreeSet::new());
+            errors.push(report.objects[0].error.clone());
+            drops.push([
+                5 - udp_round(port, 5),
+                5 - udp_round(port + 10, 5),
+                5 - udp_round(port + 20, 5),
+            ]);
+        }
+        (errors, drops)
+    });
+    let (errors, drops) = outcome;
+    eprintln!("datagrams dropped of 5 to each port, after v1, v2, v3 (failed): {drops:?}");
+    assert!(errors[0].is_none() && errors[1].is_none(), "{errors:?}");
+    let failed = errors[2].as_ref().expect("v3 fails");
+    assert_eq!(failed.reason.as_str(), "AttachFailed", "{failed}");
+    assert!(failed.message.contains("connect_unix"), "{failed}");
+    assert_eq!(drops, [[5, 0, 0], [0, 5, 0], [0, 5, 0]]);
+}

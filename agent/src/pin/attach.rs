@@ -605,7 +605,7 @@ impl AttachPoint {
             }
             AttachPoint::More(p) => p.link(program, at, maps)?.into(),
             AttachPoint::Usdt(p) => p.link(program, at)?.into(),
-            AttachPoint::Hook(p) => p.link(program, at)?.into(),
+            AttachPoint::Hook(p) => p.link(program, at, previous_link)?,
         };
         Ok(linked)
     }
@@ -761,6 +761,10 @@ fn open_uprobe_target(target: &str) -> Result<std::fs::File, TargetError> {
     }
     Ok(file)
 }
+
+/// Whether a replaced link is a netfilter link, which the update unpinned and whose undo makes
+/// it again ([`restore_netfilter_link`]) once the failed version's links are gone.
+pub(crate) use hooks::{is_netfilter_link, restore_netfilter_link};
 
 /// Puts the program pinned at `prog` back on the XDP link pinned at `link` (undo of an update).
 pub(crate) fn restore_xdp_link(link: &Path, prog: &Path) -> Result<(), Box<dyn std::error::Error>> {

@@ -381,13 +381,23 @@ struct Rollback {
 
 impl Rollback {
     fn undo(self, root: &Path) {
-        for (link, prog) in &self.replaced_links {
+        let (netfilter, xdp): (Vec<_>, Vec<_>) = self
+            .replaced_links
+            .iter()
+            .partition(|(link, _)| attach::is_netfilter_link(link));
+        for (link, prog) in xdp {
             if let Err(e) = attach::restore_xdp_link(link, prog) {
                 tracing::warn!(link = %link.display(), error = %e, "could not restore the previous program on a link");
             }
         }
         if let Some(dir) = &self.version_dir {
             fsops::remove_tree(root, dir);
+        }
+        // A netfilter priority holds one program: the failed version's link is gone now.
+        for (link, prog) in netfilter {
+            if let Err(e) = attach::restore_netfilter_link(link, prog) {
+                tracing::warn!(link = %link.display(), error = %e, "could not attach the previous netfilter program again");
+            }
         }
         for pin in &self.created_shared {
             fsops::remove_tree(root, pin);

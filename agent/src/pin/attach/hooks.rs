@@ -5,11 +5,13 @@
 //! a bpf_link, pinned like the others by `attach_and_pin`; this file only says how each kind's link
 //! is made.
 
+use std::path::{Path, PathBuf};
+
 use aya::programs::links::FdLink;
 use aya::programs::{BtfTracePoint, KProbe, Lsm, Netfilter, Program};
 use bpfpin_crds::{Attach, NetfilterFamily, NetfilterHook};
 
-use super::{At, AttachError, AttachPoint, TargetError, check_kprobes};
+use super::{At, AttachError, AttachPoint, Linked, TargetError, check_kprobes};
 use crate::pin::layout::encode_name;
 
 /// One attach point of the kinds of this file.
@@ -85,16 +87,17 @@ impl HookPoint {
                 family,
                 hook,
                 priority,
-                ..
+                defrag,
             } => {
                 let priority = match priority {
                     p if *p < 0 => format!("m{}", p.unsigned_abs()),
                     p => p.to_string(),
                 };
                 format!(
-                    "netfilter-{}-{}-{priority}",
+                    "{NETFILTER_LINK}{}-{}-{priority}{}",
                     format!("{family:?}").to_ascii_lowercase(),
-                    format!("{hook:?}").to_ascii_lowercase()
+                    format!("{hook:?}").to_ascii_lowercase(),
+                    if *defrag { "-defrag" } else { "" }
                 )
             }
         }
@@ -128,8 +131,17 @@ impl HookPoint {
     }
 
     /// Checks the target, calls aya's attach for the program type the kind takes, and returns the
-    /// link (not pinned yet).
-    pub(super) fn link(&self, program: &mut Program, at: &At<'_>) -> Result<FdLink, AttachError> {
+    /// link (not pinned yet). A netfilter hook that the previous version's link (at the same
+    /// family, hook and priority: the same link name) holds is taken over: the kernel has one BPF
+    /// program per priority and cannot update a netfilter link's program, so the old link is
+    /// unpinned first and returned as replaced (a failed build makes it again, see
+    /// [`restore_netfilter_link`]).
+    pub(super) fn link(
+        &self,
+        program: &mut Program,
+        at: &At<'_>,
+        previous_link: Option<&Path>,
+    ) -> Result<Linked, AttachError> {
         let link = match self {
             HookPoint::TpBtf { .. } => {
                 let prog: &mut BtfTracePoint = at.typed(program)?;
@@ -162,14 +174,102 @@ impl HookPoint {
                 } else {
                     0
                 };
-                let id = prog
-                    .attach(family.code(), hook.code(), *priority, flags)
-                    .map_err(|e| at.kernel(e))?;
-                FdLink::from(prog.take_link(id).map_err(|e| at.kernel(e))?)
+                let (pf, hooknum) = (family.code(), hook.code());
+                let mut replaced = None;
+                let id = match prog.attach(pf, hooknum, *priority, flags) {
+                    Err(e)
+                        if crate::pin::xdp_dispatcher::has_errno(&e, libc::EBUSY)
+                            && previous_link.is_some_and(Path::exists) =>
+                    {
+                        let prev = previous_link.expect("checked");
+                        std::fs::remove_file(prev).map_err(|e| at.kernel(e))?;
+                        tracing::info!(
+                            program = at.program,
+                            link = %prev.display(),
+                            "unpinned the previous version's netfilter link to take its priority"
+                        );
+                        replaced = Some(prev.to_path_buf());
+                        prog.attach(pf, hooknum, *priority, flags)
+                    }
+                    other => other,
+                }
+                .map_err(|e| at.kernel(e))?;
+                let link = FdLink::from(prog.take_link(id).map_err(|e| at.kernel(e))?);
+                return Ok(Linked { link, replaced });
             }
         };
-        Ok(link)
+        Ok(link.into())
     }
+}
+
+/// The start of every netfilter link's name.
+const NETFILTER_LINK: &str = "netfilter-";
+
+/// Whether the link pinned at `link` is a netfilter link (by its name).
+pub(crate) fn is_netfilter_link(link: &Path) -> bool {
+    link.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(NETFILTER_LINK))
+}
+
+/// The point a netfilter link's name says: `netfilter-<family>-<hook>-<priority>[-defrag]`.
+fn parse_netfilter_link(name: &str) -> Option<HookPoint> {
+    let mut parts = name.strip_prefix(NETFILTER_LINK)?.split('-');
+    let family = match parts.next()? {
+        "ipv4" => NetfilterFamily::IPv4,
+        "ipv6" => NetfilterFamily::IPv6,
+        _ => return None,
+    };
+    let hook = match parts.next()? {
+        "prerouting" => NetfilterHook::PreRouting,
+        "localin" => NetfilterHook::LocalIn,
+        "forward" => NetfilterHook::Forward,
+        "localout" => NetfilterHook::LocalOut,
+        "postrouting" => NetfilterHook::PostRouting,
+        _ => return None,
+    };
+    let priority = match parts.next()? {
+        p if p.starts_with('m') => -p[1..].parse::<i32>().ok()?,
+        p => p.parse().ok()?,
+    };
+    let defrag = match parts.next() {
+        None => false,
+        Some("defrag") => true,
+        Some(_) => return None,
+    };
+    Some(HookPoint::Netfilter {
+        family,
+        hook,
+        priority,
+        defrag,
+    })
+}
+
+/// Undo of a netfilter takeover: attaches the program pinned at `prog` (the previous version's)
+/// again at the hook the link name `link` says, and pins the link there. Run after the failed
+/// version's links are gone, so the priority is free.
+pub(crate) fn restore_netfilter_link(
+    link: &Path,
+    prog: &Path,
+) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let name = link
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("a netfilter link name")?;
+    let Some(HookPoint::Netfilter {
+        family,
+        hook,
+        priority,
+        defrag,
+    }) = parse_netfilter_link(name)
+    else {
+        return Err(format!("{name} is not a netfilter link name").into());
+    };
+    let mut program = Netfilter::from_pin(prog)?;
+    let flags = if defrag { BPF_F_NETFILTER_IP_DEFRAG } else { 0 };
+    let id = program.attach(family.code(), hook.code(), priority, flags)?;
+    FdLink::from(program.take_link(id)?).pin(link)?;
+    Ok(link.to_path_buf())
 }
 
 /// The architecture's prefix of system call entry points (`SYSCALL_DEFINE` wrappers), as libbpf's
@@ -256,9 +356,31 @@ mod tests {
             ["netfilter-ipv4-localin-m100"]
         );
         assert_eq!(
-            names("{netfilter: {family: IPv6, hook: PostRouting, priority: 5}}"),
-            ["netfilter-ipv6-postrouting-5"]
+            names("{netfilter: {family: IPv6, hook: PostRouting, priority: 5, defrag: true}}"),
+            ["netfilter-ipv6-postrouting-5-defrag"]
         );
+    }
+
+    #[test]
+    fn a_netfilter_link_name_reads_back_as_its_point() {
+        for yaml in [
+            "{netfilter: {family: IPv4, hook: LocalIn, priority: -100}}",
+            "{netfilter: {family: IPv6, hook: PostRouting, priority: 5, defrag: true}}",
+            "{netfilter: {family: IPv4, hook: Forward, priority: 0}}",
+        ] {
+            let attach: Attach = serde_yaml::from_str(yaml).expect("attach");
+            let point = &AttachPoint::all(&attach)[0];
+            let AttachPoint::Hook(hook) = point else {
+                panic!("{point:?}");
+            };
+            assert_eq!(
+                parse_netfilter_link(&point.link_name()).as_ref(),
+                Some(hook),
+                "{yaml}"
+            );
+        }
+        assert_eq!(parse_netfilter_link("netfilter-ipv4-localin"), None);
+        assert_eq!(parse_netfilter_link("netfilter-ipv4-localin-1-x"), None);
     }
 
     #[cfg(target_arch = "x86_64")]
