@@ -189,7 +189,7 @@ impl HookPoint {
                             "unpinned the previous version's netfilter link to take its priority"
                         );
                         replaced = Some(prev.to_path_buf());
-                        prog.attach(pf, hooknum, *priority, flags)
+                        while_busy(|| prog.attach(pf, hooknum, *priority, flags))
                     }
                     other => other,
                 }
@@ -204,6 +204,25 @@ impl HookPoint {
 
 /// The start of every netfilter link's name.
 const NETFILTER_LINK: &str = "netfilter-";
+
+/// `attach` again while it fails with EBUSY, for up to a second: the kernel frees an unpinned
+/// link's hook from a workqueue (`bpf_link_put`), a moment after the unlink.
+fn while_busy<T>(
+    mut attach: impl FnMut() -> Result<T, aya::programs::ProgramError>,
+) -> Result<T, aya::programs::ProgramError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match attach() {
+            Err(e)
+                if crate::pin::xdp_dispatcher::has_errno(&e, libc::EBUSY)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
 
 /// Whether the link pinned at `link` is a netfilter link (by its name).
 pub(crate) fn is_netfilter_link(link: &Path) -> bool {
@@ -267,7 +286,7 @@ pub(crate) fn restore_netfilter_link(
     };
     let mut program = Netfilter::from_pin(prog)?;
     let flags = if defrag { BPF_F_NETFILTER_IP_DEFRAG } else { 0 };
-    let id = program.attach(family.code(), hook.code(), priority, flags)?;
+    let id = while_busy(|| program.attach(family.code(), hook.code(), priority, flags))?;
     FdLink::from(program.take_link(id)?).pin(link)?;
     Ok(link.to_path_buf())
 }
