@@ -1,7 +1,7 @@
 //! The attach kinds of issue 13's second part: BTF tracepoints (`tpBtf`), LSM hooks (`lsm`),
 //! system calls by name (`ksyscall`) and netfilter hooks (`netfilter`). Their spec types and the
 //! checks the agent makes of them again (the CRD's CEL rules say the same). The fields are in
-//! [`crate::Attach`]; [`Attach::more_kinds`] and [`Attach::validate_more`] include them.
+//! [`crate::Attach`]; [`Attach::kinds`] and [`Attach::validate_more`] include them.
 
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
@@ -121,7 +121,7 @@ impl NetfilterHook {
 }
 
 impl Attach {
-    /// How many of this module's kinds are set (counted by [`Attach::more_kinds`]).
+    /// How many of this module's kinds are set (counted by [`Attach::kinds`]).
     pub fn hook_kinds(&self) -> usize {
         [
             self.tp_btf.is_some(),
@@ -181,11 +181,11 @@ mod tests {
             "{netfilter: {family: IPv6, hook: PostRouting, priority: 7, defrag: true}}",
         ] {
             let a = attach(good);
-            assert_eq!(a.more_kinds(), 1, "{good}");
+            assert_eq!(a.kinds(), 1, "{good}");
             assert_eq!(check(&a), Ok(()), "{good}");
         }
         let two = attach("{lsm: {hook: file_open}, ksyscall: {syscall: getpid}}");
-        assert_eq!(two.more_kinds(), 2);
+        assert_eq!(two.kinds(), 2);
     }
 
     #[test]

@@ -20,15 +20,15 @@ pub mod selector;
 pub mod usdt;
 pub mod validation;
 
+pub use attach_hooks::{
+    KsyscallAttach, LsmAttach, NetfilterAttach, NetfilterFamily, NetfilterHook, TpBtfAttach,
+};
 pub use bpf_object::{
     Attach, BpfObject, BpfObjectSpec, BpfObjectStatus, Bytecode, CgroupAttach, CgroupSkbAttach,
     ConfigMapBytecode, Direction, FunctionAttach, IterAttach, KprobeAttach, LinkOrder, MapSpec,
     NodeCounts, NodeFailure, PerfEventAttach, PerfEventName, ProgramSpec, RawTracepointAttach,
     SecretReference, SkLookupAttach, SockMapAttach, TailCall, TcAttach, TracepointAttach,
     UnsupportedNode, UprobeAttach, XdpAttach, XdpMode,
-};
-pub use attach_hooks::{
-    KsyscallAttach, LsmAttach, NetfilterAttach, NetfilterFamily, NetfilterHook, TpBtfAttach,
 };
 pub use bpf_object::{NetworkNamespaces, PodCounts, PodSelection, interface_pattern};
 pub use capabilities::{AttachType, NodeCapabilities, ProgramType, Requirements};

@@ -862,6 +862,8 @@ mod tests {
         let same = attach("{usdt: {target: /bin/x, provider: p, name: n}}");
         assert!(resolve("p", "usdt//bin/x:p:n", &same).is_ok());
         assert!(resolve("p", "usdt", &same).is_ok());
+    }
+
     #[test]
     fn the_hook_kinds_are_derived_and_checked() {
         let a = derived("tp_btf/sched_switch").expect("tp_btf");

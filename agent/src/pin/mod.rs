@@ -21,6 +21,6 @@ pub mod mounts;
 pub mod netns;
 pub mod pod_cgroup;
 pub mod reconcile;
-pub mod usdt_notes;
 pub mod section_status;
+pub mod usdt_notes;
 pub mod xdp_dispatcher;
