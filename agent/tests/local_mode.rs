@@ -310,13 +310,19 @@ fn sigkill_at_any_moment_leaves_no_half_object_and_the_next_run_converges() {
     let root = fs.root();
 
     // How long an uninterrupted cold pass takes here, so the kills land inside passes however
-    // fast the machine is.
-    let scratch = Bpffs::new();
-    let started = std::time::Instant::now();
-    let out = once(dir.path(), &scratch, &[]);
-    let pass = started.elapsed();
-    assert!(out.status.success(), "{}", text(&out));
-    drop(scratch);
+    // fast the machine is: the shorter of two, since one slowed down by the other tests of this
+    // binary running beside it would put the kills after the end of most passes.
+    let pass = (0..2)
+        .map(|_| {
+            let scratch = Bpffs::new();
+            let started = std::time::Instant::now();
+            let out = once(dir.path(), &scratch, &[]);
+            let pass = started.elapsed();
+            assert!(out.status.success(), "{}", text(&out));
+            pass
+        })
+        .min()
+        .expect("two passes");
 
     // Kill the agent at spread-out moments of a cold apply, then of an update.
     let mut interrupted = 0;
