@@ -37,30 +37,31 @@ fn main() {
 }
 
 /// How the agent binary is linked (the binary only: not the library, its tests or the bench that
-/// links it). A `local --once` run is over in about a millisecond of work, and as a
-/// position-independent executable its start-up was dominated by the dynamic loader applying
-/// ~30,000 relative relocations: each one writes a pointer into the binary's read-only-after-start
-/// data, so ~140 of its pages are copied on first write, one page fault each, before `main`
-/// (docs/performance.md, finding 7). Linked as a fixed-address executable (`-no-pie`, the
-/// addresses resolved by the linker) none of that happens: an idle `--once` takes ~25 % less
-/// time (330 page faults -> 180). The cost is that the agent's own code and data are not
-/// address-randomised (shared libraries, heap and stack still are).
+/// links it). As a plain position-independent executable a `local --once` run, about a
+/// millisecond of work, spent much of its start-up in the dynamic loader applying ~30,000 relative
+/// relocations from a 700 KB table (docs/performance.md, finding 7).
 ///
-/// `BPFPIN_AGENT_PIE=1` at build time keeps a position-independent executable instead, with
-/// packed relative relocations (`-z pack-relative-relocs`, DT_RELR: a 9 KB table instead of
-/// 700 KB, needs glibc >= 2.36 at run time, Debian 12 or newer).
+/// The default keeps a PIE, so the agent's own code and data stay address-randomised: the agent
+/// is privileged and parses untrusted ELF objects and images, and that is worth more than a
+/// fraction of a millisecond. It is linked with packed relative relocations (`-z
+/// pack-relative-relocs`, DT_RELR: a 9 KB table instead of 700 KB; glibc >= 2.36 at run time,
+/// Debian 12 or newer, as the images are).
+///
+/// `BPFPIN_AGENT_NO_PIE=1` at build time links a fixed-address executable instead (`-no-pie`),
+/// for one-shot use where start-up dominates: an idle `--once` takes ~20 % less CPU (330 page
+/// faults -> 180), and the agent's own code is not randomised (docs/security.md).
 fn link_args() {
-    println!("cargo:rerun-if-env-changed=BPFPIN_AGENT_PIE");
+    println!("cargo:rerun-if-env-changed=BPFPIN_AGENT_NO_PIE");
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
     // glibc targets only, linked through the C compiler driver as rustc does by default.
     if os != "linux" || env != "gnu" {
         return;
     }
-    if std::env::var_os("BPFPIN_AGENT_PIE").is_some_and(|v| v == "1") {
-        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
-    } else {
+    if std::env::var_os("BPFPIN_AGENT_NO_PIE").is_some_and(|v| v == "1") {
         println!("cargo:rustc-link-arg-bins=-no-pie");
+    } else {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
 }
 

@@ -535,9 +535,9 @@ fn once_with_nothing_to_do_exits_0_and_prints_nothing() {
     }
 }
 
-/// How the binary is linked decides a one-shot run's start-up (agent/build.rs): a fixed-address
-/// executable (the default), or with `BPFPIN_AGENT_PIE=1` a position-independent one with packed
-/// relative relocations; either way the dynamic loader has no table of relative relocations to
+/// How the binary is linked decides a one-shot run's start-up (agent/build.rs): a
+/// position-independent executable with packed relative relocations (the default, which keeps
+/// ASLR), or with `BPFPIN_AGENT_NO_PIE=1` a fixed-address one; either way the dynamic loader has no table of relative relocations to
 /// apply (before: 29,533 entries in the release binary, 151,891 in the debug one).
 #[test]
 fn the_agent_binary_leaves_the_dynamic_loader_no_relocation_table() {
@@ -554,6 +554,10 @@ fn the_agent_binary_leaves_the_dynamic_loader_no_relocation_table() {
         exec || elf.contains("(RELR)"),
         "neither non-PIE nor DT_RELR:\n{elf}"
     );
+    // The default build is the randomized one.
+    if std::env::var_os("BPFPIN_AGENT_NO_PIE").is_none() {
+        assert!(!exec, "the agent is not a PIE by default:\n{elf}");
+    }
     // What is left: relocations against symbols (the C library's), a few hundred at most.
     let rela_bytes: u64 = elf
         .lines()
