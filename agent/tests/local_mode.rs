@@ -310,13 +310,19 @@ fn sigkill_at_any_moment_leaves_no_half_object_and_the_next_run_converges() {
     let root = fs.root();
 
     // How long an uninterrupted cold pass takes here, so the kills land inside passes however
-    // fast the machine is.
-    let scratch = Bpffs::new();
-    let started = std::time::Instant::now();
-    let out = once(dir.path(), &scratch, &[]);
-    let pass = started.elapsed();
-    assert!(out.status.success(), "{}", text(&out));
-    drop(scratch);
+    // fast the machine is: the shorter of two, since one slowed down by the other tests of this
+    // binary running beside it would put the kills after the end of most passes.
+    let pass = (0..2)
+        .map(|_| {
+            let scratch = Bpffs::new();
+            let started = std::time::Instant::now();
+            let out = once(dir.path(), &scratch, &[]);
+            let pass = started.elapsed();
+            assert!(out.status.success(), "{}", text(&out));
+            pass
+        })
+        .min()
+        .expect("two passes");
 
     // Kill the agent at spread-out moments of a cold apply, then of an update.
     let mut interrupted = 0;
@@ -385,4 +391,178 @@ fn sigkill_at_any_moment_leaves_no_half_object_and_the_next_run_converges() {
         );
     }
     assert!(tree(&root.join("_staging")).is_empty());
+}
+
+/// `local --once` with `RUST_LOG` set to `rust_log` (unset when `None`), colours off.
+fn once_logging(manifests: &Path, fs: &Bpffs, rust_log: Option<&str>, extra: &[&str]) -> Output {
+    let mut cmd = Command::new(AGENT);
+    cmd.args(["local", "--once", "--manifests"])
+        .arg(manifests)
+        .arg("--bpffs")
+        .arg(fs.path())
+        .args(extra)
+        .env("NO_COLOR", "1");
+    match rust_log {
+        Some(filter) => cmd.env("RUST_LOG", filter),
+        None => cmd.env_remove("RUST_LOG"),
+    };
+    cmd.output().expect("run the agent")
+}
+
+/// The text-format log lines of `stderr` at `level` (`INFO`, `DEBUG`, ...): the level is a
+/// line's second word, after the timestamp.
+fn lines_at<'a>(stderr: &'a str, level: &str) -> Vec<&'a str> {
+    stderr
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some(level))
+        .collect()
+}
+
+/// Pinned files under `dir` (directories entered, symlinks not counted).
+fn pins_under(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => pins_under(&e.path()),
+            Ok(t) if t.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[test]
+fn once_logs_at_info_without_rust_log_and_as_rust_log_says_with_it() {
+    let fs = Bpffs::new();
+    let dir = manifests_dir();
+    let yaml = dir.path().join("many.yaml");
+    let spec = "bytecode: {path: ./many.bpf.o}\nprograms: [{name: prog_0}, {name: prog_1}]";
+    std::fs::write(&yaml, manifest("many", spec)).expect("write");
+
+    // No RUST_LOG: info and above, no debug.
+    let out = once_logging(dir.path(), &fs, None, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        lines_at(&stderr, "INFO")
+            .iter()
+            .any(|l| l.contains("object pinned") && l.contains("object=many")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        lines_at(&stderr, "DEBUG"),
+        Vec::<&str>::new(),
+        "{}",
+        text(&out)
+    );
+    assert!(fs.root().join("many/progs/prog_1").exists());
+    // Two programs and the object's one map.
+    let pins = pins_under(&fs.root());
+    assert_eq!(pins, 3, "{:?}", tree(&fs.root()));
+
+    // RUST_LOG=warn: nothing below warn (the pass has nothing to warn about).
+    let out = once_logging(dir.path(), &fs, Some("warn"), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("many: pinned (unchanged)"));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{}", text(&out));
+
+    // An empty RUST_LOG is no RUST_LOG: info, no debug.
+    let out = once_logging(dir.path(), &fs, Some(""), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        lines_at(&stderr, "DEBUG"),
+        Vec::<&str>::new(),
+        "{}",
+        text(&out)
+    );
+
+    // RUST_LOG=debug: the unpin of every pinned file is a debug line of its own.
+    std::fs::remove_file(&yaml).expect("remove");
+    let out = once_logging(dir.path(), &fs, Some("debug"), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let unpinned: Vec<&str> = lines_at(&stderr, "DEBUG")
+        .into_iter()
+        .filter(|l| l.contains(": unpinned path="))
+        .collect();
+    assert_eq!(unpinned.len(), pins, "{}", text(&out));
+    assert!(
+        lines_at(&stderr, "INFO")
+            .iter()
+            .any(|l| l.contains("object unpinned") && l.contains("object=many")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(pins_under(&fs.root()), 0, "{:?}", tree(&fs.root()));
+
+    // JSON without RUST_LOG: one object per line, info level, the same events.
+    std::fs::write(&yaml, manifest("many", spec)).expect("write");
+    let out = once_logging(dir.path(), &fs, None, &["--log-format", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        events.iter().all(|e| e["level"] == "INFO"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["fields"]["message"] == "object pinned" && e["fields"]["object"] == "many"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn once_with_nothing_to_do_exits_0_and_prints_nothing() {
+    let fs = Bpffs::new();
+    let empty = tempfile::tempdir().expect("tempdir");
+    for rust_log in [None, Some("warn")] {
+        let out = once_logging(empty.path(), &fs, rust_log, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{}", text(&out));
+        assert!(fs.root().join("_versions").is_dir());
+        assert_eq!(pins_under(&fs.root()), 0);
+    }
+}
+
+/// How the binary is linked decides a one-shot run's start-up (agent/build.rs): a
+/// position-independent executable with packed relative relocations (the default, which keeps
+/// ASLR), or with `BPFPIN_AGENT_NO_PIE=1` a fixed-address one; either way the dynamic loader has no table of relative relocations to
+/// apply (before: 29,533 entries in the release binary, 151,891 in the debug one).
+#[test]
+fn the_agent_binary_leaves_the_dynamic_loader_no_relocation_table() {
+    let out = Command::new("readelf")
+        .args(["--file-header", "--dynamic", AGENT])
+        .output()
+        .expect("readelf (binutils, hack/deps installs it)");
+    assert!(out.status.success(), "{}", text(&out));
+    let elf = String::from_utf8_lossy(&out.stdout);
+    let exec = elf
+        .lines()
+        .any(|l| l.trim_start().starts_with("Type:") && l.contains("EXEC"));
+    assert!(
+        exec || elf.contains("(RELR)"),
+        "neither non-PIE nor DT_RELR:\n{elf}"
+    );
+    // The default build is the randomized one.
+    if std::env::var_os("BPFPIN_AGENT_NO_PIE").is_none() {
+        assert!(!exec, "the agent is not a PIE by default:\n{elf}");
+    }
+    // What is left: relocations against symbols (the C library's), a few hundred at most.
+    let rela_bytes: u64 = elf
+        .lines()
+        .find(|l| l.contains("(RELASZ)"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .map_or(0, |n| n.parse().expect("RELASZ is a number"));
+    assert!(rela_bytes < 24 * 1000, "RELASZ {rela_bytes} bytes:\n{elf}");
 }

@@ -292,13 +292,20 @@ const METADATA_FIELDS: &[&str] = &[
     "selfLink",
 ];
 
-/// The `openAPIV3Schema` of the generated `BpfObject` CRD, as JSON.
+/// The `openAPIV3Schema` of the `BpfObject` CRD, as JSON: the committed
+/// crds/bpfpin.io_bpfobjects.yaml, turned into JSON by build.rs (crds/tests/crd_yaml.rs keeps that
+/// file equal to what the Rust types generate, and a test below checks this copy against them).
+/// Generating it here instead (`bpfpin_crds::crds()`: schemars and kube's structural rewrite of
+/// both CRDs) took a third of a cold `local --once` of a 24-program object (docs/performance.md,
+/// finding 7); parsing the JSON takes a fraction of a millisecond.
 pub fn crd_schema() -> &'static Value {
     static SCHEMA: OnceLock<Value> = OnceLock::new();
     SCHEMA.get_or_init(|| {
-        let crd = serde_json::to_value(bpfpin_crds::crds()[0].1.clone())
-            .expect("a CRD always serializes");
-        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+        serde_json::from_str(include_str!(concat!(
+            env!("OUT_DIR"),
+            "/bpfobject_schema.json"
+        )))
+        .expect("build.rs wrote the schema as JSON")
     })
 }
 
@@ -505,6 +512,17 @@ mod tests {
             Entry::Refused(e) => e,
             Entry::Object { .. } => panic!("accepted:\n{text}"),
         }
+    }
+
+    #[test]
+    fn the_embedded_schema_is_the_one_the_types_generate() {
+        let crd = serde_json::to_value(bpfpin_crds::crds()[0].1.clone()).expect("serializes");
+        let generated = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        assert!(generated["properties"]["spec"].is_object(), "{generated}");
+        assert!(
+            crd_schema() == generated,
+            "crds/bpfpin.io_bpfobjects.yaml drifted from the Rust types; run `cargo run -p bpfpin-crds --example crdgen`"
+        );
     }
 
     #[test]
