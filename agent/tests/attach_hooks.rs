@@ -21,6 +21,7 @@ use std::process::Command;
 use base64::Engine;
 use bpfpin_agent::Reconciler;
 use bpfpin_agent::error::ObjectError;
+use cgroup::TestCgroup as Cgroup;
 use common::*;
 
 // The indices of hits[] in hooks.bpf.c.
@@ -414,40 +415,6 @@ fn netfilter_needs_its_hook_and_a_free_priority() {
         err.message.contains("connect_unix") && err.message.contains("SEC(\"netfilter\")"),
         "{err}"
     );
-}
-
-/// A cgroup v2 directory named after the test, removed on drop (after its links are gone).
-struct Cgroup(PathBuf);
-
-impl Cgroup {
-    fn new(name: &str) -> Self {
-        let path = cgroup::cgroup2_mount().join(format!("bpfpin-test-{name}"));
-        let _ = std::fs::remove_dir(&path);
-        std::fs::create_dir(&path).expect("create cgroup");
-        Cgroup(path)
-    }
-
-    fn run_python(&self, script: &str) {
-        let sh = format!(
-            "echo $$ > {}/cgroup.procs && exec python3 -c \"$0\"",
-            self.0.display()
-        );
-        let out = Command::new("sh")
-            .args(["-c", &sh, script])
-            .output()
-            .expect("sh");
-        assert!(
-            out.status.success(),
-            "python in the cgroup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
 }
 
 /// Unix-socket calls of the cgroup's process: 3 connects, 4 sendto, 2 recvfrom, 1 getpeername,

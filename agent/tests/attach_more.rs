@@ -17,6 +17,7 @@ use std::process::Command;
 
 use bpfpin_agent::Reconciler;
 use bpfpin_agent::error::ObjectError;
+use cgroup::TestCgroup as Cgroup;
 use common::*;
 
 // The indices of hits[] in attach_more.bpf.c.
@@ -101,45 +102,6 @@ fn pin_err(fs: &Bpffs, programs: &[(&str, &str)]) -> ObjectError {
         tree(&fs.root())
     );
     report.objects[0].error.clone().expect("an error")
-}
-
-/// A cgroup v2 directory named after the test, removed on drop (after its links are gone).
-struct Cgroup(PathBuf);
-
-impl Cgroup {
-    fn new(name: &str) -> Self {
-        let path = cgroup::cgroup2_mount().join(format!("bpfpin-test-{name}"));
-        let _ = std::fs::remove_dir(&path);
-        std::fs::create_dir(&path).expect("create cgroup");
-        Cgroup(path)
-    }
-
-    fn attach(&self, kind: &str) -> String {
-        format!("{{{kind}: {{cgroup: {}}}}}", self.0.display())
-    }
-
-    /// Runs `python3 -c <script>` as a process of this cgroup.
-    fn run_python(&self, script: &str) {
-        let sh = format!(
-            "echo $$ > {}/cgroup.procs && exec python3 -c \"$0\"",
-            self.0.display()
-        );
-        let out = Command::new("sh")
-            .args(["-c", &sh, script])
-            .output()
-            .expect("sh");
-        assert!(
-            out.status.success(),
-            "python in the cgroup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
 }
 
 #[test]

@@ -103,7 +103,10 @@ fn ping_in(cgroup: &Path) {
 fn sockets_in(cgroup: &Path) {
     run_in(
         cgroup,
-        "exec python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).connect((\"127.0.0.1\", 9)); socket.socket(socket.AF_INET, socket.SOCK_STREAM)'",
+        &format!(
+            "exec {} -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).connect((\"127.0.0.1\", 9)); socket.socket(socket.AF_INET, socket.SOCK_STREAM)'",
+            common::cgroup::python3()
+        ),
     );
 }
 

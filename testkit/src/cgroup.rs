@@ -13,3 +13,76 @@ pub fn cgroup2_mount() -> PathBuf {
         })
         .expect("a cgroup2 mount (the cgroup_skb tests need cgroup v2)")
 }
+
+/// Debian's interpreter, started isolated (`-I`: no user site, no `PYTHON*` variables) and without
+/// the `site` module (`-S`), for tests that count a process's system calls: a version-manager shim
+/// (pyenv's `python3` is a bash script) or a site hook makes socket calls of its own — with `HOME`
+/// unset, pyenv's bash asked nscd for the user 32 times and a connect hook counted 35 where the
+/// script made 3. Falls back to `python3` on the `PATH` where Debian's is not installed.
+pub fn python3() -> String {
+    let debian = "/usr/bin/python3";
+    let exe = if std::path::Path::new(debian).exists() {
+        debian
+    } else {
+        "python3"
+    };
+    format!("{exe} -I -S")
+}
+
+/// A cgroup v2 directory named after the test (`bpfpin-test-<name>`), removed on drop (after its
+/// links are gone).
+pub struct TestCgroup(pub PathBuf);
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Self {
+        let path = cgroup2_mount().join(format!("bpfpin-test-{name}"));
+        let _ = std::fs::remove_dir(&path);
+        std::fs::create_dir(&path).expect("create cgroup");
+        TestCgroup(path)
+    }
+
+    /// `{<kind>: {cgroup: <this directory>}}`, an attach point of the manifest.
+    pub fn attach(&self, kind: &str) -> String {
+        format!("{{{kind}: {{cgroup: {}}}}}", self.0.display())
+    }
+
+    /// Runs the shell `script` as a process of this cgroup (the shell moves itself in first).
+    pub fn run_sh(&self, script: &str) {
+        let sh = format!("echo $$ > {}/cgroup.procs && {script}", self.0.display());
+        let out = std::process::Command::new("sh")
+            .args(["-c", &sh])
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{script} in {}: {}",
+            self.0.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs `python3 -c <script>` (see [`python3`]) as a process of this cgroup.
+    pub fn run_python(&self, script: &str) {
+        let sh = format!(
+            "echo $$ > {}/cgroup.procs && exec {} -c \"$0\"",
+            self.0.display(),
+            python3()
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &sh, script])
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "python in {}: {}",
+            self.0.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
