@@ -31,6 +31,7 @@ pub fn python3() -> String {
 
 /// A cgroup v2 directory named after the test (`bpfpin-test-<name>`), removed on drop (after its
 /// links are gone).
+#[derive(Debug)]
 pub struct TestCgroup(pub PathBuf);
 
 impl TestCgroup {
