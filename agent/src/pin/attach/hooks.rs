@@ -12,6 +12,7 @@ use aya::programs::{BtfTracePoint, KProbe, Lsm, Netfilter, Program};
 use bpfpin_crds::{Attach, NetfilterFamily, NetfilterHook};
 
 use super::{At, AttachError, AttachPoint, Linked, TargetError, check_kprobes};
+use crate::pin::auto_attach::kallsyms_has;
 use crate::pin::layout::encode_name;
 
 /// One attach point of the kinds of this file.
@@ -317,22 +318,6 @@ pub(crate) fn syscall_function(syscall: &str) -> String {
     } else {
         format!("sys_{syscall}")
     }
-}
-
-/// Whether `/proc/kallsyms` lists the text symbol `function`; `None` when it cannot be read.
-fn kallsyms_has(function: &str) -> Option<bool> {
-    use std::io::BufRead;
-    let file = std::fs::File::open("/proc/kallsyms").ok()?;
-    Some(
-        std::io::BufReader::new(file)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| {
-                let mut fields = line.split_whitespace();
-                let kind = fields.nth(1).unwrap_or_default();
-                matches!(kind, "T" | "t") && fields.next() == Some(function)
-            }),
-    )
 }
 
 /// Fails when the kernel does not run the BPF LSM (`bpf` missing from
