@@ -51,6 +51,13 @@ pub struct Args {
     /// generations are written at once. 0: progress at most once per object per second.
     #[arg(long, default_value_t = 2000)]
     pub progress_budget: u32,
+
+    /// Reconciles that may run at once (0: no limit). Each running reconcile may hold an HTTP
+    /// connection to the API server, and the client keeps a connection open once it was needed:
+    /// without a limit, 300 objects created at once left 68 connections (≈ 25 KB each) open for
+    /// good (docs/performance.md, finding 8).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: u16,
 }
 
 #[cfg(test)]
@@ -65,6 +72,7 @@ mod tests {
         assert!(!a.no_leader_election);
         assert_eq!(a.log_format, LogFormat::Text);
         assert_eq!(a.progress_budget, 2000);
+        assert_eq!(a.concurrency, 16);
         let a = Args::try_parse_from([
             "bpfpin-operator",
             "--stale-after",
@@ -78,6 +86,8 @@ mod tests {
             "json",
             "--progress-budget",
             "0",
+            "--concurrency",
+            "4",
         ])
         .expect("flags");
         assert_eq!(a.stale_after, Duration::from_secs(120));
@@ -86,5 +96,6 @@ mod tests {
         assert!(a.no_leader_election);
         assert_eq!(a.log_format, LogFormat::Json);
         assert_eq!(a.progress_budget, 0);
+        assert_eq!(a.concurrency, 4);
     }
 }

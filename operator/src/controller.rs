@@ -43,6 +43,8 @@ pub struct Config {
     /// Watch events per second that progress-only status writes may cause, summed over the
     /// objects rolling out (see [`progress_interval`]); 0: one per object per second at most.
     pub progress_budget: u32,
+    /// Reconciles that may run at once (0: no limit): bounds the API connections the client keeps.
+    pub concurrency: u16,
     /// Where the agents' heartbeat Leases are (the `--lease-namespace`).
     pub lease_namespace: String,
 }
@@ -388,7 +390,13 @@ pub async fn run(
     )
     // No debounce in the controller's scheduler: it would delay every first reconcile, and push
     // a pending one back on every node report. Node reports are throttled instead (throttle.rs).
-    .with_config(controller::Config::default().debounce(Duration::ZERO));
+    // A bounded number of reconciles at once: each may hold a connection to the API server, and
+    // the client's pool keeps every connection it opened (finding 8 in docs/performance.md).
+    .with_config(
+        controller::Config::default()
+            .debounce(Duration::ZERO)
+            .concurrency(config.concurrency),
+    );
     let (tx, rx) = futures::channel::mpsc::unbounded();
     let resolver = Resolver {
         objects: stores.objects.clone(),

@@ -71,6 +71,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         stale_after: args.stale_after,
         debounce: args.debounce,
         progress_budget: args.progress_budget,
+        concurrency: args.concurrency,
         lease_namespace: args.lease_namespace.clone(),
     };
     tracing::info!(
