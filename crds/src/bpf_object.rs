@@ -375,16 +375,17 @@ pub struct Attach {
 #[x_kube(validation = Rule::new("!has(self.networkNamespaces) || !has(self.priority)").message("priority is not supported with networkNamespaces"))]
 pub struct TcAttach {
     /// Network interfaces on the node: names, or patterns written `/<regex>/` (e.g.
-    /// `/^eth[0-9]+$/`) matched against the node's interfaces at each pass (see
-    /// [`XdpAttach::interfaces`]). Empty with `networkNamespaces`.
+    /// `/^eth[0-9]+$/`), as for `xdp.interfaces`: a pattern is matched at each pass, so an
+    /// interface that appears later is attached and one that goes loses its link pin. Links are
+    /// named `tc-<direction>-<interface>` either way. Empty with `networkNamespaces`.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Set)]
     #[x_kube(validation = Rule::new(HOST_PATTERN_RULE).message(HOST_PATTERN_MESSAGE))]
     #[schemars(length(max = 64))]
     pub interfaces: Vec<InterfaceName>,
     /// Also attach on the node's primary interface: the interface of its IPv4 default route (the
-    /// one with the lowest metric), or of its IPv6 default route when it has no IPv4 one (see
-    /// [`XdpAttach::primary_node_interface`]).
+    /// one with the lowest metric), or of its IPv6 default route when it has no IPv4 one. A node
+    /// with no default route fails the object there with reason `AttachFailed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_node_interface: Option<bool>,
     /// Attach inside the network namespace of every matching pod on the node instead.
