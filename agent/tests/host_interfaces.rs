@@ -323,3 +323,63 @@ fn the_link_listener_wakes_when_a_veth_appears_and_goes() {
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
     });
 }
+
+/// The README's example (`# example: host-ifaces` in "Host interface discovery").
+fn readme_example() -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let block: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| *l != "# example: host-ifaces")
+        .skip(1)
+        .take_while(|l| *l != "# end: host-ifaces")
+        .collect();
+    assert!(!block.is_empty(), "the README has the host-ifaces example");
+    block.join("\n")
+}
+
+#[test]
+fn the_readme_example_attaches_on_matching_and_primary_interfaces() {
+    let fs = Bpffs::new();
+    let path = fs.path().to_path_buf();
+    let root = fs.root();
+    let object: serde_yaml::Value = serde_yaml::from_str(&readme_example()).expect("YAML");
+    let spec = serde_yaml::to_string(&object["spec"]).expect("spec");
+    let elf = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bpf/network.bpf.o");
+    compile(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/network/network.bpf.c"),
+        &elf,
+    );
+    let bytes = std::fs::read(&elf).expect("network.bpf.o");
+    in_private_netns(move || {
+        veth("eth7", "10.204.0.1/24");
+        veth("eth8", "10.204.1.1/24");
+        ip(&["route", "add", "default", "via", "10.204.1.254"]);
+        let obj = bpfpin_agent::DesiredObject {
+            name: "host-ifaces".into(),
+            uid: None,
+            generation: 1,
+            spec: common::spec(&spec),
+            bytecode: Ok(bytes),
+        };
+        assert_eq!(obj.spec.validate("host-ifaces"), Ok(()));
+        let mut r = Reconciler::new(&path).expect("reconciler");
+        let report = r.reconcile(&[obj], &none());
+        assert!(
+            report.objects[0].error.is_none(),
+            "{:?}",
+            report.objects[0].error
+        );
+        // The pattern takes eth7 and eth8, not their peers eth7p and eth8p; the primary
+        // interface is eth8, the default route's.
+        assert_eq!(
+            tree(&root.join("host-ifaces/links")),
+            [
+                "tc_count/tc-egress-eth8",
+                "xdp_count/xdp-eth7",
+                "xdp_count/xdp-eth8"
+            ]
+        );
+    });
+}
