@@ -383,3 +383,85 @@ fn the_readme_example_attaches_on_matching_and_primary_interfaces() {
         );
     });
 }
+
+/// Entries under `<bpffs>/xdp` (dispatcher directories) and `<bpffs>/xdp/bpfpin-slots` (the slot
+/// record) that name interface index `ifindex`.
+fn dispatcher_state(bpffs: &Path, ifindex: u32) -> Vec<String> {
+    let dirs = [bpffs.join("xdp"), bpffs.join("xdp/bpfpin-slots")];
+    let mut out: Vec<String> = dirs
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.strip_prefix("dispatch-")
+                .unwrap_or(n)
+                .split('-')
+                .next()
+                .is_some_and(|i| i == ifindex.to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_gone_interface_leaves_no_dispatcher_state() {
+    let fs = Bpffs::new();
+    let root = fs.root();
+    let (a, b) = (Veth::new(65), Veth::new(66));
+    let spec = "bytecode: {path: xdp_chain.bpf.o}\nprograms:\n- name: count_and_pass\n  attach: {xdp: {interfaces: ['/^bpfpin6[56]$/'], mode: Skb, priority: 10}}\n";
+    let objects = || vec![desired("disp", spec, "xdp_chain")];
+    let mut r = Reconciler::new(fs.path()).expect("reconciler");
+    let report = r.reconcile(&objects(), &none());
+    if let Some(e) = &report.objects[0].error {
+        // As xdp_dispatcher.rs: a kernel that refuses freplace cannot share an interface.
+        assert!(
+            e.message.contains("refuses freplace")
+                && std::env::var("BPFPIN_REQUIRE_ALL_ATTACH_KINDS").as_deref() != Ok("1"),
+            "{e}"
+        );
+        eprintln!("skipped: {e}");
+        return;
+    }
+    let links = root.join("disp/links/count_and_pass");
+    assert_eq!(tree(&links), ["xdp-bpfpin65", "xdp-bpfpin66"]);
+    let index = |name: &str| -> u32 {
+        std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+            .expect("ifindex")
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    let (ia, ib) = (index(&a.host), index(&b.host));
+    let state_a = dispatcher_state(fs.path(), ia);
+    assert_eq!(
+        state_a.len(),
+        2,
+        "a dispatcher and a slot record: {state_a:?}"
+    );
+    assert_eq!(dispatcher_state(fs.path(), ib).len(), 2);
+    let on_a = link_id(&links.join("xdp-bpfpin65"));
+
+    drop(b);
+    let report = r.reconcile(&objects(), &none());
+    assert!(
+        report.objects[0].error.is_none(),
+        "{:?}",
+        report.objects[0].error
+    );
+    assert_eq!(tree(&links), ["xdp-bpfpin65"]);
+    assert_eq!(
+        dispatcher_state(fs.path(), ib),
+        Vec::<String>::new(),
+        "the gone interface's dispatcher pins and slot record are gone"
+    );
+    assert_eq!(
+        dispatcher_state(fs.path(), ia),
+        state_a,
+        "the other interface's are as they were"
+    );
+    assert_eq!(link_id(&links.join("xdp-bpfpin65")), on_a);
+    let before = read_u64(&root.join("disp/maps/hits"));
+    a.ping_host(3);
+    assert!(read_u64(&root.join("disp/maps/hits")) >= before + 3);
+}
