@@ -465,3 +465,76 @@ fn a_gone_interface_leaves_no_dispatcher_state() {
     a.ping_host(3);
     assert!(read_u64(&root.join("disp/maps/hits")) >= before + 3);
 }
+
+/// Waits up to `limit` for `cond`; how long it took.
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn local_watch_attaches_on_a_veth_that_appears_and_unpins_one_that_goes() {
+    use std::process::Stdio;
+    let fs = Bpffs::new();
+    let root = fs.root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(bpf_object("counter"), dir.path().join("counter.bpf.o")).expect("copy");
+    std::fs::write(
+        dir.path().join("follow.yaml"),
+        "apiVersion: bpfpin.io/v1alpha1\nkind: BpfObject\nmetadata: {name: follow}\nspec:\n  bytecode: {path: counter.bpf.o}\n  programs:\n  - name: count_packets\n    attach: {xdp: {interfaces: ['/^bpfpin67$/'], mode: Skb}}\n",
+    )
+    .expect("write");
+    let _ = Command::new("ip")
+        .args(["link", "del", "bpfpin67"])
+        .output();
+    let child = Command::new(env!("CARGO_BIN_EXE_bpfpin-agent"))
+        .args(["local", "--manifests"])
+        .arg(dir.path())
+        .arg("--bytecode-dir")
+        .arg(dir.path())
+        .arg("--bpffs")
+        .arg(fs.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    wait_for("follow to be pinned", Duration::from_secs(20), || {
+        root.join("follow/progs/count_packets").exists()
+    });
+    let link = root.join("follow/links/count_packets/xdp-bpfpin67");
+    assert!(!link.exists());
+    // Nothing but the link event wakes the watch: the object failed nothing, so no retry is
+    // due, and the manifests do not change. The limit is below the first retry (5 s).
+    let made = Instant::now();
+    let veth = Veth::new(67);
+    wait_for("the new veth's link", Duration::from_secs(4), || {
+        link.exists()
+    });
+    eprintln!(
+        "local watch: ip link add (Veth::new) -> link pinned in {} ms",
+        made.elapsed().as_millis()
+    );
+    let deleted = Instant::now();
+    drop(veth);
+    wait_for("the gone veth's link to go", Duration::from_secs(4), || {
+        !link.exists()
+    });
+    eprintln!(
+        "local watch: ip link del -> link unpinned in {} ms",
+        deleted.elapsed().as_millis()
+    );
+    assert!(root.join("follow/progs/count_packets").exists());
+    // SAFETY: kill with a valid pid and signal.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("wait");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("listening to the kernel's link events"),
+        "{log}"
+    );
+}
