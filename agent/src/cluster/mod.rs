@@ -8,6 +8,9 @@
 //! - Passes run on the blocking pool, one at a time, only once the Node and the `BpfObject`s have
 //!   been listed completely. A failing watch keeps the last complete list, so an API server
 //!   outage changes no pin.
+//! - While a selected object names host interfaces by pattern or `primaryNodeInterface`, the
+//!   kernel's link events ([`crate::link_events`]) wake a pass too: an interface that appears or
+//!   goes is attached or unpinned without polling.
 //! - Shutdown (SIGTERM/SIGINT) stops the watches and leaves every pin in place.
 
 pub(crate) mod bytecode;
