@@ -20,15 +20,22 @@ no_xdp_links() { # node
     node_ns "$1" test -e /sys/fs/bpf/bpfpin/real-ifaces/progs/xdp_count || return 1
     [[ -z "$(node_ns "$1" find "$IFL/xdp_count" -mindepth 1 2>/dev/null)" ]]
 }
-link_on() { # node link iface: the pinned link is attached to that interface
-    node_ns "$1" bpftool link show pinned "$2" | tee /dev/stderr | grep -q "$3"
+# The program of the link pinned at PATH runs as the interface's XDP program (ip -d link says
+# which program id it has; bpftool here does not name a link's interface).
+xdp_on() { # node path iface
+    local prog
+    prog="$(node_ns "$1" bpftool link show pinned "$2" | awk '{for (i = 1; i < NF; i++) if ($i == "prog") { print $(i + 1); exit }}')"
+    node_ns "$1" ip -d link show dev "$3" | tee /dev/stderr | grep -Eq "xdp.*(id |id:)$prog([^0-9]|$)"
 }
+IFP=/sys/fs/bpf/bpfpin/real-ifaces/maps/packets
 declare -A IF_PRIMARY
 for n in "${NODES[@]}"; do
     check "$n: real-ifaces pinned, no XDP link (nothing matches)" no_xdp_links "$n"
     primary="$(node_ns "$n" ip -4 route show default | awk '{for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit }}')"
-    check "$n: tc egress on the primary interface (${primary:-none}, the default route's): tc-egress-$primary" \
-        link_on "$n" "$IFL/tc_count/tc-egress-$primary" "$primary"
+    check "$n: tc egress on the primary interface (${primary:-none}, the default route's): tc-egress-$primary pinned" \
+        wait_pin "$n" "$IFL/tc_count/tc-egress-$primary" present
+    check "$n: ...and it counts the replies leaving ${primary:-none}" \
+        grows "$n tc primary" "map_total $n $IFP 1" "ping -c 3 -i 0.2 -W 1 $(node_ip "$n")"
     IF_PRIMARY[$n]=$primary
 done
 t=$(now_ms)
@@ -36,7 +43,7 @@ node_ns "$IF_N1" sh -c 'ip link add bpfpinif0 type veth peer name bpfpinpeer0 &&
 check "$IF_N1: ip link add bpfpinif0 -> links/xdp_count/xdp-bpfpinif0 pinned" \
     wait_pin "$IF_N1" "$IFL/xdp_count/xdp-bpfpinif0" present
 timing "ip link add -> XDP link pinned (rtnetlink event, no polling)" "$t"
-check "$IF_N1: the XDP link is on bpfpinif0 (bpftool link show)" link_on "$IF_N1" "$IFL/xdp_count/xdp-bpfpinif0" bpfpinif0
+check "$IF_N1: bpfpinif0 runs the link's program as its XDP (ip -d link)" xdp_on "$IF_N1" "$IFL/xdp_count/xdp-bpfpinif0" bpfpinif0
 check "$IF_N1: the peer bpfpinpeer0 (not matching) has no link" \
     bash -c "! nsenter -t $(kubelet_pid "$IF_N1") -m -- ls $IFL/xdp_count | grep -q bpfpinpeer0"
 for n in "${NODES[@]:1}"; do
@@ -59,8 +66,8 @@ node_ns "$IF_N1" ip link del bpfpinif0
 check "$IF_N1: ip link del bpfpinif0 -> its XDP link pin gone" \
     wait_pin "$IF_N1" "$IFL/xdp_count/xdp-bpfpinif0" absent
 timing "ip link del -> XDP link pin gone" "$t"
-check "$IF_N1: the primary interface's tc link stays" \
-    link_on "$IF_N1" "$IFL/tc_count/tc-egress-${IF_PRIMARY[$IF_N1]}" "${IF_PRIMARY[$IF_N1]}"
+check "$IF_N1: the primary interface's tc link stays, counting" \
+    grows "$IF_N1 tc primary" "map_total $IF_N1 $IFP 1" "ping -c 3 -i 0.2 -W 1 $(node_ip "$IF_N1")"
 check "$IF_N1: real-ifaces still Ready" kubectl wait --for=condition=Ready bpfobject/real-ifaces --timeout=30s
 check "kubectl delete bpfobject/real-ifaces returns (finalizer done)" kubectl delete bpfobject real-ifaces --timeout=60s
 for n in "${NODES[@]}"; do
