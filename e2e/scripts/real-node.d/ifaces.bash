@@ -69,7 +69,21 @@ timing "ip link del -> XDP link pin gone" "$t"
 check "$IF_N1: the primary interface's tc link stays, counting" \
     grows "$IF_N1 tc primary" "map_total $IF_N1 $IFP 1" "ping -c 3 -i 0.2 -W 1 $(node_ip "$IF_N1")"
 check "$IF_N1: real-ifaces still Ready" kubectl wait --for=condition=Ready bpfobject/real-ifaces --timeout=30s
+agent_log_has() { # node text
+    kubectl -n "$NS" logs "$(agent_pod "$1")" -c agent | grep -F "$2"
+}
+check "$IF_N1: the agent listens to the kernel's link events (its log)" \
+    agent_log_has "$IF_N1" "listening to the kernel's link events"
 check "kubectl delete bpfobject/real-ifaces returns (finalizer done)" kubectl delete bpfobject real-ifaces --timeout=60s
+stopped_listening() { # node
+    local i
+    for ((i = 0; i < 100; i++)); do
+        agent_log_has "$1" "stopped listening to link events" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+check "$IF_N1: with no object following host interfaces, the agent stops listening" stopped_listening "$IF_N1"
 for n in "${NODES[@]}"; do
     check "$n: real-ifaces unpinned" unpinned "$n" real-ifaces
 done
