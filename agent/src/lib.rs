@@ -18,6 +18,7 @@ pub mod bytecode;
 pub mod cluster;
 pub mod error;
 pub mod fd;
+pub mod link_events;
 pub mod local;
 pub mod pin;
 // One shutdown signal for both modes (shared with the operator).

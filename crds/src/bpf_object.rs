@@ -371,14 +371,23 @@ pub struct Attach {
 /// A tc (tcx) attach point.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.networkNamespaces) != (has(self.interfaces) && size(self.interfaces) > 0)").message("set either interfaces (on the node) or networkNamespaces (inside pods), not both"))]
+#[x_kube(validation = Rule::new("has(self.networkNamespaces) != ((has(self.interfaces) && size(self.interfaces) > 0) || (has(self.primaryNodeInterface) && self.primaryNodeInterface))").message("set either interfaces or primaryNodeInterface (on the node) or networkNamespaces (inside pods), not both"))]
 #[x_kube(validation = Rule::new("!has(self.networkNamespaces) || !has(self.priority)").message("priority is not supported with networkNamespaces"))]
 pub struct TcAttach {
-    /// Network interface names on the node (empty with `networkNamespaces`).
+    /// Network interfaces on the node: names, or patterns written `/<regex>/` (e.g.
+    /// `/^eth[0-9]+$/`), as for `xdp.interfaces`: a pattern is matched at each pass, so an
+    /// interface that appears later is attached and one that goes loses its link pin. Links are
+    /// named `tc-<direction>-<interface>` either way. Empty with `networkNamespaces`.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Set)]
+    #[x_kube(validation = Rule::new(HOST_PATTERN_RULE).message(HOST_PATTERN_MESSAGE))]
     #[schemars(length(max = 64))]
     pub interfaces: Vec<InterfaceName>,
+    /// Also attach on the node's primary interface: the interface of its IPv4 default route (the
+    /// one with the lowest metric), or of its IPv6 default route when it has no IPv4 one. A node
+    /// with no default route fails the object there with reason `AttachFailed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_node_interface: Option<bool>,
     /// Attach inside the network namespace of every matching pod on the node instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_namespaces: Option<NetworkNamespaces>,
@@ -497,15 +506,27 @@ pub struct TracepointAttach {
 /// An XDP attach point.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.networkNamespaces) != (has(self.interfaces) && size(self.interfaces) > 0)").message("set either interfaces (on the node) or networkNamespaces (inside pods), not both"))]
+#[x_kube(validation = Rule::new("has(self.networkNamespaces) != ((has(self.interfaces) && size(self.interfaces) > 0) || (has(self.primaryNodeInterface) && self.primaryNodeInterface))").message("set either interfaces or primaryNodeInterface (on the node) or networkNamespaces (inside pods), not both"))]
 #[x_kube(validation = Rule::new("!has(self.networkNamespaces) || (!has(self.priority) && (!has(self.proceedOn) || size(self.proceedOn) == 0))").message("priority and proceedOn are not supported with networkNamespaces"))]
 pub struct XdpAttach {
-    /// Network interface names on the node. An interface that does not exist fails the object on
-    /// that node with reason `AttachFailed`. Empty with `networkNamespaces`.
+    /// Network interfaces on the node: names, or patterns written `/<regex>/` (e.g.
+    /// `/^eth[0-9]+$/`). A name that does not exist fails the object on that node with reason
+    /// `AttachFailed`. A pattern is matched against the node's interfaces at each pass: an
+    /// interface that appears later is attached (the agent listens to the kernel's link events),
+    /// one that goes loses its link pin; a pattern that matches nothing attaches nothing and is no
+    /// error. Links are named `xdp-<interface>` either way. Empty with `networkNamespaces`.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Set)]
+    #[x_kube(validation = Rule::new(HOST_PATTERN_RULE).message(HOST_PATTERN_MESSAGE))]
     #[schemars(length(max = 64))]
     pub interfaces: Vec<InterfaceName>,
+    /// Also attach on the node's primary interface (bpfman's `primaryNodeInterface`): the
+    /// interface of the node's IPv4 default route (the one with the lowest metric), or, when the
+    /// node has no IPv4 default route, of its IPv6 one. Looked up at each pass, so a default route
+    /// that moves moves the link. A node with no default route fails the object there with reason
+    /// `AttachFailed`, naming it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_node_interface: Option<bool>,
     /// Attach inside the network namespace of every matching pod on the node instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_namespaces: Option<NetworkNamespaces>,
@@ -573,8 +594,14 @@ impl XdpAction {
     }
 }
 
-/// A network interface name.
+/// A network interface name (or, where the field says so, a pattern written `/<regex>/`).
 pub type InterfaceName = String;
+
+/// The CEL rule of host `interfaces`: an entry that starts with `/` is a whole pattern.
+const HOST_PATTERN_RULE: &str =
+    "self.all(i, !i.startsWith('/') || (size(i) > 2 && size(i) <= 258 && i.endsWith('/')))";
+const HOST_PATTERN_MESSAGE: &str =
+    "an interface pattern is written /<regex>/ (at most 256 characters between the slashes)";
 
 /// XDP attach mode.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -696,6 +723,59 @@ pub fn interface_pattern(entry: &str) -> Option<&str> {
         .filter(|p| !p.is_empty())
 }
 
+/// Whether `attach` names host interfaces by pattern or `primaryNodeInterface` on `xdp` or `tc`:
+/// which interfaces it attaches on changes with the node's links.
+pub fn follows_host_interfaces(attach: &Attach) -> bool {
+    let dynamic = |entries: &[InterfaceName], primary: Option<bool>| {
+        primary == Some(true) || entries.iter().any(|e| interface_pattern(e).is_some())
+    };
+    attach
+        .xdp
+        .as_ref()
+        .is_some_and(|x| dynamic(&x.interfaces, x.primary_node_interface))
+        || attach
+            .tc
+            .as_ref()
+            .is_some_and(|t| dynamic(&t.interfaces, t.primary_node_interface))
+}
+
+/// The check of one pattern entry of an `interfaces` list (`field` names the entry): a valid
+/// regular expression of at most 256 characters between the slashes. `Ok(false)` for an entry
+/// that is no pattern.
+fn validate_pattern_entry(field: &str, entry: &str) -> Result<bool, ValidationError> {
+    let refuse = |reason: String| ValidationError {
+        field: field.to_owned(),
+        value: entry.to_owned(),
+        reason,
+    };
+    let Some(pattern) = interface_pattern(entry) else {
+        if entry.starts_with('/') {
+            return Err(refuse(
+                "an interface pattern is written /<regex>/ (at most 256 characters between the slashes)".into(),
+            ));
+        }
+        return Ok(false);
+    };
+    if pattern.len() > 256 {
+        return Err(refuse(
+            "an interface pattern is written /<regex>/ (at most 256 characters between the slashes)".into(),
+        ));
+    }
+    if let Err(e) = regex::Regex::new(pattern) {
+        return Err(refuse(format!("is not a valid regular expression: {e}")));
+    }
+    Ok(true)
+}
+
+/// The checks of host `interfaces` (`at` is the field path of the attach kind): patterns are
+/// valid; plain names are taken as they are (a missing one fails the attach, naming it).
+fn validate_host_interfaces(at: &str, entries: &[InterfaceName]) -> Result<(), ValidationError> {
+    for (i, entry) in entries.iter().enumerate() {
+        validate_pattern_entry(&format!("{at}.interfaces[{i}]"), entry)?;
+    }
+    Ok(())
+}
+
 impl NetworkNamespaces {
     /// The interfaces to attach on inside each pod (`[eth0]` when none are listed).
     pub fn interfaces(&self) -> Vec<InterfaceName> {
@@ -717,7 +797,7 @@ impl NetworkNamespaces {
             return Err(refuse(
                 "interfaces",
                 "",
-                "set either interfaces (on the node) or networkNamespaces (inside pods), not both",
+                "set either interfaces or primaryNodeInterface (on the node) or networkNamespaces (inside pods), not both",
             ));
         }
         validate_selection(
@@ -726,21 +806,8 @@ impl NetworkNamespaces {
             &self.pod_selector,
         )?;
         for (i, name) in self.interfaces.iter().enumerate() {
-            if let Some(pattern) = interface_pattern(name) {
-                if pattern.len() > 256 {
-                    return Err(refuse(
-                        &format!("networkNamespaces.interfaces[{i}]"),
-                        name,
-                        "an interface pattern is at most 256 characters",
-                    ));
-                }
-                if let Err(e) = regex::Regex::new(pattern) {
-                    return Err(refuse(
-                        &format!("networkNamespaces.interfaces[{i}]"),
-                        name,
-                        &format!("is not a valid regular expression: {e}"),
-                    ));
-                }
+            let field = format!("{at}.networkNamespaces.interfaces[{i}]");
+            if validate_pattern_entry(&field, name)? {
                 continue;
             }
             // IFNAMSIZ is 16 with its NUL; the kernel refuses '/' and whitespace in names.
@@ -792,9 +859,10 @@ impl Attach {
     fn validate_pods(&self, at: &str) -> Result<(), ValidationError> {
         if let Some(x) = &self.xdp {
             let at = format!("{at}.xdp");
+            let host = x.interfaces.len() + usize::from(x.primary_node_interface == Some(true));
             match &x.network_namespaces {
                 Some(n) => {
-                    n.validate(&at, x.interfaces.len())?;
+                    n.validate(&at, host)?;
                     if x.priority.is_some() || !x.proceed_on.is_empty() {
                         return Err(ValidationError {
                             field: format!("{at}.networkNamespaces"),
@@ -805,15 +873,16 @@ impl Attach {
                         });
                     }
                 }
-                None if x.interfaces.is_empty() => return Err(no_interfaces(&at)),
-                None => {}
+                None if host == 0 => return Err(no_interfaces(&at)),
+                None => validate_host_interfaces(&at, &x.interfaces)?,
             }
         }
         if let Some(t) = &self.tc {
             let at = format!("{at}.tc");
+            let host = t.interfaces.len() + usize::from(t.primary_node_interface == Some(true));
             match &t.network_namespaces {
                 Some(n) => {
-                    n.validate(&at, t.interfaces.len())?;
+                    n.validate(&at, host)?;
                     if t.priority.is_some() {
                         return Err(ValidationError {
                             field: format!("{at}.networkNamespaces"),
@@ -822,8 +891,8 @@ impl Attach {
                         });
                     }
                 }
-                None if t.interfaces.is_empty() => return Err(no_interfaces(&at)),
-                None => {}
+                None if host == 0 => return Err(no_interfaces(&at)),
+                None => validate_host_interfaces(&at, &t.interfaces)?,
             }
         }
         Ok(())
@@ -834,7 +903,7 @@ fn no_interfaces(at: &str) -> ValidationError {
     ValidationError {
         field: format!("{at}.interfaces"),
         value: String::new(),
-        reason: "set either interfaces (on the node) or networkNamespaces (inside pods)".into(),
+        reason: "set either interfaces or primaryNodeInterface (on the node) or networkNamespaces (inside pods)".into(),
     }
 }
 
@@ -920,6 +989,53 @@ mod pod_tests {
             e.reason.starts_with("is not a valid regular expression"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn host_interfaces_take_patterns_and_the_primary_interface() {
+        for good in [
+            "{xdp: {interfaces: ['/^eth[0-9]+$/', lo]}}",
+            "{xdp: {primaryNodeInterface: true}}",
+            "{xdp: {primaryNodeInterface: true, interfaces: ['/^veth/'], priority: 10}}",
+            "{tc: {direction: Ingress, interfaces: ['/^bpfpinif[0-9]+$/']}}",
+            "{tc: {direction: Egress, primaryNodeInterface: true}}",
+            // Plain names keep their meaning: taken as they are.
+            "{xdp: {interfaces: [eth0]}}",
+        ] {
+            let s = spec(good);
+            assert_eq!(s.validate("o"), Ok(()), "{good}");
+        }
+        let dynamic =
+            |a: &str| follows_host_interfaces(spec(a).programs[0].attach.as_ref().expect("attach"));
+        assert!(dynamic("{xdp: {interfaces: ['/^eth[0-9]+$/']}}"));
+        assert!(dynamic(
+            "{tc: {direction: Egress, primaryNodeInterface: true}}"
+        ));
+        assert!(!dynamic("{xdp: {interfaces: [eth0]}}"));
+        assert!(!dynamic(
+            "{xdp: {interfaces: [eth0], primaryNodeInterface: false}}"
+        ));
+        assert!(!dynamic(
+            "{xdp: {networkNamespaces: {namespace: web, interfaces: ['/x/']}}}"
+        ));
+        let refused = |attach: &str| spec(attach).validate("o").expect_err(attach);
+        let e = refused("{xdp: {interfaces: ['/^eth[0-9+$/']}}");
+        assert_eq!(e.field, "spec.programs[0].attach.xdp.interfaces[0]");
+        assert!(
+            e.reason.starts_with("is not a valid regular expression"),
+            "{e}"
+        );
+        let e = refused("{tc: {direction: Ingress, interfaces: [eth0, '/^eth']}}");
+        assert_eq!(e.field, "spec.programs[0].attach.tc.interfaces[1]");
+        assert!(e.reason.contains("written /<regex>/"), "{e}");
+        let long = format!("{{xdp: {{interfaces: ['/{}/']}}}}", "a".repeat(257));
+        let e = refused(&long);
+        assert!(e.reason.contains("at most 256"), "{e}");
+        let e = refused("{xdp: {primaryNodeInterface: true, networkNamespaces: {namespace: web}}}");
+        assert_eq!(e.field, "spec.programs[0].attach.xdp.interfaces");
+        assert!(e.reason.contains("not both"), "{e}");
+        let e = refused("{xdp: {primaryNodeInterface: false}}");
+        assert!(e.reason.contains("primaryNodeInterface"), "{e}");
     }
 
     #[test]

@@ -37,4 +37,11 @@ fn bpfobject_crd_carries_cel_rules_and_docs() {
     assert!(json.contains("Which nodes load this object"));
     // `cgroup` or `pods` on the cgroup hooks, and `cgroup` no longer required.
     assert!(json.contains("has(self.cgroup) != has(self.pods)"));
+    // Host interfaces: `/regex/` entries are whole patterns, and primaryNodeInterface counts as
+    // naming host interfaces.
+    assert!(json.contains("primaryNodeInterface"));
+    assert!(json.contains(
+        "self.all(i, !i.startsWith('/') || (size(i) > 2 && size(i) <= 258 && i.endsWith('/')))"
+    ));
+    assert!(json.contains("(has(self.primaryNodeInterface) && self.primaryNodeInterface)"));
 }

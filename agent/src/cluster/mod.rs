@@ -8,6 +8,9 @@
 //! - Passes run on the blocking pool, one at a time, only once the Node and the `BpfObject`s have
 //!   been listed completely. A failing watch keeps the last complete list, so an API server
 //!   outage changes no pin.
+//! - While a selected object names host interfaces by pattern or `primaryNodeInterface`, the
+//!   kernel's link events ([`crate::link_events`]) wake a pass too: an interface that appears or
+//!   goes is attached or unpinned without polling.
 //! - Shutdown (SIGTERM/SIGINT) stops the watches and leaves every pin in place.
 
 pub(crate) mod bytecode;
@@ -187,6 +190,9 @@ struct Agent<C> {
     pods: pods::PodWatch,
     /// The pod-link step after each pass.
     pod_attacher: Arc<std::sync::Mutex<pods::PodAttacher>>,
+    /// The kernel's link events, listened to once an object names host interfaces by pattern
+    /// or `primaryNodeInterface`.
+    links: crate::link_events::LinkWatch,
 }
 
 impl<C: Core> Agent<C> {
@@ -237,6 +243,7 @@ impl<C: Core> Agent<C> {
             events,
             pods: pods::PodWatch::default(),
             pod_attacher: Arc::new(std::sync::Mutex::new(pod_attacher)),
+            links: crate::link_events::LinkWatch::default(),
             root: reconciler.root().to_path_buf(),
             reconciler: Some(reconciler),
             client,
@@ -301,6 +308,7 @@ impl<C: Core> Agent<C> {
         }
         self.configmaps.stop_all();
         self.pods.stop();
+        self.links.ensure(false, || || {});
         tracing::info!("shutting down; pins stay in place");
         result
     }
@@ -392,6 +400,18 @@ impl<C: Core> Agent<C> {
             &self.config.node_name,
             &self.trigger,
         );
+        // Interfaces that appear or go wake a pass while an object follows them.
+        let follows_links = selected.iter().any(|(_, o)| {
+            o.spec
+                .programs
+                .iter()
+                .filter_map(|p| p.attach.as_ref())
+                .any(bpfpin_crds::follows_host_interfaces)
+        });
+        self.links.ensure(follows_links, || {
+            let trigger = self.trigger.clone();
+            move || trigger.poke()
+        });
         let pod_snapshot = self.pods.snapshot();
         let pod_attacher = self.pod_attacher.clone();
         self.configmaps.sync(

@@ -48,6 +48,9 @@ pub struct Manifests {
 #[derive(Debug, Default, Clone)]
 pub struct ManifestMemory {
     held_by_file: Option<BTreeMap<PathBuf, BTreeSet<String>>>,
+    /// Whether an object of the last pass names host interfaces by pattern or
+    /// `primaryNodeInterface` (the watch then listens to link events).
+    pub(crate) follows_links: bool,
 }
 
 /// The folder could not be listed: nothing is reconciled (every pin stays).

@@ -1,5 +1,6 @@
-//! Local watch mode: a pass on every change of the manifests or bytecode folders, and retries of
-//! objects whose failure may go away by itself, until SIGTERM/SIGINT. Pins persist.
+//! Local watch mode: a pass on every change of the manifests or bytecode folders (and, while an
+//! object names host interfaces by pattern or `primaryNodeInterface`, of the node's links), and
+//! retries of objects whose failure may go away by itself, until SIGTERM/SIGINT. Pins persist.
 
 use std::time::Duration;
 
@@ -37,6 +38,7 @@ pub async fn watch(mut reconciler: Reconciler, config: LocalConfig) -> anyhow::R
             let _ = tx.send(());
         });
     }
+    let link_tx = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Reading the manifests makes access events: only changes count, or every pass would
         // trigger the next one. The parent's events count only for the folder itself.
@@ -64,6 +66,7 @@ pub async fn watch(mut reconciler: Reconciler, config: LocalConfig) -> anyhow::R
     }
     let mut retries = Retries::new(RETRY_BASE, RETRY_MAX);
     let mut memory = ManifestMemory::default();
+    let links = crate::link_events::LinkWatch::default();
     // The folder watched, by device and inode: `rm -rf` ends its watch (the kernel drops it) and a
     // folder created or renamed into place later needs a new one.
     let mut watched: Option<(u64, u64)> = None;
@@ -101,6 +104,13 @@ pub async fn watch(mut reconciler: Reconciler, config: LocalConfig) -> anyhow::R
         };
         reconciler = r;
         memory = m;
+        // Host interfaces that appear or go wake a pass while an object follows them.
+        links.ensure(memory.follows_links, || {
+            let tx = link_tx.clone();
+            move || {
+                let _ = tx.send(());
+            }
+        });
         retries.record_pass(std::time::Instant::now(), &report);
         // Without a watch that would notice the folder (back), look again now and then.
         let poll = if watched.is_some() || parent_watched {

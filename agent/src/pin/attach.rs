@@ -97,8 +97,11 @@ impl AttachPoint {
         if let Some(tp) = &attach.tracepoint {
             points.push(AttachPoint::Tracepoint(tp.clone()));
         }
+        // Patterns are resolved into names before ([`super::interfaces::resolve`]); one left
+        // here names no interface.
+        let named = |i: &&String| bpfpin_crds::interface_pattern(i).is_none();
         if let Some(xdp) = &attach.xdp {
-            for interface in &xdp.interfaces {
+            for interface in xdp.interfaces.iter().filter(named) {
                 points.push(AttachPoint::Xdp {
                     interface: interface.clone(),
                     mode: xdp.mode,
@@ -107,7 +110,7 @@ impl AttachPoint {
             }
         }
         if let Some(tc) = &attach.tc {
-            for interface in &tc.interfaces {
+            for interface in tc.interfaces.iter().filter(named) {
                 points.push(AttachPoint::Tc {
                     interface: interface.clone(),
                     direction: tc.direction,
@@ -307,6 +310,10 @@ pub enum AttachError {
     /// A tcx program placed by priority could not be attached.
     #[error("{}", sources(.0))]
     Tcx(#[from] super::xdp_dispatcher::tcx::TcxError),
+    /// The host interfaces of `xdp` or `tc` (patterns, `primaryNodeInterface`) could not be
+    /// resolved.
+    #[error(transparent)]
+    Interfaces(#[from] super::interfaces::InterfacesError),
     /// The descriptor of a socket map could not be duplicated for an sk_msg/sk_skb attach:
     /// `(program, the error)`.
     #[error("attaching program {0}: duplicating its socket map's descriptor: {1}")]
@@ -325,7 +332,8 @@ impl StatusError for AttachError {
             | AttachError::Kernel(..)
             | AttachError::XdpTaken(..)
             | AttachError::NotALink(..)
-            | AttachError::SockMapFd(..) => Reason::AttachFailed,
+            | AttachError::SockMapFd(..)
+            | AttachError::Interfaces(..) => Reason::AttachFailed,
         }
     }
 }
@@ -502,7 +510,7 @@ impl AttachPoint {
             } => {
                 let prog: &mut Xdp = at.typed(program)?;
                 // An interface has one XDP link: the previous version's gets the new program.
-                if let Some(prev) = previous_link.filter(|p| p.exists()) {
+                if let Some(prev) = previous_link.filter(|p| p.exists() && !is_detached(p)) {
                     let old = PinnedLink::from_pin(prev).map_err(|e| at.kernel(e))?;
                     let xdp_link =
                         XdpLink::try_from(FdLink::from(old)).map_err(|e| at.kernel(e))?;
@@ -656,6 +664,17 @@ pub(crate) fn attach_and_pin(
         .map_err(|source| AttachError::Pin(name.to_owned(), path.to_path_buf(), source))?;
     tracing::info!(program = name, link = %path.display(), at = %point.describe(), "attached");
     Ok(replaced)
+}
+
+/// Whether the link pinned at `path` is an XDP or tcx link whose interface went (the kernel
+/// detached it and reports interface 0): a new version attaches again instead of taking it over.
+pub(crate) fn is_detached(path: &Path) -> bool {
+    PinnedLink::from_pin(path)
+        .map(FdLink::from)
+        .ok()
+        .and_then(|l| l.info().ok())
+        .and_then(|i| i.ifindex())
+        == Some(0)
 }
 
 /// Pins the link pinned at `from` also at `to` (an unchanged program keeps its link across

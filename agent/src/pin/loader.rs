@@ -619,8 +619,11 @@ impl Attempt<'_> {
                 .ok_or_else(|| LoadError::ProgramMissing(name.to_owned()))?;
             let btf_function = self.attach.get(name).and_then(AttachPoint::btf_function);
             match program {
-                Program::Extension(ext) => xdp_dispatcher::load(self.layout.root(), prog_spec, ext)
-                    .map_err(AttachError::from)?,
+                Program::Extension(ext) => {
+                    let xdp = self.attach.get(name).and_then(|a| a.xdp.as_ref());
+                    xdp_dispatcher::load(self.layout.root(), prog_spec, xdp, ext)
+                        .map_err(AttachError::from)?
+                }
                 _ => load_program(name, program, btf, btf_function)?,
             }
             let path = Layout::prog_in(&self.dir, name);
@@ -693,7 +696,11 @@ impl Attempt<'_> {
                     .map(|p| Layout::link_in(p, name, &point.link_name()));
                 if let Some(program) = kept.get_mut(name) {
                     // The same program at the same point: its link simply moves to the new version.
-                    match previous_link.as_deref().filter(|p| p.exists()) {
+                    // A link whose interface went is not moved: the program attaches again.
+                    match previous_link
+                        .as_deref()
+                        .filter(|p| p.exists() && !attach::is_detached(p))
+                    {
                         Some(prev) => attach::repin_link(prev, &path)?,
                         None => {
                             attach::attach_and_pin(program, name, &point, &path, None, &maps)?;
@@ -754,7 +761,11 @@ fn resolve_attach(
             continue;
         };
         let resolved = super::auto_attach::resolve_on_node(&p.name, &prog.section_name, attach)?;
-        out.insert(p.name.clone(), resolved.into_owned());
+        // Host interface patterns and primaryNodeInterface, as the node has them now.
+        let resolved = super::interfaces::resolve(&p.name, &resolved)
+            .map_err(AttachError::from)?
+            .into_owned();
+        out.insert(p.name.clone(), resolved);
     }
     Ok(out)
 }

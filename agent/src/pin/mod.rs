@@ -13,6 +13,7 @@ pub mod btf_vars;
 pub mod desired;
 pub mod diagnose;
 pub mod fsops;
+pub mod interfaces;
 pub mod internal_maps;
 pub mod layout;
 pub mod loader;

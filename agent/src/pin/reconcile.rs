@@ -5,6 +5,7 @@
 //! key, pins present) or build a new version aside and swap it in with one rename; then remove
 //! objects nobody wants, stale versions, and shared maps no object names.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -667,15 +668,36 @@ impl Reconciler {
             if !Layout::prog_in(&dir, &p.name).exists() {
                 return None;
             }
-            let points = p.attach.iter().flat_map(AttachPoint::all).collect();
+            // Host interface patterns and primaryNodeInterface name the node's interfaces now: a
+            // version made for another set is not adopted (a new one is built, see
+            // super::interfaces), nor one whose link lost its interface.
+            let attach = match &p.attach {
+                Some(a) => Some(super::interfaces::resolve(&p.name, a).ok()?),
+                None => None,
+            };
+            let follows = attach.as_ref().is_some_and(|a| matches!(a, Cow::Owned(_)));
+            let points = attach.iter().flat_map(|a| AttachPoint::all(a)).collect();
             // A usdt point is one link per site of the probe in its target (attach/usdt.rs).
             let points = super::attach::usdt::expand(&p.name, points).ok()?;
+            let mut expected = BTreeSet::new();
             for point in points {
                 let link = Layout::link_in(&dir, &p.name, &point.link_name());
                 if !link.exists() {
                     return None;
                 }
+                if follows
+                    && matches!(point, AttachPoint::Xdp { .. } | AttachPoint::Tc { .. })
+                    && super::attach::is_detached(&link)
+                {
+                    tracing::info!(object = %obj.name, link = %link.display(), "the link's interface went: attaching again");
+                    return None;
+                }
+                expected.insert(point.link_name());
                 links.push(self.layout.public_path(&obj.name, &dir, &link));
+            }
+            if follows && let Some(stale) = stale_interface_link(&dir, &p.name, &expected) {
+                tracing::info!(object = %obj.name, link = %stale.display(), "the interface is gone or no longer matches: unpinning its link");
+                return None;
             }
         }
         if let Some(known) = self.known.get(&obj.name).filter(|c| c.version == version) {
@@ -802,4 +824,21 @@ impl Reconciler {
         fsops::prune_empty_dirs(root, &shared);
         count
     }
+}
+
+/// A link of `program` in version `dir` on an interface its host `interfaces` no longer name
+/// (`expected` holds the link names they name now); pod links are not this kind.
+fn stale_interface_link(dir: &Path, program: &str, expected: &BTreeSet<String>) -> Option<PathBuf> {
+    let links = dir.join("links").join(program);
+    std::fs::read_dir(&links)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| {
+            let netdev = ["xdp-", "tc-ingress-", "tc-egress-", "prio"]
+                .iter()
+                .any(|p| name.starts_with(p));
+            netdev && !super::netns::PodHook::is_pod_link(name) && !expected.contains(name)
+        })
+        .map(|name| links.join(name))
 }

@@ -231,13 +231,15 @@ fn load_dispatcher(interface: &str, conf: &Config) -> Result<Loaded, DispatcherE
 /// Loads `program` (an [`Extension`], see [`wants_dispatcher`]) against a fresh dispatcher's
 /// slot 0; [`attach_and_pin`] later attaches it to the slot of the interface's dispatcher (an
 /// extension may attach to any function with the same prototype, Linux 5.10).
+/// `xdp` is the program's attach point with its interfaces resolved (patterns and
+/// `primaryNodeInterface` made names, [`crate::pin::interfaces`]).
 pub fn load(
     root: &Path,
     spec: &ProgramSpec,
+    xdp: Option<&bpfpin_crds::XdpAttach>,
     program: &mut Extension,
 ) -> Result<(), DispatcherError> {
     let name = spec.name.as_str();
-    let xdp = spec.attach.as_ref().and_then(|a| a.xdp.as_ref());
     let interfaces: Vec<String> = xdp.map(|x| x.interfaces.clone()).unwrap_or_default();
     let first = interfaces.first().cloned().unwrap_or_default();
     if let Some(priority) = xdp.and_then(|x| x.priority)
