@@ -37,4 +37,7 @@ fn bpfobject_crd_carries_cel_rules_and_docs() {
     assert!(json.contains("Which nodes load this object"));
     // `cgroup` or `pods` on the cgroup hooks, and `cgroup` no longer required.
     assert!(json.contains("has(self.cgroup) != has(self.pods)"));
+    // `containers` on uprobe: not with `pid`, and an absolute target inside the container.
+    assert!(json.contains("!has(self.containers) || !has(self.pid)"));
+    assert!(json.contains("!has(self.containers) || self.target.startsWith('/')"));
 }
