@@ -258,7 +258,10 @@ fn uprobes_attach_to_the_containers_copy_and_follow_restarts_and_deletes() {
     assert!(up_link.exists() && ret_link.exists());
     assert_eq!(
         step.links["ctr-up"],
-        vec![up_link.display().to_string(), ret_link.display().to_string()]
+        vec![
+            up_link.display().to_string(),
+            ret_link.display().to_string()
+        ]
     );
 
     // The container's copy fires, exactly: five calls, five entries, five returns.
@@ -331,7 +334,11 @@ fn a_symlink_out_of_the_container_and_a_missing_process_fail_naming_pod_and_cont
     let objs = vec![common::desired("ctr-esc", ESCAPE_SPEC, "kinds")];
     let mut reconciler = Reconciler::new(fs.path()).expect("reconciler");
     let report = reconciler.reconcile(&objs, &BTreeSet::new());
-    assert!(report.objects[0].is_ready(), "{:?}", report.objects[0].error);
+    assert!(
+        report.objects[0].is_ready(),
+        "{:?}",
+        report.objects[0].error
+    );
     let bpffs = fs.root();
     let mut attacher =
         PodAttacher::new(&bpffs, Path::new("/run/netns")).with_cgroup_dir(&tree.root);
@@ -340,7 +347,11 @@ fn a_symlink_out_of_the_container_and_a_missing_process_fail_naming_pod_and_cont
     let pods = web_pod(&[("app", ID1)]);
     let step = attacher.sync(&objs, &report, &pods);
     let s = &step.objects["ctr-esc"];
-    assert_eq!((s.matched, s.attached, s.failures.len()), (1, 0, 1), "{s:?}");
+    assert_eq!(
+        (s.matched, s.attached, s.failures.len()),
+        (1, 0, 1),
+        "{s:?}"
+    );
     assert!(step.retry);
     let f = &s.failures[0];
     assert_eq!(
@@ -363,7 +374,11 @@ fn a_symlink_out_of_the_container_and_a_missing_process_fail_naming_pod_and_cont
     let pid = process.id();
     let step = attacher.sync(&objs, &report, &pods);
     let s = &step.objects["ctr-esc"];
-    assert_eq!((s.matched, s.attached, s.failures.len()), (1, 0, 1), "{s:?}");
+    assert_eq!(
+        (s.matched, s.attached, s.failures.len()),
+        (1, 0, 1),
+        "{s:?}"
+    );
     assert_eq!(
         s.failures[0].message,
         format!(
@@ -384,4 +399,92 @@ fn a_symlink_out_of_the_container_and_a_missing_process_fail_naming_pod_and_cont
         "{f:?}"
     );
     finish(process);
+}
+
+/// The README's example (`# example: container-uprobe` in "Pod-aware attachment").
+fn readme_example() -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let block: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| *l != "# example: container-uprobe")
+        .skip(1)
+        .take_while(|l| *l != "# end: container-uprobe")
+        .collect();
+    assert!(
+        !block.is_empty(),
+        "the README has the container-uprobe example"
+    );
+    block.join("\n")
+}
+
+#[test]
+fn the_readme_example_retargeted_counts_the_calls_in_its_container() {
+    let object: serde_yaml::Value = serde_yaml::from_str(&readme_example()).expect("YAML");
+    let name = object["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_owned();
+    // As e2e/scripts/real-node.d/containers.bash does: the test's binary instead of bash.
+    let spec = serde_yaml::to_string(&object["spec"])
+        .expect("spec")
+        .replace("target: /bin/bash", "target: /app/server")
+        .replace("symbol: readline", "symbol: bpfpin_probe_me");
+    let spec = common::spec(&spec);
+    assert_eq!(spec.validate(&name), Ok(()));
+    let fs = Bpffs::new();
+    let tree = Tree::new("readme");
+    let root = rootfs();
+    let cgroup = tree.container(WEB, ID1);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/uprobe/uprobe.bpf.c");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bpf");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    let out = out.join("uprobe.bpf.o");
+    common::compile(&src, &out);
+    let obj = DesiredObject {
+        name: name.clone(),
+        uid: None,
+        generation: 1,
+        spec,
+        bytecode: Ok(std::fs::read(&out).expect("object")),
+    };
+    let mut reconciler = Reconciler::new(fs.path()).expect("reconciler");
+    let report = reconciler.reconcile(std::slice::from_ref(&obj), &BTreeSet::new());
+    assert!(
+        report.objects[0].is_ready(),
+        "{:?}",
+        report.objects[0].error
+    );
+    let process = start_in(&cgroup, root.path());
+    let mut attacher =
+        PodAttacher::new(&fs.root(), Path::new("/run/netns")).with_cgroup_dir(&tree.root);
+    // The example selects the `shell` container of `app: web` pods of namespace `web`.
+    let step = attacher.sync(
+        std::slice::from_ref(&obj),
+        &report,
+        &web_pod(&[("shell", ID1)]),
+    );
+    let s = &step.objects[&name];
+    assert_eq!(
+        (s.matched, s.attached, s.failures.len()),
+        (1, 1, 0),
+        "{s:?}"
+    );
+    assert!(
+        fs.root()
+            .join(format!(
+                "{name}/links/count_readline/uprobe-pod-{WEB}-shell"
+            ))
+            .exists()
+    );
+    finish(process);
+    let calls = {
+        use aya::maps::{Array, Map, MapData};
+        let data = MapData::from_pin(fs.root().join(&name).join("maps/calls")).expect("map");
+        let array: Array<_, u64> =
+            Array::try_from(Map::from_map_data(data).expect("map")).expect("array");
+        array.get(&0, 0).expect("read")
+    };
+    assert_eq!(calls, 5);
 }

@@ -1022,7 +1022,10 @@ mod pod_tests {
         let all = spec("{uprobe: {target: /bin/sh, offset: 16, containers: {namespace: web}}}");
         assert_eq!(all.validate("o"), Ok(()));
         let every = all.programs[0].attach.as_ref().and_then(Attach::containers);
-        assert!(every.expect("scoped").selects("anything"), "no names: every container");
+        assert!(
+            every.expect("scoped").selects("anything"),
+            "no names: every container"
+        );
         assert!(
             spec("{uprobe: {target: /bin/sh, symbol: main}}").programs[0]
                 .attach

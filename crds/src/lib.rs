@@ -30,7 +30,9 @@ pub use bpf_object::{
     SecretReference, SkLookupAttach, SockMapAttach, TailCall, TcAttach, TracepointAttach,
     UnsupportedNode, UprobeAttach, XdpAttach, XdpMode,
 };
-pub use bpf_object::{ContainerSelection, NetworkNamespaces, PodCounts, PodSelection, interface_pattern};
+pub use bpf_object::{
+    ContainerSelection, NetworkNamespaces, PodCounts, PodSelection, interface_pattern,
+};
 pub use capabilities::{AttachType, NodeCapabilities, ProgramType, Requirements};
 pub use node_state::{
     BpfNodeState, BpfNodeStateSpec, BpfNodeStateStatus, NodeObjectState, ObjectPhase, PinnedProgram,

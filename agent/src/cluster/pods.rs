@@ -147,7 +147,10 @@ impl PodWatch {
         let stream = watcher(api, config).default_backoff();
         let index = self.index.clone();
         let trigger = trigger.clone();
-        tracing::info!(node, "watching this node's pods (networkNamespaces, pods, containers)");
+        tracing::info!(
+            node,
+            "watching this node's pods (networkNamespaces, pods, containers)"
+        );
         *task = Some(tokio::spawn(
             async move {
                 let mut stream = std::pin::pin!(stream);
@@ -211,7 +214,9 @@ pub fn is_pod_scoped(spec: &BpfObjectSpec) -> bool {
         .iter()
         .filter_map(|p| p.attach.as_ref())
         .any(|a| {
-            a.network_namespaces().is_some() || a.cgroup_pods().is_some() || a.containers().is_some()
+            a.network_namespaces().is_some()
+                || a.cgroup_pods().is_some()
+                || a.containers().is_some()
         })
 }
 
@@ -761,8 +766,7 @@ impl PodAttacher {
             match self.container_ids.get(link) {
                 // Pinned by an earlier run: adopted.
                 None => {
-                    self.container_ids
-                        .insert(link.to_path_buf(), id.to_owned());
+                    self.container_ids.insert(link.to_path_buf(), id.to_owned());
                     return Ok(());
                 }
                 Some(had) if had == id => return Ok(()),
@@ -782,8 +786,7 @@ impl PodAttacher {
             tracing::warn!(path = %dir.display(), error = %e, "cannot create the pod link directory");
         }
         containers::attach(prog_pin, probe, &file, link)?;
-        self.container_ids
-            .insert(link.to_path_buf(), id.to_owned());
+        self.container_ids.insert(link.to_path_buf(), id.to_owned());
         let waited_ms = pod.created.map(|t| {
             (k8s_openapi::jiff::Timestamp::now() - t)
                 .get_milliseconds()
