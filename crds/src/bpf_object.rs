@@ -443,10 +443,13 @@ pub struct KprobeAttach {
 /// A uprobe attach point.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[x_kube(validation = Rule::new("has(self.symbol) || has(self.offset)").message("set symbol, offset or both"))]
+#[x_kube(validation = Rule::new("!has(self.containers) || !has(self.pid)").message("pid and containers are exclusive"))]
+#[x_kube(validation = Rule::new("!has(self.containers) || self.target.startsWith('/')").message("with containers, target must be an absolute path inside the container"))]
 #[serde(rename_all = "camelCase")]
 pub struct UprobeAttach {
     /// Absolute path of the binary or library on the node (or a library name found by the
-    /// dynamic loader's cache, e.g. `libc`).
+    /// dynamic loader's cache, e.g. `libc`). With `containers`: the absolute path inside each
+    /// selected container's filesystem.
     #[schemars(length(min = 1, max = 4096))]
     pub target: String,
     /// Function symbol in the target.
@@ -459,6 +462,10 @@ pub struct UprobeAttach {
     /// Only fire in this process. Absent: every process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// Resolve `target` inside the filesystem of every matching container on the node instead
+    /// of on the node (one link per pod and container, named `uprobe-pod-<pod uid>-<container>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub containers: Option<ContainerSelection>,
 }
 
 /// A kernel function for fentry/fexit.
@@ -690,6 +697,61 @@ fn validate_selection(
     Ok(())
 }
 
+/// The containers a uprobe's `target` is resolved in (`containers` of `uprobe`, bpfman's field
+/// names): on each node, the running containers named `containerNames` (all of them when absent)
+/// of every pod of `namespace` that `podSelector` matches, scheduled there and not ended. The
+/// file is the one the container sees at `target` (its root filesystem, symlinks resolved inside
+/// it); the probe fires in every process that runs that file. A container that starts later, or
+/// restarts (a new container ID), is attached when it runs; a deleted pod's links are unpinned.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSelection {
+    /// The pods' namespace.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Which pods of `namespace` (labels; empty selects every pod of it).
+    #[serde(default)]
+    pub pod_selector: LabelSelector,
+    /// Which containers of each pod (by `spec.containers[].name`). Absent or empty: every
+    /// container of the pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    #[schemars(length(max = 32))]
+    pub container_names: Vec<String>,
+}
+
+// As for `NetworkNamespaces`.
+impl Eq for ContainerSelection {}
+
+impl ContainerSelection {
+    /// The checks of the schema, again in Rust; `at` is the field path of `containers`.
+    pub fn validate(&self, at: &str) -> Result<(), ValidationError> {
+        validate_selection(at, &self.namespace, &self.pod_selector)?;
+        for (i, name) in self.container_names.iter().enumerate() {
+            let n = name.as_bytes();
+            let label = !n.is_empty()
+                && n.len() <= 63
+                && n.iter()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+                && n.first() != Some(&b'-')
+                && n.last() != Some(&b'-');
+            if !label {
+                return Err(ValidationError {
+                    field: format!("{at}.containerNames[{i}]"),
+                    value: name.clone(),
+                    reason: "must be a container name (a DNS label)".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the container named `name` is selected.
+    pub fn selects(&self, name: &str) -> bool {
+        self.container_names.is_empty() || self.container_names.iter().any(|c| c == name)
+    }
+}
+
 impl PodSelection {
     /// The checks of the schema, again in Rust; `at` is the field path of `pods`.
     pub fn validate(&self, at: &str) -> Result<(), ValidationError> {
@@ -855,8 +917,34 @@ impl Attach {
             })
     }
 
+    /// The containers a uprobe's target is resolved in, when `uprobe` sets `containers`.
+    pub fn containers(&self) -> Option<&ContainerSelection> {
+        self.uprobe.as_ref().and_then(|u| u.containers.as_ref())
+    }
+
     /// The pod-scoped checks of `spec.programs[i].attach` (`at`).
     fn validate_pods(&self, at: &str) -> Result<(), ValidationError> {
+        if let Some(u) = &self.uprobe
+            && let Some(c) = &u.containers
+        {
+            let at = format!("{at}.uprobe");
+            if u.pid.is_some() {
+                return Err(ValidationError {
+                    field: format!("{at}.pid"),
+                    value: u.pid.unwrap_or_default().to_string(),
+                    reason: "pid and containers are exclusive".into(),
+                });
+            }
+            if !u.target.starts_with('/') {
+                return Err(ValidationError {
+                    field: format!("{at}.target"),
+                    value: u.target.clone(),
+                    reason: "with containers, target must be an absolute path inside the container"
+                        .into(),
+                });
+            }
+            c.validate(&format!("{at}.containers"))?;
+        }
         if let Some(x) = &self.xdp {
             let at = format!("{at}.xdp");
             let host = x.interfaces.len() + usize::from(x.primary_node_interface == Some(true));
@@ -1036,6 +1124,62 @@ mod pod_tests {
         assert!(e.reason.contains("not both"), "{e}");
         let e = refused("{xdp: {primaryNodeInterface: false}}");
         assert!(e.reason.contains("primaryNodeInterface"), "{e}");
+    }
+
+    #[test]
+    fn uprobe_containers_validate() {
+        let good = spec(
+            "{uprobe: {target: /app/server, symbol: handle, containers: {namespace: web, podSelector: {matchLabels: {app: web}}, containerNames: [app, side-car]}}}",
+        );
+        assert_eq!(good.validate("o"), Ok(()));
+        let attach = good.programs[0].attach.as_ref().expect("attach");
+        let c = attach.containers().expect("container-scoped");
+        assert!(c.selects("app") && c.selects("side-car") && !c.selects("other"));
+        let all = spec("{uprobe: {target: /bin/sh, offset: 16, containers: {namespace: web}}}");
+        assert_eq!(all.validate("o"), Ok(()));
+        let every = all.programs[0].attach.as_ref().and_then(Attach::containers);
+        assert!(
+            every.expect("scoped").selects("anything"),
+            "no names: every container"
+        );
+        assert!(
+            spec("{uprobe: {target: /bin/sh, symbol: main}}").programs[0]
+                .attach
+                .as_ref()
+                .and_then(Attach::containers)
+                .is_none()
+        );
+        for (bad, field, reason) in [
+            (
+                "{uprobe: {target: /bin/sh, symbol: main, pid: 7, containers: {namespace: web}}}",
+                "uprobe.pid",
+                "exclusive",
+            ),
+            (
+                "{uprobe: {target: libc, symbol: malloc, containers: {namespace: web}}}",
+                "uprobe.target",
+                "absolute path inside the container",
+            ),
+            (
+                "{uprobe: {target: /bin/sh, symbol: main, containers: {namespace: Web}}}",
+                "uprobe.containers.namespace",
+                "DNS label",
+            ),
+            (
+                "{uprobe: {target: /bin/sh, symbol: main, containers: {namespace: web, containerNames: [ok, Not_OK]}}}",
+                "uprobe.containers.containerNames[1]",
+                "container name",
+            ),
+            (
+                "{uprobe: {target: /bin/sh, symbol: main, containers: {namespace: web, containerNames: [-a]}}}",
+                "uprobe.containers.containerNames[0]",
+                "container name",
+            ),
+        ] {
+            let e = spec(bad).validate("o").expect_err(bad);
+            assert_eq!(e.field, format!("spec.programs[0].attach.{field}"), "{bad}");
+            assert!(e.reason.contains(reason), "{bad}: {e}");
+        }
     }
 
     #[test]

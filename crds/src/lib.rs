@@ -31,7 +31,8 @@ pub use bpf_object::{
     UnsupportedNode, UprobeAttach, XdpAttach, XdpMode,
 };
 pub use bpf_object::{
-    NetworkNamespaces, PodCounts, PodSelection, follows_host_interfaces, interface_pattern,
+    ContainerSelection, NetworkNamespaces, PodCounts, PodSelection, follows_host_interfaces,
+    interface_pattern,
 };
 pub use capabilities::{AttachType, NodeCapabilities, ProgramType, Requirements};
 pub use node_state::{

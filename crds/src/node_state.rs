@@ -163,6 +163,9 @@ pub struct PodFailure {
     /// The interface inside the pod (empty for a pod's cgroup, `pods` of the cgroup hooks).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub interface: String,
+    /// The container (`containers` of `uprobe`; empty otherwise).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container: String,
     /// A CamelCase reason, e.g. `AttachFailed`.
     pub reason: String,
     /// What went wrong, in a sentence.

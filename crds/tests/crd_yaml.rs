@@ -44,4 +44,7 @@ fn bpfobject_crd_carries_cel_rules_and_docs() {
         "self.all(i, !i.startsWith('/') || (size(i) > 2 && size(i) <= 258 && i.endsWith('/')))"
     ));
     assert!(json.contains("(has(self.primaryNodeInterface) && self.primaryNodeInterface)"));
+    // `containers` on uprobe: not with `pid`, and an absolute target inside the container.
+    assert!(json.contains("!has(self.containers) || !has(self.pid)"));
+    assert!(json.contains("!has(self.containers) || self.target.startsWith('/')"));
 }

@@ -1,11 +1,11 @@
-//! Pod-aware attachment (`networkNamespaces` on `xdp` and `tc`, `pods` on the cgroup hooks): the
-//! watch of this node's pods and the step after each pass that makes the pod links equal to the
-//! matching pods.
+//! Pod-aware attachment (`networkNamespaces` on `xdp` and `tc`, `pods` on the cgroup hooks,
+//! `containers` on `uprobe`): the watch of this node's pods and the step after each pass that
+//! makes the pod links equal to the matching pods.
 //!
 //! - The pods of this node only, by the field selector `spec.nodeName=<node>`; the watch starts
-//!   with the first selected object that names `networkNamespaces`, and feeds an index that keeps
-//!   only what the step reads (labels, IP, hostNetwork, whether it ended), so status churn wakes
-//!   no pass.
+//!   with the first selected object that is pod-scoped, and feeds an index that keeps only what
+//!   the step reads (labels, IP, hostNetwork, whether it ended, the IDs of its running
+//!   containers), so status churn (readiness, restarts counts, conditions) wakes no pass.
 //! - One link per pod, program and interface, pinned in the object's current version at
 //!   `links/<program>/xdp-pod-<pod uid>-<interface>` (or `tc-<direction>-pod-...`). A new version
 //!   of the object starts without them and the step attaches its programs again; a pod that is
@@ -14,6 +14,11 @@
 //! - `pods` on a cgroup hook: one link per pod and program, `links/<program>/<hook>-pod-<uid>`
 //!   (`cgroupskb-egress-pod-<uid>`, `sockops-pod-<uid>`...), on the pod's cgroup found by UID
 //!   under `--cgroup-dir` ([`crate::pin::pod_cgroup`] says how).
+//! - `containers` on `uprobe`: one link per pod, container and program,
+//!   `links/<program>/uprobe-pod-<uid>-<container>`, on the file `target` names inside the
+//!   container ([`crate::pin::containers`] says how it is found), attached once the container
+//!   runs; a container that restarted (a new container ID) is attached again. A restarted agent
+//!   keeps (adopts) a container link it finds pinned.
 //! - A pinned link whose target went away while the pod stayed (the kernel detached it: an XDP or
 //!   tcx link reports interface 0, a cgroup link a cgroup id that is not the pod's cgroup's now)
 //!   is attached again, also when a restarted agent finds it.
@@ -31,8 +36,8 @@ use std::time::Duration;
 
 use bpfpin_crds::selector::Selector;
 use bpfpin_crds::{
-    BpfNodeStateStatus, BpfObjectSpec, LinkOrder, NetworkNamespaces, PodAttachments, PodFailure,
-    PodSelection, node_state::MAX_POD_FAILURES,
+    BpfNodeStateStatus, BpfObjectSpec, ContainerSelection, LinkOrder, NetworkNamespaces,
+    PodAttachments, PodFailure, PodSelection, UprobeAttach, node_state::MAX_POD_FAILURES,
 };
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -44,6 +49,7 @@ use tracing::Instrument;
 use super::index::{Index, IndexEvent};
 use super::trigger::Trigger;
 use crate::error::ObjectError;
+use crate::pin::containers;
 use crate::pin::desired::DesiredObject;
 use crate::pin::fsops;
 use crate::pin::layout::Layout;
@@ -76,6 +82,8 @@ pub struct PodEntry {
     pub ended: bool,
     /// `metadata.creationTimestamp`, to log how long the pod waited for its programs.
     pub created: Option<k8s_openapi::jiff::Timestamp>,
+    /// The running containers, by name: their container IDs (from `containerd://<id>`).
+    pub containers: BTreeMap<String, String>,
 }
 
 /// The part of a `Pod` the agent keeps.
@@ -99,6 +107,16 @@ pub fn pod_entry(pod: &Pod) -> (String, PodEntry) {
             Some("Succeeded" | "Failed")
         ),
         created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        containers: status
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+            .filter_map(|c| {
+                let id = containers::container_id(c.container_id.as_deref()?)?;
+                Some((c.name.clone(), id))
+            })
+            .collect(),
         namespace,
     };
     (format!("{}/{}", entry.namespace, entry.name), entry)
@@ -129,7 +147,10 @@ impl PodWatch {
         let stream = watcher(api, config).default_backoff();
         let index = self.index.clone();
         let trigger = trigger.clone();
-        tracing::info!(node, "watching this node's pods (networkNamespaces, pods)");
+        tracing::info!(
+            node,
+            "watching this node's pods (networkNamespaces, pods, containers)"
+        );
         *task = Some(tokio::spawn(
             async move {
                 let mut stream = std::pin::pin!(stream);
@@ -192,7 +213,11 @@ pub fn is_pod_scoped(spec: &BpfObjectSpec) -> bool {
     spec.programs
         .iter()
         .filter_map(|p| p.attach.as_ref())
-        .any(|a| a.network_namespaces().is_some() || a.cgroup_pods().is_some())
+        .any(|a| {
+            a.network_namespaces().is_some()
+                || a.cgroup_pods().is_some()
+                || a.containers().is_some()
+        })
 }
 
 /// What the step did, per object.
@@ -221,6 +246,95 @@ struct CgroupScoped<'a> {
     program: &'a str,
     hook: CgroupPodHook,
     pods: &'a PodSelection,
+}
+
+/// The container uprobe links of one program: the probe, and the selection.
+struct ContainerScoped<'a> {
+    program: &'a str,
+    uprobe: &'a UprobeAttach,
+    containers: &'a ContainerSelection,
+}
+
+fn container_scoped_programs(spec: &BpfObjectSpec) -> Vec<ContainerScoped<'_>> {
+    spec.programs
+        .iter()
+        .filter_map(|p| {
+            let uprobe = p.attach.as_ref()?.uprobe.as_ref()?;
+            Some(ContainerScoped {
+                program: &p.name,
+                uprobe,
+                containers: uprobe.containers.as_ref()?,
+            })
+        })
+        .collect()
+}
+
+/// Where in its pod an attachment is.
+#[derive(Debug, Clone, Copy)]
+enum InPod<'a> {
+    /// An interface of the pod's network namespace.
+    Interface(&'a str),
+    /// The pod's cgroup.
+    Cgroup,
+    /// A container's file.
+    Container(&'a str),
+}
+
+/// One pod attachment the step made or kept, or tried to.
+struct Site<'a> {
+    object: &'a str,
+    program: &'a str,
+    link: &'a Path,
+    pod: &'a PodEntry,
+    in_pod: InPod<'a>,
+}
+
+/// The counts, failures and links of one object in one step.
+#[derive(Default)]
+struct Tally {
+    state: PodAttachments,
+    links: Vec<String>,
+    retry: bool,
+}
+
+impl Tally {
+    /// Counts one attachment: its link's public path (under `root`) when it is there, else the
+    /// failure, naming the pod and where in it. Whether it is there.
+    fn record(&mut self, root: &Path, at: &Site<'_>, result: Result<(), ObjectError>) -> bool {
+        let error = match result {
+            Ok(()) => {
+                self.links.push(
+                    root.join(at.object)
+                        .join("links")
+                        .join(at.program)
+                        .join(at.link.file_name().unwrap_or_default())
+                        .display()
+                        .to_string(),
+                );
+                return true;
+            }
+            Err(error) => error,
+        };
+        self.retry = true;
+        let pod = format!("{}/{}", at.pod.namespace, at.pod.name);
+        let (interface, container) = match at.in_pod {
+            InPod::Interface(i) => (i, ""),
+            InPod::Cgroup => ("", ""),
+            InPod::Container(c) => ("", c),
+        };
+        tracing::warn!(object = %at.object, program = at.program, pod = %pod, interface, container, reason = %error.reason, error = %error.message, "pod attachment failed");
+        if self.state.failures.len() < MAX_POD_FAILURES {
+            self.state.failures.push(PodFailure {
+                pod,
+                program: at.program.to_owned(),
+                interface: interface.to_owned(),
+                container: container.to_owned(),
+                reason: error.reason.as_str().to_owned(),
+                message: error.message,
+            });
+        }
+        false
+    }
 }
 
 fn cgroup_scoped_programs(spec: &BpfObjectSpec) -> Vec<CgroupScoped<'_>> {
@@ -295,6 +409,8 @@ pub struct PodAttacher {
     cgroup_dir: PathBuf,
     /// The attach types of the programs of each pinned version (by its directory), from its ELF.
     sections: HashMap<PathBuf, HashMap<String, SectionType>>,
+    /// The container ID each container link this process made (or found) was attached for.
+    container_ids: HashMap<PathBuf, String>,
 }
 
 impl PodAttacher {
@@ -306,6 +422,7 @@ impl PodAttacher {
             attached: HashMap::new(),
             cgroup_dir: pod_cgroup::default_cgroup_dir(),
             sections: HashMap::new(),
+            container_ids: HashMap::new(),
         }
     }
 
@@ -333,7 +450,8 @@ impl PodAttacher {
         for obj in desired {
             let scoped = scoped_programs(&obj.spec);
             let cgroup_scoped = cgroup_scoped_programs(&obj.spec);
-            if scoped.is_empty() && cgroup_scoped.is_empty() {
+            let container_scoped = container_scoped_programs(&obj.spec);
+            if scoped.is_empty() && cgroup_scoped.is_empty() && container_scoped.is_empty() {
                 continue;
             }
             let pinned = report
@@ -343,8 +461,7 @@ impl PodAttacher {
             let Some(version_dir) = self.version_dir(&obj.name).filter(|_| pinned) else {
                 continue;
             };
-            let mut state = PodAttachments::default();
-            let mut links = Vec::new();
+            let mut tally = Tally::default();
             let mut matched: BTreeSet<&str> = BTreeSet::new();
             let mut complete: BTreeMap<&str, bool> = BTreeMap::new();
             for s in &scoped {
@@ -360,7 +477,7 @@ impl PodAttacher {
                         continue;
                     }
                     let Some(ip) = pod.ip else {
-                        state.waiting += 1;
+                        tally.state.waiting += 1;
                         out.retry = true;
                         continue;
                     };
@@ -411,31 +528,15 @@ impl PodAttacher {
                                 self.netns.dir().to_path_buf(),
                             )),
                         };
-                        match result {
-                            Ok(()) => links.push(
-                                self.root
-                                    .join(&obj.name)
-                                    .join("links")
-                                    .join(s.program)
-                                    .join(link.file_name().unwrap_or_default())
-                                    .display()
-                                    .to_string(),
-                            ),
-                            Err(error) => {
-                                *ok = false;
-                                out.retry = true;
-                                let error = ObjectError::from(error);
-                                tracing::warn!(object = %obj.name, program = s.program, pod = %format!("{}/{}", pod.namespace, pod.name), interface = %iface, reason = %error.reason, error = %error.message, "pod attachment failed");
-                                if state.failures.len() < MAX_POD_FAILURES {
-                                    state.failures.push(PodFailure {
-                                        pod: format!("{}/{}", pod.namespace, pod.name),
-                                        program: s.program.to_owned(),
-                                        interface: iface.clone(),
-                                        reason: error.reason.as_str().to_owned(),
-                                        message: error.message,
-                                    });
-                                }
-                            }
+                        let at = Site {
+                            object: &obj.name,
+                            program: s.program,
+                            link: &link,
+                            pod,
+                            in_pod: InPod::Interface(&iface),
+                        };
+                        if !tally.record(&self.root, &at, result.map_err(ObjectError::from)) {
+                            *ok = false;
                         }
                     }
                 }
@@ -471,7 +572,7 @@ impl PodAttacher {
                         out.retry = true;
                         if pod.ip.is_none() {
                             // The sandbox is being made: its cgroup comes with it.
-                            state.waiting += 1;
+                            tally.state.waiting += 1;
                             continue;
                         }
                     }
@@ -488,35 +589,93 @@ impl PodAttacher {
                             self.cgroup_dir.clone(),
                         )),
                     };
-                    match result {
-                        Ok(()) => links.push(
-                            self.root
-                                .join(&obj.name)
-                                .join("links")
-                                .join(s.program)
-                                .join(link.file_name().unwrap_or_default())
-                                .display()
-                                .to_string(),
-                        ),
-                        Err(error) => {
+                    let at = Site {
+                        object: &obj.name,
+                        program: s.program,
+                        link: &link,
+                        pod,
+                        in_pod: InPod::Cgroup,
+                    };
+                    if !tally.record(&self.root, &at, result.map_err(ObjectError::from)) {
+                        *ok = false;
+                    }
+                }
+                self.sweep(&link_dir, &kept);
+            }
+            if !container_scoped.is_empty() {
+                versions.insert(version_dir.clone());
+            }
+            for s in &container_scoped {
+                let selector =
+                    Selector::parse(Some(&s.containers.pod_selector)).unwrap_or_default();
+                let prog_pin = Layout::prog_in(&version_dir, s.program);
+                let link_dir = version_dir.join("links").join(s.program);
+                let ret = matches!(
+                    self.section(&version_dir, obj, s.program),
+                    SectionType::Uprobe { ret: true }
+                );
+                let probe = containers::Probe {
+                    target: &s.uprobe.target,
+                    symbol: s.uprobe.symbol.as_deref(),
+                    offset: s.uprobe.offset,
+                    ret,
+                };
+                for pod in pods.values() {
+                    if pod.namespace != s.containers.namespace
+                        || pod.ended
+                        || !selector.matches(&pod.labels)
+                    {
+                        continue;
+                    }
+                    let running: Vec<(&String, &String)> = pod
+                        .containers
+                        .iter()
+                        .filter(|(name, _)| s.containers.selects(name))
+                        .collect();
+                    if running.is_empty() {
+                        // No selected container runs yet: the pod's event when one starts
+                        // brings the next step.
+                        tally.state.waiting += 1;
+                        continue;
+                    }
+                    matched.insert(&pod.uid);
+                    let ok = complete.entry(&pod.uid).or_insert(true);
+                    let found = cgroups
+                        .get_or_insert_with(|| pod_cgroup::scan(&self.cgroup_dir))
+                        .get(&pod.uid.to_ascii_lowercase())
+                        .cloned();
+                    for (name, id) in running {
+                        let link = link_dir.join(containers::link_name(&pod.uid, name));
+                        kept.insert(link.clone());
+                        let result = match &found {
+                            Some(cgroup) => self
+                                .ensure_container_link(cgroup, id, &prog_pin, probe, &link, pod)
+                                .map_err(ObjectError::from),
+                            None => Err(ObjectError::from(pod_cgroup::PodCgroupError::NotFound(
+                                pod.uid.clone(),
+                                self.cgroup_dir.clone(),
+                            ))),
+                        };
+                        let at = Site {
+                            object: &obj.name,
+                            program: s.program,
+                            link: &link,
+                            pod,
+                            in_pod: InPod::Container(name),
+                        };
+                        if !tally.record(&self.root, &at, result) {
                             *ok = false;
-                            out.retry = true;
-                            let error = ObjectError::from(error);
-                            tracing::warn!(object = %obj.name, program = s.program, pod = %format!("{}/{}", pod.namespace, pod.name), reason = %error.reason, error = %error.message, "pod cgroup attachment failed");
-                            if state.failures.len() < MAX_POD_FAILURES {
-                                state.failures.push(PodFailure {
-                                    pod: format!("{}/{}", pod.namespace, pod.name),
-                                    program: s.program.to_owned(),
-                                    interface: String::new(),
-                                    reason: error.reason.as_str().to_owned(),
-                                    message: error.message,
-                                });
-                            }
                         }
                     }
                 }
                 self.sweep(&link_dir, &kept);
             }
+            let Tally {
+                mut state,
+                mut links,
+                retry,
+            } = tally;
+            out.retry |= retry;
             state.matched = i32::try_from(matched.len()).unwrap_or(i32::MAX);
             state.attached =
                 i32::try_from(complete.values().filter(|ok| **ok).count()).unwrap_or(i32::MAX);
@@ -525,6 +684,7 @@ impl PodAttacher {
             out.links.insert(obj.name.clone(), links);
         }
         self.attached.retain(|path, _| kept.contains(path));
+        self.container_ids.retain(|path, _| kept.contains(path));
         self.sections.retain(|dir, _| versions.contains(dir));
         out
     }
@@ -587,6 +747,59 @@ impl PodAttacher {
             cgroup = %cgroup.path.display(),
             since_pod_created_ms = waited_ms,
             "attached to pod cgroup"
+        );
+        Ok(())
+    }
+
+    /// The link is pinned and was attached for the container `id`, or made so: a container that
+    /// restarted (a new ID, maybe a new image) is attached again.
+    fn ensure_container_link(
+        &mut self,
+        pod_cgroup: &PodCgroup,
+        id: &str,
+        prog_pin: &Path,
+        probe: containers::Probe<'_>,
+        link: &Path,
+        pod: &PodEntry,
+    ) -> Result<(), containers::ContainerError> {
+        if link.exists() {
+            match self.container_ids.get(link) {
+                // Pinned by an earlier run: adopted.
+                None => {
+                    self.container_ids.insert(link.to_path_buf(), id.to_owned());
+                    return Ok(());
+                }
+                Some(had) if had == id => return Ok(()),
+                Some(_) => {
+                    tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), link = %link.display(), container_id = id, "the container restarted: attaching again");
+                    fsops::remove_tree(&self.root, link);
+                    self.container_ids.remove(link);
+                }
+            }
+        }
+        let cgroup = containers::container_cgroup(&pod_cgroup.path, id)?;
+        let pid = containers::container_pid(&cgroup)?;
+        let file = containers::open_in_root(pid, probe.target)?;
+        if let Some(dir) = link.parent()
+            && let Err(e) = fsops::create_dirs(&self.root, dir)
+        {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot create the pod link directory");
+        }
+        containers::attach(prog_pin, probe, &file, link)?;
+        self.container_ids.insert(link.to_path_buf(), id.to_owned());
+        let waited_ms = pod.created.map(|t| {
+            (k8s_openapi::jiff::Timestamp::now() - t)
+                .get_milliseconds()
+                .max(0)
+        });
+        tracing::info!(
+            pod = %format!("{}/{}", pod.namespace, pod.name),
+            link = %link.display(),
+            cgroup = %cgroup.display(),
+            pid,
+            target = probe.target,
+            since_pod_created_ms = waited_ms,
+            "attached uprobe in container"
         );
         Ok(())
     }
@@ -663,10 +876,13 @@ impl PodAttacher {
     fn sweep(&mut self, dir: &Path, kept: &BTreeSet<PathBuf>) {
         for (name, _) in fsops::list(&self.root, dir) {
             let path = dir.join(&name);
-            let pod_link = PodHook::is_pod_link(&name) || CgroupPodHook::is_pod_link(&name);
+            let pod_link = PodHook::is_pod_link(&name)
+                || CgroupPodHook::is_pod_link(&name)
+                || containers::is_pod_link(&name);
             if pod_link && !kept.contains(&path) {
                 fsops::remove_tree(&self.root, &path);
                 self.attached.remove(&path);
+                self.container_ids.remove(&path);
                 tracing::info!(link = %path.display(), "pod gone: unpinned its link");
             }
         }

@@ -766,6 +766,9 @@ mod tests {
             ("spec.programs[].attach.tracepoint.category", "self.matches('^[A-Za-z0-9_]+$')", "x".into(), prog("{tracepoint: {category: '../../..', name: sys_enter_getpid}}"), "spec.programs[0].attach.tracepoint.category"),
             ("spec.programs[].attach.tracepoint.name", "self.matches('^[A-Za-z0-9_]+$')", "x".into(), prog("{tracepoint: {category: syscalls, name: '../enable'}}"), "spec.programs[0].attach.tracepoint.name"),
             ("spec.programs[].attach.uprobe", "has(self.symbol) || has(self.offset)", "x".into(), prog("{uprobe: {target: /bin/true}}"), "spec.programs[0].attach.uprobe"),
+            // containers on uprobe (pod-aware attachment)
+            ("spec.programs[].attach.uprobe", "!has(self.containers) || !has(self.pid)", "x".into(), prog("{uprobe: {target: /bin/true, symbol: main, pid: 7, containers: {namespace: web}}}"), "spec.programs[0].attach.uprobe.pid"),
+            ("spec.programs[].attach.uprobe", "!has(self.containers) || self.target.startsWith('/')", "x".into(), prog("{uprobe: {target: libc, symbol: malloc, containers: {namespace: web}}}"), "spec.programs[0].attach.uprobe.target"),
             ("spec.requires.kernel.max", "self.matches('^[0-9]{1,4}[.][0-9]{1,4}([.][0-9]{1,6})?$')", "x".into(), format!("{plain}\nrequires: {{kernel: {{max: '6'}}}}"), "spec.requires.kernel.max"),
             ("spec.requires.kernel.min", "self.matches('^[0-9]{1,4}[.][0-9]{1,4}([.][0-9]{1,6})?$')", "x".into(), format!("{plain}\nrequires: {{kernel: {{min: '5.15-rc1'}}}}"), "spec.requires.kernel.min"),
             ("spec.sha256", "self.matches('^[0-9a-f]{64}$')", "x".into(), format!("{plain}\nsha256: '{}'", "A".repeat(64)), "spec.sha256"),

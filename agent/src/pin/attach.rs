@@ -121,7 +121,12 @@ impl AttachPoint {
         }
         let one = [
             attach.kprobe.clone().map(AttachPoint::Kprobe),
-            attach.uprobe.clone().map(AttachPoint::Uprobe),
+            // With `containers`, the points are the containers' files (containers.rs).
+            attach
+                .uprobe
+                .clone()
+                .filter(|u| u.containers.is_none())
+                .map(AttachPoint::Uprobe),
             attach.fentry.clone().map(AttachPoint::Fentry),
             attach.fexit.clone().map(AttachPoint::Fexit),
             // With `pods` instead of `cgroup`, the points are the pods' cgroups (pod_cgroup.rs).

@@ -319,6 +319,7 @@ fn named(derive: Derive, rest: &str) -> Result<Attach, &'static str> {
                 symbol: Some(symbol.into()),
                 offset,
                 pid: None,
+                containers: None,
             });
         }
         Derive::Fentry => {

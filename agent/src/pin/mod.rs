@@ -10,6 +10,7 @@
 pub mod attach;
 pub mod auto_attach;
 pub mod btf_vars;
+pub mod containers;
 pub mod desired;
 pub mod diagnose;
 pub mod fsops;

@@ -203,7 +203,7 @@ impl CgroupPodHook {
 }
 
 /// The attach type a program's ELF section gives, for the hooks whose programs need it named
-/// when opened from a pin (sock_addr, sock, sockopt).
+/// when opened from a pin (sock_addr, sock, sockopt, and uprobe or uretprobe).
 #[derive(Debug, Clone, Copy)]
 pub enum SectionType {
     /// `cgroup/connect4`, `cgroup/bind6`, ...
@@ -212,6 +212,11 @@ pub enum SectionType {
     Sock(CgroupSockAttachType),
     /// `cgroup/getsockopt`, `cgroup/setsockopt`.
     Sockopt(CgroupSockoptAttachType),
+    /// `uprobe` (`ret: false`) or `uretprobe` (`ret: true`), sleepable or not.
+    Uprobe {
+        /// A uretprobe.
+        ret: bool,
+    },
     /// Any other section.
     Other,
 }
@@ -224,6 +229,8 @@ impl SectionType {
             S::CgroupSockAddr { attach_type } => SectionType::SockAddr(*attach_type),
             S::CgroupSock { attach_type } => SectionType::Sock(*attach_type),
             S::CgroupSockopt { attach_type } => SectionType::Sockopt(*attach_type),
+            S::UProbe { .. } => SectionType::Uprobe { ret: false },
+            S::URetProbe { .. } => SectionType::Uprobe { ret: true },
             _ => SectionType::Other,
         }
     }
