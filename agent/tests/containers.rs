@@ -23,60 +23,7 @@ const ID1: &str = "1111111111111111111111111111111111111111111111111111111111111
 const ID2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 const SIDECAR: &str = "3333333333333333333333333333333333333333333333333333333333333333";
 
-/// A private cgroup2 mount with the pod's cgroup at
-/// `<mount>/bpfpin-ctr-<tag>-<pid>/kubepods/besteffort/pod<uid>`; removed and unmounted on drop.
-struct Tree {
-    mount: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Tree {
-    fn new(tag: &str) -> Self {
-        let mount = tempfile::tempdir().expect("tempdir");
-        let ok = Command::new("mount")
-            .args(["-t", "cgroup2", "none"])
-            .arg(mount.path())
-            .status()
-            .expect("mount")
-            .success();
-        assert!(ok, "mount -t cgroup2 on {}", mount.path().display());
-        let root = mount
-            .path()
-            .join(format!("bpfpin-ctr-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&root).expect("cgroup root");
-        Tree { mount, root }
-    }
-
-    /// The cgroup of container `id` of pod `uid` (the systemd driver's scope name).
-    fn container(&self, uid: &str, id: &str) -> PathBuf {
-        let dir = self.root.join(format!(
-            "kubepods/besteffort/pod{uid}/cri-containerd-{id}.scope"
-        ));
-        std::fs::create_dir_all(&dir).expect("container cgroup");
-        dir
-    }
-}
-
-impl Drop for Tree {
-    fn drop(&mut self) {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                for e in entries.flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        walk(&e.path(), out);
-                    }
-                }
-            }
-            out.push(dir.to_path_buf());
-        }
-        let mut dirs = Vec::new();
-        walk(&self.root, &mut dirs);
-        for d in dirs {
-            let _ = std::fs::remove_dir(d);
-        }
-        let _ = Command::new("umount").arg(self.mount.path()).status();
-    }
-}
+use common::cgroup::KubeletTree as Tree;
 
 /// tests/bpf/uprobe_target.c linked statically (it runs chrooted, with no libc in its root).
 fn static_target() -> PathBuf {
@@ -222,7 +169,7 @@ programs:
 #[test]
 fn uprobes_attach_to_the_containers_copy_and_follow_restarts_and_deletes() {
     let fs = Bpffs::new();
-    let tree = Tree::new("follow");
+    let tree = Tree::new("ctr-follow");
     let root = rootfs();
     let cgroup = tree.container(WEB, ID1);
 
@@ -328,7 +275,7 @@ fn uprobes_attach_to_the_containers_copy_and_follow_restarts_and_deletes() {
 #[test]
 fn a_symlink_out_of_the_container_and_a_missing_process_fail_naming_pod_and_container() {
     let fs = Bpffs::new();
-    let tree = Tree::new("escape");
+    let tree = Tree::new("ctr-escape");
     let root = rootfs();
     let cgroup = tree.container(WEB, ID1);
     let objs = vec![common::desired("ctr-esc", ESCAPE_SPEC, "kinds")];
@@ -434,7 +381,7 @@ fn the_readme_example_retargeted_counts_the_calls_in_its_container() {
     let spec = common::spec(&spec);
     assert_eq!(spec.validate(&name), Ok(()));
     let fs = Bpffs::new();
-    let tree = Tree::new("readme");
+    let tree = Tree::new("ctr-readme");
     let root = rootfs();
     let cgroup = tree.container(WEB, ID1);
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/uprobe/uprobe.bpf.c");

@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use bpfpin_agent::cluster::pods::{PodAttacher, PodEntry};
@@ -22,66 +22,7 @@ const SOCK_CREATE: u32 = 12; // attach_more.bpf.c
 const WEB: &str = "0a1b2c3d-1111-4222-8333-000000000001";
 const OTHER: &str = "0a1b2c3d-1111-4222-8333-000000000002";
 
-/// A private cgroup2 mount with a kubelet-like tree under `<mount>/bpfpin-podcg-<pid>` (the
-/// kubelet's cgroup root): removed, and unmounted, on drop.
-struct Tree {
-    mount: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Tree {
-    fn new(tag: &str) -> Self {
-        let mount = tempfile::tempdir().expect("tempdir");
-        let ok = Command::new("mount")
-            .args(["-t", "cgroup2", "none"])
-            .arg(mount.path())
-            .status()
-            .expect("mount")
-            .success();
-        assert!(ok, "mount -t cgroup2 on {}", mount.path().display());
-        let root = mount
-            .path()
-            .join(format!("bpfpin-podcg-{tag}-{}", std::process::id()));
-        let tree = Tree { mount, root };
-        tree.remove();
-        std::fs::create_dir_all(&tree.root).expect("cgroup root");
-        tree
-    }
-
-    /// `kubepods/besteffort/pod<uid>` (made again if it exists: a new cgroup id).
-    fn pod(&self, uid: &str) -> PathBuf {
-        let dir = self.root.join(format!("kubepods/besteffort/pod{uid}"));
-        let _ = std::fs::remove_dir(&dir);
-        std::fs::create_dir_all(&dir).expect("pod cgroup");
-        dir
-    }
-
-    /// Every directory of the tree, deepest first.
-    fn remove(&self) {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                for e in entries.flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        walk(&e.path(), out);
-                    }
-                }
-            }
-            out.push(dir.to_path_buf());
-        }
-        let mut dirs = Vec::new();
-        walk(&self.root, &mut dirs);
-        for d in dirs {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-}
-
-impl Drop for Tree {
-    fn drop(&mut self) {
-        self.remove();
-        let _ = Command::new("umount").arg(self.mount.path()).status();
-    }
-}
+use common::cgroup::KubeletTree as Tree;
 
 /// Runs `sh -c <script>` as a process of `cgroup`.
 fn run_in(cgroup: &Path, script: &str) {
@@ -190,7 +131,7 @@ fn eventually(mut f: impl FnMut() -> bool) -> bool {
 #[test]
 fn cgroup_hooks_attach_to_matching_pods_cgroups_and_follow_them() {
     let fs = Bpffs::new();
-    let tree = Tree::new("follow");
+    let tree = Tree::new("podcg-follow");
     let web = tree.pod(WEB);
     let other = tree.pod(OTHER);
 
@@ -323,7 +264,7 @@ fn cgroup_hooks_attach_to_matching_pods_cgroups_and_follow_them() {
 #[test]
 fn a_pod_without_a_cgroup_waits_or_fails_naming_the_pod() {
     let fs = Bpffs::new();
-    let tree = Tree::new("missing");
+    let tree = Tree::new("podcg-missing");
     let objs = vec![common::desired("pod-skb", SKB_SPEC, "kinds")];
     let mut reconciler = Reconciler::new(fs.path()).expect("reconciler");
     let report = reconciler.reconcile(&objs, &BTreeSet::new());
@@ -366,7 +307,7 @@ fn a_pod_without_a_cgroup_waits_or_fails_naming_the_pod() {
 
 #[test]
 fn pod_cgroups_are_found_in_the_cgroupfs_and_systemd_layouts() {
-    let tree = Tree::new("layouts");
+    let tree = Tree::new("podcg-layouts");
     let guaranteed = tree.root.join(format!("kubepods/pod{WEB}"));
     let burstable = tree.root.join(format!(
         "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
@@ -407,7 +348,7 @@ fn readme_example() -> String {
 #[test]
 fn the_readme_example_counts_the_egress_bytes_of_its_pods() {
     let fs = Bpffs::new();
-    let tree = Tree::new("readme");
+    let tree = Tree::new("podcg-readme");
     let web = tree.pod(WEB);
     let other = tree.pod(OTHER);
     let object: serde_yaml::Value = serde_yaml::from_str(&readme_example()).expect("YAML");

@@ -87,3 +87,77 @@ impl Drop for TestCgroup {
         let _ = std::fs::remove_dir(&self.0);
     }
 }
+
+/// A private cgroup2 mount with a kubelet-like tree under `<mount>/bpfpin-<tag>-<pid>` (the
+/// kubelet's cgroup root, `root`), for the pod-aware tests: removed, and unmounted, on drop.
+#[derive(Debug)]
+pub struct KubeletTree {
+    mount: tempfile::TempDir,
+    /// The kubelet's cgroup root (what the agent's `--cgroup-dir` names).
+    pub root: PathBuf,
+}
+
+impl KubeletTree {
+    pub fn new(tag: &str) -> Self {
+        let mount = tempfile::tempdir().expect("tempdir");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "cgroup2", "none"])
+            .arg(mount.path())
+            .status()
+            .expect("mount")
+            .success();
+        assert!(ok, "mount -t cgroup2 on {}", mount.path().display());
+        let root = mount
+            .path()
+            .join(format!("bpfpin-{tag}-{}", std::process::id()));
+        let tree = KubeletTree { mount, root };
+        tree.remove();
+        std::fs::create_dir_all(&tree.root).expect("cgroup root");
+        tree
+    }
+
+    /// `kubepods/besteffort/pod<uid>` (made again if it exists: a new cgroup id).
+    pub fn pod(&self, uid: &str) -> PathBuf {
+        let dir = self.root.join(format!("kubepods/besteffort/pod{uid}"));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir_all(&dir).expect("pod cgroup");
+        dir
+    }
+
+    /// The cgroup of container `id` of pod `uid` (the systemd driver's scope name).
+    pub fn container(&self, uid: &str, id: &str) -> PathBuf {
+        let dir = self.root.join(format!(
+            "kubepods/besteffort/pod{uid}/cri-containerd-{id}.scope"
+        ));
+        std::fs::create_dir_all(&dir).expect("container cgroup");
+        dir
+    }
+
+    /// Every directory of the tree, deepest first.
+    fn remove(&self) {
+        fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        walk(&e.path(), out);
+                    }
+                }
+            }
+            out.push(dir.to_path_buf());
+        }
+        let mut dirs = Vec::new();
+        walk(&self.root, &mut dirs);
+        for d in dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+impl Drop for KubeletTree {
+    fn drop(&mut self) {
+        self.remove();
+        let _ = std::process::Command::new("umount")
+            .arg(self.mount.path())
+            .status();
+    }
+}
