@@ -462,23 +462,7 @@ fn spec_target_exists(field: &str, attach: &Attach) -> bool {
 /// Whether `/proc/kallsyms` lists a text symbol `function` (names are listed for every reader);
 /// `true` when it cannot be read (the attach then says what the kernel lacks).
 fn kernel_has_function(function: &str) -> bool {
-    kallsyms_has(function).unwrap_or(true)
-}
-
-/// Whether `/proc/kallsyms` lists the text symbol `function`; `None` when it cannot be read.
-pub(crate) fn kallsyms_has(function: &str) -> Option<bool> {
-    use std::io::BufRead;
-    let file = std::fs::File::open("/proc/kallsyms").ok()?;
-    Some(
-        std::io::BufReader::new(file)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| {
-                let mut fields = line.split_whitespace();
-                let kind = fields.nth(1).unwrap_or_default();
-                matches!(kind, "T" | "t") && fields.next() == Some(function)
-            }),
-    )
+    crate::pin::kallsyms::has(function).unwrap_or(true)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod diagnose;
 pub mod fsops;
 pub mod interfaces;
 pub mod internal_maps;
+pub mod kallsyms;
 pub mod layout;
 pub mod loader;
 pub mod map_memory;

@@ -12,7 +12,6 @@ use aya::programs::{BtfTracePoint, KProbe, Lsm, Netfilter, Program};
 use bpfpin_crds::{Attach, NetfilterFamily, NetfilterHook};
 
 use super::{At, AttachError, AttachPoint, Linked, TargetError, check_kprobes};
-use crate::pin::auto_attach::kallsyms_has;
 use crate::pin::layout::encode_name;
 
 /// One attach point of the kinds of this file.
@@ -313,7 +312,7 @@ fn syscall_prefix() -> &'static str {
 /// syscall wrappers), as libbpf chooses.
 pub(crate) fn syscall_function(syscall: &str) -> String {
     let wrapper = format!("{}sys_{syscall}", syscall_prefix());
-    if syscall_prefix().is_empty() || kallsyms_has(&wrapper) != Some(false) {
+    if syscall_prefix().is_empty() || crate::pin::kallsyms::has(&wrapper) != Some(false) {
         wrapper
     } else {
         format!("sys_{syscall}")
