@@ -1,13 +1,10 @@
 //! The attach kinds of issue 13's second part: BTF tracepoints (`tpBtf`), LSM hooks (`lsm`),
 //! system calls by name (`ksyscall`) and netfilter hooks (`netfilter`). Their spec types and the
 //! checks the agent makes of them again (the CRD's CEL rules say the same). The fields are in
-//! [`crate::Attach`]; [`Attach::kinds`] and [`Attach::validate_more`] include them.
+//! [`crate::Attach`]; [`crate::Attach::kinds`] and [`crate::Attach::validate_more`] (in `bpf_object.rs`) include them.
 
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
-
-use crate::bpf_object::Attach;
-use crate::validation::{ValidationError, validate_symbol};
 
 /// A BTF-enabled raw tracepoint (`SEC("tp_btf/<name>")`): the program gets the tracepoint's
 /// arguments typed, as the kernel's BTF declares them.
@@ -120,48 +117,11 @@ impl NetfilterHook {
     }
 }
 
-impl Attach {
-    /// How many of this module's kinds are set (counted by [`Attach::kinds`]).
-    pub fn hook_kinds(&self) -> usize {
-        [
-            self.tp_btf.is_some(),
-            self.lsm.is_some(),
-            self.ksyscall.is_some(),
-            self.netfilter.is_some(),
-        ]
-        .iter()
-        .filter(|k| **k)
-        .count()
-    }
-
-    /// The checks the CRD's CEL rules make of this module's kinds (run by
-    /// [`Attach::validate_more`]).
-    pub fn validate_hooks(&self, at: &dyn Fn(&str) -> String) -> Result<(), ValidationError> {
-        if let Some(t) = &self.tp_btf {
-            validate_symbol(&at("tpBtf.name"), &t.name, 128)?;
-        }
-        if let Some(l) = &self.lsm {
-            validate_symbol(&at("lsm.hook"), &l.hook, 128)?;
-        }
-        if let Some(k) = &self.ksyscall {
-            validate_symbol(&at("ksyscall.syscall"), &k.syscall, 64)?;
-        }
-        if let Some(n) = &self.netfilter
-            && (n.priority == i32::MIN || n.priority == i32::MAX)
-        {
-            return Err(ValidationError {
-                field: at("netfilter.priority"),
-                value: n.priority.to_string(),
-                reason: "the kernel reserves -2147483648 and 2147483647".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Attach;
+    use crate::validation::ValidationError;
 
     fn attach(yaml: &str) -> Attach {
         serde_yaml::from_str(yaml).expect("attach parses")

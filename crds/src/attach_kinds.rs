@@ -5,9 +5,6 @@
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::bpf_object::Attach;
-use crate::validation::{ValidationError, validate_elf_name, validate_symbol};
-
 /// A raw tracepoint.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -33,7 +30,7 @@ pub struct CgroupAttach {
     /// Attach to the cgroup of every matching pod on the node instead (one link per pod, named
     /// `<kind>-pod-<pod uid>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pods: Option<crate::PodSelection>,
+    pub pods: Option<crate::pod_selection::PodSelection>,
 }
 
 /// The network namespace of an sk_lookup program.
@@ -140,110 +137,10 @@ impl PerfEventName {
 #[serde(rename_all = "camelCase")]
 pub struct IterAttach {}
 
-fn refuse(field: String, value: &str, reason: &str) -> ValidationError {
-    ValidationError {
-        field,
-        value: value.to_owned(),
-        reason: reason.into(),
-    }
-}
-
-/// An absolute path without `..` segments (what the agent opens, as for `cgroupSkb`).
-pub(crate) fn validate_abs_path(field: String, path: &str) -> Result<(), ValidationError> {
-    if !path.starts_with('/') || path.split('/').any(|s| s == "..") {
-        return Err(refuse(field, path, "must be an absolute path without '..'"));
-    }
-    Ok(())
-}
-
-impl Attach {
-    /// How many attach kinds are set (the spec allows at most one; none takes the attach point
-    /// from the program's section). The one list of every kind.
-    pub fn kinds(&self) -> usize {
-        [
-            self.tracepoint.is_some(),
-            self.xdp.is_some(),
-            self.tc.is_some(),
-            self.kprobe.is_some(),
-            self.uprobe.is_some(),
-            self.fentry.is_some(),
-            self.fexit.is_some(),
-            self.cgroup_skb.is_some(),
-            self.raw_tracepoint.is_some(),
-            self.sock_ops.is_some(),
-            self.cgroup_sock_addr.is_some(),
-            self.cgroup_sock.is_some(),
-            self.cgroup_sysctl.is_some(),
-            self.cgroup_sockopt.is_some(),
-            self.cgroup_device.is_some(),
-            self.sk_lookup.is_some(),
-            self.sk_msg.is_some(),
-            self.sk_skb.is_some(),
-            self.perf_event.is_some(),
-            self.iter.is_some(),
-            self.usdt.is_some(),
-        ]
-        .iter()
-        .filter(|k| **k)
-        .count()
-            + self.hook_kinds()
-    }
-
-    /// The checks the CRD's CEL rules make of this module's kinds; `at("sockOps.cgroup")` is the
-    /// field's full name.
-    pub fn validate_more(&self, at: &dyn Fn(&str) -> String) -> Result<(), ValidationError> {
-        if let Some(r) = &self.raw_tracepoint {
-            validate_symbol(&at("rawTracepoint.name"), &r.name, 128)?;
-        }
-        let cgroups = [
-            ("sockOps", &self.sock_ops),
-            ("cgroupSockAddr", &self.cgroup_sock_addr),
-            ("cgroupSock", &self.cgroup_sock),
-            ("cgroupSysctl", &self.cgroup_sysctl),
-            ("cgroupSockopt", &self.cgroup_sockopt),
-            ("cgroupDevice", &self.cgroup_device),
-        ];
-        for (kind, c) in cgroups {
-            if let Some(c) = c {
-                crate::bpf_object::validate_cgroup_or_pods(
-                    &at(kind),
-                    c.cgroup.as_deref(),
-                    c.pods.as_ref(),
-                )?;
-            }
-        }
-        if let Some(l) = &self.sk_lookup {
-            validate_abs_path(at("skLookup.netns"), &l.netns)?;
-        }
-        if let Some(m) = &self.sk_msg {
-            validate_elf_name(&at("skMsg.map"), &m.map)?;
-        }
-        if let Some(m) = &self.sk_skb {
-            validate_elf_name(&at("skSkb.map"), &m.map)?;
-        }
-        if let Some(p) = &self.perf_event {
-            if p.frequency.is_some() == p.period.is_some() {
-                return Err(refuse(
-                    at("perfEvent"),
-                    &p.event.link_part(),
-                    "set exactly one of frequency, period",
-                ));
-            }
-            if p.frequency == Some(0) || p.period == Some(0) {
-                return Err(refuse(
-                    at("perfEvent"),
-                    "0",
-                    "frequency and period are at least 1",
-                ));
-            }
-        }
-        self.validate_hooks(at)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::Attach;
+    use crate::validation::ValidationError;
 
     fn attach(yaml: &str) -> Attach {
         serde_yaml::from_str(yaml).expect("attach parses")

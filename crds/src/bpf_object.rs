@@ -11,9 +11,11 @@ pub use crate::attach_kinds::{
     CgroupAttach, IterAttach, PerfEventAttach, PerfEventName, RawTracepointAttach, SkLookupAttach,
     SockMapAttach,
 };
+use crate::pod_selection::PodSelection;
+use crate::pod_selection::{validate_cgroup_or_pods, validate_selection};
 use crate::validation::{
-    ValidationError, validate_elf_name, validate_object_name, validate_pin_path, validate_symbol,
-    validate_url,
+    ValidationError, validate_abs_path, validate_elf_name, validate_object_name, validate_pin_path,
+    validate_symbol, validate_url,
 };
 
 /// The most entries in `status.failures`; the count of failed nodes is in `status.nodes.failed`.
@@ -649,54 +651,6 @@ pub struct NetworkNamespaces {
 // `LabelSelector` is only `PartialEq` in k8s-openapi, but its equality is on strings.
 impl Eq for NetworkNamespaces {}
 
-/// The pods whose cgroups a cgroup program attaches to (`pods` of `cgroupSkb`, `sockOps`,
-/// `cgroupSockAddr`, `cgroupSock`, `cgroupSysctl`, `cgroupSockopt`, `cgroupDevice`): on each
-/// node, every pod of `namespace` that `podSelector` matches, scheduled there and not ended
-/// (hostNetwork pods included: a pod's cgroup is its own). A pod that starts later is attached
-/// when its cgroup appears; a deleted pod's link is unpinned.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct PodSelection {
-    /// The pods' namespace.
-    #[schemars(length(min = 1, max = 63))]
-    pub namespace: String,
-    /// Which pods of `namespace` (labels; empty selects every pod of it).
-    #[serde(default)]
-    pub pod_selector: LabelSelector,
-}
-
-// As for `NetworkNamespaces`.
-impl Eq for PodSelection {}
-
-/// The namespace and selector checks shared by `networkNamespaces` and `pods`; `at` is the
-/// field path of the selection (`...xdp.networkNamespaces`, `...sockOps.pods`).
-fn validate_selection(
-    at: &str,
-    namespace: &str,
-    selector: &LabelSelector,
-) -> Result<(), ValidationError> {
-    let refuse = |field: &str, value: &str, reason: &str| ValidationError {
-        field: format!("{at}.{field}"),
-        value: value.to_owned(),
-        reason: reason.to_owned(),
-    };
-    if namespace.is_empty()
-        || namespace.len() > 63
-        || !namespace
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        return Err(refuse(
-            "namespace",
-            namespace,
-            "must be a namespace name (a DNS label)",
-        ));
-    }
-    crate::selector::Selector::parse(Some(selector))
-        .map_err(|e| refuse("podSelector", "", &e.to_string()))?;
-    Ok(())
-}
-
 /// The containers a uprobe's `target` is resolved in (`containers` of `uprobe`, bpfman's field
 /// names): on each node, the running containers named `containerNames` (all of them when absent)
 /// of every pod of `namespace` that `podSelector` matches, scheduled there and not ended. The
@@ -749,31 +703,6 @@ impl ContainerSelection {
     /// Whether the container named `name` is selected.
     pub fn selects(&self, name: &str) -> bool {
         self.container_names.is_empty() || self.container_names.iter().any(|c| c == name)
-    }
-}
-
-impl PodSelection {
-    /// The checks of the schema, again in Rust; `at` is the field path of `pods`.
-    pub fn validate(&self, at: &str) -> Result<(), ValidationError> {
-        validate_selection(at, &self.namespace, &self.pod_selector)
-    }
-}
-
-/// A cgroup attach kind (`at`, e.g. `spec.programs[0].attach.sockOps`) sets exactly one of
-/// `cgroup` (an absolute path without `..`) and `pods`.
-pub(crate) fn validate_cgroup_or_pods(
-    at: &str,
-    cgroup: Option<&str>,
-    pods: Option<&PodSelection>,
-) -> Result<(), ValidationError> {
-    match (cgroup, pods) {
-        (Some(c), None) => crate::attach_kinds::validate_abs_path(format!("{at}.cgroup"), c),
-        (None, Some(p)) => p.validate(&format!("{at}.pods")),
-        (c, _) => Err(ValidationError {
-            field: at.to_owned(),
-            value: c.unwrap_or_default().to_owned(),
-            reason: "set exactly one of cgroup (on the node) or pods (their cgroups)".into(),
-        }),
     }
 }
 
@@ -1465,6 +1394,156 @@ impl BpfObjectSpec {
                         c.pods.as_ref(),
                     )?;
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+// The checks of the attach kinds defined in attach_kinds.rs, attach_hooks.rs and usdt.rs, here
+// with `Attach` so that those modules stay leaves (they define the kinds' fields, not `Attach`).
+impl Attach {
+    /// How many attach kinds are set (the spec allows at most one; none takes the attach point
+    /// from the program's section). The one list of every kind.
+    pub fn kinds(&self) -> usize {
+        [
+            self.tracepoint.is_some(),
+            self.xdp.is_some(),
+            self.tc.is_some(),
+            self.kprobe.is_some(),
+            self.uprobe.is_some(),
+            self.fentry.is_some(),
+            self.fexit.is_some(),
+            self.cgroup_skb.is_some(),
+            self.raw_tracepoint.is_some(),
+            self.sock_ops.is_some(),
+            self.cgroup_sock_addr.is_some(),
+            self.cgroup_sock.is_some(),
+            self.cgroup_sysctl.is_some(),
+            self.cgroup_sockopt.is_some(),
+            self.cgroup_device.is_some(),
+            self.sk_lookup.is_some(),
+            self.sk_msg.is_some(),
+            self.sk_skb.is_some(),
+            self.perf_event.is_some(),
+            self.iter.is_some(),
+            self.usdt.is_some(),
+        ]
+        .iter()
+        .filter(|k| **k)
+        .count()
+            + self.hook_kinds()
+    }
+
+    /// The checks the CRD's CEL rules make of this module's kinds; `at("sockOps.cgroup")` is the
+    /// field's full name.
+    pub fn validate_more(&self, at: &dyn Fn(&str) -> String) -> Result<(), ValidationError> {
+        if let Some(r) = &self.raw_tracepoint {
+            validate_symbol(&at("rawTracepoint.name"), &r.name, 128)?;
+        }
+        let cgroups = [
+            ("sockOps", &self.sock_ops),
+            ("cgroupSockAddr", &self.cgroup_sock_addr),
+            ("cgroupSock", &self.cgroup_sock),
+            ("cgroupSysctl", &self.cgroup_sysctl),
+            ("cgroupSockopt", &self.cgroup_sockopt),
+            ("cgroupDevice", &self.cgroup_device),
+        ];
+        for (kind, c) in cgroups {
+            if let Some(c) = c {
+                validate_cgroup_or_pods(&at(kind), c.cgroup.as_deref(), c.pods.as_ref())?;
+            }
+        }
+        if let Some(l) = &self.sk_lookup {
+            validate_abs_path(at("skLookup.netns"), &l.netns)?;
+        }
+        if let Some(m) = &self.sk_msg {
+            validate_elf_name(&at("skMsg.map"), &m.map)?;
+        }
+        if let Some(m) = &self.sk_skb {
+            validate_elf_name(&at("skSkb.map"), &m.map)?;
+        }
+        if let Some(p) = &self.perf_event {
+            if p.frequency.is_some() == p.period.is_some() {
+                return Err(ValidationError {
+                    field: at("perfEvent"),
+                    value: p.event.link_part(),
+                    reason: "set exactly one of frequency, period".into(),
+                });
+            }
+            if p.frequency == Some(0) || p.period == Some(0) {
+                return Err(ValidationError {
+                    field: at("perfEvent"),
+                    value: "0".into(),
+                    reason: "frequency and period are at least 1".into(),
+                });
+            }
+        }
+        self.validate_hooks(at)
+    }
+}
+
+impl Attach {
+    /// How many of attach_hooks.rs's kinds are set (counted by [`Attach::kinds`]).
+    pub fn hook_kinds(&self) -> usize {
+        [
+            self.tp_btf.is_some(),
+            self.lsm.is_some(),
+            self.ksyscall.is_some(),
+            self.netfilter.is_some(),
+        ]
+        .iter()
+        .filter(|k| **k)
+        .count()
+    }
+
+    /// The checks the CRD's CEL rules make of attach_hooks.rs's kinds (run by
+    /// [`Attach::validate_more`]).
+    pub fn validate_hooks(&self, at: &dyn Fn(&str) -> String) -> Result<(), ValidationError> {
+        if let Some(t) = &self.tp_btf {
+            validate_symbol(&at("tpBtf.name"), &t.name, 128)?;
+        }
+        if let Some(l) = &self.lsm {
+            validate_symbol(&at("lsm.hook"), &l.hook, 128)?;
+        }
+        if let Some(k) = &self.ksyscall {
+            validate_symbol(&at("ksyscall.syscall"), &k.syscall, 64)?;
+        }
+        if let Some(n) = &self.netfilter
+            && (n.priority == i32::MIN || n.priority == i32::MAX)
+        {
+            return Err(ValidationError {
+                field: at("netfilter.priority"),
+                value: n.priority.to_string(),
+                reason: "the kernel reserves -2147483648 and 2147483647".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Attach {
+    /// The agent's checks of `attach.usdt` (the CRD's CEL rules say the same).
+    pub fn validate_usdt(&self, at: &dyn Fn(&str) -> String) -> Result<(), ValidationError> {
+        let Some(u) = &self.usdt else {
+            return Ok(());
+        };
+        if !u.target.starts_with('/') || u.target.split('/').any(|s| s == "..") {
+            return Err(ValidationError {
+                field: at("usdt.target"),
+                value: u.target.clone(),
+                reason: "must be an absolute path without '..'".into(),
+            });
+        }
+        validate_symbol(&at("usdt.provider"), &u.provider, 128)?;
+        validate_symbol(&at("usdt.name"), &u.name, 128)?;
+        for (field, value) in [("usdt.provider", &u.provider), ("usdt.name", &u.name)] {
+            if value.starts_with(|c: char| c.is_ascii_digit()) {
+                return Err(ValidationError {
+                    field: at(field),
+                    value: value.clone(),
+                    reason: "must be a C identifier".into(),
+                });
             }
         }
         Ok(())

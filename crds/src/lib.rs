@@ -15,6 +15,7 @@ pub mod bpf_object;
 pub mod capabilities;
 pub mod heartbeat;
 pub mod node_state;
+pub mod pod_selection;
 pub mod reason;
 pub mod selector;
 pub mod usdt;
@@ -31,14 +32,14 @@ pub use bpf_object::{
     UnsupportedNode, UprobeAttach, XdpAttach, XdpMode,
 };
 pub use bpf_object::{
-    ContainerSelection, NetworkNamespaces, PodCounts, PodSelection, follows_host_interfaces,
-    interface_pattern,
+    ContainerSelection, NetworkNamespaces, PodCounts, follows_host_interfaces, interface_pattern,
 };
 pub use capabilities::{AttachType, NodeCapabilities, ProgramType, Requirements};
 pub use node_state::{
     BpfNodeState, BpfNodeStateSpec, BpfNodeStateStatus, NodeObjectState, ObjectPhase, PinnedProgram,
 };
 pub use node_state::{PodAttachments, PodFailure};
+pub use pod_selection::PodSelection;
 pub use {k8s_openapi, kube, schemars};
 
 use kube::CustomResourceExt;

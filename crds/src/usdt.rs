@@ -8,9 +8,6 @@
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::bpf_object::Attach;
-use crate::validation::{ValidationError, validate_symbol};
-
 /// A USDT probe of a binary or shared library on the node (x86-64 nodes only).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -32,34 +29,6 @@ pub struct UsdtAttach {
     /// Only fire in this process. Absent: every process that runs the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
-}
-
-impl Attach {
-    /// The agent's checks of `attach.usdt` (the CRD's CEL rules say the same).
-    pub fn validate_usdt(&self, at: &dyn Fn(&str) -> String) -> Result<(), ValidationError> {
-        let Some(u) = &self.usdt else {
-            return Ok(());
-        };
-        if !u.target.starts_with('/') || u.target.split('/').any(|s| s == "..") {
-            return Err(ValidationError {
-                field: at("usdt.target"),
-                value: u.target.clone(),
-                reason: "must be an absolute path without '..'".into(),
-            });
-        }
-        validate_symbol(&at("usdt.provider"), &u.provider, 128)?;
-        validate_symbol(&at("usdt.name"), &u.name, 128)?;
-        for (field, value) in [("usdt.provider", &u.provider), ("usdt.name", &u.name)] {
-            if value.starts_with(|c: char| c.is_ascii_digit()) {
-                return Err(ValidationError {
-                    field: at(field),
-                    value: value.clone(),
-                    reason: "must be a C identifier".into(),
-                });
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

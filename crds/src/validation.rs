@@ -163,6 +163,18 @@ pub fn validate_url(field: &str, url: &str) -> Result<(), ValidationError> {
     }
 }
 
+/// An absolute path without `..` segments (what the agent opens, as for `cgroupSkb`).
+pub fn validate_abs_path(field: String, path: &str) -> Result<(), ValidationError> {
+    if !path.starts_with('/') || path.split('/').any(|s| s == "..") {
+        return Err(refuse(
+            &field,
+            path,
+            "must be an absolute path without '..'",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
