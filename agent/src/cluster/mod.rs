@@ -10,7 +10,8 @@
 //!   outage changes no pin.
 //! - While a selected object names host interfaces by pattern or `primaryNodeInterface`, the
 //!   kernel's link events ([`crate::link_events`]) wake a pass too: an interface that appears or
-//!   goes is attached or unpinned without polling.
+//!   goes is attached or unpinned without polling; for `primaryNodeInterface`, so does a default
+//!   route added or deleted.
 //! - Shutdown (SIGTERM/SIGINT) stops the watches and leaves every pin in place.
 
 pub(crate) mod bytecode;
@@ -308,7 +309,7 @@ impl<C: Core> Agent<C> {
         }
         self.configmaps.stop_all();
         self.pods.stop();
-        self.links.ensure(false, || || {});
+        self.links.ensure(None, || || {});
         tracing::info!("shutting down; pins stay in place");
         result
     }
@@ -400,14 +401,13 @@ impl<C: Core> Agent<C> {
             &self.config.node_name,
             &self.trigger,
         );
-        // Interfaces that appear or go wake a pass while an object follows them.
-        let follows_links = selected.iter().any(|(_, o)| {
-            o.spec
-                .programs
+        // Interfaces that appear or go (and, for primaryNodeInterface, default routes that move)
+        // wake a pass while an object follows them.
+        let follows_links = crate::link_events::Follow::needed(
+            selected
                 .iter()
-                .filter_map(|p| p.attach.as_ref())
-                .any(bpfpin_crds::follows_host_interfaces)
-        });
+                .flat_map(|(_, o)| o.spec.programs.iter().filter_map(|p| p.attach.as_ref())),
+        );
         self.links.ensure(follows_links, || {
             let trigger = self.trigger.clone();
             move || trigger.poke()

@@ -48,9 +48,9 @@ pub struct Manifests {
 #[derive(Debug, Default, Clone)]
 pub struct ManifestMemory {
     held_by_file: Option<BTreeMap<PathBuf, BTreeSet<String>>>,
-    /// Whether an object of the last pass names host interfaces by pattern or
-    /// `primaryNodeInterface` (the watch then listens to link events).
-    pub(crate) follows_links: bool,
+    /// What the objects of the last pass need followed: link events for host interface patterns,
+    /// route events too for `primaryNodeInterface` (the watch then listens to them).
+    pub(crate) follows_links: Option<crate::link_events::Follow>,
 }
 
 /// The folder could not be listed: nothing is reconciled (every pin stays).

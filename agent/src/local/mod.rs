@@ -97,13 +97,12 @@ pub fn pass(
             return (false, PassReport::default());
         }
     };
-    memory.follows_links = manifests.objects.iter().any(|o| {
-        o.spec
-            .programs
+    memory.follows_links = crate::link_events::Follow::needed(
+        manifests
+            .objects
             .iter()
-            .filter_map(|p| p.attach.as_ref())
-            .any(bpfpin_crds::follows_host_interfaces)
-    });
+            .flat_map(|o| o.spec.programs.iter().filter_map(|p| p.attach.as_ref())),
+    );
     // A broken file keeps what it held as it is: a typo must not unpin anything.
     let report = reconciler.reconcile(&manifests.objects, &manifests.hold);
     let ok = print_pass(&report, &manifests.errors);

@@ -1,5 +1,6 @@
 //! Local watch mode: a pass on every change of the manifests or bytecode folders (and, while an
-//! object names host interfaces by pattern or `primaryNodeInterface`, of the node's links), and
+//! object names host interfaces by pattern or `primaryNodeInterface`, of the node's links, and for
+//! `primaryNodeInterface` of its default routes), and
 //! retries of objects whose failure may go away by itself, until SIGTERM/SIGINT. Pins persist.
 
 use std::time::Duration;
@@ -104,7 +105,8 @@ pub async fn watch(mut reconciler: Reconciler, config: LocalConfig) -> anyhow::R
         };
         reconciler = r;
         memory = m;
-        // Host interfaces that appear or go wake a pass while an object follows them.
+        // Host interfaces that appear or go (and default routes that move) wake a pass while an
+        // object follows them.
         links.ensure(memory.follows_links, || {
             let tx = link_tx.clone();
             move || {

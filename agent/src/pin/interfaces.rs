@@ -13,7 +13,8 @@
 //! ones, whose link pins go with the old version. A link whose interface went and came back
 //! under the same name (the kernel detached the link: it reports interface 0) is attached again.
 //!
-//! The agent learns of link changes from the kernel ([`crate::link_events`]), not by polling.
+//! The agent learns of link changes, and of default routes added or deleted, from the kernel
+//! ([`crate::link_events`]), not by polling.
 
 use std::borrow::Cow;
 use std::path::Path;
