@@ -1,7 +1,8 @@
 //! Host interface discovery on `xdp` and `tc`: `/regex/` entries follow the node's interfaces
 //! (real veths appear and go), `primaryNodeInterface` is the interface of the default route (in
 //! a private network namespace with its own routes), and the rtnetlink listener wakes a pass
-//! when a link appears or goes.
+//! when a link appears or goes, and (for `primaryNodeInterface`) when a default route is added or
+//! deleted.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bpfpin_agent::link_events::LinkEvents;
+use bpfpin_agent::link_events::{Follow, LinkEvents};
 use bpfpin_agent::{Action, Reconciler};
 use common::*;
 
@@ -294,7 +295,7 @@ fn the_link_listener_wakes_when_a_veth_appears_and_goes() {
     // In a namespace of its own: the other tests of this file make veths on the host meanwhile.
     in_private_netns(|| {
         let (tx, rx) = std::sync::mpsc::channel();
-        let events = LinkEvents::start(move || {
+        let events = LinkEvents::start(Follow::Links, move || {
             let _ = tx.send(Instant::now());
         })
         .expect("rtnetlink socket");
@@ -313,6 +314,14 @@ fn the_link_listener_wakes_when_a_veth_appears_and_goes() {
         // A state change of a known link is no new interface: no wake-up.
         ip(&["link", "set", "lev0", "down"]);
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        // Patterns follow links only: a default route is no event for them.
+        ip(&["link", "set", "lev0", "up"]);
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        ip(&["route", "add", "default", "via", "10.203.0.254"]);
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "a default route woke a listener that follows links only"
+        );
         ip(&["link", "del", "lev0"]);
         rx.recv_timeout(Duration::from_secs(5))
             .expect("a wake-up for the deleted veth");
@@ -321,6 +330,204 @@ fn the_link_listener_wakes_when_a_veth_appears_and_goes() {
         while rx.try_recv().is_ok() {}
         veth("lev1", "10.203.1.1/24");
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    });
+}
+
+/// Waits up to `limit` for a call of the listener; how long after `since` it came.
+fn called_back(rx: &std::sync::mpsc::Receiver<Instant>, since: Instant, what: &str) -> Duration {
+    let woke = rx
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|_| panic!("no call back for {what}"));
+    let took = woke.saturating_duration_since(since);
+    eprintln!("{what} -> listener called back in {} µs", took.as_micros());
+    // The same change may come as more than one message: take them all.
+    while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
+    took
+}
+
+#[test]
+fn the_route_listener_wakes_for_default_routes_only() {
+    require_root();
+    in_private_netns(|| {
+        veth("rev0", "10.205.0.1/24");
+        veth("rev1", "10.205.1.1/24");
+        ip(&["-6", "addr", "add", "fd05::1/64", "dev", "rev0", "nodad"]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut events = LinkEvents::start(Follow::LinksAndRoutes, move || {
+            let _ = tx.send(Instant::now());
+        })
+        .expect("rtnetlink socket");
+        assert_eq!(events.follow(), Follow::LinksAndRoutes);
+        // Nothing happens: no call.
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        let quiet = |what: &str| {
+            assert!(
+                rx.recv_timeout(Duration::from_millis(300)).is_err(),
+                "{what} called back"
+            );
+        };
+        // Routes that are not default routes: no call.
+        ip(&["route", "add", "10.60.0.0/16", "via", "10.205.1.254"]);
+        quiet("a prefix route via a gateway");
+        ip(&["route", "add", "10.61.0.0/16", "dev", "rev0"]);
+        quiet("a prefix route on a link");
+        ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd06::/64",
+            "via",
+            "fd05::fe",
+            "dev",
+            "rev0",
+        ]);
+        quiet("an IPv6 prefix route");
+        ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.205.1.254",
+            "table",
+            "100",
+        ]);
+        quiet("a default route of another table");
+        ip(&["addr", "add", "10.205.2.1/24", "dev", "rev1"]);
+        quiet("an address (its prefix and local routes)");
+
+        let mut took = Vec::new();
+        let t = Instant::now();
+        ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.205.0.254",
+            "metric",
+            "100",
+        ]);
+        took.push(called_back(&rx, t, "ip route add default"));
+        // Replaced with another metric: the kernel adds the new one (a replace matches on the
+        // metric too) ...
+        let t = Instant::now();
+        ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            "10.205.1.254",
+            "metric",
+            "50",
+        ]);
+        took.push(called_back(
+            &rx,
+            t,
+            "ip route replace default ... metric 50",
+        ));
+        // ... and one with the same metric replaced in place is a new route too.
+        let t = Instant::now();
+        ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            "10.205.0.254",
+            "metric",
+            "50",
+        ]);
+        took.push(called_back(
+            &rx,
+            t,
+            "ip route replace default (same metric, other gateway)",
+        ));
+        let t = Instant::now();
+        ip(&[
+            "route",
+            "del",
+            "default",
+            "via",
+            "10.205.0.254",
+            "metric",
+            "50",
+        ]);
+        took.push(called_back(&rx, t, "ip route del default"));
+        let t = Instant::now();
+        ip(&[
+            "-6", "route", "add", "default", "via", "fd05::fe", "dev", "rev0",
+        ]);
+        took.push(called_back(&rx, t, "ip -6 route add default"));
+        let t = Instant::now();
+        ip(&[
+            "-6", "route", "del", "default", "via", "fd05::fe", "dev", "rev0",
+        ]);
+        took.push(called_back(&rx, t, "ip -6 route del default"));
+        // The kernel drops IPv4 routes without a message when their link is set down: the
+        // link's state change calls back instead.
+        let t = Instant::now();
+        ip(&["link", "set", "rev0", "down"]);
+        took.push(called_back(
+            &rx,
+            t,
+            "ip link set down (its default route flushed)",
+        ));
+        let out = Command::new("ip")
+            .args(["route", "show", "default"])
+            .output()
+            .expect("ip");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("10.205.0.254"),
+            "the default route on rev0 is gone: {out:?}"
+        );
+        let t = Instant::now();
+        ip(&["link", "set", "rev0", "up"]);
+        took.push(called_back(&rx, t, "ip link set up"));
+        eprintln!(
+            "route listener: {} calls back, slowest {} µs",
+            took.len(),
+            took.iter().max().map_or(0, Duration::as_micros)
+        );
+
+        // Following links only again: a default route is no event; a new link still is.
+        events
+            .set_follow(Follow::Links)
+            .expect("drop the route groups");
+        ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.205.0.254",
+            "metric",
+            "10",
+        ]);
+        quiet("a default route, after the route groups were left");
+        ip(&["link", "set", "rev1", "down"]);
+        quiet("a link set down, links only");
+        let t = Instant::now();
+        veth("rev2", "10.205.3.1/24");
+        called_back(&rx, t, "ip link add, links only");
+        // And back: the same socket joins the route groups again.
+        events
+            .set_follow(Follow::LinksAndRoutes)
+            .expect("join the route groups");
+        let t = Instant::now();
+        ip(&[
+            "route",
+            "del",
+            "default",
+            "via",
+            "10.205.0.254",
+            "metric",
+            "10",
+        ]);
+        called_back(&rx, t, "ip route del default, routes followed again");
+        drop(events);
+        while rx.try_recv().is_ok() {}
+        ip(&["route", "add", "default", "via", "10.205.3.254"]);
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "stopped"
+        );
     });
 }
 
@@ -537,4 +744,105 @@ fn local_watch_attaches_on_a_veth_that_appears_and_unpins_one_that_goes() {
         log.contains("listening to the kernel's link events"),
         "{log}"
     );
+}
+
+#[test]
+fn local_watch_moves_the_primary_interfaces_link_with_the_default_route() {
+    use std::process::Stdio;
+    require_root();
+    let fs = Bpffs::new();
+    let bpffs = fs.path().to_path_buf();
+    let root = fs.root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(bpf_object("counter"), dir.path().join("counter.bpf.o")).expect("copy");
+    std::fs::write(
+        dir.path().join("primary.yaml"),
+        "apiVersion: bpfpin.io/v1alpha1\nkind: BpfObject\nmetadata: {name: primary}\nspec:\n  bytecode: {path: counter.bpf.o}\n  programs:\n  - name: count_packets\n    attach: {xdp: {primaryNodeInterface: true, mode: Skb}}\n",
+    )
+    .expect("write");
+    let manifests = dir.path().to_path_buf();
+    // The agent runs in the test's private namespace (a child takes its thread's), with its own
+    // default routes; the bpffs is the host's mount.
+    let log = in_private_netns(move || {
+        veth("prt0", "10.206.0.1/24");
+        veth("prt1", "10.206.1.1/24");
+        ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.206.0.254",
+            "metric",
+            "100",
+        ]);
+        let child = Command::new(env!("CARGO_BIN_EXE_bpfpin-agent"))
+            .args(["local", "--manifests"])
+            .arg(&manifests)
+            .arg("--bytecode-dir")
+            .arg(&manifests)
+            .arg("--bpffs")
+            .arg(&bpffs)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn agent");
+        let links = root.join("primary/links/count_packets");
+        wait_for(
+            "primary to be pinned on prt0",
+            Duration::from_secs(20),
+            || tree(&links) == ["xdp-prt0"],
+        );
+        let prog = prog_id(&root.join("primary/progs/count_packets"));
+        // Let the agent settle (its first pass done, the listener running): the move below is
+        // then woken by the route event alone. No interface changes, the manifests do not, and
+        // no retry is due (nothing failed); the limit is below the first retry (5 s) anyway.
+        std::thread::sleep(Duration::from_millis(500));
+        let moved = Instant::now();
+        ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.206.1.254",
+            "metric",
+            "50",
+        ]);
+        wait_for("the link to move to prt1", Duration::from_secs(4), || {
+            tree(&links) == ["xdp-prt1"]
+        });
+        eprintln!(
+            "local watch: ip route add default (lower metric, other veth) -> link on prt1 in {} ms",
+            moved.elapsed().as_millis()
+        );
+        let back = Instant::now();
+        ip(&[
+            "route",
+            "del",
+            "default",
+            "via",
+            "10.206.1.254",
+            "metric",
+            "50",
+        ]);
+        wait_for(
+            "the link to move back to prt0",
+            Duration::from_secs(4),
+            || tree(&links) == ["xdp-prt0"],
+        );
+        eprintln!(
+            "local watch: ip route del default -> link back on prt0 in {} ms",
+            back.elapsed().as_millis()
+        );
+        assert_eq!(
+            prog_id(&root.join("primary/progs/count_packets")),
+            prog,
+            "the program is kept"
+        );
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let out = child.wait_with_output().expect("wait");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    });
+    assert!(log.contains("and default route events"), "{log}");
 }
