@@ -3,13 +3,13 @@
 //! that host `interfaces` patterns and `primaryNodeInterface` ([`crate::pin::interfaces`]) follow
 //! the node's links without polling; while an object uses `primaryNodeInterface`
 //! ([`Follow::LinksAndRoutes`]) the same socket is also a member of `RTMGRP_IPV4_ROUTE` and
-//! `RTMGRP_IPV6_ROUTE`, and a default route added or deleted calls back too, so the link moves
-//! with the default route. Both modes start it only while some selected object names host
+//! `RTMGRP_IPV6_ROUTE` (and `RTMGRP_IPV4_IFADDR`, see below), and a default route added or deleted
+//! calls back too, so the link moves with the default route. Both modes start it only while some selected object names host
 //! interfaces that way ([`LinkWatch::ensure`]); the callback pokes the pass loop.
 //!
 //! A small raw socket over libc rather than a crate: no netlink crate is in the workspace's
 //! lockfile (`rtnetlink` brings the `netlink-packet-*` family and its own async glue), and all
-//! that is read here is four message types and two attributes. It runs on its own thread, blocked
+//! that is read here is five message types and two attributes. It runs on its own thread, blocked
 //! in poll(2) on the socket and on a pipe that stops it: the agent's tokio is built without its
 //! `net` feature (AsyncFd), and a thread that sleeps in the kernel costs no wake-up. Following
 //! routes or not is a change of the socket's group memberships (`NETLINK_ADD_MEMBERSHIP`,
@@ -20,9 +20,10 @@
 //! index, or a new name for one, calls back (what patterns match on). Of the route events
 //! (`RTM_NEWROUTE`, `RTM_DELROUTE`), only those of a default route (destination length 0) of the
 //! main table call back: not a prefix route, nor the local table's routes. The kernel deletes
-//! IPv4 routes without telling when their interface is set down or the address their gateway is
-//! reached through goes; so while routes are followed, a link whose administrative state (`IFF_UP`)
-//! changes calls back too (the pass reads the default route anew). A lost event (the socket's
+//! IPv4 routes without telling when their interface is set down or loses its last IPv4 address; so while routes are followed, a link whose administrative state (`IFF_UP`)
+//! changes calls back too, and so does an IPv4 address deleted (`RTM_DELADDR`: the socket then
+//! also joins `RTMGRP_IPV4_IFADDR`, whose `RTM_NEWADDR`, lifetimes renewed, is ignored); the pass
+//! reads the default route anew. A lost event (the socket's
 //! buffer overflowed, `ENOBUFS`) calls back too: the pass that follows reads links and routes anew.
 
 use std::collections::HashMap;
@@ -35,12 +36,15 @@ use bpfpin_crds::Attach;
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
+const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_DELROUTE: u16 = 25;
 const IFLA_IFNAME: u16 = 3;
 const RTA_TABLE: u16 = 15;
 const RT_TABLE_MAIN: u32 = 254;
-/// The multicast groups (numbers, not `RTMGRP_*` bits) of IPv4 and IPv6 route changes.
+/// The multicast groups (numbers, not `RTMGRP_*` bits) of IPv4 address changes and of IPv4 and
+/// IPv6 route changes.
+const RTNLGRP_IPV4_IFADDR: libc::c_int = 5;
 const RTNLGRP_IPV4_ROUTE: libc::c_int = 7;
 const RTNLGRP_IPV6_ROUTE: libc::c_int = 11;
 /// `struct nlmsghdr`.
@@ -55,8 +59,8 @@ const RTMSG_LEN: usize = 12;
 pub enum Follow {
     /// Interfaces that appear, are renamed or go (host interface patterns).
     Links,
-    /// That, and default routes added or deleted, and links set up or down
-    /// (`primaryNodeInterface`).
+    /// That, and default routes added or deleted, links set up or down and IPv4 addresses
+    /// deleted (`primaryNodeInterface`).
     LinksAndRoutes,
 }
 
@@ -143,7 +147,7 @@ impl LinkEvents {
         } else {
             libc::NETLINK_DROP_MEMBERSHIP
         };
-        for group in [RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE] {
+        for group in [RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE, RTNLGRP_IPV4_IFADDR] {
             // SAFETY: setsockopt with a valid socket and an int of the size given.
             let rc = unsafe {
                 libc::setsockopt(
@@ -407,7 +411,7 @@ fn listen(
 
 /// Applies one datagram of rtnetlink messages to `known`; whether an interface appeared, was
 /// renamed or went, or (with `routes`) a default route of the main table was added or deleted,
-/// or a link was set up or down.
+/// a link was set up or down, or an IPv4 address was deleted.
 fn apply(mut data: &[u8], known: &mut HashMap<i32, Link>, routes: bool) -> bool {
     let mut changed = false;
     while data.len() >= NLMSG_HDRLEN {
@@ -447,6 +451,9 @@ fn apply(mut data: &[u8], known: &mut HashMap<i32, Link>, routes: bool) -> bool 
                 }
             }
             changed |= dst_len == 0 && table == RT_TABLE_MAIN;
+        } else if routes && kind == RTM_DELADDR {
+            // The IPv4 routes of an interface whose last address went go without a route event.
+            changed = true;
         }
         let next = (len + 3) & !3;
         if next >= data.len() {

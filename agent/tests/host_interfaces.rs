@@ -481,6 +481,35 @@ fn the_route_listener_wakes_for_default_routes_only() {
         let t = Instant::now();
         ip(&["link", "set", "rev0", "up"]);
         took.push(called_back(&rx, t, "ip link set up"));
+        // Nor a message when the last IPv4 address of its interface goes: the address's
+        // deletion calls back instead (each one: which is the last is not tracked).
+        ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.205.2.254",
+            "metric",
+            "70",
+        ]);
+        called_back(&rx, Instant::now(), "ip route add default via 10.205.2.254");
+        ip(&["addr", "del", "10.205.1.1/24", "dev", "rev1"]);
+        called_back(&rx, Instant::now(), "ip addr del (not the last)");
+        let t = Instant::now();
+        ip(&["addr", "del", "10.205.2.1/24", "dev", "rev1"]);
+        took.push(called_back(
+            &rx,
+            t,
+            "ip addr del of the last address (its default route flushed)",
+        ));
+        let out = Command::new("ip")
+            .args(["route", "show", "default"])
+            .output()
+            .expect("ip");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("10.205.2.254"),
+            "the default route via 10.205.2.254 is gone: {out:?}"
+        );
         eprintln!(
             "route listener: {} calls back, slowest {} µs",
             took.len(),
