@@ -108,7 +108,7 @@ impl LinkEvents {
     /// Subscribes to the link events (and, for [`Follow::LinksAndRoutes`], the route events) of
     /// the calling thread's network namespace and calls `on_change` on its own thread for each
     /// interface that appears, is renamed or goes (and each default route added or deleted, each
-    /// link set up or down).
+    /// link set up or down, each IPv4 address deleted).
     pub fn start(follow: Follow, on_change: impl Fn() + Send + 'static) -> io::Result<Self> {
         let socket = Arc::new(open_socket()?);
         let routes = Arc::new(AtomicBool::new(false));
@@ -611,5 +611,16 @@ mod tests {
         let mut two = route_message(RTM_NEWROUTE, 32, 255, None);
         two.extend(route_message(RTM_DELROUTE, 0, 254, None));
         assert!(yes(two), "the second of a datagram");
+        let deladdr = header(RTM_DELADDR, NLMSG_HDRLEN + 8)
+            .into_iter()
+            .chain([0; 8])
+            .collect::<Vec<u8>>();
+        assert!(apply(&deladdr, &mut known, true), "an address deleted");
+        assert!(!apply(&deladdr, &mut known, false), "links only");
+        let newaddr = header(20, NLMSG_HDRLEN + 8)
+            .into_iter()
+            .chain([0; 8])
+            .collect::<Vec<u8>>();
+        assert!(!apply(&newaddr, &mut known, true), "an address added");
     }
 }
