@@ -192,7 +192,7 @@ struct Agent<C> {
     /// The pod-link step after each pass.
     pod_attacher: Arc<std::sync::Mutex<pods::PodAttacher>>,
     /// The kernel's link events, listened to once an object names host interfaces by pattern
-    /// or `primaryNodeInterface`.
+    /// or `primaryNodeInterface` (then its default route events too).
     links: crate::link_events::LinkWatch,
 }
 
