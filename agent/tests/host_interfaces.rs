@@ -784,11 +784,14 @@ fn local_watch_moves_the_primary_interfaces_link_with_the_default_route() {
     let root = fs.root();
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::copy(bpf_object("counter"), dir.path().join("counter.bpf.o")).expect("copy");
+    // First an object with a pattern only (it matches nothing): the listener follows links only;
+    // the primaryNodeInterface object, added next, makes the same socket join the route groups.
     std::fs::write(
-        dir.path().join("primary.yaml"),
-        "apiVersion: bpfpin.io/v1alpha1\nkind: BpfObject\nmetadata: {name: primary}\nspec:\n  bytecode: {path: counter.bpf.o}\n  programs:\n  - name: count_packets\n    attach: {xdp: {primaryNodeInterface: true, mode: Skb}}\n",
+        dir.path().join("pattern.yaml"),
+        "apiVersion: bpfpin.io/v1alpha1\nkind: BpfObject\nmetadata: {name: pattern}\nspec:\n  bytecode: {path: counter.bpf.o}\n  programs:\n  - name: count_packets\n    attach: {xdp: {interfaces: ['/^nosuchif[0-9]+$/'], mode: Skb}}\n",
     )
     .expect("write");
+    let primary_yaml = dir.path().join("primary.yaml");
     let manifests = dir.path().to_path_buf();
     // The agent runs in the test's private namespace (a child takes its thread's), with its own
     // default routes; the bpffs is the host's mount.
@@ -816,6 +819,14 @@ fn local_watch_moves_the_primary_interfaces_link_with_the_default_route() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn agent");
+        wait_for("pattern to be pinned", Duration::from_secs(20), || {
+            root.join("pattern/progs/count_packets").exists()
+        });
+        std::fs::write(
+            &primary_yaml,
+            "apiVersion: bpfpin.io/v1alpha1\nkind: BpfObject\nmetadata: {name: primary}\nspec:\n  bytecode: {path: counter.bpf.o}\n  programs:\n  - name: count_packets\n    attach: {xdp: {primaryNodeInterface: true, mode: Skb}}\n",
+        )
+        .expect("write");
         let links = root.join("primary/links/count_packets");
         wait_for(
             "primary to be pinned on prt0",
@@ -868,10 +879,32 @@ fn local_watch_moves_the_primary_interfaces_link_with_the_default_route() {
             prog,
             "the program is kept"
         );
+        // The object goes: the pattern alone keeps the listener, on links only.
+        std::fs::remove_file(&primary_yaml).expect("rm primary.yaml");
+        wait_for("primary to go", Duration::from_secs(10), || {
+            !root.join("primary").exists()
+        });
+        // The pass ends (and the listener leaves the route groups) after the unpin.
+        std::thread::sleep(Duration::from_millis(500));
         // SAFETY: kill with a valid pid and signal.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let out = child.wait_with_output().expect("wait");
         String::from_utf8_lossy(&out.stderr).into_owned()
     });
-    assert!(log.contains("and default route events"), "{log}");
+    let at = |what: &str| {
+        log.find(what)
+            .unwrap_or_else(|| panic!("the agent logs {what:?}: {log}"))
+    };
+    let links_only = at("listening to the kernel's link events");
+    assert!(
+        !log[..links_only + 100].contains("default route events"),
+        "a pattern alone follows links only: {log}"
+    );
+    let joined = at("listening to default route events too");
+    let left = at("stopped listening to route events");
+    assert!(links_only < joined && joined < left, "{log}");
+    assert!(
+        !log.contains("stopped listening to link events"),
+        "the pattern object keeps the listener: {log}"
+    );
 }
