@@ -1,30 +1,31 @@
-//! The kernel's link and route events: an rtnetlink socket subscribed to `RTMGRP_LINK` that
-//! calls back when an interface appears, is renamed or goes (`RTM_NEWLINK`, `RTM_DELLINK`), so
-//! that host `interfaces` patterns and `primaryNodeInterface` ([`crate::pin::interfaces`]) follow
-//! the node's links without polling; while an object uses `primaryNodeInterface`
-//! ([`Follow::LinksAndRoutes`]) the same socket is also a member of `RTMGRP_IPV4_ROUTE` and
-//! `RTMGRP_IPV6_ROUTE` (and `RTMGRP_IPV4_IFADDR`, see below), and a default route added or deleted
-//! calls back too, so the link moves with the default route. Both modes start it only while some selected object names host
-//! interfaces that way ([`LinkWatch::ensure`]); the callback pokes the pass loop.
+//! The kernel's link and route events: an rtnetlink socket subscribed to `RTMGRP_LINK` that calls
+//! back when an interface appears, is renamed or goes (`RTM_NEWLINK`, `RTM_DELLINK`), so that host
+//! `interfaces` patterns and `primaryNodeInterface` ([`crate::pin::interfaces`]) follow the node's
+//! links without polling; while an object uses `primaryNodeInterface` ([`Follow::LinksAndRoutes`])
+//! the same socket is also a member of `RTMGRP_IPV4_ROUTE` and `RTMGRP_IPV6_ROUTE` (and
+//! `RTMGRP_IPV4_IFADDR`, see below), and a default route added or deleted calls back too, so the
+//! link moves with the default route. Both modes start it only while some selected object names
+//! host interfaces that way ([`LinkWatch::ensure`]); the callback pokes the pass loop.
 //!
 //! A small raw socket over libc rather than a crate: no netlink crate is in the workspace's
-//! lockfile (`rtnetlink` brings the `netlink-packet-*` family and its own async glue), and all
-//! that is read here is five message types and two attributes. It runs on its own thread, blocked
-//! in poll(2) on the socket and on a pipe that stops it: the agent's tokio is built without its
-//! `net` feature (AsyncFd), and a thread that sleeps in the kernel costs no wake-up. Following
-//! routes or not is a change of the socket's group memberships (`NETLINK_ADD_MEMBERSHIP`,
+//! lockfile (`rtnetlink` brings the `netlink-packet-*` family and its own async glue), and all that
+//! is read here is five message types and two attributes. It runs on its own thread, blocked in
+//! poll(2) on the socket and on a pipe that stops it: the agent's tokio is built without its `net`
+//! feature (AsyncFd), and a thread that sleeps in the kernel costs no wake-up. Following routes or
+//! not is a change of the socket's group memberships (`NETLINK_ADD_MEMBERSHIP`,
 //! `NETLINK_DROP_MEMBERSHIP`), not a new socket: nothing is lost in between.
 //!
-//! The filtering is cheap, and done on the thread, so that busy tables wake no pass:
-//! `RTM_NEWLINK` also comes for every change of a link's flags or state; only a new interface
-//! index, or a new name for one, calls back (what patterns match on). Of the route events
-//! (`RTM_NEWROUTE`, `RTM_DELROUTE`), only those of a default route (destination length 0) of the
-//! main table call back: not a prefix route, nor the local table's routes. The kernel deletes
-//! IPv4 routes without telling when their interface is set down or loses its last IPv4 address; so while routes are followed, a link whose administrative state (`IFF_UP`)
-//! changes calls back too, and so does an IPv4 address deleted (`RTM_DELADDR`: the socket then
-//! also joins `RTMGRP_IPV4_IFADDR`, whose `RTM_NEWADDR`, lifetimes renewed, is ignored); the pass
-//! reads the default route anew. A lost event (the socket's
-//! buffer overflowed, `ENOBUFS`) calls back too: the pass that follows reads links and routes anew.
+//! The filtering is cheap, and done on the thread, so that busy tables wake no pass: `RTM_NEWLINK`
+//! also comes for every change of a link's flags or state; only a new interface index, or a new
+//! name for one, calls back (what patterns match on). Of the route events (`RTM_NEWROUTE`,
+//! `RTM_DELROUTE`), only those of a default route (destination length 0) of the main table call
+//! back: not a prefix route, nor the local table's routes. The kernel deletes IPv4 routes without
+//! telling when their interface is set down or loses its last IPv4 address; so while routes are
+//! followed, a link whose administrative state (`IFF_UP`) changes calls back too, and so does an
+//! IPv4 address deleted (`RTM_DELADDR`: the socket then also joins `RTMGRP_IPV4_IFADDR`, whose
+//! `RTM_NEWADDR`, lifetimes renewed, is ignored); the pass reads the default route anew. A lost
+//! event (the socket's buffer overflowed, `ENOBUFS`) calls back too: the pass that follows reads
+//! links and routes anew.
 
 use std::collections::HashMap;
 use std::io;
@@ -197,15 +198,15 @@ impl LinkWatch {
         match (needed, running.as_ref().map(LinkEvents::follow)) {
             (Some(follow), None) => match LinkEvents::start(follow, on_change()) {
                 Ok(events) => {
-                    tracing::info!(
-                        routes = follow.routes(),
-                        "listening to the kernel's link events (host interface patterns, primaryNodeInterface){}",
-                        if follow.routes() {
-                            " and default route events (primaryNodeInterface)"
-                        } else {
-                            ""
-                        }
-                    );
+                    if follow.routes() {
+                        tracing::info!(
+                            "listening to the kernel's link events and default route events (primaryNodeInterface)"
+                        );
+                    } else {
+                        tracing::info!(
+                            "listening to the kernel's link events (host interface patterns)"
+                        );
+                    }
                     *running = Some(events);
                 }
                 Err(error) => {
