@@ -219,8 +219,10 @@ fn a_changed_constant_makes_a_fresh_rodata_and_reloads_the_program() {
         id,
         "the program is reloaded with it"
     );
-    // .bss kept its layout: the new program counts on from the old count, by 3.
+    // .bss kept its layout: the new program counts on from the old count, by 3 (once the old
+    // program, which counts by 1 into the same .bss, is gone).
     assert_eq!(map_id(&obj.join("globals/bss")), bss);
+    wait_unloaded(id);
     getpid_n(2);
     assert_eq!(read_global(&obj.join("globals/bss"), 0), 5 + 2 * 3);
 }
@@ -234,10 +236,13 @@ fn a_changed_layout_makes_a_fresh_bss() {
     let bss = map_id(&obj.join("globals/bss"));
     let data = map_id(&obj.join("globals/data"));
     let rodata = map_id(&obj.join("globals/rodata"));
+    let old = prog_id(&obj.join("progs/count_calls"));
     getpid_n(9);
 
     // v2 puts `first` in front of `calls`: reusing the old .bss would read `calls` as `first`.
     pass(&mut r, &counter("global_counter_v2", 1, true));
+    // The old program counts into the kept .data until the kernel has released its link.
+    wait_unloaded(old);
     assert_ne!(map_id(&obj.join("globals/bss")), bss, "a fresh .bss");
     getpid_n(1);
     assert_eq!(read_global(&obj.join("globals/bss"), 0), 1, "first");

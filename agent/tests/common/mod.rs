@@ -207,6 +207,26 @@ pub fn prog_id(path: &Path) -> u32 {
         .id()
 }
 
+/// Waits until the kernel has freed the program `id`. Unlinking a link's last pin releases the
+/// link after an RCU grace period and a workqueue run, not in the `unlink` call, so an old
+/// program can still run for a moment after the pass that replaced it. A test that counts into a
+/// map the new version inherits waits for the old program to be gone first.
+pub fn wait_unloaded(id: u32) {
+    let start = std::time::Instant::now();
+    let deadline = start + std::time::Duration::from_secs(10);
+    while aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .any(|p| p.id() == id)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "program {id} is still loaded 10 s after its last pin was unlinked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    eprintln!("program {id} was unloaded {:?} after the pass", start.elapsed());
+}
+
 /// Every file under `dir`, relative, sorted (symlinks listed, not followed).
 pub fn tree(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
