@@ -561,7 +561,10 @@ mod wait_tests {
     fn a_wait_is_told_when_it_starts_and_when_a_node_joins_it_not_as_nodes_leave() {
         assert!(grew(None, &v(&["n1", "n2"])), "the wait starts");
         assert!(!grew(Some(&v(&["n1", "n2"])), &v(&["n2"])), "n1 unpinned");
-        assert!(!grew(Some(&v(&["n1", "n2"])), &v(&["n1", "n2"])), "unchanged");
+        assert!(
+            !grew(Some(&v(&["n1", "n2"])), &v(&["n1", "n2"])),
+            "unchanged"
+        );
         assert!(grew(Some(&v(&["n2"])), &v(&["n2", "n3"])), "n3 joined");
         assert!(
             grew(Some(&v(&["n1"])), &v(&["n2"])),

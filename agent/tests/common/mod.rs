@@ -224,7 +224,10 @@ pub fn wait_unloaded(id: u32) {
         );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    eprintln!("program {id} was unloaded {:?} after the pass", start.elapsed());
+    eprintln!(
+        "program {id} was unloaded {:?} after the pass",
+        start.elapsed()
+    );
 }
 
 /// Every file under `dir`, relative, sorted (symlinks listed, not followed).
